@@ -1,0 +1,67 @@
+"""Network registry: `build_model(name, num_classes, **options)`.
+
+Every network is a linen Module applied as
+    model.apply(variables, x, train, keep_rate=1.0, rngs={'droppath': key}, mutable=[...])
+with x an NHWC float32 batch of any size; `keep_rate` may be a traced scalar and is ignored
+by networks without DropPath.
+"""
+import dataclasses
+
+import flax.linen as nn
+
+from distill_jax.models.convnet import ConvNet, ConvNetFRePo
+from distill_jax.models.layers import INIT_KINDS, NORM_KINDS
+from distill_jax.models.plain import AlexNet, VGG11
+from distill_jax.models.resnet import ResNet
+
+# name -> (module class, arguments fixed by the name and therefore not options)
+_REGISTRY = {
+    "convnet": (ConvNet, {}),
+    "convnet_frepo": (ConvNetFRePo, {}),
+    "resnet18": (ResNet, {"stage_sizes": (2, 2, 2, 2), "bottleneck": False}),
+    "resnet34": (ResNet, {"stage_sizes": (3, 4, 6, 3), "bottleneck": False}),
+    "resnet50": (ResNet, {"stage_sizes": (3, 4, 6, 3), "bottleneck": True}),
+    "vgg11": (VGG11, {}),
+    "alexnet": (AlexNet, {}),
+}
+MODEL_NAMES = tuple(_REGISTRY)
+_NOT_OPTIONS = {"parent", "name", "num_classes"}
+
+
+def _lookup(name: str):
+    if name not in _REGISTRY:
+        raise ValueError(f"models: unknown model name {name!r}; expected one of {MODEL_NAMES}")
+    return _REGISTRY[name]
+
+
+def model_options(name: str) -> set[str]:
+    """Option names `build_model(name, ...)` accepts, for validating configs."""
+    cls, fixed = _lookup(name)
+    return {f.name for f in dataclasses.fields(cls) if f.init} - _NOT_OPTIONS - set(fixed)
+
+
+def _check_value(name: str, option: str, value) -> None:
+    if option in ("width", "depth") and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise ValueError(f"models: option {option!r} of {name!r} must be a positive int, got {value!r}")
+    if option in ("droppath", "improved_shortcut") and not isinstance(value, bool):
+        raise ValueError(f"models: option {option!r} of {name!r} must be a bool, got {value!r}")
+    if option == "norm" and value not in NORM_KINDS:
+        raise ValueError(f"models: option 'norm' of {name!r} must be one of {NORM_KINDS}, got {value!r}")
+    if option == "weight_init" and value not in INIT_KINDS:
+        raise ValueError(f"models: option 'weight_init' of {name!r} must be one of {INIT_KINDS}, got {value!r}")
+
+
+def build_model(name: str, num_classes: int, **options) -> nn.Module:
+    """The network called `name` (one of MODEL_NAMES) with `num_classes` outputs."""
+    cls, fixed = _lookup(name)
+    allowed = model_options(name)
+    for option, value in options.items():
+        if option not in allowed:
+            raise ValueError(f"models: unknown option {option!r} for {name!r}; allowed: {sorted(allowed)}")
+        _check_value(name, option, value)
+    if not (isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes > 0):
+        raise ValueError(f"models: num_classes must be a positive int, got {num_classes!r}")
+    return cls(num_classes=num_classes, **fixed, **options)
+
+
+__all__ = ["MODEL_NAMES", "build_model", "model_options", "ConvNet", "ConvNetFRePo", "ResNet", "VGG11", "AlexNet"]

@@ -1,0 +1,153 @@
+"""Config loading and validation.
+
+Configs are ml_collections `get_config()` files that start from `configs/default.py`.
+`validate` runs before any work: a misspelt field or a value outside its allowed set
+stops the run with a message naming the field and what is allowed, instead of being
+silently ignored hours later.
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import ml_collections
+
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+
+# Enumerated fields: dotted name -> allowed values.
+CHOICES = {
+    "mode": ("train",),
+    "data.source": ("real", "distilled"),
+    "data.preprocessing": ("auto", "none", "standardize", "zca_mtt", "zca_frepo", "zca_kip"),
+    "model.norm": (None, "batch", "instance", "none"),
+    "model.init": (None, "torch", "flax"),
+    "train.optimizer": ("lion", "adamw", "sgd"),
+    "train.lr_schedule": ("constant", "step", "warmup_cosine", "periodic"),
+}
+
+# Numeric fields: dotted name -> (low, high) inclusive; None = unbounded.
+RANGES = {
+    "num_seeds": (1, None),
+    "data.per_class": (0, None),
+    "data.label_temperature": (1e-6, None),
+    "data.eval_batch_size": (1, None),
+    "train.epochs": (1, None),
+    "train.batch_size": (1, None),
+    "train.stop_after_epochs": (0, None),
+    "train.learning_rate": (0.0, None),
+    "train.weight_decay": (0.0, None),
+    "train.warmup_fraction": (0.0, 1.0),
+    "train.decay_at_fraction": (0.0, 1.0),
+    "train.cycle_epochs": (1, None),
+    "train.warmup_epochs": (0, None),
+    "train.keep_rate.period_epochs": (1, None),
+    "train.keep_rate.step": (0.0, 1.0),
+    "train.keep_rate.min": (1e-3, 1.0),
+    "train.keep_rate.final": (1e-3, 1.0),
+    "train.augment.k": (0, None),
+    "train.kd.alpha": (0.0, 1.0),
+    "train.kd.temperature": (1e-6, None),
+    "eval_every_epochs": (1, None),
+    "log_every_steps": (1, None),
+    "checkpoint_every_epochs": (1, None),
+    "keep_checkpoints": (1, None),
+}
+
+
+class ConfigError(ValueError):
+    """A config field is unknown or holds a value outside its allowed set."""
+
+
+def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """Imports a config file and returns its `get_config()`."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    root = str(DEFAULT_CONFIG.parents[1])
+    if root not in sys.path:  # config files import `configs.default`
+        sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} defines no get_config()")
+    return module.get_config()
+
+
+def default_config() -> ml_collections.ConfigDict:
+    return load_config_file(DEFAULT_CONFIG)
+
+
+def _flatten(cfg, prefix=""):
+    out = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks every field against the default schema; returns the config unchanged."""
+    schema = _flatten(default_config())
+    fields = _flatten(config)
+    for name in fields:
+        if name not in schema:
+            parent = name.rsplit(".", 1)[0] + "." if "." in name else ""
+            siblings = sorted(n[len(parent):] for n in schema if n.startswith(parent) and "." not in n[len(parent):])
+            raise ConfigError(f"unknown config field '{name}'; fields allowed here: {', '.join(siblings)}")
+    for name, allowed in CHOICES.items():
+        if name in fields and fields[name] not in allowed:
+            raise ConfigError(f"config field '{name}' = {fields[name]!r}; allowed values: {allowed}")
+    for name, (low, high) in RANGES.items():
+        value = fields.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config field '{name}' = {value!r}; expected a number")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"config field '{name}' = {value!r}; allowed range: [{low}, {high if high is not None else 'inf'}]")
+    _validate_model(config)
+    _validate_combinations(config)
+    return config
+
+
+def model_options_from_config(config) -> dict:
+    """The network options that the config sets (None fields mean the network's default)."""
+    names = ("width", "depth", "norm", "droppath", "improved_shortcut", "init")
+    return {n: config.model[n] for n in names if config.model.get(n) is not None}
+
+
+def _validate_model(config):
+    from distill_jax import models
+
+    if config.model.name not in models.MODEL_NAMES:
+        raise ConfigError(f"config field 'model.name' = {config.model.name!r}; allowed values: {models.MODEL_NAMES}")
+    allowed = models.model_options(config.model.name)
+    for option in model_options_from_config(config):
+        if option not in allowed:
+            raise ConfigError(
+                f"config field 'model.{option}' is set but network '{config.model.name}' takes no such option; "
+                f"its options: {sorted(allowed)}")
+
+
+def _validate_combinations(config):
+    if config.data.source == "distilled" and not config.data.distilled_path:
+        raise ConfigError("config field 'data.distilled_path' is empty but data.source = 'distilled'; give the set's path")
+    if config.train.keep_rate.enabled and not config.model.get("droppath"):
+        raise ConfigError("config field 'train.keep_rate.enabled' is True but 'model.droppath' is not: "
+                          "the keep-rate schedule needs a network with DropPath blocks")
+    if config.train.kd.enabled and not config.train.kd.teacher_path:
+        raise ConfigError("config field 'train.kd.teacher_path' is empty but train.kd.enabled = True; "
+                          "train a teacher first (mode 'train' with the teacher's config) and give its workdir")
+    ops = [o for o in config.train.augment.ops.split(",") if o]
+    from distill_jax.data import augment
+
+    for op in ops:
+        if op not in augment.DSA_OPS:
+            raise ConfigError(f"config field 'train.augment.ops' names '{op}'; allowed ops: {augment.DSA_OPS}")
+    if config.train.augment.k > len(ops):
+        raise ConfigError(f"config field 'train.augment.k' = {config.train.augment.k} exceeds the {len(ops)} ops listed in 'train.augment.ops'")

@@ -1,0 +1,122 @@
+"""Building blocks every network shares: conv, dense, norm and pooling.
+
+All convolutions go through `conv(...)` and `Conv`, so a faster implementation can be swapped
+in at one place. Layers follow the reference (PyTorch) conventions: biases on convs,
+symmetric padding k // 2, and (weight_init='torch') torch's default U(-1/sqrt(fan_in),
+1/sqrt(fan_in)) for weights and biases, or (weight_init='flax') Flax's lecun-normal / zeros.
+The option is not called `init` because a linen field of that name would hide Module.init.
+"""
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NORM_KINDS = ("batch", "instance", "none")
+INIT_KINDS = ("torch", "flax")
+
+
+def _check_init(weight_init: str) -> None:
+    if weight_init not in INIT_KINDS:
+        raise ValueError(f"layers.py: weight_init must be one of {INIT_KINDS}, got {weight_init!r}")
+
+
+def _uniform(bound: float) -> Callable:
+    """Initialiser drawing U(-bound, bound), like torch's kaiming_uniform(a=sqrt(5)) for layers."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _initialisers(weight_init: str, fan_in: int) -> tuple[Callable, Callable]:
+    """(kernel_init, bias_init) for torch's or Flax's default scheme."""
+    _check_init(weight_init)
+    if weight_init == "torch":
+        bound = 1.0 / fan_in**0.5
+        return _uniform(bound), _uniform(bound)
+    return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
+
+
+class Conv(nn.Module):
+    """2-D convolution on NHWC with bias and torch-style symmetric padding (k // 2)."""
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    weight_init: str = "torch"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, in_features = self.kernel_size, x.shape[-1]
+        kernel_init, bias_init = _initialisers(self.weight_init, k * k * in_features)
+        kernel = self.param("kernel", kernel_init, (k, k, in_features, self.features))
+        bias = self.param("bias", bias_init, (self.features,))
+        pad = k // 2
+        y = jax.lax.conv_general_dilated(
+            x, kernel, window_strides=(self.strides, self.strides), padding=((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias
+
+
+class Dense(nn.Module):
+    """Fully connected layer; kernel (in, out) and bias, initialised like Conv."""
+
+    features: int
+    weight_init: str = "torch"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel_init, bias_init = _initialisers(self.weight_init, x.shape[-1])
+        kernel = self.param("kernel", kernel_init, (x.shape[-1], self.features))
+        bias = self.param("bias", bias_init, (self.features,))
+        return x @ kernel + bias
+
+
+def conv(features: int, kernel_size: int = 3, strides: int = 1, *, weight_init: str = "torch", name: str | None = None) -> Conv:
+    """The one place networks create convolutions (call inside a compact method)."""
+    _check_init(weight_init)
+    return Conv(features, kernel_size, strides, weight_init, name=name)
+
+
+def dense(features: int, *, weight_init: str = "torch", name: str | None = None) -> Dense:
+    """The one place networks create fully connected layers (call inside a compact method)."""
+    _check_init(weight_init)
+    return Dense(features, weight_init, name=name)
+
+
+def make_norm(kind: str, name: str, train: bool) -> Callable[[jax.Array], jax.Array]:
+    """Normalisation with the reference code's settings (call inside a compact method).
+
+    'batch': torch momentum 0.1 (Flax 0.9), eps 1e-5, batch statistics while training.
+    'instance': per-channel GroupNorm with affine scale/bias, as the reference's GroupNorm(C, C).
+    'none': identity, creating no parameters.
+    """
+    if kind == "batch":
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    if kind == "instance":
+        return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, name=name)
+    if kind == "none":
+        return lambda x: x
+    raise ValueError(f"layers.py: norm must be one of {NORM_KINDS}, got {kind!r}")
+
+
+def max_pool(x: jax.Array, size: int = 2) -> jax.Array:
+    """Max-pool with window = stride = size and SAME (ceil) padding, so odd sizes never vanish:
+    28 -> 14 -> 7 -> 4 -> 2 -> 1. Padding counts as -inf, so it never wins the max."""
+    return nn.max_pool(x, (size, size), (size, size), padding="SAME")
+
+
+def avg_pool(x: jax.Array, size: int = 2) -> jax.Array:
+    """Average-pool with window = stride = size, VALID (floor), as torch's AvgPool2d: 28 -> 14 -> 7 -> 3."""
+    if min(x.shape[1:3]) < size:
+        raise ValueError(f"layers.py: avg_pool of size {size} needs a spatial size >= {size}, got {x.shape[1:3]}"
+                         " (input too small for this depth)")
+    return nn.avg_pool(x, (size, size), (size, size), padding="VALID")
+
+
+def check_images(x: jax.Array, model: str) -> None:
+    """Networks take NHWC batches; anything else is a caller error worth naming."""
+    if x.ndim != 4:
+        raise ValueError(f"{model}: expected images of shape (batch, height, width, channels), got {x.shape}")

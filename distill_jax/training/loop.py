@@ -1,0 +1,239 @@
+"""`train_and_evaluate(config, workdir)`: the edge where state and I/O live.
+
+Everything inside the jitted step is pure; this module loads data, builds the network,
+optimiser and schedules from the config, trains `num_seeds` networks together in one
+vmapped program, evaluates, checkpoints and writes `results.json`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+import platform
+import tempfile
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill_jax import config as config_lib
+from distill_jax import models
+from distill_jax.data import pipeline
+from distill_jax.optim import make_optimizer, schedules
+from distill_jax.training import checkpoint as ckpt_lib
+from distill_jax.training import sharding, steps
+
+
+def write_json(path: pathlib.Path, obj) -> None:
+    """Writes JSON through a temporary file and a rename: never a half-written file."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def build_schedules(config, steps_per_epoch: int):
+    """The learning-rate schedule (of the step) and keep-rate schedule (of the epoch)."""
+    t = config.train
+    total_steps = t.epochs * steps_per_epoch
+    keep = None
+    phase_starts = [0]
+    if t.keep_rate.enabled:
+        kr = t.keep_rate
+        keep = schedules.keep_rate_schedule(t.epochs, period_epochs=kr.period_epochs, keep_step=kr.step,
+                                            min_keep=kr.min, final_keep=kr.final)
+        phase_starts = schedules.keep_rate_phase_starts(t.epochs, period_epochs=kr.period_epochs, keep_step=kr.step,
+                                                        min_keep=kr.min, final_keep=kr.final)
+    lr = schedules.make_lr_schedule(
+        t.lr_schedule, peak=t.learning_rate, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+        warmup_fraction=t.warmup_fraction, decay_at_fraction=t.decay_at_fraction,
+        phase_start_epochs=phase_starts, total_epochs=t.epochs, cycle_epochs=t.cycle_epochs,
+        warmup_epochs=t.warmup_epochs)
+    return lr, keep
+
+
+def build_augment(config):
+    from distill_jax.data import augment
+
+    ops = tuple(o for o in config.train.augment.ops.split(",") if o)
+    k = config.train.augment.k
+    if k == 0 or not ops:
+        return None
+    return lambda rng, images: augment.augment(rng, images, ops=ops, k=k)
+
+
+def build_model(config, num_classes: int):
+    return models.build_model(config.model.name, num_classes=num_classes,
+                              **config_lib.model_options_from_config(config))
+
+
+def evaluate(eval_fn, state, images, labels, batch_size: int, mesh) -> np.ndarray:
+    """Test accuracy of every seed's network, in percent: (num_seeds,)."""
+    correct = 0.0
+    count = 0.0
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        y = labels[start:start + batch_size]
+        mask = np.ones(len(x), np.float32)
+        pad = batch_size - len(x)
+        if pad:
+            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+            y = np.concatenate([y, np.zeros((pad,) + y.shape[1:], y.dtype)])
+            mask = np.concatenate([mask, np.zeros(pad, np.float32)])
+        sums = eval_fn(state["params"], state["batch_stats"], sharding.shard_batch({"image": x, "label": y, "mask": mask}, mesh))
+        correct = correct + np.asarray(sums["correct"])
+        count = count + np.asarray(sums["count"])
+    return 100.0 * correct / count
+
+
+def summarize(per_seed) -> dict:
+    """Mean and sample standard deviation (ddof=1; 0 for one seed) of final accuracies in percent."""
+    per_seed = [float(a) for a in per_seed]
+    std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+    return {"mean": float(np.mean(per_seed)), "std": std, "std_ddof": 1, "per_seed": per_seed}
+
+
+def load_teacher(config):
+    """The KD teacher: a workdir of a finished run (its first seed) or a reference-code .pth."""
+    from distill_jax.training import teacher
+
+    return teacher.load_teacher(config.train.kd.teacher_path)
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pipeline.TrainingData] = None) -> dict:
+    """Trains `config.num_seeds` networks as the config says; returns and writes the results."""
+    config_lib.validate(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / "config.json", config.to_dict())
+    data = data if data is not None else pipeline.load_training_data(config.data)
+
+    t = config.train
+    num_train = len(data.train_images)
+    batch_size = min(t.batch_size, num_train)
+    steps_per_epoch = num_train // batch_size
+    total_steps = t.epochs * steps_per_epoch
+    mesh = sharding.make_mesh(batch_size)
+    eval_batch = int(math.ceil(config.data.eval_batch_size / mesh.size) * mesh.size)
+
+    model = build_model(config, data.num_classes)
+    write_json(workdir / "model.json", {"name": config.model.name, "num_classes": data.num_classes,
+                                        "options": config_lib.model_options_from_config(config)})
+    lr_schedule, keep_schedule = build_schedules(config, steps_per_epoch)
+    optimizer = make_optimizer(t.optimizer, lr_schedule, t.weight_decay)
+    kd = None
+    teacher_variables = None
+    if t.kd.enabled:
+        teacher_module, teacher_variables = load_teacher(config)
+        kd = steps.KDSettings(teacher_module, alpha=t.kd.alpha, temperature=t.kd.temperature)
+        teacher_variables = sharding.replicate(teacher_variables, mesh)
+    train_step = steps.make_train_step(model, optimizer, augment_fn=build_augment(config), kd=kd)
+    eval_step = steps.make_eval_step(model)
+
+    seeds = [config.seed + i for i in range(config.num_seeds)]
+    seed_keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+    init_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.wrap_key_data(k), 0))(seed_keys)
+    step_keys = jax.vmap(lambda k: jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(k), 1)))(seed_keys)
+    sample = jnp.asarray(data.train_images[:1])
+    init = jax.jit(jax.vmap(lambda k: steps.init_state(model, optimizer, k, sample)))
+    repl = sharding.replicated(mesh)
+    state = jax.device_put(init(init_keys), repl)
+    step_keys = jax.device_put(step_keys, repl)
+
+    def seeded_step(state, batch, key_data, keep_rate, teacher_vars):
+        return train_step(state, batch, jax.random.wrap_key_data(key_data), keep_rate, teacher_vars)
+
+    multi_step = jax.jit(jax.vmap(seeded_step, in_axes=(0, None, 0, None, None)),
+                         out_shardings=(repl, repl), donate_argnums=(0,))
+    multi_eval = jax.jit(jax.vmap(eval_step, in_axes=(0, 0, None)), out_shardings=repl)
+
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
+    fingerprint = ckpt_lib.fingerprint(config)
+    history = []
+    start_epoch = 0
+    restored = checkpointer.restore_latest(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state), fingerprint)
+    if restored is not None:
+        step, state, saved_meta = restored
+        start_epoch = step // steps_per_epoch
+        history = [h for h in saved_meta.get("history", []) if h["epoch"] <= start_epoch]
+        logging.info("resuming at epoch %d (step %d)", start_epoch, step)
+
+    data_rng = np.random.default_rng  # per-epoch order: default_rng((seed, epoch)), so resume replays it
+    logging.info("training %s x %d seeds on %d devices: %d images, batch %d, %d epochs (%d steps)",
+                 config.model.name, len(seeds), mesh.size, num_train, batch_size, t.epochs, total_steps)
+    last_log = time.perf_counter()
+    images_since_log = 0
+    end_epoch = min(t.epochs, t.stop_after_epochs) if t.stop_after_epochs else t.epochs
+    for epoch in range(start_epoch, end_epoch):
+        keep_rate = float(keep_schedule(epoch)) if keep_schedule is not None else 1.0
+        order = data_rng((config.seed, epoch)).permutation(num_train)
+        train_losses = []
+        used_rates = []
+        for i in range(steps_per_epoch):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            batch = sharding.shard_batch({"image": data.train_images[idx], "label": data.train_labels[idx]}, mesh)
+            state, metrics = multi_step(state, batch, step_keys, jnp.float32(keep_rate), teacher_variables)
+            train_losses.append(metrics["loss"])
+            if "keep_rate_used" in metrics:
+                used_rates.append(metrics["keep_rate_used"])
+            images_since_log += batch_size * len(seeds)
+            global_step = epoch * steps_per_epoch + i + 1
+            if global_step % config.log_every_steps == 0 or global_step == total_steps:
+                now = time.perf_counter()
+                loss = np.asarray(metrics["loss"]).mean()
+                acc = 100 * np.asarray(metrics["accuracy"]).mean()
+                used = metrics.get("keep_rate_used")
+                extra = f" keep_rate_used {float(np.asarray(used).mean()):.3f}" if used is not None else ""
+                logging.info("step %d/%d epoch %d loss %.4f train_acc %.1f%% lr %.3g keep_rate %.2f%s %.1f images/s",
+                             global_step, total_steps, epoch + 1, loss, acc, float(lr_schedule(global_step - 1)),
+                             keep_rate, extra, images_since_log / max(now - last_log, 1e-9))
+                last_log, images_since_log = now, 0
+        done = epoch + 1
+        if done % config.eval_every_epochs == 0 or done == t.epochs:
+            acc = evaluate(multi_eval, state, data.test_images, data.test_labels, eval_batch, mesh)
+            mean_loss = float(np.mean([np.asarray(l).mean() for l in train_losses]))
+            entry = {"epoch": done, "step": done * steps_per_epoch, "train_loss": mean_loss,
+                     "keep_rate": keep_rate, "test_accuracy": [float(a) for a in acc]}
+            if used_rates:
+                entry["keep_rate_used"] = float(np.mean([np.asarray(u).mean() for u in used_rates]))
+            history.append(entry)
+            logging.info("epoch %d test accuracy %s (mean %.2f%%)", done,
+                         " ".join(f"{a:.2f}" for a in acc), float(np.mean(acc)))
+        if done % config.checkpoint_every_epochs == 0 or done == end_epoch:
+            checkpointer.save(done * steps_per_epoch, state, {**fingerprint, "history": history})
+    checkpointer.close()
+
+    finished = history and history[-1]["epoch"] == t.epochs
+    final = history[-1]["test_accuracy"] if finished else []
+    results = {
+        "finished": bool(finished),
+        "config": config.to_dict(),
+        "data": data.description,
+        "preprocessing": data.preprocessing.recipe if hasattr(data.preprocessing, "recipe") else str(data.preprocessing),
+        "seeds": seeds,
+        "history": history,
+        "final_accuracy": summarize(final) if finished else None,
+        "software": {"jax": jax.__version__, "python": platform.python_version()},
+        "devices": [str(d) for d in mesh.devices.flat],
+    }
+    write_json(workdir / "results.json", results)
+    fa = results["final_accuracy"]
+    if fa is None:
+        logging.info("stopped at epoch %d of %d (train.stop_after_epochs); rerun with the same workdir to resume",
+                     end_epoch, t.epochs)
+    else:
+        logging.info("final test accuracy (last epoch, %d seeds): %.2f ± %.2f%%", len(seeds), fa["mean"], fa["std"])
+    return results

@@ -1,0 +1,48 @@
+"""Launcher: `python launch/main.py --config configs/<file>.py --workdir <dir> [--config.field=value ...]`.
+
+Logs the devices and the resolved config, then hands over to the library.
+"""
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    import jax
+
+    from distill_jax.config import ConfigError, validate
+    from distill_jax.training.loop import train_and_evaluate
+
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
+                 jax.process_count(), jax.devices())
+    try:
+        config = validate(FLAGS.config)
+    except ConfigError as err:
+        sys.exit(f"config error: {err}")
+    logging.info("config:\n%s", config)
+    results = train_and_evaluate(config, FLAGS.workdir)
+    fa = results["final_accuracy"]
+    if fa is None:
+        print("stopped before the last epoch; run the same command again to resume")
+        return
+    print(f"final test accuracy (last epoch, {len(fa['per_seed'])} seeds): {fa['mean']:.2f} ± {fa['std']:.2f} %")
+    print(f"results: {os.path.join(FLAGS.workdir, 'results.json')}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    app.run(main)
