@@ -36,7 +36,7 @@ def get_config():
     c.model.norm = ml_collections.config_dict.placeholder(str)
     c.model.droppath = ml_collections.config_dict.placeholder(bool)
     c.model.improved_shortcut = ml_collections.config_dict.placeholder(bool)
-    c.model.init = ml_collections.config_dict.placeholder(str)
+    c.model.weight_init = ml_collections.config_dict.placeholder(str)
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 1000

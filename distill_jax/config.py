@@ -17,11 +17,11 @@ DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "defa
 
 # Enumerated fields: dotted name -> allowed values.
 CHOICES = {
-    "mode": ("train",),
+    "mode": ("train", "teacher", "student", "distill", "evaluate", "reproduce"),
     "data.source": ("real", "distilled"),
     "data.preprocessing": ("auto", "none", "standardize", "zca_mtt", "zca_frepo", "zca_kip"),
     "model.norm": (None, "batch", "instance", "none"),
-    "model.init": (None, "torch", "flax"),
+    "model.weight_init": (None, "torch", "flax"),
     "train.optimizer": ("lion", "adamw", "sgd"),
     "train.lr_schedule": ("constant", "step", "warmup_cosine", "periodic"),
 }
@@ -117,7 +117,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def model_options_from_config(config) -> dict:
     """The network options that the config sets (None fields mean the network's default)."""
-    names = ("width", "depth", "norm", "droppath", "improved_shortcut", "init")
+    names = ("width", "depth", "norm", "droppath", "improved_shortcut", "weight_init")
     return {n: config.model[n] for n in names if config.model.get(n) is not None}
 
 

@@ -23,7 +23,7 @@ def main(argv):
     import jax
 
     from distill_jax.config import ConfigError, validate
-    from distill_jax.training.loop import train_and_evaluate
+    from distill_jax.run import run
 
     if FLAGS.distributed:
         jax.distributed.initialize()
@@ -34,13 +34,15 @@ def main(argv):
     except ConfigError as err:
         sys.exit(f"config error: {err}")
     logging.info("config:\n%s", config)
-    results = train_and_evaluate(config, FLAGS.workdir)
-    fa = results["final_accuracy"]
-    if fa is None:
+    results = run(config, FLAGS.workdir)
+    if "summary" in results:
+        print(results["summary"])
+    elif results.get("final_accuracy") is None:
         print("stopped before the last epoch; run the same command again to resume")
-        return
-    print(f"final test accuracy (last epoch, {len(fa['per_seed'])} seeds): {fa['mean']:.2f} ± {fa['std']:.2f} %")
-    print(f"results: {os.path.join(FLAGS.workdir, 'results.json')}")
+    else:
+        fa = results["final_accuracy"]
+        print(f"final test accuracy (last epoch, {len(fa['per_seed'])} seeds): {fa['mean']:.2f} ± {fa['std']:.2f} %")
+    print(f"results in {FLAGS.workdir}")
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ def test_choose_ops_draws_distinct_ops_in_varying_sets():
 
 def test_augment_applies_the_chosen_ops_in_order_with_fresh_params():
     """augment equals the documented composition: choose_ops(keys[0]) then step i with keys[i+1]."""
-    x = _images(23, (3, 8, 8, 3))
+    x = _images(23, (4, 8, 8, 3))
     seen = set()
     for seed in range(6):
         rng = jax.random.key(seed)
@@ -262,7 +262,7 @@ def test_augment_applies_the_chosen_ops_in_order_with_fresh_params():
         chosen = [aug.DSA_OPS[i] for i in np.asarray(aug.choose_ops(keys[0], 6, 2))]
         expected = x
         for step, op in enumerate(chosen):
-            expected = aug.apply_op(op, expected, aug.sample_params(keys[step + 1], op, 3, (8, 8, 3)))
+            expected = aug.apply_op(op, expected, aug.sample_params(keys[step + 1], op, 4, (8, 8, 3)))
         np.testing.assert_allclose(aug.augment(rng, x, k=2), expected, atol=1e-6)
         seen.add(tuple(chosen))
     assert len(seen) > 1
@@ -422,7 +422,7 @@ def test_sample_params_bad_batch_size(batch_size):
         aug.sample_params(jax.random.key(0), "flip", batch_size, (8, 8, 3))
 
 
-@pytest.mark.parametrize("image_shape", [(8,), (8, 0, 3), (1, 8, 8, 3)])
+@pytest.mark.parametrize("image_shape", [(8,), (8, 0, 3), (1, 8, 8, 3), (8.0, 8.0), 8])
 def test_sample_params_bad_image_shape(image_shape):
     with pytest.raises(ValueError, match=r"image_shape must be \(H, W\) or \(H, W, C\)"):
         aug.sample_params(jax.random.key(0), "crop", 2, image_shape)
@@ -457,3 +457,13 @@ def test_bilinear_sample_bad_coordinates():
     ys = jnp.zeros((4, 8, 8))
     with pytest.raises(ValueError, match="ys and xs must both be"):
         aug.bilinear_sample(_images(0), ys, jnp.zeros((4, 8, 7)))
+
+
+def test_affine_grid_bad_size():
+    with pytest.raises(ValueError, match=r"affine_grid: image_shape must be \(H, W\)"):
+        aug.affine_grid(jnp.zeros((1, 2, 3)), 0, 4)
+
+
+def test_op_must_be_a_string():
+    with pytest.raises(ValueError, match=r"unknown op \['flip'\]"):
+        aug.apply_op(["flip"], _images(0), {"flip": jnp.zeros(4, bool)})

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from typing import Any, Callable, Sequence
 
 import jax
@@ -86,7 +87,7 @@ Params = dict[str, jax.Array]
 
 
 def _check_op(where: str, op: Any) -> str:
-    if op not in _PARAM_KEYS:
+    if not isinstance(op, str) or op not in _PARAM_KEYS:
         raise ValueError(f"{where}: unknown op {op!r}; allowed ops are {DSA_OPS}")
     return op
 
@@ -122,8 +123,11 @@ def _check_images(where: str, name: str, images: Any) -> jax.Array:
 
 
 def _check_image_shape(where: str, image_shape: Any) -> tuple[int, int]:
-    shape = tuple(image_shape)
-    if len(shape) not in (2, 3) or not all(isinstance(s, int) and s > 0 for s in shape):
+    try:
+        shape = tuple(operator.index(s) for s in image_shape)
+    except TypeError:
+        shape = ()
+    if len(shape) not in (2, 3) or min(shape) < 1:
         raise ValueError(f"{where}: image_shape must be (H, W) or (H, W, C) of positive ints, "
                          f"got {image_shape!r}")
     return shape[0], shape[1]
@@ -155,6 +159,12 @@ def affine_grid(theta: jax.Array, height: int, width: int) -> tuple[jax.Array, j
     theta = jnp.asarray(theta, jnp.float32)
     if theta.ndim != 3 or theta.shape[1:] != (2, 3):
         raise ValueError(f"affine_grid: theta must have shape (B, 2, 3), got {theta.shape}")
+    _check_image_shape("affine_grid", (height, width))
+    return _affine_grid(theta, height, width)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _affine_grid(theta: jax.Array, height: int, width: int) -> tuple[jax.Array, jax.Array]:
     norm_x = (2.0 * jnp.arange(width, dtype=jnp.float32) + 1.0) / width - 1.0
     norm_y = (2.0 * jnp.arange(height, dtype=jnp.float32) + 1.0) / height - 1.0
     out_x = norm_x[None, None, :]
@@ -183,9 +193,15 @@ def bilinear_sample(images: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Arra
     gathers so it differentiates with respect to both the images and the coordinates.
     """
     images = _check_images("bilinear_sample", "images", images)
+    ys, xs = jnp.asarray(ys, jnp.float32), jnp.asarray(xs, jnp.float32)
     if ys.shape != xs.shape or ys.ndim != 3 or ys.shape[0] != images.shape[0]:
         raise ValueError(f"bilinear_sample: ys and xs must both be (B, Ho, Wo) with B = "
                          f"{images.shape[0]}, got {ys.shape} and {xs.shape}")
+    return _bilinear_sample(images, ys, xs)
+
+
+@jax.jit
+def _bilinear_sample(images: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Array:
     y0 = jnp.floor(ys)
     x0 = jnp.floor(xs)
     wy1 = (ys - y0)[..., None]
@@ -200,8 +216,8 @@ def bilinear_sample(images: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Arra
 
 
 def _affine(images: jax.Array, theta: jax.Array) -> jax.Array:
-    ys, xs = affine_grid(theta, images.shape[1], images.shape[2])
-    return bilinear_sample(images, ys, xs)
+    ys, xs = _affine_grid(theta, images.shape[1], images.shape[2])
+    return _bilinear_sample(images, ys, xs)
 
 
 # --------------------------------------------------------------------------- the ops
@@ -272,6 +288,12 @@ def sample_params(rng: jax.Array, op: str, batch_size: int, image_shape: Sequenc
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"sample_params: batch_size must be a positive int, got {batch_size!r}")
     height, width = _check_image_shape("sample_params", image_shape)
+    return _draw_params(rng, op, batch_size, height, width)
+
+
+# Jitted (op and sizes static) so eager callers reuse one compilation per op and shape.
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _draw_params(rng: jax.Array, op: str, batch_size: int, height: int, width: int) -> Params:
     shape = (batch_size,)
     uniform = functools.partial(jax.random.uniform, shape=shape, dtype=jnp.float32)
     if op == "flip":
@@ -322,7 +344,12 @@ def apply_op(op: str, images: jax.Array, params: Params) -> jax.Array:
             raise ValueError(f"apply_op: params[{name!r}] of op {op!r} must have shape "
                              f"({batch},) or (1,), got {value.shape}")
         full[name] = jnp.broadcast_to(value, (batch,))
-    return _APPLY[op](images, full).astype(images.dtype)
+    return _apply_checked(op, images, full)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_checked(op: str, images: jax.Array, params: Params) -> jax.Array:
+    return _APPLY[op](images, params).astype(images.dtype)
 
 
 # --------------------------------------------------------------------------- random op sequences
@@ -344,6 +371,14 @@ def _augment_batches(where: str, rng: jax.Array, batches: tuple[jax.Array, ...],
     k = _check_k(where, k, len(ops))
     if k == 0:
         return batches
+    return _random_op_sequence(rng, tuple(batches), ops, k, bool(per_sample))
+
+
+# Jitted so that eager callers compile once per (shapes, ops, k) instead of re-tracing every
+# lax.switch branch per call; inside a caller's jit it is simply inlined.
+@functools.partial(jax.jit, static_argnames=("ops", "k", "per_sample"))
+def _random_op_sequence(rng: jax.Array, batches: tuple[jax.Array, ...], ops: tuple[str, ...],
+                        k: int, per_sample: bool) -> tuple[jax.Array, ...]:
     batch_size = batches[0].shape[0] if per_sample else 1
     image_shape = batches[0].shape[1:]
 
@@ -354,8 +389,13 @@ def _augment_batches(where: str, rng: jax.Array, batches: tuple[jax.Array, ...],
     branches = [functools.partial(branch, op) for op in ops]
     keys = jax.random.split(rng, k + 1)
     chosen = choose_ops(keys[0], len(ops), k)
-    for step in range(k):
-        batches = lax.switch(chosen[step], branches, keys[step + 1], batches)
+
+    # A scan rather than a Python loop: the switch is compiled once whatever k is.
+    def step(current, choice_and_key):
+        choice, key = choice_and_key
+        return lax.switch(choice, branches, key, current), None
+
+    batches, _ = lax.scan(step, batches, (chosen, keys[1:]))
     return batches
 
 

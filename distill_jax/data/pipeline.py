@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from distill_jax import losses
 from distill_jax.data import datasets, preprocess
 
 
@@ -24,14 +25,6 @@ class TrainingData:
     num_classes: int
     preprocessing: preprocess.Preprocessing
     description: str
-
-
-def soft_targets(label_vectors: np.ndarray, tau: float) -> np.ndarray:
-    """softmax(y / tau): FRePo's learned label vectors as training targets (SPEC 2.6)."""
-    z = label_vectors.astype(np.float64) / tau
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _real_split(dataset: str, split: str, data_dir: str):
@@ -68,7 +61,7 @@ def load_training_data(data_cfg, *, fit_images: Optional[np.ndarray] = None) -> 
         prep = preprocess.fit(recipe, fit_on)
         train_images = np.asarray(dset.images, np.float32)
         labels = np.asarray(dset.labels)
-        train_labels = soft_targets(labels, data_cfg.label_temperature) if labels.ndim == 2 else labels.astype(np.int64)
+        train_labels = np.asarray(losses.label_temperature(labels, data_cfg.label_temperature), np.float32) if labels.ndim == 2 else labels.astype(np.int64)
         what = f"distilled set {data_cfg.distilled_path} ({dset.provenance.get('format', '?')})"
     test_images = prep.apply(datasets.to_float(real_test.images))
     logging.info("data: %s; %d training images, %d test images, preprocessing %s",

@@ -16,7 +16,7 @@ See benchmarks/README.md ("Convolutions on CPU") for the measurements.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import flax.linen as nn
 import jax
@@ -26,6 +26,9 @@ from jax import lax
 PaddingLike = Union[str, int, Sequence[Union[int, tuple[int, int]]]]
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 _WHERE = "distill_jax/models/fast_conv.py"
+# Padded input bytes per batch chunk in the kernel gradient: small enough that a
+# chunk and its shifted taps stay in L2 (measured best around 0.5-1 MB here).
+DEFAULT_CHUNK_BYTES = 1 << 20
 
 
 def _pair(value: int | Sequence[int], field: str) -> tuple[int, int]:
@@ -86,32 +89,65 @@ def tap_slices(x_padded: jax.Array, kernel_hw: tuple[int, int], strides: tuple[i
     ]
 
 
-def kernel_grad_by_taps(
-    x: jax.Array, grad_out: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int], pads
-) -> jax.Array:
-    """dL/dkernel (HWIO) as one (C, N*Ho*Wo) @ (N*Ho*Wo, F) matmul per tap."""
-    x_padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+def _taps_times_grad(x_padded, grad_out, kernel_hw, strides):
+    """(kh*kw, F, C): per tap, dY^T @ x_tap. dY^T comes first so XLA transposes dY once, not every tap."""
     out_hw = grad_out.shape[1:3]
-    taps = [
-        jnp.einsum("nhwc,nhwf->cf", tap, grad_out, preferred_element_type=jnp.float32)
-        for tap in tap_slices(x_padded, kernel_hw, strides, out_hw)
-    ]
-    channels, features = x.shape[-1], grad_out.shape[-1]
-    return jnp.stack(taps).reshape(kernel_hw + (channels, features))
+    return jnp.stack(
+        [
+            jnp.einsum("nhwf,nhwc->fc", grad_out, tap, preferred_element_type=jnp.float32)
+            for tap in tap_slices(x_padded, kernel_hw, strides, out_hw)
+        ]
+    )
+
+
+def kernel_grad_by_taps(
+    x: jax.Array,
+    grad_out: jax.Array,
+    kernel_hw: tuple[int, int],
+    strides: tuple[int, int],
+    pads,
+    chunk_bytes: int | None = DEFAULT_CHUNK_BYTES,
+) -> jax.Array:
+    """dL/dkernel (HWIO) as one dY^T @ x_tap matmul per kernel tap.
+
+    With `chunk_bytes`, the batch is walked in chunks of about that many bytes of
+    padded input (lax.scan), so the nine shifted copies of a chunk stay in cache:
+    on this machine memory traffic, not arithmetic, dominates the unchunked form.
+    """
+    x_padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    batch = x.shape[0]
+    per_sample = x_padded[0].size * x_padded.dtype.itemsize
+    chunk = batch if chunk_bytes is None else max(1, min(batch, chunk_bytes // per_sample))
+    n_chunks, remainder = divmod(batch, chunk)
+    if n_chunks <= 1:
+        total = _taps_times_grad(x_padded, grad_out, kernel_hw, strides)
+    else:
+        full = n_chunks * chunk
+        xs = x_padded[:full].reshape((n_chunks, chunk) + x_padded.shape[1:])
+        gs = grad_out[:full].reshape((n_chunks, chunk) + grad_out.shape[1:])
+
+        def add_chunk(acc, chunk_pair):
+            return acc + _taps_times_grad(chunk_pair[0], chunk_pair[1], kernel_hw, strides), None
+
+        zeros = jnp.zeros((kernel_hw[0] * kernel_hw[1], grad_out.shape[-1], x.shape[-1]), jnp.float32)
+        total, _ = lax.scan(add_chunk, zeros, (xs, gs))
+        if remainder:
+            total = total + _taps_times_grad(x_padded[full:], grad_out[full:], kernel_hw, strides)
+    return jnp.swapaxes(total, 1, 2).reshape(kernel_hw + (x.shape[-1], grad_out.shape[-1]))
 
 
 def kernel_grad_by_patches(
     x: jax.Array, grad_out: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int], pads
 ) -> jax.Array:
-    """dL/dkernel (HWIO) as patches^T @ dY with all kh*kw taps materialised (im2col)."""
+    """dL/dkernel (HWIO) as dY^T @ patches with all kh*kw taps materialised (im2col); for comparison."""
     x_padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     patches = jnp.concatenate(tap_slices(x_padded, kernel_hw, strides, grad_out.shape[1:3]), axis=-1)
-    grad = jnp.einsum("nhwk,nhwf->kf", patches, grad_out, preferred_element_type=jnp.float32)
+    grad = jnp.einsum("nhwf,nhwk->kf", grad_out, patches, preferred_element_type=jnp.float32)
     return grad.reshape(kernel_hw + (x.shape[-1], grad_out.shape[-1]))
 
 
 def im2col_conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pads) -> jax.Array:
-    """Convolution as one matmul of the (N, Ho, Wo, kh*kw*C) patches with the flattened kernel."""
+    """Convolution as one matmul of the (N, Ho, Wo, kh*kw*C) patches with the flattened kernel; for comparison."""
     kh, kw, channels, features = kernel.shape
     x_padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     ho = (x_padded.shape[1] - kh) // strides[0] + 1
@@ -120,22 +156,123 @@ def im2col_conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pad
     return jnp.einsum("nhwk,kf->nhwf", patches, kernel.reshape(kh * kw * channels, features))
 
 
-def make_conv2d(kernel_grad_fn=kernel_grad_by_taps):
-    """conv2d(x, kernel, strides, pads) with XLA's forward/input gradient and `kernel_grad_fn` for dW.
+def _vmap_friendly(fn: Callable, foldable: tuple[bool, ...]) -> Callable:
+    """fn(*arrays) whose vmap avoids XLA's grouped convolution.
 
-    strides and pads are static hashable tuples (nondiff_argnums).
+    vmap of a convolution whose kernel is batched (several seeds in one program)
+    becomes a grouped convolution, which XLA's CPU backend runs far slower than
+    the convolutions one by one. So: when only arguments marked `foldable`
+    (activations with a leading batch axis) are batched, the vmapped axis is
+    folded into that batch axis; otherwise the batch is looped with lax.map.
     """
 
+    @jax.custom_batching.custom_vmap
+    def wrapped(*arrays):
+        return fn(*arrays)
+
+    @wrapped.def_vmap
+    def rule(axis_size, in_batched, *arrays):
+        if all(fold or not batched for fold, batched in zip(foldable, in_batched)):
+            folded = [a.reshape((-1,) + a.shape[2:]) if batched else a for a, batched in zip(arrays, in_batched)]
+            out = fn(*folded)
+            return out.reshape((axis_size, -1) + out.shape[1:]), True
+        broadcast = [a if batched else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, batched in zip(arrays, in_batched)]
+        return lax.map(lambda args: fn(*args), tuple(broadcast)), True
+
+    return wrapped
+
+
+def make_conv2d(kernel_grad_fn: Callable = kernel_grad_by_taps) -> Callable:
+    """conv(x, kernel, strides, pads): XLA forward and input gradient, `kernel_grad_fn` for dL/dkernel.
+
+    strides and pads are static hashable tuples (nondiff_argnums). Every piece is
+    wrapped by _vmap_friendly, so vmapping over seeds of kernels stays fast.
+    """
+
+    def conv_value(x, kernel, strides, pads):
+        return _vmap_friendly(lambda x_, k_: xla_conv2d(x_, k_, strides, pads), (True, False))(x, kernel)
+
     def forward(x, kernel, strides, pads):
-        return xla_conv2d(x, kernel, strides, pads), (x, kernel)
+        return conv_value(x, kernel, strides, pads), (x, kernel)
+
+    def input_grad(x, kernel, grad_out, strides, pads):
+        _, input_vjp = jax.vjp(lambda x_: xla_conv2d(x_, kernel, strides, pads), x)
+        return input_vjp(grad_out)[0]
 
     def backward(strides, pads, residuals, grad_out):
         x, kernel = residuals
-        _, input_vjp = jax.vjp(lambda x_: xla_conv2d(x_, kernel, strides, pads), x)
-        (grad_x,) = input_vjp(grad_out)
-        grad_kernel = kernel_grad_fn(x, grad_out, kernel.shape[:2], strides, pads)
+        grad_x = _vmap_friendly(lambda x_, k_, g_: input_grad(x_, k_, g_, strides, pads), (True, False, True))(x, kernel, grad_out)
+        grad_kernel = _vmap_friendly(
+            lambda x_, g_: kernel_grad_fn(x_, g_, kernel.shape[-4:-2], strides, pads), (False, False)
+        )(x, grad_out)
         return grad_x, grad_kernel.astype(kernel.dtype)
 
-    conv = jax.custom_vjp(xla_conv2d, nondiff_argnums=(2, 3))
+    conv = jax.custom_vjp(conv_value, nondiff_argnums=(2, 3))
     conv.defvjp(forward, backward)
     return conv
+
+
+_fast_conv = make_conv2d(kernel_grad_by_taps)
+
+
+def conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: int | Sequence[int] = 1,
+    padding: PaddingLike = "SAME",
+) -> jax.Array:
+    """2-D convolution, x (N, H, W, C) and kernel (kh, kw, C, F) -> (N, Ho, Wo, F).
+
+    Same result as lax.conv_general_dilated with NHWC/HWIO/NHWC; its kernel
+    gradient is computed tap by tap (see module docstring).
+    """
+    if x.ndim != 4 or kernel.ndim != 4:
+        raise ValueError(f"{_WHERE}: conv2d expects x of rank 4 (N, H, W, C) and kernel of rank 4 (kh, kw, C, F), got shapes {x.shape} and {kernel.shape}")
+    if x.shape[-1] != kernel.shape[2]:
+        raise ValueError(f"{_WHERE}: conv2d input channels {x.shape[-1]} do not match kernel input channels {kernel.shape[2]} (kernel shape {kernel.shape})")
+    strides = _pair(strides, "strides")
+    pads = explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
+    return _fast_conv(x, kernel, strides, pads)
+
+
+class Conv(nn.Module):
+    """Drop-in for flax.linen.Conv (2-D, NHWC) with a fast kernel gradient on CPU.
+
+    Parameters are 'kernel' (kh, kw, C, F) and 'bias' (F,), exactly as nn.Conv,
+    so checkpoints and weight imports are interchangeable. Leading batch axes
+    beyond one are flattened, and an unbatched (H, W, C) input is accepted, as in nn.Conv.
+    Padding: 'SAME', 'VALID', 'CIRCULAR', 'REFLECT', an int, or two ints/(low, high) pairs.
+    Unlike nn.Conv, an int kernel_size means a square kernel (nn.Conv would make it 1-D);
+    strides likewise.
+    """
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: PaddingLike = "SAME"
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.linear.default_kernel_init
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        kernel_hw = _pair(self.kernel_size, "kernel_size")
+        if inputs.ndim < 3:
+            raise ValueError(f"{_WHERE}: Conv expects inputs (..., H, W, C), got shape {inputs.shape}")
+        batch_shape = inputs.shape[:-3]
+        x = inputs.reshape((-1,) + inputs.shape[-3:])
+        padding = self.padding
+        if isinstance(padding, str) and padding.upper() in ("CIRCULAR", "REFLECT"):
+            # Same split as nn.Conv: (k - 1) // 2 before, k // 2 after.
+            mode = {"CIRCULAR": "wrap", "REFLECT": "reflect"}[padding.upper()]
+            x = jnp.pad(x, ((0, 0),) + tuple(((k - 1) // 2, k // 2) for k in kernel_hw) + ((0, 0),), mode=mode)
+            padding = "VALID"
+        kernel = self.param("kernel", self.kernel_init, kernel_hw + (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = conv2d(x, kernel, self.strides, padding)
+        if bias is not None:
+            y = y + bias
+        return y.reshape(batch_shape + y.shape[1:])

@@ -6,6 +6,7 @@ symmetric padding k // 2, and (weight_init='torch') torch's default U(-1/sqrt(fa
 1/sqrt(fan_in)) for weights and biases, or (weight_init='flax') Flax's lecun-normal / zeros.
 The option is not called `init` because a linen field of that name would hide Module.init.
 """
+import math
 from typing import Callable
 
 import flax.linen as nn
@@ -21,11 +22,24 @@ def _check_init(weight_init: str) -> None:
         raise ValueError(f"layers.py: weight_init must be one of {INIT_KINDS}, got {weight_init!r}")
 
 
+# Both initialisers draw a flat vector and reshape it: XLA on CPU takes 10-20 s to compile a
+# random draw of a 4-D shape, against about 1 s for the same draw in 1-D.
+
 def _uniform(bound: float) -> Callable:
-    """Initialiser drawing U(-bound, bound), like torch's kaiming_uniform(a=sqrt(5)) for layers."""
+    """U(-bound, bound), torch's default for Conv2d/Linear weights and biases (bound 1/sqrt(fan_in))."""
 
     def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+        return jax.random.uniform(key, (math.prod(shape),), dtype, -bound, bound).reshape(shape)
+
+    return init
+
+
+def _lecun_normal(fan_in: int) -> Callable:
+    """Flax's default kernel init: normal truncated at 2 std, rescaled to variance 1 / fan_in."""
+
+    def init(key, shape, dtype=jnp.float32):
+        std = (1.0 / fan_in) ** 0.5 / 0.87962566103423978  # std of a unit normal truncated at +-2
+        return (std * jax.random.truncated_normal(key, -2.0, 2.0, (math.prod(shape),), dtype)).reshape(shape)
 
     return init
 
@@ -36,7 +50,7 @@ def _initialisers(weight_init: str, fan_in: int) -> tuple[Callable, Callable]:
     if weight_init == "torch":
         bound = 1.0 / fan_in**0.5
         return _uniform(bound), _uniform(bound)
-    return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
+    return _lecun_normal(fan_in), nn.initializers.zeros_init()
 
 
 class Conv(nn.Module):

@@ -82,7 +82,8 @@ class PlainBlock(nn.Module):
 
 
 class _PlainNet(nn.Module):
-    """Blocks from `group_blocks` named block_0, block_1, ..., then flatten -> dense `head`."""
+    """Blocks from `group_blocks` named block_0, block_1, ... (pools between them have no name),
+    then flatten -> dense `head`."""
 
     num_classes: int
     width: int = 64
@@ -96,11 +97,13 @@ class _PlainNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
         check_images(x, type(self).__name__)
-        for i, group in enumerate(group_blocks(self.layer_list())):
+        blocks = 0
+        for group in group_blocks(self.layer_list()):
             if group == (POOL,):
                 x = max_pool(x, 2)
-            else:
-                x = PlainBlock(group, self.norm, self.droppath, self.weight_init, name=f"block_{i}")(x, train, keep_rate)
+                continue
+            x = PlainBlock(group, self.norm, self.droppath, self.weight_init, name=f"block_{blocks}")(x, train, keep_rate)
+            blocks += 1
         return dense(self.num_classes, weight_init=self.weight_init, name="head")(x.reshape(x.shape[0], -1))
 
 

@@ -1,0 +1,130 @@
+"""The ``distill-jax`` command line.
+
+Each subcommand is registered by a ``register_<name>(subparsers)`` function listed in
+``SUBCOMMANDS``: it adds its parser and sets ``handler`` (``args -> exit code``).
+To add a subcommand, write such a function and append it to ``SUBCOMMANDS``.
+Expected failures (bad files, bad options) raise one of ``USER_ERRORS``; ``main``
+prints their message on stderr and returns 1, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from distill_jax.data.distilled import (
+    FORMATS,
+    PREPROCESSING,
+    DistilledFormatError,
+    load_distilled,
+    save_distilled,
+    summarize_distilled,
+)
+from distill_jax.data.torch_pickle import TorchFileError
+
+PROG = "distill-jax"
+
+USER_ERRORS: tuple[type[BaseException], ...] = (DistilledFormatError, TorchFileError, OSError)
+"""Exceptions that mean 'the input is wrong', reported as one line on stderr."""
+
+
+def _format_text(summary: dict) -> str:
+    height, width, channels = summary["image_shape"]
+    value = summary["value_range"]
+    lines = [
+        f"path:          {summary['path']}",
+        f"format:        {summary['format']} (source: {summary['source']})",
+        f"images:        {summary['num_images']} x {height}x{width}x{channels} (NHWC float32)",
+        f"labels:        {summary['label_kind']}, {summary['num_classes']} classes",
+        f"class counts:  {' '.join(str(c) for c in summary['class_counts'])}",
+        f"value range:   min {value['min']:.6g}  max {value['max']:.6g}  "
+        f"mean {value['mean']:.6g}  std {value['std']:.6g}",
+        f"preprocessing: {summary['preprocessing']}",
+    ]
+    for index, (name, digest) in enumerate(sorted(summary["sha256"].items())):
+        lines.append(f"{'sha256:' if index == 0 else '':<15}{digest}  {name}")
+    if summary.get("notes"):
+        lines.append(f"notes:         {summary['notes']}")
+    return "\n".join(lines)
+
+
+def _load_options(args: argparse.Namespace) -> dict:
+    options = {}
+    if getattr(args, "preprocessing", None) is not None:
+        options["preprocessing"] = args.preprocessing
+    if getattr(args, "source", None) is not None:
+        options["source"] = args.source
+    if getattr(args, "experiment", None) is not None:
+        options["experiment"] = args.experiment
+    return options
+
+
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, default=None, help="force a format instead of auto-detecting it")
+    parser.add_argument("--source", default=None, help="distillation method, where the format cannot tell (e.g. frepo)")
+    parser.add_argument("--experiment", type=int, default=None, help="experiment index of a DC/DSA/DM res_*.pt")
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    dset = load_distilled(args.path, format=args.format, **_load_options(args))
+    summary = summarize_distilled(dset)
+    print(json.dumps(summary, sort_keys=True) if args.json else _format_text(summary))
+    return 0
+
+
+def register_inspect(subparsers) -> None:
+    parser = subparsers.add_parser("inspect", help="describe a distilled set", description="Describe a distilled set.")
+    parser.add_argument("path", help="file or folder of a distilled set")
+    _add_source_options(parser)
+    parser.add_argument("--preprocessing", choices=PREPROCESSING, default=None, help="override the pixel space")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run_inspect)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    dset = load_distilled(args.src, format=args.format, **_load_options(args))
+    written = save_distilled(dset, args.dst)
+    print(f"wrote {dset.num_images} images ({dset.label_kind} labels, {dset.preprocessing}) to {written}")
+    return 0
+
+
+def register_convert(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="write a distilled set in distill_jax's own npz format",
+        description="Read a distilled set in any supported format and write distill_jax's npz.",
+    )
+    parser.add_argument("src", help="file or folder of a distilled set")
+    parser.add_argument("dst", help="output .npz path")
+    _add_source_options(parser)
+    parser.add_argument("--preprocessing", choices=PREPROCESSING, default=None, help="declare the pixel space")
+    parser.set_defaults(handler=run_convert)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_inspect, register_convert]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Train networks on distilled datasets (JAX/Flax).")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in SUBCOMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (usage errors: 2, bad input: 1)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help or a usage error: argparse already printed
+        return int(exit_request.code or 0) if not isinstance(exit_request.code, str) else 2
+    try:
+        return int(args.handler(args))
+    except USER_ERRORS as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,696 @@
+"""Distilled datasets: one in-memory type, readers for published formats, our own format.
+
+Every published distilled set (SPEC §5) is read into a :class:`DistilledSet`: images
+float32 NHWC, labels either int64 class indices ``(N,)`` or float32 learned label
+vectors ``(N, C)``, plus the name of the pixel space the images live in
+(``preprocessing``, SPEC §4). ``preprocessing`` is a *label*, not an operation: the
+distilled pixels are kept as published, and whoever evaluates on them must put the
+real test images through the same transform.
+
+Formats (``FORMATS``) and how :func:`load_distilled` recognises them:
+
+* ``pt_pair``: MTT / reference code, a folder with ``images_best.pt`` + ``labels_best.pt``
+  (NCHW), or the path of an ``images_*.pt`` file beside its ``labels_*.pt``.
+* ``dc_res``: DC / DSA / DM ``res_*.pt``; ``['data'][experiment] = [images, labels]``.
+* ``flax_msgpack``: FRePo / RCIG Flax checkpoints (``*.msgpack`` or ``checkpoint_<step>``)
+  holding ``params/x_proto``, ``params/y_proto`` (RCIG: under ``ema_average``).
+* ``frepo_npz``: npz with ``image``, ``label`` (NHWC).
+* ``kip_npz`` / ``rfad_npz``: npz with ``images``, ``labels``; KIP is NHWC, RFAD NCHW,
+  told apart by which axis has 1 or 3 channels (pass ``format=`` when ambiguous).
+* ``distill_jax``: this project's own npz (``images``, ``labels``, JSON ``metadata``).
+
+The *source* (the distillation method) picks the default preprocessing
+(``DEFAULT_PREPROCESSING``). For ``pt_pair`` folders the source is a heuristic: a
+folder (or file) name containing ``frepo`` means FRePo images (the reference-code
+layout is also used to republish FRePo sets), anything else means MTT; pass
+``source=`` to override. FRePo/RCIG/KIP/RFAD default to ``zca_frepo`` until measured.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import re
+import tempfile
+import zipfile
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from distill_jax.data.torch_pickle import TorchFileError, load_torch_file
+
+__all__ = [
+    "DistilledSet",
+    "DistilledFormatError",
+    "PREPROCESSING",
+    "SOURCES",
+    "FORMATS",
+    "DEFAULT_PREPROCESSING",
+    "FORMAT_VERSION",
+    "file_sha256",
+    "load_distilled",
+    "detect_format",
+    "save_distilled",
+    "summarize_distilled",
+    "read_pt_pair",
+    "read_dc_res",
+    "read_flax_msgpack",
+    "read_frepo_npz",
+    "read_kip_npz",
+    "read_rfad_npz",
+    "read_distill_jax",
+]
+
+PREPROCESSING = ("none", "standardize", "zca_mtt", "zca_frepo", "zca_kip")
+"""Pixel spaces (SPEC §4): 'zca_mtt' = raw [0,1] pixels, ZCA with absolute eps 0.1 on
+the unbiased covariance; 'zca_frepo' = per-channel standardisation then ZCA with
+trace-relative lambda 0.1; 'zca_kip' = 'zca_frepo' plus per-image L2 normalisation;
+'standardize' = per-channel mean/std only; 'none' = raw pixels."""
+
+SOURCES = ("mtt", "frepo", "rcig", "kip", "rfad", "dc")
+"""Distillation methods ('dc' stands for DC, DSA and DM, which share a format)."""
+
+DEFAULT_PREPROCESSING: Mapping[str, str] = {
+    "mtt": "zca_mtt",
+    "frepo": "zca_frepo",  # provisional: the lead settles FRePo by measurement
+    "rcig": "zca_frepo",
+    "kip": "zca_frepo",
+    "rfad": "zca_frepo",
+    "dc": "standardize",
+}
+
+FORMATS = ("pt_pair", "dc_res", "flax_msgpack", "frepo_npz", "kip_npz", "rfad_npz", "distill_jax")
+
+FORMAT_VERSION = 1
+"""Version of the ``distill_jax`` npz layout written by :func:`save_distilled`."""
+
+_CHANNEL_COUNTS = (1, 3)
+
+
+class DistilledFormatError(ValueError):
+    """A distilled-set file is unreadable or its content is not a valid set."""
+
+
+# ---------------------------------------------------------------------------------------
+# The in-memory type
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DistilledSet:
+    """A distilled dataset, validated on construction; its arrays are read-only copies.
+
+    Attributes:
+      images: float32 (N, H, W, C), C in (1, 3).
+      labels: int64 (N,) class indices, or float32 (N, num_classes) label vectors.
+      num_classes: number of classes.
+      preprocessing: the pixel space of ``images``, one of ``PREPROCESSING``.
+      provenance: JSON-serialisable dict: ``format``, ``source``, ``path``, ``sha256``
+        ({file name: hex digest}), ``notes``; optional ``files`` ({field: file}) used
+        to name the file in error messages.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    preprocessing: str
+    provenance: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        provenance = dict(self.provenance)
+        images, labels = _validated_arrays(self.images, self.labels, self.num_classes, self.preprocessing, provenance)
+        object.__setattr__(self, "images", images)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "num_classes", int(self.num_classes))
+        object.__setattr__(self, "provenance", provenance)
+
+    @property
+    def label_kind(self) -> str:
+        """'index' for class indices, 'vector' for (N, C) label vectors."""
+        return "index" if self.labels.ndim == 1 else "vector"
+
+    @property
+    def num_images(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C)."""
+        return tuple(int(v) for v in self.images.shape[1:])
+
+    def class_counts(self) -> np.ndarray:
+        """Images per class, int64 (num_classes,); label vectors count by their argmax."""
+        classes = self.labels if self.label_kind == "index" else np.argmax(self.labels, axis=1)
+        return np.bincount(classes, minlength=self.num_classes).astype(np.int64)
+
+
+def _where(provenance: Mapping, field: str) -> str:
+    files = provenance.get("files") or {}
+    return str(files.get(field) or provenance.get("path") or "<in-memory DistilledSet>")
+
+
+def _fail(provenance: Mapping, field: str, message: str):
+    raise DistilledFormatError(f"{_where(provenance, field)}: field '{field}': {message}")
+
+
+def _validated_arrays(images, labels, num_classes, preprocessing, provenance):
+    """Check every invariant of a DistilledSet; return read-only float32/int64 copies."""
+    if preprocessing not in PREPROCESSING:
+        _fail(provenance, "preprocessing", f"expected one of {PREPROCESSING}, got {preprocessing!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        _fail(provenance, "num_classes", f"expected a positive integer, got {num_classes!r}")
+    images = np.asarray(images)
+    if images.ndim != 4:
+        _fail(provenance, "images", f"expected rank 4 (N, H, W, C), got shape {images.shape}")
+    if images.shape[-1] not in _CHANNEL_COUNTS:
+        _fail(provenance, "images", f"expected NHWC with {_CHANNEL_COUNTS} channels in the last axis, got shape {images.shape}")
+    if min(images.shape) < 1:
+        _fail(provenance, "images", f"expected a non-empty set, got shape {images.shape}")
+    if not np.issubdtype(images.dtype, np.floating):
+        _fail(provenance, "images", f"expected floating-point pixels, got dtype {images.dtype}")
+    images = np.array(images, dtype=np.float32, order="C", copy=True)
+    if not np.all(np.isfinite(images)):
+        bad = int(np.size(images) - np.count_nonzero(np.isfinite(images)))
+        _fail(provenance, "images", f"{bad} pixel(s) are NaN or infinite")
+
+    labels = np.asarray(labels)
+    num_images = images.shape[0]
+    if labels.ndim not in (1, 2):
+        _fail(provenance, "labels", f"expected (N,) class indices or (N, C) label vectors, got shape {labels.shape}")
+    if labels.shape[0] != num_images:
+        _fail(provenance, "labels", f"label count {labels.shape[0]} != image count {num_images}")
+    if labels.ndim == 1:
+        if not np.issubdtype(labels.dtype, np.integer):
+            _fail(provenance, "labels", f"expected integer class indices, got dtype {labels.dtype}")
+        labels = np.array(labels, dtype=np.int64, copy=True)
+        if labels.min() < 0 or labels.max() >= num_classes:
+            _fail(
+                provenance,
+                "labels",
+                f"class indices must lie in [0, {int(num_classes)}), got range [{labels.min()}, {labels.max()}]",
+            )
+    else:
+        if not np.issubdtype(labels.dtype, np.floating):
+            _fail(provenance, "labels", f"expected float label vectors, got dtype {labels.dtype}")
+        if labels.shape[1] != num_classes:
+            _fail(provenance, "labels", f"label vectors have {labels.shape[1]} entries, expected num_classes={int(num_classes)}")
+        labels = np.array(labels, dtype=np.float32, copy=True)
+        if not np.all(np.isfinite(labels)):
+            _fail(provenance, "labels", "label vectors hold NaN or infinite values")
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def summarize_distilled(dset: DistilledSet) -> dict:
+    """JSON-ready summary (what ``distill-jax inspect --json`` prints)."""
+    provenance = dset.provenance
+    images = dset.images.astype(np.float64)
+    return {
+        "format": provenance.get("format"),
+        "source": provenance.get("source"),
+        "path": provenance.get("path"),
+        "num_images": dset.num_images,
+        "image_shape": list(dset.image_shape),
+        "label_kind": dset.label_kind,
+        "num_classes": dset.num_classes,
+        "class_counts": [int(v) for v in dset.class_counts()],
+        "value_range": {
+            "min": float(images.min()),
+            "max": float(images.max()),
+            "mean": float(images.mean()),
+            "std": float(images.std()),
+        },
+        "preprocessing": dset.preprocessing,
+        "sha256": dict(provenance.get("sha256") or {}),
+        "notes": provenance.get("notes", ""),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers shared by the readers
+# ---------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _provenance(fmt: str, source: str, path: str, files: Mapping[str, str], notes: str = "") -> dict:
+    unique = sorted(set(files.values()))
+    return {
+        "format": fmt,
+        "source": source,
+        "path": os.path.abspath(path),
+        "sha256": {os.path.basename(f): file_sha256(f) for f in unique},
+        "notes": notes,
+        "files": {field: os.path.abspath(f) for field, f in files.items()},
+    }
+
+
+def _resolve_preprocessing(preprocessing: str | None, source: str, path: str) -> str:
+    if preprocessing is None:
+        return DEFAULT_PREPROCESSING[source]
+    if preprocessing not in PREPROCESSING:
+        raise DistilledFormatError(f"{path}: field 'preprocessing': expected one of {PREPROCESSING}, got {preprocessing!r}")
+    return preprocessing
+
+
+def _check_source(source: str | None, allowed: tuple[str, ...], path: str) -> None:
+    if source is not None and source not in allowed:
+        raise DistilledFormatError(f"{path}: option 'source': expected one of {allowed}, got {source!r}")
+
+
+def _layout_of(shape: tuple[int, ...]) -> str | None:
+    """'NHWC' or 'NCHW' when exactly one of axis 1 / axis 3 looks like channels."""
+    if len(shape) != 4:
+        return None
+    last, second = shape[3] in _CHANNEL_COUNTS, shape[1] in _CHANNEL_COUNTS
+    if last and not second:
+        return "NHWC"
+    if second and not last:
+        return "NCHW"
+    return None
+
+
+def _to_nhwc(array: Any, layout: str, path: str, field: str) -> np.ndarray:
+    """Check a rank-4 float image tensor in the given layout and return it as NHWC."""
+    if not isinstance(array, np.ndarray):
+        raise DistilledFormatError(f"{path}: field '{field}': expected an image tensor, got {type(array).__name__}")
+    if array.ndim != 4:
+        raise DistilledFormatError(f"{path}: field '{field}': expected a rank-4 {layout} image tensor, got shape {array.shape}")
+    channel_axis = 1 if layout == "NCHW" else 3
+    if array.shape[channel_axis] not in _CHANNEL_COUNTS:
+        other = "NHWC" if layout == "NCHW" else "NCHW"
+        raise DistilledFormatError(
+            f"{path}: field '{field}': expected {layout} with {_CHANNEL_COUNTS} channels in axis "
+            f"{channel_axis}, got shape {array.shape} (is it {other}?)"
+        )
+    if layout == "NCHW":
+        array = np.transpose(array, (0, 2, 3, 1))
+    return np.ascontiguousarray(array)
+
+
+def _index_or_vector_labels(labels: Any, path: str, field: str) -> np.ndarray:
+    if not isinstance(labels, np.ndarray):
+        raise DistilledFormatError(f"{path}: field '{field}': expected a label tensor, got {type(labels).__name__}")
+    if labels.ndim not in (1, 2):
+        raise DistilledFormatError(f"{path}: field '{field}': expected (N,) or (N, C) labels, got shape {labels.shape}")
+    return labels
+
+
+def _num_classes_for(labels: np.ndarray, num_classes: int | None, path: str, field: str) -> int:
+    """Vector labels fix the class count; index labels default to max + 1."""
+    if labels.ndim == 2:
+        return int(labels.shape[1]) if num_classes is None else num_classes
+    if num_classes is not None:
+        return num_classes
+    if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+        raise DistilledFormatError(f"{path}: field '{field}': expected integer class indices, got dtype {labels.dtype}")
+    return int(labels.max()) + 1
+
+
+def _load_torch(path: str) -> Any:
+    try:
+        return load_torch_file(path)
+    except TorchFileError as err:
+        raise DistilledFormatError(str(err)) from None
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """All arrays of an npz, eagerly (so truncation shows here), never unpickling."""
+    if not os.path.isfile(path):
+        raise DistilledFormatError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as err:
+        raise DistilledFormatError(f"{path}: truncated or corrupt npz file ({type(err).__name__}: {err})") from None
+
+
+def _require_keys(arrays: Mapping[str, Any], keys: tuple[str, ...], path: str) -> None:
+    for key in keys:
+        if key not in arrays:
+            raise DistilledFormatError(f"{path}: field '{key}' is missing (found {sorted(arrays)})")
+
+
+# ---------------------------------------------------------------------------------------
+# Readers, one per published format
+# ---------------------------------------------------------------------------------------
+
+
+def _pair_paths(path: str) -> tuple[str, str]:
+    if os.path.isdir(path):
+        return os.path.join(path, "images_best.pt"), os.path.join(path, "labels_best.pt")
+    folder, name = os.path.split(path)
+    match = re.fullmatch(r"images_(.*\.pt)", name)
+    if not match:
+        raise DistilledFormatError(f"{path}: expected a folder with images_best.pt or an images_*.pt file")
+    return path, os.path.join(folder, "labels_" + match.group(1))
+
+
+def _guess_pair_source(path: str) -> tuple[str, str]:
+    """The heuristic documented in the module docstring: 'frepo' in the name -> FRePo."""
+    name = os.path.basename(os.path.normpath(path if os.path.isdir(path) else os.path.dirname(path) or "."))
+    candidates = (name, os.path.basename(path))
+    if any("frepo" in c.lower() for c in candidates):
+        return "frepo", f"source 'frepo' guessed from the name '{name}' (override with source=)"
+    return "mtt", "source 'mtt' assumed for the reference-code layout (override with source=)"
+
+
+def read_pt_pair(
+    path: str | os.PathLike,
+    *,
+    source: str | None = None,
+    preprocessing: str | None = None,
+    num_classes: int | None = None,
+) -> DistilledSet:
+    """MTT / reference-code ``images_best.pt`` + ``labels_best.pt`` (NCHW -> NHWC).
+
+    Labels may be int64 indices (MTT) or float (N, C) learned vectors (FRePo sets
+    republished in this layout); the source is guessed from the name unless given.
+    """
+    path = os.fspath(path)
+    _check_source(source, SOURCES, path)
+    images_path, labels_path = _pair_paths(path)
+    for field, file in (("images", images_path), ("labels", labels_path)):
+        if not os.path.isfile(file):
+            raise DistilledFormatError(f"{file}: field '{field}': file is missing")
+    if source is None:
+        source, notes = _guess_pair_source(path)
+    else:
+        notes = f"source '{source}' given explicitly"
+    images = _to_nhwc(_load_torch(images_path), "NCHW", images_path, "images")
+    labels = _index_or_vector_labels(_load_torch(labels_path), labels_path, "labels")
+    if labels.ndim == 2:
+        notes += "; labels are learned (N, C) vectors"
+    return DistilledSet(
+        images=images,
+        labels=labels,
+        num_classes=_num_classes_for(labels, num_classes, labels_path, "labels"),
+        preprocessing=_resolve_preprocessing(preprocessing, source, path),
+        provenance=_provenance("pt_pair", source, path, {"images": images_path, "labels": labels_path}, notes),
+    )
+
+
+def read_dc_res(
+    path: str | os.PathLike,
+    *,
+    experiment: int = 0,
+    preprocessing: str | None = None,
+    num_classes: int | None = None,
+) -> DistilledSet:
+    """DC / DSA / DM ``res_*.pt``: ``['data'][experiment] = [images NCHW, labels int64]``."""
+    path = os.fspath(path)
+    content = _load_torch(path)
+    if not isinstance(content, dict) or "data" not in content:
+        raise DistilledFormatError(f"{path}: field 'data' is missing (expected a dict with 'data' = [[images, labels], ...])")
+    experiments = content["data"]
+    if not isinstance(experiments, (list, tuple)) or not experiments:
+        raise DistilledFormatError(f"{path}: field 'data': expected a non-empty list of [images, labels]")
+    if isinstance(experiment, bool) or not isinstance(experiment, int) or not 0 <= experiment < len(experiments):
+        raise DistilledFormatError(
+            f"{path}: field 'data[{experiment}]': experiment index out of range (the file holds {len(experiments)})"
+        )
+    entry = experiments[experiment]
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+        raise DistilledFormatError(f"{path}: field 'data[{experiment}]': expected [images, labels]")
+    images = _to_nhwc(entry[0], "NCHW", path, f"data[{experiment}][0]")
+    labels = _index_or_vector_labels(entry[1], path, f"data[{experiment}][1]")
+    return DistilledSet(
+        images=images,
+        labels=labels,
+        num_classes=_num_classes_for(labels, num_classes, path, f"data[{experiment}][1]"),
+        preprocessing=_resolve_preprocessing(preprocessing, "dc", path),
+        provenance=_provenance(
+            "dc_res", "dc", path, {"images": path, "labels": path},
+            f"experiment {experiment} of {len(experiments)}",
+        ),
+    )
+
+
+def _find_proto_paths(tree: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key path under which a dict holds both 'x_proto' and 'y_proto'."""
+    found = []
+    if isinstance(tree, dict):
+        if "x_proto" in tree and "y_proto" in tree:
+            found.append(prefix)
+        for key, value in tree.items():
+            found.extend(_find_proto_paths(value, prefix + (str(key),)))
+    return found
+
+
+def read_flax_msgpack(
+    path: str | os.PathLike,
+    *,
+    source: str | None = None,
+    preprocessing: str | None = None,
+    num_classes: int | None = None,
+) -> DistilledSet:
+    """FRePo / RCIG Flax checkpoint: ``params/x_proto`` (NHWC), ``params/y_proto`` (N, C).
+
+    RCIG keeps the images it evaluates under ``ema_average``; a checkpoint with such a
+    subtree is read as RCIG from there unless ``source='frepo'`` asks for ``params``.
+    """
+    from flax import serialization  # flax is slow to import: only when needed
+
+    path = os.fspath(path)
+    _check_source(source, ("frepo", "rcig"), path)
+    if not os.path.isfile(path):
+        raise DistilledFormatError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        payload = handle.read()
+    try:
+        tree = serialization.msgpack_restore(payload)
+    except Exception as err:  # msgpack raises a zoo of types on bad input
+        raise DistilledFormatError(f"{path}: truncated or corrupt msgpack checkpoint ({type(err).__name__}: {err})") from None
+    candidates = _find_proto_paths(tree)
+    if not candidates:
+        raise DistilledFormatError(f"{path}: field 'params/x_proto' (and 'params/y_proto') not found in the checkpoint")
+    ema = [c for c in candidates if "ema_average" in c]
+    plain = [c for c in candidates if "ema_average" not in c]
+    if source is None:
+        source = "rcig" if ema else "frepo"
+    chosen = (ema if source == "rcig" else plain) or candidates
+    key_path = min(chosen, key=len)
+    group = tree
+    for key in key_path:
+        group = group[key]
+    where = "/".join(key_path + ("",))
+    images = _to_nhwc(np.asarray(group["x_proto"]), "NHWC", path, f"{where}x_proto")
+    labels = _index_or_vector_labels(np.asarray(group["y_proto"]), path, f"{where}y_proto")
+    return DistilledSet(
+        images=images,
+        labels=labels,
+        num_classes=_num_classes_for(labels, num_classes, path, f"{where}y_proto"),
+        preprocessing=_resolve_preprocessing(preprocessing, source, path),
+        provenance=_provenance(
+            "flax_msgpack", source, path, {"images": path, "labels": path},
+            f"read from '{where}x_proto' / '{where}y_proto'",
+        ),
+    )
+
+
+def _read_npz_images_labels(
+    path: str, fmt: str, source: str, image_key: str, label_key: str, layout: str,
+    preprocessing: str | None, num_classes: int | None,
+) -> DistilledSet:
+    arrays = _read_npz(path)
+    _require_keys(arrays, (image_key, label_key), path)
+    images = _to_nhwc(arrays[image_key], layout, path, image_key)
+    labels = _index_or_vector_labels(arrays[label_key], path, label_key)
+    return DistilledSet(
+        images=images,
+        labels=labels,
+        num_classes=_num_classes_for(labels, num_classes, path, label_key),
+        preprocessing=_resolve_preprocessing(preprocessing, source, path),
+        provenance=_provenance(fmt, source, path, {"images": path, "labels": path}, f"{layout} npz"),
+    )
+
+
+def read_frepo_npz(path, *, preprocessing: str | None = None, num_classes: int | None = None) -> DistilledSet:
+    """FRePo npz export: ``image`` NHWC, ``label`` learned (N, C)."""
+    return _read_npz_images_labels(os.fspath(path), "frepo_npz", "frepo", "image", "label", "NHWC", preprocessing, num_classes)
+
+
+def read_kip_npz(path, *, preprocessing: str | None = None, num_classes: int | None = None) -> DistilledSet:
+    """KIP npz: ``images`` NHWC, ``labels`` (N, C)."""
+    return _read_npz_images_labels(os.fspath(path), "kip_npz", "kip", "images", "labels", "NHWC", preprocessing, num_classes)
+
+
+def read_rfad_npz(path, *, preprocessing: str | None = None, num_classes: int | None = None) -> DistilledSet:
+    """RFAD npz: ``images`` NCHW, ``labels`` (N, C)."""
+    return _read_npz_images_labels(os.fspath(path), "rfad_npz", "rfad", "images", "labels", "NCHW", preprocessing, num_classes)
+
+
+# ---------------------------------------------------------------------------------------
+# The project's own format
+# ---------------------------------------------------------------------------------------
+
+
+def save_distilled(dset: DistilledSet, path: str | os.PathLike) -> str:
+    """Write ``dset`` as one npz (images, labels, JSON metadata); atomic via rename.
+
+    Returns the path written. The metadata keeps the set's provenance, so a set read
+    back records where it first came from (``provenance['derived_from']``).
+    """
+    path = os.fspath(path)
+    metadata = {
+        "format": "distill_jax",
+        "format_version": FORMAT_VERSION,
+        "num_classes": dset.num_classes,
+        "preprocessing": dset.preprocessing,
+        "label_kind": dset.label_kind,
+        "image_layout": "NHWC",
+        "provenance": dset.provenance,
+    }
+    try:
+        metadata_json = json.dumps(metadata, sort_keys=True)
+    except (TypeError, ValueError) as err:
+        raise DistilledFormatError(f"{path}: field 'provenance' is not JSON-serialisable ({err})") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", suffix=".npz", delete=False)
+    try:
+        with handle:
+            np.savez(handle, images=dset.images, labels=dset.labels, metadata=np.array(metadata_json))
+        os.replace(handle.name, path)
+    except BaseException:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+        raise
+    return path
+
+
+def read_distill_jax(path, *, preprocessing: str | None = None, num_classes: int | None = None) -> DistilledSet:
+    """Read a file written by :func:`save_distilled`."""
+    path = os.fspath(path)
+    arrays = _read_npz(path)
+    _require_keys(arrays, ("images", "labels", "metadata"), path)
+    try:
+        metadata = json.loads(str(arrays["metadata"][()]))
+    except (ValueError, TypeError, IndexError) as err:
+        raise DistilledFormatError(f"{path}: field 'metadata': not valid JSON ({err})") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != "distill_jax":
+        raise DistilledFormatError(f"{path}: field 'metadata': expected a distill_jax metadata object")
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DistilledFormatError(
+            f"{path}: field 'metadata.format_version': got {version!r}, this reader handles up to {FORMAT_VERSION}"
+        )
+    for key in ("num_classes", "preprocessing"):
+        if key not in metadata:
+            raise DistilledFormatError(f"{path}: field 'metadata.{key}' is missing")
+    stored = metadata.get("provenance")
+    stored = stored if isinstance(stored, dict) else {}
+    provenance = _provenance("distill_jax", stored.get("source") or "unknown", path, {"images": path, "labels": path})
+    provenance["derived_from"] = stored
+    return DistilledSet(
+        images=_to_nhwc(arrays["images"], "NHWC", path, "images"),
+        labels=arrays["labels"],
+        num_classes=metadata["num_classes"] if num_classes is None else num_classes,
+        preprocessing=metadata["preprocessing"] if preprocessing is None else preprocessing,
+        provenance=provenance,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Detection and the single entry point
+# ---------------------------------------------------------------------------------------
+
+_READERS: dict[str, Callable[..., DistilledSet]] = {
+    "pt_pair": read_pt_pair,
+    "dc_res": read_dc_res,
+    "flax_msgpack": read_flax_msgpack,
+    "frepo_npz": read_frepo_npz,
+    "kip_npz": read_kip_npz,
+    "rfad_npz": read_rfad_npz,
+    "distill_jax": read_distill_jax,
+}
+
+
+def _npz_keys(path: str) -> set[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")}
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DistilledFormatError(f"{path}: truncated or corrupt npz file ({err})") from None
+
+
+def _npz_image_shape(path: str, key: str) -> tuple[int, ...]:
+    """Shape of one npz array from its header alone."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(key + ".npy") as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _, _ = np.lib.format.read_array_header_1_0(member)
+            else:
+                shape, _, _ = np.lib.format.read_array_header_2_0(member)
+            return tuple(shape)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+        raise DistilledFormatError(f"{path}: field '{key}': unreadable array header ({err})") from None
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Name the format of ``path`` (one of ``FORMATS``) from names, keys and layout."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "images_best.pt")):
+            return "pt_pair"
+        raise DistilledFormatError(f"{path}: unknown format: a folder needs images_best.pt + labels_best.pt")
+    if not os.path.exists(path):
+        raise DistilledFormatError(f"{path}: no such file or folder")
+    name = os.path.basename(path)
+    if re.fullmatch(r"images_.*\.pt", name):
+        return "pt_pair"
+    if re.fullmatch(r"res_.*\.pth?", name):
+        return "dc_res"
+    if name.endswith(".msgpack") or re.fullmatch(r"checkpoint_\d+", name):
+        return "flax_msgpack"
+    if name.endswith(".npz"):
+        keys = _npz_keys(path)
+        if {"images", "labels", "metadata"} <= keys:
+            return "distill_jax"
+        if {"image", "label"} <= keys:
+            return "frepo_npz"
+        if {"images", "labels"} <= keys:
+            layout = _layout_of(_npz_image_shape(path, "images"))
+            if layout is None:
+                raise DistilledFormatError(
+                    f"{path}: field 'images': cannot tell KIP (NHWC) from RFAD (NCHW) by layout; "
+                    "pass format='kip_npz' or format='rfad_npz'"
+                )
+            return "kip_npz" if layout == "NHWC" else "rfad_npz"
+        raise DistilledFormatError(f"{path}: unknown format: npz keys {sorted(keys)} match no known distilled-set layout")
+    raise DistilledFormatError(
+        f"{path}: unknown format (expected a folder with images_best.pt, images_*.pt, res_*.pt, "
+        "*.msgpack / checkpoint_<step>, or *.npz); pass format= (CLI: --format) to force one"
+    )
+
+
+def load_distilled(path: str | os.PathLike, format: str | None = None, **opts) -> DistilledSet:
+    """Read any supported distilled set; ``format=None`` auto-detects it.
+
+    Options, where the format takes them: ``preprocessing`` (override the source's
+    default pixel space), ``num_classes`` (index labels: default max + 1), ``source``
+    (``pt_pair``: any of ``SOURCES``; ``flax_msgpack``: 'frepo' or 'rcig'),
+    ``experiment`` (``dc_res``: which experiment, default 0).
+    """
+    path = os.fspath(path)
+    if format is None:
+        format = detect_format(path)
+    if format not in _READERS:
+        raise DistilledFormatError(f"{path}: unknown format {format!r}; expected one of {FORMATS}")
+    reader = _READERS[format]
+    accepted = set(inspect.signature(reader).parameters) - {"path"}
+    unexpected = sorted(set(opts) - accepted)
+    if unexpected:
+        raise DistilledFormatError(
+            f"{path}: option(s) {unexpected} do not apply to format '{format}' (it takes {sorted(accepted)})"
+        )
+    return reader(path, **opts)

@@ -1,0 +1,30 @@
+"""Mode dispatch: `config.mode` names what a launch does.
+
+Modes are looked up lazily ("module:function") so that a launch imports only what it uses.
+Each mode function has the signature `fn(config, workdir) -> dict` and writes its own
+results into `workdir`.
+"""
+from __future__ import annotations
+
+import importlib
+
+MODES = {
+    "train": "distill_jax.training.loop:train_and_evaluate",      # any network on real or distilled data
+    "teacher": "distill_jax.training.loop:train_and_evaluate",    # the training network (ConvNet) of a distilled set
+    "student": "distill_jax.training.loop:train_and_evaluate",    # a test network with the method's parts
+    "distill": "distill_jax.distillation:run_distillation",       # produce a distilled set (FRePo, DM)
+    "evaluate": "distill_jax.evaluation:run_evaluation",          # accuracy of saved networks on a test split
+    "reproduce": "distill_jax.evaluation.reproduce:run_reproduction",  # every cell of an experiment, and its table
+}
+
+
+def mode_function(mode: str):
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; allowed modes: {tuple(MODES)}")
+    module_name, function_name = MODES[mode].split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def run(config, workdir) -> dict:
+    """Runs `config.mode` with `config` in `workdir`."""
+    return mode_function(config.mode)(config, workdir)

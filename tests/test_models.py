@@ -1,0 +1,331 @@
+"""Networks (SPEC §3), their DropPath blocks (§2.1, §2.2), the improved shortcut (§2.3) and the registry.
+
+Tiny widths and images keep the CPU compile and run times small.
+"""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distill_jax.models import MODEL_NAMES, build_model, model_options
+from distill_jax.models.layers import Conv, Dense, avg_pool, conv, make_norm, max_pool
+from distill_jax.models.plain import ALEXNET_LAYERS, POOL, VGG11_LAYERS, PlainBlock, group_blocks, scale_widths
+from distill_jax.models.resnet import ResidualBlock, Shortcut
+
+TINY = {"convnet": {"width": 4}, "convnet_frepo": {"width": 4}, "resnet18": {"width": 4},
+        "resnet34": {"width": 4}, "resnet50": {"width": 4}, "vgg11": {"width": 4}, "alexnet": {"width": 8}}
+DROPPATH = {"resnet18", "resnet34", "resnet50", "vgg11", "alexnet"}
+
+
+def images(shape, seed=0):
+    return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+def without_shortcuts(tree):
+    return {k: without_shortcuts(v) for k, v in tree.items() if k != "shortcut"} if isinstance(tree, dict) else tree
+
+
+def init(model, x, train=True):
+    keys = {"params": jax.random.key(0), "droppath": jax.random.key(1)}
+    return model.init(keys, x, train=train)
+
+
+# ---------------------------------------------------------------- shapes and names
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("shape", [(2, 28, 28, 1), (2, 32, 32, 3), (2, 64, 64, 3)])
+def test_output_shape_for_every_network_and_image_size(name, shape):
+    options = dict(TINY[name], **({"droppath": True} if name in DROPPATH else {}))
+    model = build_model(name, 7, **options)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    variables = jax.eval_shape(lambda: init(model, x))
+    for train in (True, False):
+        out = jax.eval_shape(lambda v: model.apply(v, x, train, keep_rate=0.5, rngs={"droppath": jax.random.key(0)},
+                                                   mutable=["batch_stats"])[0], variables)
+        assert out.shape == (2, 7) and out.dtype == jnp.float32
+
+
+def test_convnet_submodule_names_and_shapes_for_torch_import():
+    variables = init(build_model("convnet", 10, width=4), jnp.zeros((1, 32, 32, 3)))
+    params = variables["params"]
+    assert set(params) == {"conv_0", "norm_0", "conv_1", "norm_1", "conv_2", "norm_2", "head"}
+    chex.assert_shape([params["conv_0"]["kernel"], params["conv_1"]["kernel"]], [(3, 3, 3, 4), (3, 3, 4, 4)])
+    chex.assert_shape([params["norm_2"]["scale"], params["norm_2"]["bias"]], [(4,), (4,)])
+    chex.assert_shape(params["head"]["kernel"], (4 * 4 * 4, 10))
+    assert "batch_stats" not in variables  # instance norm by default
+
+
+def test_convnet_frepo_widths_double():
+    params = init(build_model("convnet_frepo", 10, width=4, depth=4), jnp.zeros((1, 64, 64, 3)))["params"]
+    assert [params[f"conv_{i}"]["kernel"].shape[-1] for i in range(4)] == [4, 8, 16, 32]
+    chex.assert_shape(params["head"]["kernel"], (4 * 4 * 32, 10))
+
+
+def test_plain_network_block_grouping():
+    assert [sum(layer != POOL for layer in g) for g in group_blocks(VGG11_LAYERS)] == [2, 0, 2, 0, 2, 0, 2, 0]
+    assert group_blocks(ALEXNET_LAYERS) == [((128, 5), POOL, (192, 5)), (POOL,), ((256, 3), (192, 3)),
+                                            ((192, 3), POOL)]
+    assert scale_widths(ALEXNET_LAYERS, 8, 128)[:3] == ((8, 5), POOL, (12, 5))
+
+
+# ---------------------------------------------------------------- layers
+
+def conv_reference(x, kernel, bias, stride):
+    """Direct numpy cross-correlation with torch's symmetric zero padding k // 2."""
+    k = kernel.shape[0]
+    xp = np.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+    out_h, out_w = (xp.shape[1] - k) // stride + 1, (xp.shape[2] - k) // stride + 1
+    out = np.zeros((x.shape[0], out_h, out_w, kernel.shape[-1]))
+    for i in range(out_h):
+        for j in range(out_w):
+            patch = xp[:, i * stride:i * stride + k, j * stride:j * stride + k, :]
+            out[:, i, j] = np.einsum("bhwc,hwco->bo", patch, kernel)
+    return out + bias
+
+
+@pytest.mark.parametrize("size, stride", [(6, 2), (7, 2), (5, 1)])
+def test_conv_matches_numpy_with_symmetric_padding(size, stride):
+    x = np.asarray(images((2, size, size, 3)))
+    layer = Conv(5, 3, stride)
+    variables = layer.init(jax.random.key(0), x)
+    p = variables["params"]
+    np.testing.assert_allclose(layer.apply(variables, x), conv_reference(x, np.asarray(p["kernel"]),
+                                                                         np.asarray(p["bias"]), stride), atol=1e-5)
+
+
+def test_torch_init_bounds():
+    x = jnp.zeros((1, 4, 4, 5))
+    p = Conv(64, 3).init(jax.random.key(0), x)["params"]
+    bound = 1 / np.sqrt(3 * 3 * 5)
+    for leaf in (p["kernel"], p["bias"]):
+        assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.9 * bound
+    p = Dense(64).init(jax.random.key(1), jnp.zeros((1, 20)))["params"]
+    for leaf in (p["kernel"], p["bias"]):
+        assert np.abs(leaf).max() <= 1 / np.sqrt(20) and np.abs(leaf).max() > 0.9 / np.sqrt(20)
+
+
+def test_flax_init_gives_zero_bias_and_lecun_kernel():
+    p = Conv(64, 3, weight_init="flax").init(jax.random.key(0), jnp.zeros((1, 4, 4, 50)))["params"]
+    np.testing.assert_array_equal(p["bias"], 0.0)
+    assert abs(float(p["kernel"].std()) - 1 / np.sqrt(450)) < 0.1 / np.sqrt(450)
+
+
+def test_instance_norm_standardises_each_sample_and_channel():
+    x = np.asarray(images((2, 5, 5, 3))) * 3 + 1
+    norm = make_norm("instance", "norm", train=True)
+    out = norm.apply(norm.init(jax.random.key(0), x), x)
+    mean, var = x.mean(axis=(1, 2), keepdims=True), x.var(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-5), atol=1e-5)
+
+
+def test_batch_norm_uses_torch_momentum_and_eps():
+    x = np.asarray(images((8, 3, 3, 2)))
+    norm = make_norm("batch", "norm", train=True)
+    variables = norm.init(jax.random.key(0), x)
+    out, updates = norm.apply(variables, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * x.mean(axis=(0, 1, 2)), atol=1e-6)
+    np.testing.assert_allclose(out, (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-5), atol=1e-5)
+
+
+def test_pools_keep_odd_sizes_alive():
+    x = jnp.arange(49.0).reshape(1, 7, 7, 1)
+    pooled = max_pool(x, 2)
+    chex.assert_shape(pooled, (1, 4, 4, 1))
+    assert float(pooled[0, 3, 3, 0]) == 48.0  # the lone corner window
+    chex.assert_shape(avg_pool(x, 2), (1, 3, 3, 1))  # floor, as torch's AvgPool2d
+
+
+# ---------------------------------------------------------------- ResNet DropPath (§2.1)
+
+def test_masks_differ_between_samples():
+    x = jnp.repeat(images((1, 16, 16, 3)), 8, axis=0)
+    for droppath in (True, False):
+        model = build_model("resnet18", 5, width=4, droppath=droppath)
+        variables = init(model, x)
+        out = model.apply(variables, x, True, keep_rate=0.5, rngs={"droppath": jax.random.key(3)})
+        same_rows = np.allclose(out, out[:1], atol=1e-5)
+        assert same_rows != droppath  # identical images differ only through per-sample masks
+
+
+def test_block_expectation_over_masks_equals_eval_output():
+    block = ResidualBlock(4, droppath=True)
+    # offset inputs keep the identity shortcut far above the normalised branch, so the final
+    # ReLU is linear here and the expectation passes through it
+    x = images((4, 8, 8, 4)) + 50.0
+    variables = block.init({"params": jax.random.key(0), "droppath": jax.random.key(1)}, x, True)
+    eval_out = block.apply(variables, x, False)
+    keys = jax.random.split(jax.random.key(2), 2000)
+    outs = jax.jit(jax.vmap(lambda k: block.apply(variables, x, True, 0.7, rngs={"droppath": k})))(keys)
+    branch = eval_out - x
+    sigma = np.abs(branch) * np.sqrt(0.3 / 0.7 / 2000)
+    assert np.all(np.abs(np.asarray(outs.mean(0) - eval_out)) <= 5 * sigma + 1e-4)
+    assert not np.allclose(outs[0], eval_out, atol=1e-3)  # single draws do drop branches
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11"])
+def test_eval_is_deterministic_and_ignores_droppath(name):
+    x = images((4, 16, 16, 3))
+    model = build_model(name, 5, width=4, droppath=True)
+    variables = init(model, x)
+    run = lambda m, seed: m.apply(variables, x, False, keep_rate=0.5, rngs={"droppath": jax.random.key(seed)})
+    out = run(model, 0)
+    np.testing.assert_array_equal(out, run(model, 1))
+    np.testing.assert_allclose(out, run(build_model(name, 5, width=4), 0), atol=1e-6)  # plain network, same weights
+
+
+@pytest.mark.parametrize("name", ["resnet18", "alexnet"])
+def test_keep_rate_one_in_training_equals_no_droppath(name):
+    x = images((4, 16, 16, 3))
+    with_dp, without = (build_model(name, 5, width=8, norm="batch", droppath=d) for d in (True, False))
+    variables = init(with_dp, x)
+    out, stats = with_dp.apply(variables, x, True, keep_rate=1.0, rngs={"droppath": jax.random.key(5)},
+                               mutable=["batch_stats"])
+    ref, ref_stats = without.apply(variables, x, True, mutable=["batch_stats"])
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    # shortcut statistics exist (and move) only in the DropPath network; compare the rest
+    chex.assert_trees_all_close(without_shortcuts(stats), without_shortcuts(ref_stats), atol=1e-6)
+
+
+def test_improved_shortcut_sees_every_position():
+    x0 = jnp.zeros((1, 8, 8, 2))
+    positions = [(i, j) for i in range(8) for j in range(8)]
+
+    def reached(improved):
+        module = Shortcut(3, strides=2, norm="none", improved=improved)
+        variables = module.init(jax.random.key(0), x0, True)
+        base = module.apply(variables, x0, True)
+        bumped = jax.vmap(lambda i, j: module.apply(variables, x0.at[0, i, j, :].set(10.0), True))(
+            *jnp.asarray(positions).T)
+        return np.asarray(jnp.abs(bumped - base).max(axis=(1, 2, 3, 4)) > 0).reshape(8, 8)
+
+    assert reached(True).all()
+    even = np.zeros((8, 8), bool)
+    even[::2, ::2] = True
+    np.testing.assert_array_equal(reached(False), even)  # strided 1x1 conv sees one position in four
+
+
+@pytest.mark.parametrize("size, out_size", [(8, 4), (7, 4)])
+def test_improved_shortcut_shapes_match_the_branch(size, out_size):
+    x = images((2, size, size, 4))
+    for improved in (True, False):
+        block = ResidualBlock(6, strides=2, improved_shortcut=improved)
+        variables = block.init(jax.random.key(0), x, False)
+        chex.assert_shape(block.apply(variables, x, False), (2, out_size, out_size, 6))
+        chex.assert_shape(variables["params"]["shortcut"]["conv"]["kernel"], (1, 1, 4, 6))
+
+
+def test_bottleneck_block_expands_four_times():
+    block = ResidualBlock(3, strides=2, bottleneck=True)
+    variables = block.init(jax.random.key(0), jnp.zeros((1, 8, 8, 5)), False)
+    chex.assert_shape(block.apply(variables, jnp.zeros((1, 8, 8, 5)), False), (1, 4, 4, 12))
+    assert [variables["params"][f"conv_{i}"]["kernel"].shape[:2] for i in range(3)] == [(1, 1), (3, 3), (1, 1)]
+
+
+# ---------------------------------------------------------------- virtual shortcut (§2.2)
+
+def test_virtual_shortcut_semantics():
+    block = PlainBlock(((6, 3), POOL, (5, 3)), norm="none", droppath=True)
+    x = images((6, 8, 8, 3))
+    variables = block.init(jax.random.key(0), x, False)  # eval-mode init still creates the shortcut
+    p = variables["params"]["shortcut"]["conv"]
+    pooled = np.asarray(x).reshape(6, 4, 2, 4, 2, 3).max(axis=(2, 4))
+    shortcut = pooled @ np.asarray(p["kernel"])[0, 0] + np.asarray(p["bias"])
+    run = lambda rate, seed=0: block.apply(variables, x, True, rate, rngs={"droppath": jax.random.key(seed)})
+    main = block.apply(variables, x, False)
+    np.testing.assert_allclose(run(0.0), shortcut, atol=1e-5)  # every mask 0
+    np.testing.assert_allclose(run(1.0), main, atol=1e-6)  # every mask 1
+    mixed = np.asarray(run(0.5, seed=4))
+    is_main = [np.allclose(mixed[b], main[b]) for b in range(6)]
+    is_short = [np.allclose(mixed[b], shortcut[b], atol=1e-5) for b in range(6)]
+    assert all(m != s for m, s in zip(is_main, is_short)) and any(is_main) and any(is_short)
+    zeroed = jax.tree.map(jnp.zeros_like, variables)
+    zeroed["params"] = dict(variables["params"], shortcut=zeroed["params"]["shortcut"])
+    np.testing.assert_array_equal(block.apply(zeroed, x, False), main)  # eval never uses the shortcut
+
+
+def test_virtual_shortcut_is_identity_when_shapes_agree():
+    block = PlainBlock(((4, 3), (4, 3)), norm="instance", droppath=True)
+    x = images((3, 6, 6, 4))
+    variables = block.init(jax.random.key(0), x, False)
+    assert "shortcut" not in variables["params"]
+    np.testing.assert_array_equal(block.apply(variables, x, True, 0.0, rngs={"droppath": jax.random.key(0)}), x)
+
+
+# ---------------------------------------------------------------- keep-rate plumbing (§2.4)
+
+@pytest.mark.parametrize("name, blocks", [("resnet18", 8), ("vgg11", 4), ("alexnet", 2)])
+def test_every_droppath_block_records_the_keep_rate_it_used(name, blocks):
+    x = images((2, 16, 16, 3))
+    model = build_model(name, 5, width=4, droppath=True)
+    variables = init(model, x)
+    _, state = model.apply(variables, x, True, keep_rate=0.7, rngs={"droppath": jax.random.key(0)},
+                           mutable=["intermediates"])
+    sown = jax.tree.leaves(state["intermediates"])
+    assert len(sown) == blocks and all(float(v) == pytest.approx(0.7) for v in sown)
+    _, state = model.apply(variables, x, False, keep_rate=0.7, mutable=["intermediates"])
+    assert not jax.tree.leaves(state)  # nothing is dropped, hence nothing recorded, at evaluation
+
+
+def test_traced_keep_rate_does_not_retrace():
+    x = images((4, 16, 16, 3))
+    model = build_model("resnet18", 5, width=4, droppath=True)
+    variables = init(model, x)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def forward(variables, keep_rate, key):
+        return model.apply(variables, x, True, keep_rate=keep_rate, rngs={"droppath": key}, mutable=["intermediates"])
+
+    chex.clear_trace_counter()
+    outputs = []
+    for rate in (1.0, 0.8, 0.5):
+        out, state = forward(variables, jnp.float32(rate), jax.random.key(9))
+        assert all(float(v) == pytest.approx(rate) for v in jax.tree.leaves(state["intermediates"]))
+        outputs.append(out)
+    assert not np.allclose(outputs[0], outputs[2])  # the rate really changes the computation
+
+
+# ---------------------------------------------------------------- errors
+
+def test_unknown_model_name_is_rejected():
+    with pytest.raises(ValueError, match="unknown model name 'resnet19'.*resnet18"):
+        build_model("resnet19", 10)
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(ValueError, match="unknown option 'droppath' for 'convnet'.*width"):
+        build_model("convnet", 10, droppath=True)
+    assert model_options("resnet50") == {"width", "norm", "droppath", "improved_shortcut", "weight_init"}
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("norm", "layer", "'norm' of 'vgg11' must be one of"), ("weight_init", "he", "'weight_init' of 'vgg11'"),
+    ("width", 0, "'width' of 'vgg11' must be a positive int"), ("droppath", 1, "'droppath' of 'vgg11' must be a bool")])
+def test_bad_option_values_are_rejected(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("vgg11", 10, **{option: value})
+
+
+def test_bad_num_classes_is_rejected():
+    with pytest.raises(ValueError, match="num_classes must be a positive int"):
+        build_model("alexnet", 0)
+
+
+def test_layer_factories_reject_unknown_kinds():
+    with pytest.raises(ValueError, match="norm must be one of"):
+        make_norm("group", "norm", True)
+    with pytest.raises(ValueError, match="weight_init must be one of"):
+        conv(4, weight_init="xavier")
+
+
+def test_images_must_be_nhwc():
+    model = build_model("convnet", 10, width=4)
+    with pytest.raises(ValueError, match=r"ConvNet: expected images of shape \(batch, height, width, channels\)"):
+        model.init(jax.random.key(0), jnp.zeros((32, 32, 3)), train=False)
+
+
+def test_too_small_image_for_depth_is_rejected():
+    model = build_model("convnet", 10, width=4, depth=5)
+    with pytest.raises(ValueError, match="input too small for this depth"):
+        model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
