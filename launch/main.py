@@ -25,6 +25,10 @@ def main(argv):
     from distill_jax.config import ConfigError, validate
     from distill_jax.run import run
 
+    # Reproductions run many cells with identical programs: cache compiled XLA programs on disk.
+    jax.config.update("jax_compilation_cache_dir", os.environ.get(
+        "DISTILL_JAX_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "distill_jax", "xla")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if FLAGS.distributed:
         jax.distributed.initialize()
     logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),

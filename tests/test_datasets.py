@@ -211,6 +211,17 @@ def test_tfds_not_prepared_says_how_to_prepare(tmp_path):
     assert not any(tmp_path.rglob("*.array_record*"))  # nothing was downloaded or generated
 
 
+def test_tfds_prepared_as_tfrecord_says_to_prepare_array_record(tmp_path):
+    variant = tmp_path / "cifar10" / "3.0.2"
+    variant.mkdir(parents=True)
+    # What download_and_prepare() leaves by default: TFRecord files, unreadable without TensorFlow.
+    (variant / "dataset_info.json").write_text(
+        '{"name": "cifar10", "version": "3.0.2", "fileFormat": "tfrecord", "splits": [{"name": "train", '
+        '"shardLengths": ["10"], "numBytes": "100", "filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"}]}')
+    with pytest.raises(DataFormatError, match=r"(?s)cannot be read without TensorFlow.*file_format='array_record'"):
+        datasets.load_dataset("cifar10", "train", data_dir=tmp_path)
+
+
 def test_tfds_prefix_reads_through_data_source():
     import tensorflow_datasets as tfds
 

@@ -26,28 +26,48 @@ def without_shortcuts(tree):
     return {k: without_shortcuts(v) for k, v in tree.items() if k != "shortcut"} if isinstance(tree, dict) else tree
 
 
-def init(model, x, train=True):
-    keys = {"params": jax.random.key(0), "droppath": jax.random.key(1)}
-    return model.init(keys, x, train=train)
+def init(module, x, train=True):
+    """Jitted init: one compilation instead of one per operation. Layers take no `train`."""
+    args = () if isinstance(module, (Conv, Dense)) else (train,)
+    return jax.jit(lambda x: module.init({"params": jax.random.key(0), "droppath": jax.random.key(1)}, x, *args))(x)
+
+
+def shapes_of_init(module, x, train=False):
+    """Parameter shapes without compiling anything."""
+    return jax.eval_shape(lambda x: module.init({"params": jax.random.key(0), "droppath": jax.random.key(1)}, x, train), x)
+
+
+def applier(module, train, mutable=False):
+    """Jitted (variables, x, keep_rate, seed) -> output; the keep rate is traced."""
+    return jax.jit(lambda v, x, keep_rate, seed: module.apply(
+        v, x, train, keep_rate, rngs={"droppath": jax.random.key(seed)}, mutable=mutable))
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    """A tiny ResNet-18 with DropPath, shared by the tests that need a whole network."""
+    model = build_model("resnet18", 5, width=4, droppath=True)
+    x = jnp.repeat(images((1, 16, 16, 3)), 4, axis=0)  # identical samples: only masks can tell them apart
+    return model, x, init(model, x)
 
 
 # ---------------------------------------------------------------- shapes and names
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-@pytest.mark.parametrize("shape", [(2, 28, 28, 1), (2, 32, 32, 3), (2, 64, 64, 3)])
-def test_output_shape_for_every_network_and_image_size(name, shape):
+def test_output_shape_for_every_network_and_image_size(name):
     options = dict(TINY[name], **({"droppath": True} if name in DROPPATH else {}))
     model = build_model(name, 7, **options)
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    variables = jax.eval_shape(lambda: init(model, x))
-    for train in (True, False):
-        out = jax.eval_shape(lambda v: model.apply(v, x, train, keep_rate=0.5, rngs={"droppath": jax.random.key(0)},
-                                                   mutable=["batch_stats"])[0], variables)
-        assert out.shape == (2, 7) and out.dtype == jnp.float32
+    for shape in [(2, 28, 28, 1), (2, 32, 32, 3), (2, 64, 64, 3)]:
+        x = jax.ShapeDtypeStruct(shape, jnp.float32)
+        variables = shapes_of_init(model, x, train=True)
+        for train in (True, False):
+            out = jax.eval_shape(lambda v: model.apply(v, x, train, 0.5, rngs={"droppath": jax.random.key(0)},
+                                                       mutable=["batch_stats"])[0], variables)
+            assert out.shape == (2, 7) and out.dtype == jnp.float32, (shape, train)
 
 
 def test_convnet_submodule_names_and_shapes_for_torch_import():
-    variables = init(build_model("convnet", 10, width=4), jnp.zeros((1, 32, 32, 3)))
+    variables = shapes_of_init(build_model("convnet", 10, width=4), jnp.zeros((1, 32, 32, 3)))
     params = variables["params"]
     assert set(params) == {"conv_0", "norm_0", "conv_1", "norm_1", "conv_2", "norm_2", "head"}
     chex.assert_shape([params["conv_0"]["kernel"], params["conv_1"]["kernel"]], [(3, 3, 3, 4), (3, 3, 4, 4)])
@@ -57,9 +77,10 @@ def test_convnet_submodule_names_and_shapes_for_torch_import():
 
 
 def test_convnet_frepo_widths_double():
-    params = init(build_model("convnet_frepo", 10, width=4, depth=4), jnp.zeros((1, 64, 64, 3)))["params"]
-    assert [params[f"conv_{i}"]["kernel"].shape[-1] for i in range(4)] == [4, 8, 16, 32]
-    chex.assert_shape(params["head"]["kernel"], (4 * 4 * 32, 10))
+    variables = shapes_of_init(build_model("convnet_frepo", 10, width=4, depth=4), jnp.zeros((1, 64, 64, 3)))
+    assert [variables["params"][f"conv_{i}"]["kernel"].shape[-1] for i in range(4)] == [4, 8, 16, 32]
+    chex.assert_shape(variables["params"]["head"]["kernel"], (4 * 4 * 32, 10))
+    assert set(variables["batch_stats"]) == {f"norm_{i}" for i in range(4)}  # batch norm by default
 
 
 def test_plain_network_block_grouping():
@@ -84,31 +105,31 @@ def conv_reference(x, kernel, bias, stride):
     return out + bias
 
 
-@pytest.mark.parametrize("size, stride", [(6, 2), (7, 2), (5, 1)])
+@pytest.mark.parametrize("size, stride", [(6, 2), (5, 1)])  # 6 px, stride 2: SAME would pad (0, 1), torch (1, 1)
 def test_conv_matches_numpy_with_symmetric_padding(size, stride):
     x = np.asarray(images((2, size, size, 3)))
     layer = Conv(5, 3, stride)
-    variables = layer.init(jax.random.key(0), x)
+    variables = init(layer, x)
     p = variables["params"]
-    np.testing.assert_allclose(layer.apply(variables, x), conv_reference(x, np.asarray(p["kernel"]),
-                                                                         np.asarray(p["bias"]), stride), atol=1e-5)
+    out = jax.jit(layer.apply)(variables, x)
+    np.testing.assert_allclose(out, conv_reference(x, np.asarray(p["kernel"]), np.asarray(p["bias"]), stride), atol=1e-5)
 
 
 def test_torch_init_bounds():
-    x = jnp.zeros((1, 4, 4, 5))
-    p = Conv(64, 3).init(jax.random.key(0), x)["params"]
-    bound = 1 / np.sqrt(3 * 3 * 5)
+    p = init(Conv(64, 3), jnp.zeros((1, 4, 4, 5)))["params"]
+    bound = 1 / np.sqrt(3 * 3 * 5)  # fan_in = kh * kw * in_channels
     for leaf in (p["kernel"], p["bias"]):
         assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.9 * bound
-    p = Dense(64).init(jax.random.key(1), jnp.zeros((1, 20)))["params"]
+    p = init(Dense(64), jnp.zeros((1, 20)))["params"]
     for leaf in (p["kernel"], p["bias"]):
         assert np.abs(leaf).max() <= 1 / np.sqrt(20) and np.abs(leaf).max() > 0.9 / np.sqrt(20)
 
 
 def test_flax_init_gives_zero_bias_and_lecun_kernel():
-    p = Conv(64, 3, weight_init="flax").init(jax.random.key(0), jnp.zeros((1, 4, 4, 50)))["params"]
+    p = init(Conv(64, 3, weight_init="flax"), jnp.zeros((1, 4, 4, 50)))["params"]
     np.testing.assert_array_equal(p["bias"], 0.0)
     assert abs(float(p["kernel"].std()) - 1 / np.sqrt(450)) < 0.1 / np.sqrt(450)
+    assert float(np.abs(p["kernel"]).max()) <= 2 / 0.8796 / np.sqrt(450) + 1e-6  # truncated at 2 std
 
 
 def test_instance_norm_standardises_each_sample_and_channel():
@@ -122,8 +143,7 @@ def test_instance_norm_standardises_each_sample_and_channel():
 def test_batch_norm_uses_torch_momentum_and_eps():
     x = np.asarray(images((8, 3, 3, 2)))
     norm = make_norm("batch", "norm", train=True)
-    variables = norm.init(jax.random.key(0), x)
-    out, updates = norm.apply(variables, x, mutable=["batch_stats"])
+    out, updates = norm.apply(norm.init(jax.random.key(0), x), x, mutable=["batch_stats"])
     np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * x.mean(axis=(0, 1, 2)), atol=1e-6)
     np.testing.assert_allclose(out, (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-5), atol=1e-5)
 
@@ -138,65 +158,57 @@ def test_pools_keep_odd_sizes_alive():
 
 # ---------------------------------------------------------------- ResNet DropPath (§2.1)
 
-def test_masks_differ_between_samples():
-    x = jnp.repeat(images((1, 16, 16, 3)), 8, axis=0)
-    for droppath in (True, False):
-        model = build_model("resnet18", 5, width=4, droppath=droppath)
-        variables = init(model, x)
-        out = model.apply(variables, x, True, keep_rate=0.5, rngs={"droppath": jax.random.key(3)})
-        same_rows = np.allclose(out, out[:1], atol=1e-5)
-        assert same_rows != droppath  # identical images differ only through per-sample masks
+def test_masks_differ_between_samples_and_eval_ignores_the_rng(resnet):
+    model, x, variables = resnet
+    train, evaluate = applier(model, True), applier(model, False)
+    dropped = train(variables, x, 0.5, 3)
+    assert not np.allclose(dropped, dropped[:1], atol=1e-5)  # identical images, different masks
+    out = evaluate(variables, x, 0.5, 0)
+    np.testing.assert_allclose(train(variables, x, 1.0, 3), out, atol=1e-5)  # instance norm: train at p = 1 is eval
+    np.testing.assert_array_equal(out, evaluate(variables, x, 0.5, 1))  # eval: no rng dependence
+    np.testing.assert_allclose(out, out[:1].repeat(4, 0), atol=1e-6)  # and nothing dropped
 
 
 def test_block_expectation_over_masks_equals_eval_output():
     block = ResidualBlock(4, droppath=True)
     # offset inputs keep the identity shortcut far above the normalised branch, so the final
     # ReLU is linear here and the expectation passes through it
-    x = images((4, 8, 8, 4)) + 50.0
-    variables = block.init({"params": jax.random.key(0), "droppath": jax.random.key(1)}, x, True)
-    eval_out = block.apply(variables, x, False)
+    x = images((4, 6, 6, 4)) + 50.0
+    variables = init(block, x)
+    eval_out = jax.jit(lambda v, x: block.apply(v, x, False))(variables, x)
     keys = jax.random.split(jax.random.key(2), 2000)
     outs = jax.jit(jax.vmap(lambda k: block.apply(variables, x, True, 0.7, rngs={"droppath": k})))(keys)
     branch = eval_out - x
-    sigma = np.abs(branch) * np.sqrt(0.3 / 0.7 / 2000)
+    sigma = np.abs(branch) * np.sqrt(0.3 / 0.7 / 2000)  # std of the mean of branch * (m / p - 1)
     assert np.all(np.abs(np.asarray(outs.mean(0) - eval_out)) <= 5 * sigma + 1e-4)
     assert not np.allclose(outs[0], eval_out, atol=1e-3)  # single draws do drop branches
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11"])
-def test_eval_is_deterministic_and_ignores_droppath(name):
-    x = images((4, 16, 16, 3))
-    model = build_model(name, 5, width=4, droppath=True)
-    variables = init(model, x)
-    run = lambda m, seed: m.apply(variables, x, False, keep_rate=0.5, rngs={"droppath": jax.random.key(seed)})
-    out = run(model, 0)
-    np.testing.assert_array_equal(out, run(model, 1))
-    np.testing.assert_allclose(out, run(build_model(name, 5, width=4), 0), atol=1e-6)  # plain network, same weights
-
-
-@pytest.mark.parametrize("name", ["resnet18", "alexnet"])
-def test_keep_rate_one_in_training_equals_no_droppath(name):
-    x = images((4, 16, 16, 3))
-    with_dp, without = (build_model(name, 5, width=8, norm="batch", droppath=d) for d in (True, False))
+@pytest.mark.parametrize("block_kind", ["residual", "virtual"])
+def test_keep_rate_one_in_training_equals_no_droppath(block_kind):
+    x = images((4, 8, 8, 3))
+    if block_kind == "residual":
+        with_dp, without = (ResidualBlock(6, strides=2, norm="batch", droppath=d) for d in (True, False))
+    else:
+        with_dp, without = (PlainBlock(((6, 3), POOL, (5, 3)), norm="batch", droppath=d) for d in (True, False))
     variables = init(with_dp, x)
-    out, stats = with_dp.apply(variables, x, True, keep_rate=1.0, rngs={"droppath": jax.random.key(5)},
-                               mutable=["batch_stats"])
-    ref, ref_stats = without.apply(variables, x, True, mutable=["batch_stats"])
+    out, stats = applier(with_dp, True, ["batch_stats"])(variables, x, 1.0, 5)
+    ref, ref_stats = applier(without, True, ["batch_stats"])(variables, x, 1.0, 5)
     np.testing.assert_allclose(out, ref, atol=1e-5)
-    # shortcut statistics exist (and move) only in the DropPath network; compare the rest
+    # the virtual shortcut's statistics exist (and move) only with DropPath; compare the rest
     chex.assert_trees_all_close(without_shortcuts(stats), without_shortcuts(ref_stats), atol=1e-6)
 
 
 def test_improved_shortcut_sees_every_position():
     x0 = jnp.zeros((1, 8, 8, 2))
-    positions = [(i, j) for i in range(8) for j in range(8)]
+    positions = jnp.asarray([(i, j) for i in range(8) for j in range(8)])
 
     def reached(improved):
         module = Shortcut(3, strides=2, norm="none", improved=improved)
         variables = module.init(jax.random.key(0), x0, True)
         base = module.apply(variables, x0, True)
-        bumped = jax.vmap(lambda i, j: module.apply(variables, x0.at[0, i, j, :].set(10.0), True))(
-            *jnp.asarray(positions).T)
+        bump = lambda i, j: module.apply(variables, x0.at[0, i, j, :].set(10.0), True)
+        bumped = jax.jit(jax.vmap(bump))(positions[:, 0], positions[:, 1])
         return np.asarray(jnp.abs(bumped - base).max(axis=(1, 2, 3, 4)) > 0).reshape(8, 8)
 
     assert reached(True).all()
@@ -207,18 +219,19 @@ def test_improved_shortcut_sees_every_position():
 
 @pytest.mark.parametrize("size, out_size", [(8, 4), (7, 4)])
 def test_improved_shortcut_shapes_match_the_branch(size, out_size):
-    x = images((2, size, size, 4))
+    x = jax.ShapeDtypeStruct((2, size, size, 4), jnp.float32)
     for improved in (True, False):
         block = ResidualBlock(6, strides=2, improved_shortcut=improved)
-        variables = block.init(jax.random.key(0), x, False)
-        chex.assert_shape(block.apply(variables, x, False), (2, out_size, out_size, 6))
+        variables = shapes_of_init(block, x)
+        chex.assert_shape(jax.eval_shape(lambda v: block.apply(v, x, False), variables), (2, out_size, out_size, 6))
         chex.assert_shape(variables["params"]["shortcut"]["conv"]["kernel"], (1, 1, 4, 6))
 
 
 def test_bottleneck_block_expands_four_times():
     block = ResidualBlock(3, strides=2, bottleneck=True)
-    variables = block.init(jax.random.key(0), jnp.zeros((1, 8, 8, 5)), False)
-    chex.assert_shape(block.apply(variables, jnp.zeros((1, 8, 8, 5)), False), (1, 4, 4, 12))
+    x = jax.ShapeDtypeStruct((1, 8, 8, 5), jnp.float32)
+    variables = shapes_of_init(block, x)
+    chex.assert_shape(jax.eval_shape(lambda v: block.apply(v, x, False), variables), (1, 4, 4, 12))
     assert [variables["params"][f"conv_{i}"]["kernel"].shape[:2] for i in range(3)] == [(1, 1), (3, 3), (1, 1)]
 
 
@@ -227,63 +240,61 @@ def test_bottleneck_block_expands_four_times():
 def test_virtual_shortcut_semantics():
     block = PlainBlock(((6, 3), POOL, (5, 3)), norm="none", droppath=True)
     x = images((6, 8, 8, 3))
-    variables = block.init(jax.random.key(0), x, False)  # eval-mode init still creates the shortcut
+    variables = init(block, x, train=False)  # eval-mode init still creates the shortcut
     p = variables["params"]["shortcut"]["conv"]
     pooled = np.asarray(x).reshape(6, 4, 2, 4, 2, 3).max(axis=(2, 4))
     shortcut = pooled @ np.asarray(p["kernel"])[0, 0] + np.asarray(p["bias"])
-    run = lambda rate, seed=0: block.apply(variables, x, True, rate, rngs={"droppath": jax.random.key(seed)})
-    main = block.apply(variables, x, False)
-    np.testing.assert_allclose(run(0.0), shortcut, atol=1e-5)  # every mask 0
-    np.testing.assert_allclose(run(1.0), main, atol=1e-6)  # every mask 1
-    mixed = np.asarray(run(0.5, seed=4))
+    train, evaluate = applier(block, True), applier(block, False)
+    main = evaluate(variables, x, 1.0, 0)
+    np.testing.assert_allclose(train(variables, x, 0.0, 0), shortcut, atol=1e-5)  # every mask 0
+    np.testing.assert_allclose(train(variables, x, 1.0, 0), main, atol=1e-6)  # every mask 1
+    mixed = np.asarray(train(variables, x, 0.5, 4))
     is_main = [np.allclose(mixed[b], main[b]) for b in range(6)]
     is_short = [np.allclose(mixed[b], shortcut[b], atol=1e-5) for b in range(6)]
     assert all(m != s for m, s in zip(is_main, is_short)) and any(is_main) and any(is_short)
-    zeroed = jax.tree.map(jnp.zeros_like, variables)
-    zeroed["params"] = dict(variables["params"], shortcut=zeroed["params"]["shortcut"])
-    np.testing.assert_array_equal(block.apply(zeroed, x, False), main)  # eval never uses the shortcut
+    zeroed = dict(variables["params"], shortcut=jax.tree.map(jnp.zeros_like, variables["params"]["shortcut"]))
+    np.testing.assert_array_equal(evaluate({"params": zeroed}, x, 0.5, 0), main)  # eval never uses the shortcut
 
 
 def test_virtual_shortcut_is_identity_when_shapes_agree():
     block = PlainBlock(((4, 3), (4, 3)), norm="instance", droppath=True)
     x = images((3, 6, 6, 4))
-    variables = block.init(jax.random.key(0), x, False)
+    variables = init(block, x, train=False)
     assert "shortcut" not in variables["params"]
-    np.testing.assert_array_equal(block.apply(variables, x, True, 0.0, rngs={"droppath": jax.random.key(0)}), x)
+    out, state = applier(block, True, ["intermediates"])(variables, x, 0.0, 0)
+    np.testing.assert_array_equal(out, x)
+    assert [float(v) for v in jax.tree.leaves(state)] == [0.0]  # the block records the rate it used
 
 
 # ---------------------------------------------------------------- keep-rate plumbing (§2.4)
 
-@pytest.mark.parametrize("name, blocks", [("resnet18", 8), ("vgg11", 4), ("alexnet", 2)])
-def test_every_droppath_block_records_the_keep_rate_it_used(name, blocks):
-    x = images((2, 16, 16, 3))
-    model = build_model(name, 5, width=4, droppath=True)
-    variables = init(model, x)
-    _, state = model.apply(variables, x, True, keep_rate=0.7, rngs={"droppath": jax.random.key(0)},
-                           mutable=["intermediates"])
-    sown = jax.tree.leaves(state["intermediates"])
-    assert len(sown) == blocks and all(float(v) == pytest.approx(0.7) for v in sown)
-    _, state = model.apply(variables, x, False, keep_rate=0.7, mutable=["intermediates"])
-    assert not jax.tree.leaves(state)  # nothing is dropped, hence nothing recorded, at evaluation
-
-
-def test_traced_keep_rate_does_not_retrace():
-    x = images((4, 16, 16, 3))
-    model = build_model("resnet18", 5, width=4, droppath=True)
-    variables = init(model, x)
+def test_traced_keep_rate_reaches_every_block_without_retracing(resnet):
+    model, x, variables = resnet
 
     @jax.jit
     @chex.assert_max_traces(n=1)
     def forward(variables, keep_rate, key):
-        return model.apply(variables, x, True, keep_rate=keep_rate, rngs={"droppath": key}, mutable=["intermediates"])
+        return model.apply(variables, x, True, keep_rate, rngs={"droppath": key}, mutable=["intermediates"])
 
     chex.clear_trace_counter()
     outputs = []
     for rate in (1.0, 0.8, 0.5):
         out, state = forward(variables, jnp.float32(rate), jax.random.key(9))
-        assert all(float(v) == pytest.approx(rate) for v in jax.tree.leaves(state["intermediates"]))
+        sown = jax.tree.leaves(state["intermediates"])
+        assert len(sown) == 8 and all(float(v) == pytest.approx(rate) for v in sown)  # all eight blocks
         outputs.append(out)
     assert not np.allclose(outputs[0], outputs[2])  # the rate really changes the computation
+
+
+@pytest.mark.parametrize("name, blocks", [("vgg11", 4), ("alexnet", 2)])
+def test_plain_droppath_blocks_record_the_keep_rate(name, blocks):
+    x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
+    model = build_model(name, 5, width=4, droppath=True)
+    variables = shapes_of_init(model, x)
+    run = lambda train: jax.eval_shape(lambda v: model.apply(v, x, train, 0.7, rngs={"droppath": jax.random.key(0)},
+                                                             mutable=["intermediates"])[1], variables)
+    assert len(jax.tree.leaves(run(True))) == blocks  # pairs only: AlexNet's fifth conv has no shortcut
+    assert not jax.tree.leaves(run(False))  # nothing is dropped, hence nothing recorded, at evaluation
 
 
 # ---------------------------------------------------------------- errors
@@ -328,4 +339,4 @@ def test_images_must_be_nhwc():
 def test_too_small_image_for_depth_is_rejected():
     model = build_model("convnet", 10, width=4, depth=5)
     with pytest.raises(ValueError, match="input too small for this depth"):
-        model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
+        shapes_of_init(model, jnp.zeros((1, 16, 16, 3)))

@@ -289,8 +289,31 @@ def test_make_lr_schedule_unknown_kind():
 
 
 def test_make_lr_schedule_unknown_option():
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['warmup_fraction'\] for kind 'step'"):
-        S.make_lr_schedule("step", 1.0, 1, 10, warmup_fraction=0.1)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['warmup_fractoin'\]"):
+        S.make_lr_schedule("step", 1.0, 1, 10, warmup_fractoin=0.1)
+
+
+def test_make_lr_schedule_ignores_options_of_other_kinds():
+    # A config passes every schedule field; each kind takes only its own.
+    everything = dict(
+        warmup_fraction=0.2, decay_at_fraction=0.3, factor=0.5,
+        phase_start_epochs=[0, 5], cycle_epochs=8, warmup_epochs=2,
+    )
+    steps = np.arange(0, 40)
+    cases = {
+        "constant": S.constant(1.0),
+        "step": S.step_decay(1.0, 40, decay_at_fraction=0.3, factor=0.5),
+        "warmup_cosine": S.warmup_cosine(1.0, 40, warmup_fraction=0.2),
+        "periodic": S.periodic_warmup_cosine(1.0, 4, [0, 5], 10, cycle_epochs=8, warmup_epochs=2),
+    }
+    for kind, direct in cases.items():
+        lr = S.make_lr_schedule(kind, 1.0, steps_per_epoch=4, total_epochs=10, total_steps=40, **everything)
+        np.testing.assert_allclose(lr(steps), direct(steps), err_msg=kind)
+
+
+def test_make_lr_schedule_rejects_inconsistent_total_steps():
+    with pytest.raises(ValueError, match="total_steps=50 disagrees with steps_per_epoch"):
+        S.make_lr_schedule("warmup_cosine", 1.0, steps_per_epoch=4, total_epochs=10, total_steps=50)
 
 
 def test_make_lr_schedule_periodic_needs_starts():

@@ -236,7 +236,7 @@ def _load_tfds(name: str, split: str, data_dir: Optional[PathLike], *, class_nam
             raise DataNotFoundError(f"tfds dataset {name!r} is not prepared in {builder.data_dir}; "
                                     f"{_tfds_prepare_hint(name, data_dir)}") from exc
         raise DataFormatError(f"tfds dataset {name!r} at {builder.data_dir} cannot be read without TensorFlow "
-                              f"({exc}); prepare it again as array_record: "
+                              f"({exc}); delete {builder.data_dir} (or pick another data_dir) and prepare it as array_record: "
                               f"{_tfds_prepare_hint(name, data_dir)}") from exc
     features = source.dataset_info.features
     for key in (image_key, label_key):

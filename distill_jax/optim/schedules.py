@@ -241,34 +241,49 @@ _KIND_OPTIONS = {
     "warmup_cosine": {"warmup_fraction"},
     "periodic": {"phase_start_epochs", "cycle_epochs", "warmup_epochs"},
 }
+_ALL_OPTIONS = set().union(*_KIND_OPTIONS.values())
 
 
 def make_lr_schedule(
-    kind: str, peak: float, steps_per_epoch: float, total_epochs: float, **kw
+    kind: str,
+    peak: float,
+    steps_per_epoch: float,
+    total_epochs: float,
+    *,
+    total_steps: float | None = None,
+    **options,
 ) -> Schedule:
     """Per-iteration lr schedule by name ('constant', 'step', 'warmup_cosine', 'periodic').
 
     Options: step -> decay_at_fraction, factor; warmup_cosine -> warmup_fraction;
     periodic -> phase_start_epochs (required, e.g. ``keep_rate_phase_starts``),
-    cycle_epochs, warmup_epochs (scale these with the run length).
+    cycle_epochs, warmup_epochs (scale these with the run length). A config
+    may pass the options of every kind at once: those the chosen kind does not
+    use are ignored, while a name no kind knows is an error (a typo).
+    ``total_steps``, if given, must equal steps_per_epoch * total_epochs.
     """
+    func = "make_lr_schedule"
     if kind not in _KIND_OPTIONS:
-        _fail("make_lr_schedule", f"unknown schedule kind {kind!r}; allowed: {list(LR_SCHEDULE_KINDS)}")
-    unknown = set(kw) - _KIND_OPTIONS[kind]
+        _fail(func, f"unknown schedule kind {kind!r}; allowed: {list(LR_SCHEDULE_KINDS)}")
+    unknown = set(options) - _ALL_OPTIONS
     if unknown:
+        _fail(func, f"unknown option(s) {sorted(unknown)}; allowed: {sorted(_ALL_OPTIONS)}")
+    _check_number(func, "steps_per_epoch", steps_per_epoch, low=0, low_open=True)
+    _check_number(func, "total_epochs", total_epochs, low=0, low_open=True)
+    derived_total = steps_per_epoch * total_epochs
+    if total_steps is not None and not math.isclose(total_steps, derived_total):
         _fail(
-            "make_lr_schedule",
-            f"unknown option(s) {sorted(unknown)} for kind {kind!r}; allowed: {sorted(_KIND_OPTIONS[kind])}",
+            func,
+            f"total_steps={total_steps} disagrees with steps_per_epoch * total_epochs = "
+            f"{steps_per_epoch} * {total_epochs} = {derived_total}",
         )
-    _check_number("make_lr_schedule", "steps_per_epoch", steps_per_epoch, low=0, low_open=True)
-    _check_number("make_lr_schedule", "total_epochs", total_epochs, low=0, low_open=True)
-    total_steps = steps_per_epoch * total_epochs
+    used = {k: v for k, v in options.items() if k in _KIND_OPTIONS[kind]}
     if kind == "constant":
         return constant(peak)
     if kind == "step":
-        return step_decay(peak, total_steps, **kw)
+        return step_decay(peak, derived_total, **used)
     if kind == "warmup_cosine":
-        return warmup_cosine(peak, total_steps, **kw)
-    if "phase_start_epochs" not in kw:
-        _fail("make_lr_schedule", "kind 'periodic' needs phase_start_epochs (see keep_rate_phase_starts)")
-    return periodic_warmup_cosine(peak, steps_per_epoch, total_epochs=total_epochs, **kw)
+        return warmup_cosine(peak, derived_total, **used)
+    if "phase_start_epochs" not in used:
+        _fail(func, "kind 'periodic' needs phase_start_epochs (see keep_rate_phase_starts)")
+    return periodic_warmup_cosine(peak, steps_per_epoch, total_epochs=total_epochs, **used)

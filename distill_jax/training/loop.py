@@ -48,7 +48,6 @@ def _json_default(x):
 def build_schedules(config, steps_per_epoch: int):
     """The learning-rate schedule (of the step) and keep-rate schedule (of the epoch)."""
     t = config.train
-    total_steps = t.epochs * steps_per_epoch
     keep = None
     phase_starts = [0]
     if t.keep_rate.enabled:
@@ -57,11 +56,14 @@ def build_schedules(config, steps_per_epoch: int):
                                             min_keep=kr.min, final_keep=kr.final)
         phase_starts = schedules.keep_rate_phase_starts(t.epochs, period_epochs=kr.period_epochs, keep_step=kr.step,
                                                         min_keep=kr.min, final_keep=kr.final)
-    lr = schedules.make_lr_schedule(
-        t.lr_schedule, peak=t.learning_rate, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-        warmup_fraction=t.warmup_fraction, decay_at_fraction=t.decay_at_fraction,
-        phase_start_epochs=phase_starts, total_epochs=t.epochs, cycle_epochs=t.cycle_epochs,
-        warmup_epochs=t.warmup_epochs)
+    options = {
+        "constant": {},
+        "step": {"decay_at_fraction": t.decay_at_fraction},
+        "warmup_cosine": {"warmup_fraction": t.warmup_fraction},
+        "periodic": {"phase_start_epochs": phase_starts, "cycle_epochs": t.cycle_epochs,
+                     "warmup_epochs": t.warmup_epochs},
+    }[t.lr_schedule]
+    lr = schedules.make_lr_schedule(t.lr_schedule, t.learning_rate, steps_per_epoch, t.epochs, **options)
     return lr, keep
 
 

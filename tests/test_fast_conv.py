@@ -1,0 +1,240 @@
+"""fast_conv: outputs and gradients equal XLA's convolution / nn.Conv, under jit and vmap."""
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from distill_jax.models import fast_conv
+from distill_jax.models.fast_conv import Conv, conv2d, explicit_padding, kernel_grad_by_taps
+
+TOL = dict(rtol=1e-5, atol=2e-5)
+
+
+def lax_conv(x, kernel, strides, padding):
+    """Independent reference: XLA's convolution with Flax's conventions."""
+    strides = (strides, strides) if isinstance(strides, int) else strides
+    if isinstance(padding, int):
+        padding = ((padding, padding), (padding, padding))
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def numpy_conv(x, kernel, stride, pad):
+    """Direct sum over taps in float64, zero padding `pad` on every side."""
+    x = np.pad(np.asarray(x, np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    kernel = np.asarray(kernel, np.float64)
+    kh, kw = kernel.shape[:2]
+    ho = (x.shape[1] - kh) // stride + 1
+    wo = (x.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, kernel.shape[3]))
+    for i in range(kh):
+        for j in range(kw):
+            window = x[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride, :]
+            out += window @ kernel[i, j]
+    return out
+
+
+def random_pair(shape, kernel_shape, seed=0):
+    kx, kk = jax.random.split(jax.random.PRNGKey(seed))
+    return jax.random.normal(kx, shape), jax.random.normal(kk, kernel_shape) / np.sqrt(np.prod(kernel_shape[:3]))
+
+
+def output_and_grads(conv, x, kernel, strides, padding):
+    """(output, (dL/dx, dL/dkernel)) for a non-linear scalar loss, in one compiled call."""
+
+    def loss(x_, k_):
+        out = conv(x_, k_, strides, padding)
+        return jnp.sum(jnp.sin(out)), out
+
+    (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, kernel)
+    return out, grads
+
+
+def jitted_output_and_grads(conv, x, kernel, strides, padding):
+    return jax.jit(lambda x_, k_: output_and_grads(conv, x_, k_, strides, padding))(x, kernel)
+
+
+CASES = [
+    # (x shape, kernel (kh, kw, C_in, F), strides, padding)
+    ((2, 8, 8, 3), (3, 3, 3, 4), 1, "SAME"),
+    ((2, 8, 8, 1), (3, 3, 1, 5), 2, "SAME"),
+    ((3, 7, 7, 4), (3, 3, 4, 6), 2, "SAME"),  # odd size, stride 2: asymmetric SAME padding
+    ((2, 6, 6, 4), (1, 1, 4, 8), 2, "SAME"),  # ResNet downsampling shortcut
+    ((2, 6, 6, 4), (1, 1, 4, 3), 1, "VALID"),
+    ((2, 9, 9, 3), (5, 5, 3, 4), 1, 2),  # AlexNet-style 5x5, padding 2
+    ((2, 11, 11, 3), (5, 5, 3, 4), (2, 2), ((2, 1), (0, 3))),
+    ((1, 5, 7, 2), (3, 2, 2, 3), (1, 2), "VALID"),  # rectangular image and kernel
+]
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", CASES)
+def test_conv2d_value_and_gradients_equal_lax(x_shape, kernel_shape, strides, padding):
+    x, kernel = random_pair(x_shape, kernel_shape)
+    got = jitted_output_and_grads(conv2d, x, kernel, strides, padding)
+    want = jitted_output_and_grads(lax_conv, x, kernel, strides, padding)
+    chex.assert_trees_all_close(got, want, **TOL)
+
+
+def test_conv2d_matches_direct_numpy_sum():
+    x, kernel = random_pair((2, 7, 7, 3), (3, 3, 3, 4), seed=3)
+    np.testing.assert_allclose(conv2d(x, kernel, 2, 1), numpy_conv(x, kernel, stride=2, pad=1), rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_gradient_of_sum_is_window_sum_of_inputs():
+    """d/dW sum(conv(x, W)) [i, j, c, f] = sum of x_pad over the positions tap (i, j) visits, for every f."""
+    x, kernel = random_pair((2, 5, 5, 2), (3, 3, 2, 3), seed=4)
+    grad = jax.jit(jax.grad(lambda k: conv2d(x, k, 1, "SAME").sum()))(kernel)
+    x_pad = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    expected = np.stack([x_pad[:, i : i + 5, j : j + 5].sum(axis=(0, 1, 2)) for i in range(3) for j in range(3)])
+    np.testing.assert_allclose(grad[..., 0].reshape(9, 2), expected, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(grad[..., 0], grad[..., 2])
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 1, 3 * 10 * 10 * 4 * 4])
+def test_kernel_grad_chunking_equals_whole_batch(chunk_bytes):
+    """Chunk of one sample, and chunks of 3 samples over a batch of 7 (scan plus a remainder)."""
+    x, _ = random_pair((7, 8, 8, 4), (3, 3, 4, 5), seed=5)
+    grad_out = jax.random.normal(jax.random.PRNGKey(6), (7, 8, 8, 5))
+    pads = ((1, 1), (1, 1))
+    _, kernel_vjp = jax.vjp(lambda k: lax_conv(x, k, 1, pads), jnp.zeros((3, 3, 4, 5)))
+    got = jax.jit(lambda x_, g_: kernel_grad_by_taps(x_, g_, (3, 3), (1, 1), pads, chunk_bytes=chunk_bytes))(x, grad_out)
+    chex.assert_trees_all_close(got, kernel_vjp(grad_out)[0], **TOL)
+
+
+def test_comparison_variants_equal_lax():
+    """im2col and the patches kernel gradient are benchmarked, so they must be right too."""
+    x, kernel = random_pair((2, 7, 7, 3), (3, 3, 3, 4), seed=7)
+    pads = ((1, 1), (1, 1))
+    by_patches = fast_conv.make_conv2d(fast_conv.kernel_grad_by_patches)
+    want = jitted_output_and_grads(lax_conv, x, kernel, (2, 2), pads)
+    chex.assert_trees_all_close(jitted_output_and_grads(fast_conv.im2col_conv2d, x, kernel, (2, 2), pads), want, **TOL)
+    chex.assert_trees_all_close(jitted_output_and_grads(by_patches, x, kernel, (2, 2), pads), want, **TOL)
+
+
+@pytest.mark.parametrize("in_axes", [(0, 0), (None, 0), (0, None)])
+def test_vmap_over_seeds_matches_lax(in_axes):
+    """Kernels batched over seeds (with and without per-seed inputs), and inputs batched alone."""
+    seeds = 3
+    x, kernel = random_pair((seeds, 2, 6, 6, 3), (seeds, 3, 3, 3, 4), seed=8)
+    x = x if in_axes[0] == 0 else x[0]
+    kernel = kernel if in_axes[1] == 0 else kernel[0]
+
+    def per_seed(conv):
+        return jax.jit(jax.vmap(lambda x_, k_: output_and_grads(conv, x_, k_, (2, 2), "SAME"), in_axes=in_axes))(x, kernel)
+
+    chex.assert_trees_all_close(per_seed(conv2d), per_seed(lax_conv), **TOL)
+
+
+def test_grad_of_vmapped_loss_and_nested_vmap():
+    x, kernel = random_pair((2, 2, 2, 5, 5, 3), (2, 2, 3, 3, 3, 4), seed=9)
+
+    def total(conv):
+        loss = lambda x_, k_: jnp.tanh(conv(x_, k_, 1, "SAME")).sum()  # noqa: E731
+        return jax.jit(jax.grad(lambda x_, k_: jax.vmap(jax.vmap(loss))(x_, k_).sum(), argnums=(0, 1)))(x, kernel)
+
+    chex.assert_trees_all_close(total(conv2d), total(lax_conv), **TOL)
+
+
+MODULE_CASES = [
+    dict(features=4, kernel_size=(3, 3)),
+    dict(features=4, kernel_size=(3, 3), strides=2, use_bias=False),
+    dict(features=4, kernel_size=(1, 1), strides=(2, 2), padding="VALID"),
+    dict(features=4, kernel_size=(5, 5), padding=2),
+    dict(features=4, kernel_size=(3, 3), padding="CIRCULAR"),
+    dict(features=4, kernel_size=(3, 3), padding="REFLECT", bias_init=nn.initializers.normal(1.0)),
+]
+
+
+@pytest.mark.parametrize("kwargs", MODULE_CASES)
+def test_module_is_drop_in_for_nn_conv(kwargs):
+    x = jax.random.normal(jax.random.PRNGKey(10), (2, 8, 8, 3))
+    ours, theirs = Conv(**kwargs), nn.Conv(**kwargs)
+    params = theirs.init(jax.random.PRNGKey(11), x)
+    chex.assert_trees_all_equal_shapes_and_dtypes(ours.init(jax.random.PRNGKey(11), x), params)
+    chex.assert_trees_all_equal(ours.init(jax.random.PRNGKey(11), x), params)  # same initialisers, same draws
+
+    def value_and_grads(module):
+        loss = lambda p, x_: jnp.sum(jnp.sin(module.apply(p, x_)))  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+
+    chex.assert_trees_all_close(value_and_grads(ours), value_and_grads(theirs), **TOL)
+
+
+def test_module_int_kernel_size_is_square_and_extra_batch_axes_are_kept():
+    x = jax.random.normal(jax.random.PRNGKey(12), (2, 3, 6, 6, 2))
+    ours, theirs = Conv(5, kernel_size=3), nn.Conv(5, kernel_size=(3, 3))
+    params = ours.init(jax.random.PRNGKey(13), x)
+    assert params["params"]["kernel"].shape == (3, 3, 2, 5)
+    out = ours.apply(params, x)
+    chex.assert_shape(out, (2, 3, 6, 6, 5))
+    chex.assert_trees_all_close(out, theirs.apply(params, x), **TOL)
+    chex.assert_trees_all_close(ours.apply(params, x[0, 0]), theirs.apply(params, x[0, 0]), **TOL)
+
+
+def test_module_bfloat16_computation_keeps_float32_params():
+    x = jax.random.normal(jax.random.PRNGKey(14), (2, 6, 6, 3))
+    module = Conv(4, (3, 3), dtype=jnp.bfloat16)
+    params = module.init(jax.random.PRNGKey(15), x)
+    assert params["params"]["kernel"].dtype == jnp.float32
+    out = module.apply(params, x)
+    assert out.dtype == jnp.bfloat16
+    reference = nn.Conv(4, (3, 3)).apply(params, x)
+    chex.assert_trees_all_close(out.astype(jnp.float32), reference, rtol=3e-2, atol=3e-2)
+    grads = jax.grad(lambda p: module.apply(p, x).astype(jnp.float32).sum())(params)
+    assert grads["params"]["kernel"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+    "padding, image, kernel, strides, expected",
+    [
+        ("SAME", (8, 8), (3, 3), (1, 1), ((1, 1), (1, 1))),
+        ("SAME", (8, 8), (3, 3), (2, 2), ((0, 1), (0, 1))),  # out 4: 3*2 + 3 - 8 = 1 pad, all after
+        ("SAME", (7, 7), (3, 3), (2, 2), ((1, 1), (1, 1))),
+        ("SAME", (8, 8), (1, 1), (2, 2), ((0, 0), (0, 0))),
+        ("valid", (8, 8), (3, 3), (1, 1), ((0, 0), (0, 0))),
+        (2, (8, 8), (5, 5), (1, 1), ((2, 2), (2, 2))),
+        ((1, (0, 2)), (8, 8), (3, 3), (1, 1), ((1, 1), (0, 2))),
+    ],
+)
+def test_explicit_padding_hand_computed(padding, image, kernel, strides, expected):
+    assert explicit_padding(padding, image, kernel, strides) == expected
+
+
+@pytest.mark.parametrize(
+    "padding, message",
+    [("FULL", "padding must be"), ((1, 2, 3), "padding must be"), ((1, (2,)), "each padding entry"), (-1, "each padding entry")],
+)
+def test_bad_padding_raises(padding, message):
+    x, kernel = random_pair((1, 4, 4, 1), (3, 3, 1, 1))
+    with pytest.raises(ValueError, match=f"fast_conv.py: {message}"):
+        conv2d(x, kernel, 1, padding)
+
+
+def test_bad_strides_raise():
+    x, kernel = random_pair((1, 4, 4, 1), (3, 3, 1, 1))
+    with pytest.raises(ValueError, match="fast_conv.py: strides must be"):
+        conv2d(x, kernel, 0)
+
+
+def test_bad_rank_raises():
+    x, kernel = random_pair((4, 4, 1), (3, 3, 1, 1))
+    with pytest.raises(ValueError, match="fast_conv.py: conv2d expects x of rank 4"):
+        conv2d(x, kernel)
+
+
+def test_channel_mismatch_raises():
+    x, kernel = random_pair((1, 4, 4, 2), (3, 3, 3, 1))
+    with pytest.raises(ValueError, match="input channels 2 do not match kernel input channels 3"):
+        conv2d(x, kernel)
+
+
+def test_bad_kernel_size_raises():
+    with pytest.raises(ValueError, match="fast_conv.py: kernel_size must be"):
+        Conv(4, kernel_size=(3, 3, 3)).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 1)))
+
+
+def test_module_rejects_input_without_spatial_axes():
+    with pytest.raises(ValueError, match="fast_conv.py: Conv expects inputs"):
+        Conv(4, kernel_size=3).init(jax.random.PRNGKey(0), jnp.zeros((4, 1)))
