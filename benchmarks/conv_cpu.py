@@ -37,6 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--variants", default=None, help="comma-separated variant names to run (default all)")
     parser.add_argument("--xla-flags", default=None, help="extra XLA_FLAGS, set before JAX starts")
     parser.add_argument("--seeds", type=int, default=2, help="vmapped seeds in the e2e vmap case (0 to skip)")
+    parser.add_argument("--models", default=None, help="e2e models, comma-separated: convnet3,resnet18 (quick: convnet3)")
     return parser.parse_args(argv)
 
 
@@ -110,10 +111,11 @@ VARIANTS = {
     "vjp_taps_256k": (_chunked(1 << 18), "nhwc", jnp.float32),
     "vjp_taps_1m": (_chunked(1 << 20), "nhwc", jnp.float32),
     "vjp_taps_4m": (_chunked(1 << 22), "nhwc", jnp.float32),
+    "fast_conv2d": (fast_conv.make_conv2d(), "nhwc", jnp.float32),  # the default used by fast_conv.Conv
     "xla_nhwc_bf16": (fast_conv.xla_conv2d, "nhwc", jnp.bfloat16),
     "vjp_taps_1m_bf16": (_chunked(1 << 20), "nhwc", jnp.bfloat16),
 }
-QUICK_VARIANTS = ("xla_nhwc", "im2col", "vjp_patches", "vjp_taps", "vjp_taps_1m")
+QUICK_VARIANTS = ("xla_nhwc", "im2col", "vjp_patches", "vjp_taps", "fast_conv2d")
 
 
 def time_layer(name, batch, variant, repeats):
@@ -265,11 +267,14 @@ def run_layers(args, batch, repeats, results):
 
 def run_e2e(args, batch, repeats, results):
     print(f"\ntrain step (SGD+momentum, CE), batch {batch}, 32 px: seconds over {repeats} runs: median wall, min wall, median CPU")
-    cases = [("convnet3", conv, 0, False) for conv in CONV_CLASSES]
-    cases += [("convnet3", "fast_conv.Conv", 0, True)]
-    if args.seeds:
-        cases += [("convnet3", conv, args.seeds, False) for conv in CONV_CLASSES]
-    if not args.quick:
+    models = args.models.split(",") if args.models else (["convnet3"] if args.quick else ["convnet3", "resnet18"])
+    cases = []
+    if "convnet3" in models:
+        cases += [("convnet3", conv, 0, False) for conv in CONV_CLASSES]
+        cases += [("convnet3", "fast_conv.Conv", 0, True)]
+        if args.seeds:
+            cases += [("convnet3", conv, args.seeds, False) for conv in CONV_CLASSES]
+    if "resnet18" in models:
         cases += [("resnet18", conv, 0, False) for conv in CONV_CLASSES]
     for model, conv, seeds, donate in cases:
         timing = time_train_step(model, conv, batch, repeats, seeds=seeds, donate=donate)

@@ -69,6 +69,52 @@ def get_config():
     c.train.kd.alpha = 0.5
     c.train.kd.temperature = 1.5
 
+    # Mode "distill" (distill_jax.distillation): produce a distilled set of data.dataset's
+    # training split. Defaults are the papers' settings; configs/distill_*.py size them for a CPU.
+    c.distill = ml_collections.ConfigDict()
+    c.distill.method = "dm"                # "dm" (distribution matching) | "frepo"
+    c.distill.ipc = 10                     # images per class
+    c.distill.steps = 20000                # image updates; raising it continues a finished run
+    c.distill.stop_after_steps = 0         # >0: stop there (a time slot); rerunning the same workdir resumes
+    c.distill.init = "real"                # "real": random real images of each class | "noise"
+    c.distill.model = "auto"               # auto: convnet (DM), convnet_frepo (FRePo)
+    c.distill.width = ml_collections.config_dict.placeholder(int)   # None = the network's default
+    c.distill.depth = ml_collections.config_dict.placeholder(int)
+    c.distill.norm = ml_collections.config_dict.placeholder(str)
+    c.distill.augment_ops = "color,crop,cutout,flip,scale,rotate"  # DSA ops (DM: both sides; FRePo: pool training)
+    c.distill.augment_k = 1                # ops per draw; 0 = no augmentation
+    c.distill.checkpoint_every_steps = 500 # an Orbax checkpoint and a PNG grid of the images
+    c.distill.dm = ml_collections.ConfigDict()
+    c.distill.dm.real_per_class = 256      # real images per class and step
+    c.distill.dm.learning_rate = 1.0       # SGD on the images
+    c.distill.dm.momentum = 0.5
+    c.distill.frepo = ml_collections.ConfigDict()
+    c.distill.frepo.real_batch_size = 1024 # real images per step (the KRR targets)
+    c.distill.frepo.optimizer = "lamb"     # of images and labels: "lamb" | "adam"
+    c.distill.frepo.learning_rate = 3e-4
+    c.distill.frepo.pool_size = 10         # online models
+    c.distill.frepo.max_online_updates = 100   # a pool model is re-initialised after this many updates
+    c.distill.frepo.online_learning_rate = 3e-4  # Adam of the pool models
+    c.distill.frepo.kernel_reg = 1e-6      # KRR ridge, relative to trace(K) / n
+    c.distill.frepo.flip_double = ml_collections.config_dict.placeholder(bool)  # None: on at IPC 1
+    c.distill.frepo.learn_labels = True
+
+    # Mode "evaluate" (distill_jax.evaluation): test accuracy of a saved network.
+    c.evaluate = ml_collections.ConfigDict()
+    c.evaluate.path = ""                   # a run's workdir (all its seeds) or a reference-code .pth ConvNet
+
+    # Mode "reproduce" (distill_jax.evaluation.reproduce): every cell of a named experiment.
+    c.reproduce = ml_collections.ConfigDict()
+    c.reproduce.experiment = ""            # e.g. "frepo_cifar10_10_resnet18"; see evaluation.experiments.EXPERIMENTS
+    c.reproduce.epoch_divisor = 1          # shorten every schedule by this factor (same phase structure)
+    c.reproduce.lr_multiplier = 1.0        # scale peak learning rates (keeps lr x steps when schedules shrink)
+    c.reproduce.width = 0                  # >0: width of the test networks (depth kept)
+    c.reproduce.teacher_width = 0          # >0: width of the trained teachers / ConvNets
+    c.reproduce.evals = 0                  # >0: evaluate this many times per run (test-set passes are costly on CPU)
+    c.reproduce.split_seeds = False        # one program per seed (faster on CPU than vmapped convs)
+    c.reproduce.show_best = False          # also show best-over-training accuracy, labelled as test-set selection
+    c.reproduce.cells = ""                 # "" = every cell; else comma-separated cell names
+
     c.eval_every_epochs = 50
     c.log_every_steps = 50
     c.checkpoint_every_epochs = 50

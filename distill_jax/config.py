@@ -24,6 +24,12 @@ CHOICES = {
     "model.weight_init": (None, "torch", "flax"),
     "train.optimizer": ("lion", "adamw", "sgd"),
     "train.lr_schedule": ("constant", "step", "warmup_cosine", "periodic"),
+    "distill.method": ("dm", "frepo"),
+    "distill.init": ("real", "noise"),
+    "distill.model": ("auto", "convnet", "convnet_frepo"),
+    "distill.norm": (None, "batch", "instance", "none"),
+    "distill.frepo.optimizer": ("lamb", "adam"),
+    "distill.frepo.flip_double": (None, True, False),
 }
 
 # Numeric fields: dotted name -> (low, high) inclusive; None = unbounded.
@@ -52,6 +58,22 @@ RANGES = {
     "log_every_steps": (1, None),
     "checkpoint_every_epochs": (1, None),
     "keep_checkpoints": (1, None),
+    "distill.ipc": (1, None),
+    "distill.steps": (1, None),
+    "distill.stop_after_steps": (0, None),
+    "distill.width": (1, None),
+    "distill.depth": (1, None),
+    "distill.augment_k": (0, None),
+    "distill.checkpoint_every_steps": (1, None),
+    "distill.dm.real_per_class": (1, None),
+    "distill.dm.learning_rate": (0.0, None),
+    "distill.dm.momentum": (0.0, 1.0),
+    "distill.frepo.real_batch_size": (1, None),
+    "distill.frepo.learning_rate": (0.0, None),
+    "distill.frepo.pool_size": (1, None),
+    "distill.frepo.max_online_updates": (1, None),
+    "distill.frepo.online_learning_rate": (0.0, None),
+    "distill.frepo.kernel_reg": (0.0, None),
 }
 
 
@@ -60,7 +82,11 @@ class ConfigError(ValueError):
 
 
 def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """Imports a config file and returns its `get_config()`."""
+    """Imports a config file and returns its `get_config()`, or `get_config(arg)` for "file.py:arg"
+    (the same convention as ml_collections' `--config file.py:arg`)."""
+    arg = None
+    if not pathlib.Path(path).is_file() and ":" in str(path):
+        path, arg = str(path).split(":", 1)
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -72,7 +98,7 @@ def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
-    return module.get_config()
+    return module.get_config() if arg is None else module.get_config(arg)
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -22,6 +22,9 @@ def main(argv):
     del argv
     import jax
 
+    # Orbax and other libraries log every checkpoint step through absl at INFO; keep ours.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
     from distill_jax.config import ConfigError, validate
     from distill_jax.run import run
 

@@ -36,9 +36,13 @@ def numpy_conv(x, kernel, stride, pad):
     return out
 
 
+def normal(shape, seed):
+    """Test data from numpy: jax.random compiles slowly on CPU, and the values need not come from JAX."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
 def random_pair(shape, kernel_shape, seed=0):
-    kx, kk = jax.random.split(jax.random.PRNGKey(seed))
-    return jax.random.normal(kx, shape), jax.random.normal(kk, kernel_shape) / np.sqrt(np.prod(kernel_shape[:3]))
+    return normal(shape, seed), normal(kernel_shape, seed + 100) / np.sqrt(np.prod(kernel_shape[:3]))
 
 
 def output_and_grads(conv, x, kernel, strides, padding):
@@ -96,7 +100,7 @@ def test_kernel_gradient_of_sum_is_window_sum_of_inputs():
 def test_kernel_grad_chunking_equals_whole_batch(chunk_bytes):
     """Chunk of one sample, and chunks of 3 samples over a batch of 7 (scan plus a remainder)."""
     x, _ = random_pair((7, 8, 8, 4), (3, 3, 4, 5), seed=5)
-    grad_out = jax.random.normal(jax.random.PRNGKey(6), (7, 8, 8, 5))
+    grad_out = normal((7, 8, 8, 5), 6)
     pads = ((1, 1), (1, 1))
     _, kernel_vjp = jax.vjp(lambda k: lax_conv(x, k, 1, pads), jnp.zeros((3, 3, 4, 5)))
     got = jax.jit(lambda x_, g_: kernel_grad_by_taps(x_, g_, (3, 3), (1, 1), pads, chunk_bytes=chunk_bytes))(x, grad_out)
@@ -149,7 +153,7 @@ MODULE_CASES = [
 
 @pytest.mark.parametrize("kwargs", MODULE_CASES)
 def test_module_is_drop_in_for_nn_conv(kwargs):
-    x = jax.random.normal(jax.random.PRNGKey(10), (2, 8, 8, 3))
+    x = normal((2, 8, 8, 3), 10)
     ours, theirs = Conv(**kwargs), nn.Conv(**kwargs)
     params = theirs.init(jax.random.PRNGKey(11), x)
     chex.assert_trees_all_equal_shapes_and_dtypes(ours.init(jax.random.PRNGKey(11), x), params)
@@ -163,7 +167,7 @@ def test_module_is_drop_in_for_nn_conv(kwargs):
 
 
 def test_module_int_kernel_size_is_square_and_extra_batch_axes_are_kept():
-    x = jax.random.normal(jax.random.PRNGKey(12), (2, 3, 6, 6, 2))
+    x = normal((2, 3, 6, 6, 2), 12)
     ours, theirs = Conv(5, kernel_size=3), nn.Conv(5, kernel_size=(3, 3))
     params = ours.init(jax.random.PRNGKey(13), x)
     assert params["params"]["kernel"].shape == (3, 3, 2, 5)
@@ -174,7 +178,7 @@ def test_module_int_kernel_size_is_square_and_extra_batch_axes_are_kept():
 
 
 def test_module_bfloat16_computation_keeps_float32_params():
-    x = jax.random.normal(jax.random.PRNGKey(14), (2, 6, 6, 3))
+    x = normal((2, 6, 6, 3), 14)
     module = Conv(4, (3, 3), dtype=jnp.bfloat16)
     params = module.init(jax.random.PRNGKey(15), x)
     assert params["params"]["kernel"].dtype == jnp.float32

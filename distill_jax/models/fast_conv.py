@@ -27,8 +27,8 @@ PaddingLike = Union[str, int, Sequence[Union[int, tuple[int, int]]]]
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 _WHERE = "distill_jax/models/fast_conv.py"
 # Padded input bytes per batch chunk in the kernel gradient: small enough that a
-# chunk and its shifted taps stay in L2 (measured best around 0.5-1 MB here).
-DEFAULT_CHUNK_BYTES = 1 << 20
+# chunk and its shifted taps stay in cache (256 KB measured best here, see benchmarks/README.md).
+DEFAULT_CHUNK_BYTES = 1 << 18
 
 
 def _pair(value: int | Sequence[int], field: str) -> tuple[int, int]:
@@ -111,13 +111,16 @@ def kernel_grad_by_taps(
     """dL/dkernel (HWIO) as one dY^T @ x_tap matmul per kernel tap.
 
     With `chunk_bytes`, the batch is walked in chunks of about that many bytes of
-    padded input (lax.scan), so the nine shifted copies of a chunk stay in cache:
-    on this machine memory traffic, not arithmetic, dominates the unchunked form.
+    padded input (lax.scan), so the shifted copies of a chunk stay in cache: on
+    this machine memory traffic, not arithmetic, dominates the unchunked form.
+    A chunk is never smaller than twice the kernel gradient's bytes, as every
+    chunk re-reads and re-writes the running sum (matters for 8x8x256, 4x4x512).
     """
     x_padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     batch = x.shape[0]
     per_sample = x_padded[0].size * x_padded.dtype.itemsize
-    chunk = batch if chunk_bytes is None else max(1, min(batch, chunk_bytes // per_sample))
+    grad_bytes = 4 * kernel_hw[0] * kernel_hw[1] * x.shape[-1] * grad_out.shape[-1]
+    chunk = batch if chunk_bytes is None else max(1, min(batch, max(chunk_bytes, 2 * grad_bytes) // per_sample))
     n_chunks, remainder = divmod(batch, chunk)
     if n_chunks <= 1:
         total = _taps_times_grad(x_padded, grad_out, kernel_hw, strides)

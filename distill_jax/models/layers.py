@@ -88,7 +88,8 @@ class Dense(nn.Module):
         return x @ kernel + bias
 
 
-def conv(features: int, kernel_size: int = 3, strides: int = 1, *, weight_init: str = "torch", name: str | None = None) -> Conv:
+def conv(features: int, kernel_size: int = 3, strides: int = 1, *, weight_init: str = "torch",
+         name: str | None = None) -> Conv:
     """The one place networks create convolutions (call inside a compact method)."""
     _check_init(weight_init)
     return Conv(features, kernel_size, strides, weight_init, name=name)

@@ -10,7 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from distill_jax.models.droppath import check_keep_rate, sample_keep_mask, virtual_shortcut_mix
+from distill_jax.models.droppath import sample_keep_mask, virtual_shortcut_mix
 from distill_jax.models.layers import check_images, conv, dense, make_norm, max_pool
 from distill_jax.models.resnet import Shortcut
 
@@ -72,10 +72,10 @@ class PlainBlock(nn.Module):
         shortcut = x
         for _ in range(self.layers.count(POOL)):
             shortcut = max_pool(shortcut, 2)
-        shortcut = Shortcut(main.shape[-1], 1, self.norm, weight_init=self.weight_init, name="shortcut")(shortcut, train)
+        shortcut = Shortcut(main.shape[-1], 1, self.norm, weight_init=self.weight_init, name="shortcut")(
+            shortcut, train)
         if not train:
             return main  # initialising in eval mode: the shortcut exists only to create its weights
-        check_keep_rate(keep_rate)
         self.sow("intermediates", "keep_rate", keep_rate)
         mask = sample_keep_mask(self.make_rng("droppath"), x.shape[0], keep_rate)
         return virtual_shortcut_mix(main, shortcut, mask)
@@ -102,7 +102,8 @@ class _PlainNet(nn.Module):
             if group == (POOL,):
                 x = max_pool(x, 2)
                 continue
-            x = PlainBlock(group, self.norm, self.droppath, self.weight_init, name=f"block_{blocks}")(x, train, keep_rate)
+            block = PlainBlock(group, self.norm, self.droppath, self.weight_init, name=f"block_{blocks}")
+            x = block(x, train, keep_rate)
             blocks += 1
         return dense(self.num_classes, weight_init=self.weight_init, name="head")(x.reshape(x.shape[0], -1))
 

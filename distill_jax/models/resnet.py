@@ -4,7 +4,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from distill_jax.models.droppath import check_keep_rate, residual_droppath, sample_keep_mask
+from distill_jax.models.droppath import residual_droppath, sample_keep_mask
 from distill_jax.models.layers import check_images, conv, dense, make_norm, max_pool
 
 
@@ -58,10 +58,10 @@ class ResidualBlock(nn.Module):
             branch = make_norm(self.norm, f"norm_{i}", train)(branch)
             if i < len(layers) - 1:
                 branch = nn.relu(branch)
-        shortcut = Shortcut(branch.shape[-1], s, self.norm, self.improved_shortcut, self.weight_init, name="shortcut")(x, train)
+        shortcut = Shortcut(branch.shape[-1], s, self.norm, self.improved_shortcut, self.weight_init,
+                            name="shortcut")(x, train)
         if not (self.droppath and train):
             return nn.relu(shortcut + branch)
-        check_keep_rate(keep_rate)
         self.sow("intermediates", "keep_rate", keep_rate)
         mask = sample_keep_mask(self.make_rng("droppath"), x.shape[0], keep_rate)
         return nn.relu(residual_droppath(shortcut, branch, mask, keep_rate))

@@ -1,0 +1,9 @@
+"""Distil CIFAR-10 (JPEG: the offline copy; --config.data.dataset=cifar10 reads the original) to 10 image(s) per class.
+
+DM by default; --config.distill.method=frepo for FRePo. Settings: configs/distill.py.
+"""
+from configs import distill
+
+
+def get_config():
+    return distill.get_config("cifar10_jpeg,10")

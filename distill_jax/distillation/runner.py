@@ -1,0 +1,243 @@
+"""`run_distillation(config, workdir)`: mode 'distill', the edge where state and I/O live.
+
+Loads the real training split in the distiller's pixel space, builds one pure jitted
+step (DM or FRePo), runs it with progress lines, checkpoints (Orbax) and a PNG grid of the
+images at every checkpoint, resumes exactly from the newest checkpoint of `workdir`, and
+finally writes the set in the project's own format:
+
+* `distilled.npz` (`save_distilled`): images in the distiller's pixel space, labels
+  (class indices for DM, learned label vectors for FRePo), the preprocessing recipe name;
+* `distilled.preprocessing.npz`: the fitted transform itself (`Preprocessing.save`), so
+  the exact pixel space travels with the set (the training loop refits the same recipe
+  on the same split, which gives the same transform);
+* `images/step_<step>.png`, `results.json`, `config.json`, `checkpoints/`.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+import time
+from typing import Optional
+
+import jax
+import numpy as np
+
+from distill_jax import config as config_lib
+from distill_jax import models
+from distill_jax.data import augment
+from distill_jax.data.distilled import DistilledSet, save_distilled
+from distill_jax.distillation import common, dm, frepo
+from distill_jax.training import checkpoint as ckpt_lib
+from distill_jax.training.loop import write_json
+
+METHODS = ("dm", "frepo")
+DEFAULT_MODEL = {"dm": "convnet", "frepo": "convnet_frepo"}
+DEFAULT_PREPROCESSING = {"dm": "standardize", "frepo": "zca_frepo"}
+DISPLAY_NAME = {"dm": "DM", "frepo": "FRePo"}
+SOURCE_NAME = {"dm": "dc", "frepo": "frepo"}  # the distilled-set 'source' ('dc' covers DC, DSA and DM)
+OUTPUT_NAME = "distilled.npz"
+PREPROCESSING_NAME = "distilled.preprocessing.npz"
+
+_STEP_CACHE: dict = {}  # (method, network, settings, optimiser) -> jitted functions: one compile per process
+
+
+def _augment_ops(config) -> tuple[str, ...]:
+    ops = tuple(o for o in config.distill.augment_ops.split(",") if o)
+    for op in ops:
+        if op not in augment.DSA_OPS:
+            raise config_lib.ConfigError(f"config field 'distill.augment_ops' names '{op}'; allowed ops: {augment.DSA_OPS}")
+    if len(set(ops)) != len(ops):
+        raise config_lib.ConfigError(f"config field 'distill.augment_ops' = {config.distill.augment_ops!r} repeats an op")
+    if config.distill.augment_k > len(ops):
+        raise config_lib.ConfigError(f"config field 'distill.augment_k' = {config.distill.augment_k} exceeds the "
+                                     f"{len(ops)} ops listed in 'distill.augment_ops'")
+    return ops
+
+
+def _network(config) -> tuple[str, dict]:
+    d = config.distill
+    name = DEFAULT_MODEL[d.method] if d.model == "auto" else d.model
+    options = {k: d[k] for k in ("width", "depth", "norm") if d.get(k) is not None}
+    return name, options
+
+
+def _settings(config, num_classes: int):
+    """(static step settings, image optimiser hyper-parameters) of the configured method."""
+    d = config.distill
+    ops, k = _augment_ops(config), d.augment_k
+    if d.method == "dm":
+        return (dm.DMSettings(num_classes, d.ipc, d.dm.real_per_class, ops, k),
+                ("sgd", float(d.dm.learning_rate), float(d.dm.momentum)))
+    f = d.frepo
+    flip = bool(common.optional(f.flip_double, d.ipc == 1))
+    settings = frepo.FRePoSettings(num_classes, f.real_batch_size, f.pool_size, f.max_online_updates,
+                                   float(f.kernel_reg), flip, bool(f.learn_labels), ops, k)
+    return settings, (f.optimizer, float(f.learning_rate), float(f.online_learning_rate))
+
+
+def _compiled(method: str, model_name: str, options: dict, settings, hyper: tuple):
+    """The jitted step (state donated) and state initialiser for one configuration, built once."""
+    key = (method, model_name, tuple(sorted(options.items())), settings, hyper)
+    if key in _STEP_CACHE:
+        return _STEP_CACHE[key]
+    model = models.build_model(model_name, settings.num_classes, **options)
+    if method == "dm":
+        optimizer = dm.make_dm_optimizer(hyper[1], hyper[2])
+        step = dm.make_dm_step(model, optimizer, settings)
+        init = jax.jit(lambda images, labels, key: dm.init_dm_state(images, optimizer))
+    else:
+        optimizer = frepo.make_label_image_optimizer(hyper[0], hyper[1])
+        online = frepo.make_online_optimizer(hyper[2])
+        step = frepo.make_frepo_step(model, optimizer, online, settings)
+        init = jax.jit(lambda images, labels, key: frepo.init_frepo_state(model, optimizer, online, settings,
+                                                                          images, labels, key))
+    _STEP_CACHE[key] = (jax.jit(step, donate_argnums=0), init)
+    return _STEP_CACHE[key]
+
+
+def _fingerprint(config, recipe: str, model_name: str, options: dict, settings, hyper) -> dict:
+    """What a checkpoint must share with this run to be continued by it (not the step budget:
+    a finished run can be extended by raising distill.steps)."""
+    import dataclasses
+    import json
+
+    return json.loads(json.dumps({
+        "mode": "distill", "method": config.distill.method, "dataset": config.data.dataset, "seed": config.seed,
+        "ipc": config.distill.ipc, "init": config.distill.init, "preprocessing": recipe, "model": model_name,
+        "model_options": options, "settings": dataclasses.asdict(settings), "optimizer": list(hyper),
+    }))
+
+
+def _real_arrays(method: str, real: common.RealData) -> dict:
+    if method == "dm":
+        return {"images": jax.device_put(real.images), "class_start": jax.device_put(real.class_start),
+                "class_count": jax.device_put(real.class_count)}
+    return {"images": jax.device_put(real.images), "labels": jax.device_put(real.labels.astype(np.int32))}
+
+
+def run_distillation(config, workdir: str | pathlib.Path, *, real: Optional[common.RealData] = None) -> dict:
+    """Distils `config.data.dataset` with `config.distill`; returns (and writes) results.json's content.
+
+    `real` replaces loading the training split (tests pass tiny in-memory data); it must
+    already be in the method's pixel space. Rerunning with the same workdir resumes from
+    the newest checkpoint; `distill.stop_after_steps` ends a time slot early.
+    """
+    config_lib.validate(config)
+    d = config.distill
+    if d.method not in METHODS:
+        raise config_lib.ConfigError(f"config field 'distill.method' = {d.method!r}; allowed values: {METHODS}")
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / "config.json", config.to_dict())
+    recipe = DEFAULT_PREPROCESSING[d.method] if config.data.preprocessing == "auto" else config.data.preprocessing
+    model_name, options = _network(config)
+    try:
+        models.build_model(model_name, 1, **options)
+    except ValueError as err:
+        raise config_lib.ConfigError(f"config fields 'distill.model/width/depth/norm': {err}") from None
+    if real is None:
+        real = common.load_real_data(config.data.dataset, config.data.data_dir, recipe)
+    elif real.preprocessing.recipe != recipe:
+        raise common.DistillationError(f"run_distillation: the real data given is in pixel space "
+                                       f"{real.preprocessing.recipe!r} but this run distils in {recipe!r}")
+    settings, hyper = _settings(config, real.num_classes)
+    step_fn, init_fn = _compiled(d.method, model_name, options, settings, hyper)
+
+    base_key = jax.random.key(config.seed)
+    images, classes = common.initial_images(real, d.ipc, d.init, config.seed)
+    labels = np.asarray(common.centred_one_hot(classes, real.num_classes), np.float32)
+    state = init_fn(images, labels, jax.random.fold_in(base_key, 1))
+    step_key = jax.random.fold_in(base_key, 2)
+
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
+    fingerprint = _fingerprint(config, recipe, model_name, options, settings, hyper)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
+    restored = checkpointer.restore_latest(abstract, fingerprint)
+    start, history = 0, []
+    if restored is not None:
+        start, state, saved_meta = restored
+        history = [h for h in saved_meta.get("history", []) if h["step"] <= start]
+        logging.info("resuming distillation at step %d", start)
+
+    real_arrays = _real_arrays(d.method, real)
+    end = min(d.steps, d.stop_after_steps) if d.stop_after_steps else d.steps
+    logging.info("distilling %s with %s (%s %s): %d classes x %d images per class, %d steps, preprocessing %s",
+                 config.data.dataset, d.method, model_name, options or "", real.num_classes, d.ipc, d.steps, recipe)
+    timed_steps, timed_seconds, compile_seconds = 0, 0.0, None
+    window_losses, window_start = [], time.perf_counter()
+    for t in range(start, end):
+        state, metrics = step_fn(state, real_arrays, step_key)
+        window_losses.append(metrics["loss"])
+        done = t + 1
+        if t == start:  # the first call compiles: keep it out of the seconds per step
+            jax.block_until_ready(state)
+            compile_seconds = time.perf_counter() - window_start
+            window_start, window_steps = time.perf_counter(), 0
+        else:
+            window_steps += 1
+        if done % config.log_every_steps == 0 or done == end:
+            loss = float(np.mean([float(v) for v in window_losses]))
+            now = time.perf_counter()
+            seconds = (now - window_start) / window_steps if window_steps else None
+            if not np.isfinite(loss):
+                raise common.DistillationError(
+                    f"distillation loss is {loss} at step {done} ({d.method}); lower the learning rate"
+                    + (" or raise distill.frepo.kernel_reg" if d.method == "frepo" else ""))
+            if window_steps:
+                timed_steps, timed_seconds = timed_steps + window_steps, timed_seconds + (now - window_start)
+            history.append({"step": done, "loss": loss, "seconds_per_step": seconds})
+            logging.info("distill %s step %d/%d loss %.6g %s", d.method, done, d.steps, loss,
+                         f"{seconds:.3f} s/step" if seconds is not None else f"(first step, compile {compile_seconds:.1f} s)")
+            window_losses, window_start, window_steps = [], time.perf_counter(), 0
+        if done % d.checkpoint_every_steps == 0 or done == end:
+            paused = time.perf_counter()
+            checkpointer.save(done, state, {**fingerprint, "history": history})
+            common.save_image_grid(workdir / "images" / f"step_{done:07d}.png", np.asarray(state["images"]),
+                                   real.preprocessing, real.num_classes, d.ipc)
+            window_start += time.perf_counter() - paused  # checkpoint time is not step time
+    checkpointer.close()
+    final_step = max(end, start)
+    return _finish(config, workdir, state, classes, real, recipe, model_name, options, history, final_step,
+                   timed_steps, timed_seconds, compile_seconds)
+
+
+def _finish(config, workdir, state, classes, real, recipe, model_name, options, history, final_step,
+            timed_steps, timed_seconds, compile_seconds) -> dict:
+    d = config.distill
+    finished = final_step >= d.steps
+    output = workdir / OUTPUT_NAME
+    seconds_per_step = timed_seconds / timed_steps if timed_steps else None
+    results = {
+        "finished": finished, "method": d.method, "dataset": config.data.dataset, "ipc": d.ipc,
+        "num_classes": real.num_classes, "steps": final_step, "steps_planned": d.steps,
+        "model": {"name": model_name, "options": options}, "preprocessing": recipe,
+        "seconds_per_step": seconds_per_step, "compile_seconds": compile_seconds,
+        "final_loss": history[-1]["loss"] if history else None, "history": history,
+        "config": config.to_dict(), "software": {"jax": jax.__version__},
+    }
+    if not finished:
+        results["summary"] = (f"distillation stopped at step {final_step} of {d.steps} (distill.stop_after_steps); "
+                              "run the same command again to resume")
+        write_json(workdir / "results.json", results)
+        return results
+    labels = classes if d.method == "dm" else np.asarray(state["labels"], np.float32)
+    provenance = {
+        "format": "distill_jax", "source": SOURCE_NAME[d.method], "method": d.method, "path": str(output.resolve()),
+        "sha256": {}, "dataset": config.data.dataset, "ipc": d.ipc, "steps": final_step, "seed": config.seed,
+        "model": model_name, "model_options": options, "preprocessing_file": PREPROCESSING_NAME,
+        "notes": f"distilled by distill_jax ({d.method}) from {real.description}",
+    }
+    save_distilled(DistilledSet(np.asarray(state["images"]), labels, real.num_classes, recipe, provenance), output)
+    real.preprocessing.save(workdir / PREPROCESSING_NAME)
+    results.update({"distilled_path": str(output), "preprocessing_path": str(workdir / PREPROCESSING_NAME)})
+    speed = f"{seconds_per_step:.3f} s/step" if seconds_per_step is not None else "speed not measured"
+    results["summary"] = (
+        f"distilled {config.data.dataset} with {DISPLAY_NAME[d.method]}: {d.ipc} image(s) per class x {real.num_classes} "
+        f"classes, {final_step} steps ({speed}), final loss {results['final_loss']:.4g}\n"
+        f"set: {output} (preprocessing {recipe}); train a ConvNet on it with\n"
+        f"  python launch/main.py --config configs/fashion_mnist_ipc10.py --workdir {workdir}/eval "
+        f"--config.data.dataset={config.data.dataset} --config.data.source=distilled "
+        f"--config.data.distilled_path={output}")
+    write_json(workdir / "results.json", results)
+    return results

@@ -1,0 +1,349 @@
+"""The paper's configurations and named experiments (lists of cells).
+
+A *cell* is one training (or evaluation) run: one row of an experiment's table. The
+builders here are plain functions from a few names to a complete config, so that the
+config files in `configs/` stay thin and the experiments of `reproduce` mode use exactly
+the configs a user would launch by hand.
+
+The five configurations of SPEC 2.7 are `VARIANTS`; `scale_config` shortens a schedule
+by an integer factor (every epoch count divided, same phase structure) for machines that
+cannot run 4000 epochs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Optional
+
+import ml_collections
+
+from distill_jax import config as config_lib
+from distill_jax.data import datasets
+
+# SPEC 2.7 column names, in table order.
+VARIANTS = ("baseline", "no_dp_kd", "no_dp", "no_kd", "full")
+VARIANT_LABELS = {"baseline": "Baseline", "no_dp_kd": "w/o DP & KD", "no_dp": "w/o DP",
+                  "no_kd": "w/o KD", "full": "Full"}
+TEST_NETWORKS = ("resnet18", "resnet50", "vgg11", "alexnet")
+METHODS = ("frepo", "mtt")
+IPCS = (1, 10, 50)
+
+# Each dataset's sizes: classes, image side, the depth the distillers' ConvNets use at that side.
+DATASETS = {
+    "cifar10": {"num_classes": 10, "image_size": 32, "convnet_depth": 3, "distilled_prefix": "cifar10"},
+    "cifar10_jpeg": {"num_classes": 10, "image_size": 32, "convnet_depth": 3, "distilled_prefix": "cifar10"},
+    "cifar100": {"num_classes": 100, "image_size": 32, "convnet_depth": 3, "distilled_prefix": "cifar100"},
+    "tiny_imagenet": {"num_classes": 200, "image_size": 64, "convnet_depth": 4, "distilled_prefix": "tiny_imagenet"},
+    "fashion_mnist": {"num_classes": 10, "image_size": 28, "convnet_depth": 3, "distilled_prefix": "fashion_mnist"},
+}
+
+DISTILLED_ROOT = datasets.SHARED_DATA_DIR / "distilled"
+SHARED_TEACHERS = datasets.SHARED_DATA_DIR / "teachers"
+TEACHER_ROOT = pathlib.Path("teachers")  # relative: teachers trained by `configs/teacher.py` live in ./teachers/<set>
+
+
+class ExperimentError(ValueError):
+    """An experiment or configuration name is not known, or its parts do not fit together."""
+
+
+def _check(value, allowed, what: str, where: str):
+    if value not in allowed:
+        raise ExperimentError(f"{where}: {what} {value!r} is not known; allowed: {tuple(allowed)}")
+
+
+def set_name(method: str, dataset: str, ipc: int) -> str:
+    """'cifar10_10_frepo': the name of a distilled set (and of its teacher)."""
+    return f"{DATASETS[dataset]['distilled_prefix']}_{ipc}_{method}"
+
+
+def distilled_path(method: str, dataset: str, ipc: int) -> str:
+    return str(DISTILLED_ROOT / set_name(method, dataset, ipc))
+
+
+def default_teacher_path(method: str, dataset: str, ipc: int) -> str:
+    """Where a student looks for its KD teacher: the shared MTT teacher if one is published
+    beside the data, else ./teachers/<set> (the workdir `configs/teacher.py` suggests)."""
+    name = set_name(method, dataset, ipc)
+    shared = SHARED_TEACHERS / f"{name}_convnet" / "checkpoint_best.pth"
+    if method == "mtt" and shared.is_file():
+        return str(shared)
+    return str(TEACHER_ROOT / name)
+
+
+def _base(dataset: str, num_seeds: int = 3) -> ml_collections.ConfigDict:
+    c = config_lib.default_config()
+    c.num_seeds = num_seeds
+    c.data.dataset = dataset
+    return c
+
+
+def _distilled_data(c, method: str, dataset: str, ipc: int):
+    c.data.source = "distilled"
+    c.data.per_class = 0
+    c.data.distilled_path = distilled_path(method, dataset, ipc)
+
+
+def teacher_model(c, method: str, dataset: str):
+    """The distiller's training network: ConvNet-FRePo (batch norm) for FRePo sets, the
+    instance-norm ConvNet for MTT sets; depth 4 on 64 px images."""
+    c.model.name = "convnet_frepo" if method == "frepo" else "convnet"
+    if DATASETS[dataset]["convnet_depth"] != 3:  # 3 is the networks' default
+        c.model.depth = DATASETS[dataset]["convnet_depth"]
+    if method == "mtt":
+        c.model.norm = "instance"
+
+
+def _lion_cosine(c, epochs: int = 1000):
+    t = c.train
+    t.optimizer, t.learning_rate, t.weight_decay = "lion", 5e-5, 5e-3
+    t.lr_schedule, t.warmup_fraction, t.epochs = "warmup_cosine", 0.1, epochs
+    t.augment.k = 2
+
+
+def apply_variant(c, variant: str, model: str, teacher_path: str):
+    """Sets the optimiser, schedules, augmentation, KD and DropPath of one SPEC 2.7 column."""
+    _check(variant, VARIANTS, "variant", "experiments.apply_variant")
+    t = c.train
+    if model.startswith("resnet"):
+        c.model.improved_shortcut = True
+    c.model.droppath = variant in ("no_kd", "full")
+    if variant == "baseline":
+        t.optimizer, t.learning_rate, t.weight_decay = "adamw", 5e-4, 5e-4
+        t.lr_schedule, t.decay_at_fraction, t.epochs = "step", 0.5, 1000
+        t.augment.k = 1
+    elif variant in ("no_dp_kd", "no_dp"):
+        _lion_cosine(c, 1000)
+    else:
+        _lion_cosine(c, 4000)
+        t.lr_schedule, t.cycle_epochs, t.warmup_epochs = "periodic", 1000, 100
+        t.keep_rate.enabled = True
+        t.keep_rate.period_epochs = 500
+        if model == "resnet50":
+            t.keep_rate.step, t.keep_rate.min, t.keep_rate.final = 0.13, 0.35, 0.8
+        else:
+            t.keep_rate.step, t.keep_rate.min, t.keep_rate.final = 0.1, 0.5, 0.8
+    t.kd.enabled = variant in ("no_dp", "full")
+    t.kd.teacher_path = teacher_path if t.kd.enabled else ""
+    c.eval_every_epochs = 100
+    c.checkpoint_every_epochs = 100
+    return c
+
+
+def paper_config(model: str, method: str, dataset: str, ipc: int, variant: str, *,
+                 teacher_path: Optional[str] = None, num_seeds: int = 3) -> ml_collections.ConfigDict:
+    """A test network trained on a distilled set as one column of the paper's main table."""
+    where = "experiments.paper_config"
+    _check(model, TEST_NETWORKS, "test network", where)
+    _check(method, METHODS, "distillation method", where)
+    _check(dataset, DATASETS, "dataset", where)
+    _check(ipc, IPCS, "images per class", where)
+    c = _base(dataset, num_seeds)
+    c.mode = "student"
+    _distilled_data(c, method, dataset, ipc)
+    c.model.name = model
+    if method == "mtt":
+        c.model.norm = "instance"  # students of MTT sets use instance norm (SPEC 3)
+    apply_variant(c, variant, model, teacher_path or default_teacher_path(method, dataset, ipc))
+    return c
+
+
+def teacher_config(method: str, dataset: str, ipc: int, *, num_seeds: int = 1) -> ml_collections.ConfigDict:
+    """The distiller's ConvNet trained on its own set (KD teacher), with the recipe of
+    'w/o DP & KD' (Lion, warm-up + cosine, 2 DSA ops, 1000 epochs)."""
+    where = "experiments.teacher_config"
+    _check(method, METHODS, "distillation method", where)
+    _check(dataset, DATASETS, "dataset", where)
+    _check(ipc, IPCS, "images per class", where)
+    c = _base(dataset, num_seeds)
+    c.mode = "teacher"
+    _distilled_data(c, method, dataset, ipc)
+    teacher_model(c, method, dataset)
+    _lion_cosine(c, 1000)
+    c.eval_every_epochs = 100
+    c.checkpoint_every_epochs = 100
+    return c
+
+
+REALSUBSET_VARIANTS = ("convnet", "baseline", "dp_kd")
+REALSUBSET_LABELS = {"convnet": "ConvNet", "baseline": "Baseline", "dp_kd": "DropPath + KD"}
+
+
+def realsubset_config(dataset: str, per_class: int, variant: str, *, model: str = "resnet18",
+                      teacher_path: Optional[str] = None, num_seeds: int = 3) -> ml_collections.ConfigDict:
+    """The real-subset experiment: `per_class` real images per class, standardised.
+
+    'convnet' is the small network (recipe of 'w/o DP & KD', also the KD teacher), 'baseline'
+    the test network with the Baseline recipe, 'dp_kd' the test network with the Full recipe
+    (DropPath schedule + KD from the ConvNet of the same subset).
+    """
+    where = "experiments.realsubset_config"
+    _check(variant, REALSUBSET_VARIANTS, "real-subset variant", where)
+    _check(dataset, DATASETS, "dataset", where)
+    if not (isinstance(per_class, int) and per_class > 0):
+        raise ExperimentError(f"{where}: per_class must be a positive int, got {per_class!r}")
+    c = _base(dataset, num_seeds)
+    c.data.source = "real"
+    c.data.per_class = per_class
+    if variant == "convnet":
+        c.mode = "teacher"
+        c.model.name = "convnet"
+        if DATASETS[dataset]["convnet_depth"] != 3:
+            c.model.depth = DATASETS[dataset]["convnet_depth"]
+        _lion_cosine(c, 1000)
+        c.eval_every_epochs = 100
+        c.checkpoint_every_epochs = 100
+        return c
+    c.mode = "student"
+    c.model.name = model
+    teacher = teacher_path or str(TEACHER_ROOT / f"{dataset}_real{per_class}")
+    return apply_variant(c, "baseline" if variant == "baseline" else "full", model, teacher)
+
+
+def scale_config(c, *, epoch_divisor: int = 1, lr_multiplier: float = 1.0, width: int = 0, evals: int = 0):
+    """Shortens every epoch count by `epoch_divisor` (same phases: 4000/500/1000/100 become
+    4000/d, 500/d, ...), multiplies the peak lr, sets the width (0 = keep) and, with `evals` > 0,
+    evaluates every epochs // evals epochs (the last epoch is always evaluated)."""
+    if not (isinstance(epoch_divisor, int) and epoch_divisor >= 1):
+        raise ExperimentError(f"experiments.scale_config: epoch_divisor must be an int >= 1, got {epoch_divisor!r}")
+    t = c.train
+    for name in ("epochs", "cycle_epochs", "warmup_epochs"):
+        value = t[name]
+        if value % epoch_divisor:
+            raise ExperimentError(f"experiments.scale_config: train.{name} = {value} is not divisible by "
+                                  f"epoch_divisor {epoch_divisor}: the phases would shift")
+        t[name] = value // epoch_divisor
+    if t.keep_rate.period_epochs % epoch_divisor:
+        raise ExperimentError(f"experiments.scale_config: train.keep_rate.period_epochs = {t.keep_rate.period_epochs} "
+                              f"is not divisible by epoch_divisor {epoch_divisor}")
+    t.keep_rate.period_epochs //= epoch_divisor
+    t.learning_rate = t.learning_rate * lr_multiplier
+    for name in ("eval_every_epochs", "checkpoint_every_epochs"):
+        c[name] = max(1, c[name] // epoch_divisor)
+    if width:
+        c.model.width = width
+    if evals:
+        c.eval_every_epochs = max(1, t.epochs // evals)
+    return c
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of an experiment: `name` is its sub-workdir, `label` its table row."""
+    name: str
+    label: str
+    config: ml_collections.ConfigDict
+    role: str  # 'teacher' (trained, other cells distil from it), 'student', or 'evaluate' (a published network)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """How `reproduce` shrinks an experiment for a small machine (1 / 1.0 / 0 = the paper's)."""
+    epoch_divisor: int = 1
+    lr_multiplier: float = 1.0
+    width: int = 0
+    teacher_width: int = 0
+    evals: int = 0
+
+    @classmethod
+    def from_config(cls, config) -> "Scale":
+        r = config.reproduce
+        return cls(int(r.epoch_divisor), float(r.lr_multiplier), int(r.width), int(r.teacher_width), int(r.evals))
+
+
+def _scaled(c, scale: Scale, teacher: bool):
+    return scale_config(c, epoch_divisor=scale.epoch_divisor, lr_multiplier=scale.lr_multiplier,
+                        width=scale.teacher_width if teacher else scale.width, evals=scale.evals)
+
+
+def teacher_dir(workdir, split_seeds: bool, seed: int) -> str:
+    """The workdir a student's KD reads: the teacher cell (its first seed is used)."""
+    base = pathlib.Path(workdir) / "teacher"
+    return str(base / f"seed_{seed}") if split_seeds else str(base)
+
+
+def paper_experiment(model: str, method: str, dataset: str, ipc: int, workdir, scale: Scale = Scale(), *,
+                     split_seeds: bool = False, num_seeds: int = 3, seed: int = 0) -> list[Cell]:
+    """Teacher (trained here, or the published .pth evaluated) then the five columns."""
+    shared = default_teacher_path(method, dataset, ipc)
+    cells = []
+    if shared.endswith(".pth"):
+        c = teacher_config(method, dataset, ipc, num_seeds=1)
+        c.mode = "evaluate"
+        c.evaluate.path = shared
+        cells.append(Cell("teacher", "Teacher (published ConvNet)", c, "evaluate"))
+        teacher_path = shared
+    else:
+        c = _scaled(teacher_config(method, dataset, ipc, num_seeds=num_seeds), scale, teacher=True)
+        cells.append(Cell("teacher", f"Teacher ({c.model.name})", c, "teacher"))
+        teacher_path = teacher_dir(workdir, split_seeds, seed)
+    for variant in VARIANTS:
+        c = paper_config(model, method, dataset, ipc, variant, teacher_path=teacher_path, num_seeds=num_seeds)
+        cells.append(Cell(variant, f"{model} {VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), "student"))
+    return cells
+
+
+def realsubset_experiment(dataset: str, per_class: int, workdir, scale: Scale = Scale(), *, model: str = "resnet18",
+                          split_seeds: bool = False, num_seeds: int = 3, seed: int = 0) -> list[Cell]:
+    """ConvNet, then the test network as Baseline and with DropPath + KD from that ConvNet."""
+    teacher_path = teacher_dir(workdir, split_seeds, seed)
+    cells = [Cell("teacher", "ConvNet", _scaled(realsubset_config(dataset, per_class, "convnet", num_seeds=num_seeds),
+                                                 scale, teacher=True), "teacher")]
+    for variant in ("baseline", "dp_kd"):
+        c = realsubset_config(dataset, per_class, variant, model=model, teacher_path=teacher_path, num_seeds=num_seeds)
+        cells.append(Cell(variant, f"{model} {REALSUBSET_LABELS[variant]}", _scaled(c, scale, teacher=False), "student"))
+    return cells
+
+
+# name -> builder(workdir, scale, *, split_seeds, num_seeds, seed) -> list[Cell]
+_REGISTERED: dict = {}
+
+
+def register_experiment(name: str, builder) -> None:
+    """Adds an experiment of one's own; `builder(workdir, scale, *, split_seeds, num_seeds, seed)`
+    returns its cells (teachers first). Registered names take precedence over the built-in ones."""
+    if not name or "/" in name:
+        raise ExperimentError(f"experiments.register_experiment: bad name {name!r}")
+    _REGISTERED[name] = builder
+
+
+def experiment_names() -> list[str]:
+    """Every named experiment: '<method>_<dataset>_<ipc>_<model>' and 'realsubset_<dataset>_<n>_<model>'."""
+    names = sorted(_REGISTERED) + [f"{m}_{d}_{i}_{n}" for m in METHODS for d in ("cifar10", "cifar10_jpeg", "cifar100", "tiny_imagenet")
+             for i in IPCS for n in TEST_NETWORKS]
+    names += [f"realsubset_{d}_{n}_{m}" for d in ("fashion_mnist", "cifar10", "cifar10_jpeg") for n in (10, 100)
+              for m in ("resnet18", "resnet50")]
+    return names
+
+
+def get_experiment(name: str, workdir, scale: Scale = Scale(), *, split_seeds: bool = False,
+                   num_seeds: int = 3, seed: int = 0) -> list[Cell]:
+    """The cells of experiment `name` (see `experiment_names()`), with teacher paths inside `workdir`."""
+    if name in _REGISTERED:
+        cells = _REGISTERED[name](workdir, scale, split_seeds=split_seeds, num_seeds=num_seeds, seed=seed)
+        return _with_seed(cells, seed)
+    parts = name.split("_")
+    try:
+        if parts[0] == "realsubset":
+            model, per_class = parts[-1], int(parts[-2])
+            dataset = "_".join(parts[1:-2])
+            _check(dataset, DATASETS, "dataset", f"experiment {name!r}")
+            _check(model, TEST_NETWORKS, "test network", f"experiment {name!r}")
+            cells = realsubset_experiment(dataset, per_class, workdir, scale, model=model, split_seeds=split_seeds,
+                                          num_seeds=num_seeds, seed=seed)
+            return _with_seed(cells, seed)
+        method, model, ipc = parts[0], parts[-1], int(parts[-2])
+        dataset = "_".join(parts[1:-2])
+    except (IndexError, ValueError):
+        raise ExperimentError(f"experiment name {name!r} is not of the form <method>_<dataset>_<ipc>_<model> or "
+                              f"realsubset_<dataset>_<per_class>_<model>, e.g. frepo_cifar10_10_resnet18") from None
+    _check(method, METHODS, "distillation method", f"experiment {name!r}")
+    _check(dataset, DATASETS, "dataset", f"experiment {name!r}")
+    cells = paper_experiment(model, method, dataset, ipc, workdir, scale, split_seeds=split_seeds,
+                             num_seeds=num_seeds, seed=seed)
+    return _with_seed(cells, seed)
+
+
+def _with_seed(cells: list[Cell], seed: int) -> list[Cell]:
+    for cell in cells:
+        cell.config.seed = seed
+    return cells

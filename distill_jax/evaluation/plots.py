@@ -1,0 +1,89 @@
+"""PNG figures: a config's keep-rate and learning-rate schedules, a run's test-accuracy curves.
+
+matplotlib with the Agg backend (no display needed); figures are written to a temporary
+name and renamed, like every other output.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+    return path
+
+
+def schedule_curves(config, steps_per_epoch: int = 1, points: int = 2000):
+    """(epochs, learning rates, keep rates) sampled over the run; keep rate 1 without DropPath."""
+    from distill_jax.training.loop import build_schedules
+
+    if steps_per_epoch < 1:
+        raise ValueError(f"plots.schedule_curves: steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    lr, keep = build_schedules(config, steps_per_epoch)
+    total = config.train.epochs * steps_per_epoch
+    steps = np.unique(np.linspace(0, total - 1, min(points, total)).astype(np.int64))
+    epochs = steps / steps_per_epoch
+    lrs = np.asarray(lr(steps))
+    keeps = np.asarray(keep(np.floor(epochs))) if keep is not None else np.ones_like(epochs)
+    return epochs, lrs, keeps
+
+
+def plot_schedules(config, path, steps_per_epoch: int = 1) -> pathlib.Path:
+    """Keep rate and learning rate against the epoch, one panel each."""
+    plt = _pyplot()
+    epochs, lrs, keeps = schedule_curves(config, steps_per_epoch)
+    fig, (ax_keep, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    ax_keep.step(epochs, keeps, where="post")
+    ax_keep.set_ylabel("keep rate p")
+    ax_keep.set_ylim(0, 1.05)
+    ax_lr.plot(epochs, lrs)
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("epoch")
+    fig.suptitle(f"{config.model.name}: {config.train.optimizer}, {config.train.lr_schedule}, "
+                 f"DropPath schedule {'on' if config.train.keep_rate.enabled else 'off'}")
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_accuracy(results: dict, path, title: str = "") -> pathlib.Path:
+    """Test accuracy per evaluation: one thin line per seed and their mean, thick."""
+    history = results.get("history") or []
+    if not history:
+        raise ValueError("plots.plot_accuracy: the run has no evaluations in its history")
+    plt = _pyplot()
+    epochs = np.array([h["epoch"] for h in history])
+    curves = np.array([h["test_accuracy"] for h in history])  # (evals, seeds)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    seeds = results.get("seeds") or list(range(curves.shape[1]))
+    for i in range(curves.shape[1]):
+        ax.plot(epochs, curves[:, i], lw=0.8, alpha=0.6, marker=".", label=f"seed {seeds[i]}")
+    ax.plot(epochs, curves.mean(axis=1), lw=2.2, color="k", label="mean")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "test accuracy per seed")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

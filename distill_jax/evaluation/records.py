@@ -1,0 +1,76 @@
+"""What every run record carries besides its numbers: software versions and the device.
+
+A table without the library versions and the card that produced it cannot be compared
+with another table later; these helpers make that record cheap to write everywhere.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+import numpy as np
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy", "ml-collections")
+
+
+def software_versions() -> dict:
+    """Python and the numerical packages' installed versions ('absent' when not installed)."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def device_description() -> dict:
+    """The JAX backend and its devices (e.g. 'cpu' x 1, or 'NVIDIA H100 80GB HBM3' x 1), and the host."""
+    import jax
+
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    return {"backend": jax.default_backend(), "device_kinds": kinds, "device_count": len(devices),
+            "host": platform.machine(), "processor": platform.processor() or "unknown"}
+
+
+def summarize(per_seed) -> dict:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) of accuracies in percent."""
+    values = [float(a) for a in per_seed]
+    if not values:
+        raise ValueError("records.summarize: no accuracies to summarise")
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(np.mean(values)), "std": std, "std_ddof": 1, "per_seed": values}
+
+
+def best_over_training(history: list[dict]) -> dict | None:
+    """Per-seed maximum test accuracy over all evaluations: model selection ON THE TEST SET,
+    as the reference code reports it. Only for comparison with such numbers, labelled so."""
+    if not history:
+        return None
+    curves = np.asarray([h["test_accuracy"] for h in history], dtype=np.float64)  # (evals, seeds)
+    out = summarize(curves.max(axis=0))
+    out["selection"] = "selected on the test set"
+    return out
+
+
+def merge_seed_results(results: list[dict]) -> dict:
+    """One record from runs of one seed each (same config apart from the seed): the per-seed
+    curves side by side, the final accuracy over all seeds (None unless every run finished)."""
+    if not results:
+        raise ValueError("records.merge_seed_results: no runs to merge")
+    epochs = [[h["epoch"] for h in r["history"]] for r in results]
+    common = sorted(set(epochs[0]).intersection(*map(set, epochs[1:])))
+    by_epoch = [{h["epoch"]: h for h in r["history"]} for r in results]
+    history = []
+    for epoch in common:
+        entries = [b[epoch] for b in by_epoch]
+        merged = {k: v for k, v in entries[0].items() if k not in ("test_accuracy", "train_loss")}
+        merged["train_loss"] = float(np.mean([e["train_loss"] for e in entries]))
+        merged["test_accuracy"] = [a for e in entries for a in e["test_accuracy"]]
+        history.append(merged)
+    finished = all(r.get("finished") for r in results)
+    finals = [a for r in results for a in (r["final_accuracy"]["per_seed"] if r.get("final_accuracy") else [])]
+    return {"finished": finished, "seeds": [s for r in results for s in r["seeds"]], "history": history,
+            "final_accuracy": summarize(finals) if finished else None,
+            "data": results[0].get("data"), "preprocessing": results[0].get("preprocessing")}

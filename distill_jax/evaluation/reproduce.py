@@ -1,0 +1,151 @@
+"""Mode "reproduce": run every cell of a named experiment, then write its table.
+
+Each cell trains in its own sub-workdir (`<workdir>/<cell>`, or `<cell>/seed_<s>` with
+`reproduce.split_seeds`), so an interrupted reproduction resumes where it stopped: finished
+cells are skipped, a half-trained one restarts from its last checkpoint. Cells that share a
+data config share one loaded (and ZCA-fitted) copy of the data.
+
+Outputs in `<workdir>`: `table.md` (final-epoch mean ± std; best-over-training only with
+`reproduce.show_best`, labelled as test-set selection), `reproduction.json`, and per cell
+`record.json` (config, per-seed curves, final numbers, software versions, device),
+`accuracy.png` and `schedules.png`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import pathlib
+from typing import Optional
+
+from distill_jax import config as config_lib
+from distill_jax.evaluation import experiments, plots, records, tables
+
+
+class ReproductionError(ValueError):
+    """The reproduce config does not name a runnable experiment."""
+
+
+def _data_key(data_cfg) -> str:
+    return json.dumps(data_cfg.to_dict(), sort_keys=True)
+
+
+def _finished_results(run_dir: pathlib.Path, config) -> Optional[dict]:
+    """The run's results if it already finished with exactly this config (so it can be skipped)."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if results.get("finished") and results.get("config") == json.loads(json.dumps(config.to_dict())):
+        return results
+    return None
+
+
+def _train(config, run_dir: pathlib.Path, data) -> dict:
+    from distill_jax.training import loop
+
+    done = _finished_results(run_dir, config)
+    if done is not None:
+        logging.info("reproduce: %s already finished, skipped", run_dir)
+        return done
+    return loop.train_and_evaluate(config, run_dir, data=data)
+
+
+def _seed_configs(config, split: bool):
+    if not split:
+        return [(None, config)]
+    out = []
+    for i in range(config.num_seeds):
+        c = copy.deepcopy(config)
+        c.seed = config.seed + i
+        c.num_seeds = 1
+        out.append((c.seed, c))
+    return out
+
+
+def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seeds: bool) -> dict:
+    """Runs one cell (all its seeds) and returns its record (also written to record.json)."""
+    config_lib.validate(cell.config)
+    if cell.role == "evaluate":
+        from distill_jax.evaluation import run_evaluation
+
+        ev = run_evaluation(cell.config, cell_dir, data=data)
+        merged = {"finished": True, "seeds": ev["seeds"], "history": [], "final_accuracy": ev["accuracy"],
+                  "data": ev["data"], "preprocessing": ev["preprocessing"]}
+    else:
+        runs = []
+        for seed, c in _seed_configs(cell.config, split_seeds):
+            run_dir = cell_dir if seed is None else cell_dir / f"seed_{seed}"
+            runs.append(_train(c, run_dir, data))
+        merged = runs[0] if len(runs) == 1 else records.merge_seed_results(runs)
+    width = cell.config.model.get("width")
+    record = {
+        "cell": cell.name, "label": cell.label, "role": cell.role,
+        "network": cell.config.model.name + (f" (width {width})" if width else ""),
+        "epochs": cell.config.train.epochs if cell.role != "evaluate" else "",
+        "config": cell.config.to_dict(), "split_seeds": bool(split_seeds),
+        "seeds": merged["seeds"], "history": merged["history"],
+        "final_accuracy": merged["final_accuracy"],
+        "best_over_training": records.best_over_training(merged["history"]) if merged["history"] else None,
+        "data": merged.get("data"), "preprocessing": merged.get("preprocessing"),
+        "software": records.software_versions(), "device": records.device_description(),
+    }
+    from distill_jax.training.loop import write_json
+
+    write_json(cell_dir / "record.json", record)
+    if cell.role != "evaluate":
+        plots.plot_schedules(cell.config, cell_dir / "schedules.png", steps_per_epoch=_steps_per_epoch(cell.config, data))
+        if record["history"]:
+            plots.plot_accuracy(record, cell_dir / "accuracy.png", title=cell.label)
+    return record
+
+
+def _steps_per_epoch(config, data) -> int:
+    n = len(data.train_images)
+    return max(1, n // min(config.train.batch_size, n))
+
+
+def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> dict:
+    """Runs the cells of `config.reproduce.experiment` in order (teachers first) and writes the table."""
+    from distill_jax.data import pipeline
+
+    r = config.reproduce
+    if not r.experiment:
+        raise ReproductionError("config field 'reproduce.experiment' is empty; name one of "
+                                "distill_jax.evaluation.experiments.experiment_names(), e.g. frepo_cifar10_10_resnet18")
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cells = experiments.get_experiment(r.experiment, workdir, experiments.Scale.from_config(config),
+                                       split_seeds=bool(r.split_seeds), num_seeds=config.num_seeds, seed=config.seed)
+    wanted = [n for n in r.cells.split(",") if n]
+    unknown = set(wanted) - {c.name for c in cells}
+    if unknown:
+        raise ReproductionError(f"config field 'reproduce.cells' names {sorted(unknown)}; cells of "
+                                f"{r.experiment}: {[c.name for c in cells]}")
+    if wanted:
+        cells = [c for c in cells if c.name in wanted]
+    data_cache = {} if data_cache is None else data_cache
+    cell_records = []
+    for cell in cells:
+        key = _data_key(cell.config.data)
+        if key not in data_cache:
+            data_cache[key] = pipeline.load_training_data(cell.config.data)
+        logging.info("reproduce %s: cell %s (%s)", r.experiment, cell.name, cell.label)
+        cell_records.append(run_cell(cell, workdir / cell.name, data_cache[key], split_seeds=bool(r.split_seeds)))
+    table = tables.experiment_table(cell_records, show_best=bool(r.show_best))
+    heading = (f"### {r.experiment}\n\nFinal-epoch test accuracy, mean ± std (ddof=1) over seeds. "
+               f"Scale: epochs / {r.epoch_divisor}, lr x {r.lr_multiplier}, test-network width "
+               f"{r.width or 'paper'}, teacher width {r.teacher_width or 'paper'}.\n\n")
+    from distill_jax.training.loop import write_json
+
+    (workdir / "table.md.tmp").write_text(heading + table)
+    (workdir / "table.md.tmp").replace(workdir / "table.md")
+    summary = {"experiment": r.experiment, "config": config.to_dict(),
+               "cells": [{k: rec[k] for k in ("cell", "label", "network", "epochs", "seeds", "final_accuracy",
+                                              "best_over_training")} for rec in cell_records],
+               "software": records.software_versions(), "device": records.device_description()}
+    write_json(workdir / "reproduction.json", summary)
+    return {**summary, "table": table, "summary": heading + table}

@@ -1,0 +1,205 @@
+"""Modes 'evaluate' and 'reproduce', run records, tables and plots, at toy sizes."""
+import json
+
+import numpy as np
+import pytest
+
+from distill_jax import config as config_lib
+from distill_jax.data import pipeline, preprocess
+from distill_jax.evaluation import EvaluationError, experiments, plots, records, reproduce, run_evaluation, tables
+from distill_jax.training import loop
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _tiny_data(classes=4, per_class=5, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), per_class)
+    images = rng.normal(size=(len(labels), size, size, 1)).astype(np.float32) + labels[:, None, None, None] * 0.5
+    test_labels = np.repeat(np.arange(classes), 6)
+    test_images = rng.normal(size=(len(test_labels), size, size, 1)).astype(np.float32) + test_labels[:, None, None, None] * 0.5
+    prep = preprocess.fit("none", np.zeros((2, 8, 8, images.shape[-1]), np.float32))
+    return pipeline.TrainingData(images, labels, test_images, test_labels, classes, prep, "synthetic 8x8")
+
+
+def _tiny_config(mode="teacher", num_seeds=2):
+    c = config_lib.default_config()
+    c.mode = mode
+    c.num_seeds = num_seeds
+    c.model.width, c.model.depth, c.model.norm = 4, 2, "batch"
+    c.train.epochs, c.train.batch_size, c.train.learning_rate = 2, 10, 1e-3
+    c.train.augment.k = 0  # augmentation has its own tests; compiling it here would only cost time
+    c.eval_every_epochs, c.checkpoint_every_epochs = 1, 2
+    return c
+
+
+def _tiny_experiment(workdir, scale, *, split_seeds, num_seeds, seed):
+    """A ConvNet teacher and a ConvNet student distilling from it: the mechanics of a paper experiment."""
+    teacher = _tiny_config("teacher", num_seeds)
+    student = _tiny_config("student", num_seeds)
+    student.train.kd.enabled = True
+    student.train.kd.teacher_path = experiments.teacher_dir(workdir, split_seeds, seed)
+    return [experiments.Cell("teacher", "Teacher", teacher, "teacher"),
+            experiments.Cell("student", "Student + KD", student, "student")]
+
+
+@pytest.fixture
+def tiny_experiment():
+    experiments.register_experiment("tiny_test", _tiny_experiment)
+    yield "tiny_test"
+    experiments._REGISTERED.pop("tiny_test")
+
+
+def _reproduce_config(name, **reproduce):
+    c = config_lib.default_config()
+    c.mode = "reproduce"
+    c.num_seeds = 2
+    c.reproduce.experiment = name
+    for key, value in reproduce.items():
+        c.reproduce[key] = value
+    return c
+
+
+def _cache(config, workdir, data):
+    cells = experiments.get_experiment(config.reproduce.experiment, workdir, split_seeds=config.reproduce.split_seeds,
+                                       num_seeds=config.num_seeds)
+    return {reproduce._data_key(c.config.data): data for c in cells}
+
+
+def test_reproduce_runs_every_cell_writes_records_table_and_plots_then_resumes(tmp_path, tiny_experiment, monkeypatch):
+    data = _tiny_data()
+    config = _reproduce_config(tiny_experiment)
+    out = reproduce.run_reproduction(config, tmp_path, data_cache=_cache(config, tmp_path, data))
+    table = (tmp_path / "table.md").read_text()
+    assert tables.BEST_HEADER not in table and "final test acc. (%)" in table
+    for name in ("teacher", "student"):
+        record = json.loads((tmp_path / name / "record.json").read_text())
+        run = json.loads((tmp_path / name / "results.json").read_text())
+        assert record["final_accuracy"] == run["final_accuracy"]
+        assert record["seeds"] == [0, 1] and len(record["history"]) == 2
+        assert record["software"]["jax"] and record["software"]["flax"] and record["device"]["backend"] == "cpu"
+        assert tables.format_mean_std(record["final_accuracy"]) in table
+        assert (tmp_path / name / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
+        assert (tmp_path / name / "schedules.png").read_bytes()[:8] == PNG_MAGIC
+    student = json.loads((tmp_path / "student" / "results.json").read_text())
+    assert student["config"]["train"]["kd"]["teacher_path"] == str(tmp_path / "teacher")
+    assert out["summary"].endswith(out["table"])
+
+    # Resume: finished cells are not trained again; the table can add the labelled best column.
+    monkeypatch.setattr(loop, "train_and_evaluate", lambda *a, **k: pytest.fail("a finished cell was retrained"))
+    again = reproduce.run_reproduction(_reproduce_config(tiny_experiment, show_best=True), tmp_path,
+                                       data_cache=_cache(config, tmp_path, data))
+    assert tables.BEST_HEADER in again["table"]
+    assert [c["final_accuracy"] for c in again["cells"]] == [c["final_accuracy"] for c in out["cells"]]
+
+
+def test_split_seeds_runs_one_program_per_seed_and_merges_them(tmp_path, tiny_experiment):
+    data = _tiny_data()
+    config = _reproduce_config(tiny_experiment, split_seeds=True, cells="teacher")
+    out = reproduce.run_reproduction(config, tmp_path, data_cache=_cache(config, tmp_path, data))
+    per_run = [json.loads((tmp_path / "teacher" / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert [r["seeds"] for r in per_run] == [[0], [1]]
+    merged = out["cells"][0]
+    assert merged["seeds"] == [0, 1]
+    assert merged["final_accuracy"]["per_seed"] == [r["final_accuracy"]["per_seed"][0] for r in per_run]
+    np.testing.assert_allclose(merged["final_accuracy"]["std"], np.std(merged["final_accuracy"]["per_seed"], ddof=1))
+    assert not (tmp_path / "student").exists()  # only the cells asked for
+
+
+def test_evaluate_mode_scores_every_seed_of_a_saved_run_like_the_loop(tmp_path):
+    data = _tiny_data()
+    trained = loop.train_and_evaluate(_tiny_config(), tmp_path / "run", data=data)
+    c = config_lib.default_config()
+    c.mode = "evaluate"
+    c.evaluate.path = str(tmp_path / "run")
+    out = run_evaluation(c, tmp_path / "eval", data=data)
+    np.testing.assert_allclose(out["accuracy"]["per_seed"], trained["final_accuracy"]["per_seed"], atol=1e-4)
+    on_disk = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert on_disk["seeds"] == [0, 1] and on_disk["checkpoint_step"] == 4 and on_disk["software"]["numpy"]
+    assert "accuracy" in out["summary"]
+
+
+def test_evaluate_needs_a_path(tmp_path):
+    with pytest.raises(EvaluationError, match=r"evaluate\.path' is empty"):
+        run_evaluation(config_lib.default_config(), tmp_path)
+
+
+def test_evaluate_of_a_folder_that_is_not_a_run(tmp_path):
+    c = config_lib.default_config()
+    c.evaluate.path = str(tmp_path)
+    with pytest.raises(EvaluationError, match=r"no model\.json"):
+        run_evaluation(c, tmp_path / "eval")
+
+
+def test_evaluate_of_a_missing_pth(tmp_path):
+    c = config_lib.default_config()
+    c.evaluate.path = str(tmp_path / "teacher.pth")
+    with pytest.raises(EvaluationError, match=r"teacher\.pth does not exist"):
+        run_evaluation(c, tmp_path / "eval")
+
+
+def test_reproduce_needs_an_experiment_name(tmp_path):
+    with pytest.raises(reproduce.ReproductionError, match=r"reproduce\.experiment' is empty"):
+        reproduce.run_reproduction(_reproduce_config(""), tmp_path)
+
+
+def test_reproduce_rejects_unknown_cells(tmp_path, tiny_experiment):
+    with pytest.raises(reproduce.ReproductionError, match=r"\['fifth'\].*\['teacher', 'student'\]"):
+        reproduce.run_reproduction(_reproduce_config(tiny_experiment, cells="teacher,fifth"), tmp_path)
+
+
+def test_summary_mean_and_sample_std():
+    s = records.summarize([60.0, 62.0, 67.0])
+    assert s["mean"] == pytest.approx(63.0)
+    assert s["std"] == pytest.approx(np.sqrt(((3.0 ** 2) + 1.0 + 16.0) / 2))  # ddof=1 by hand
+    assert records.summarize([50.0])["std"] == 0.0
+    with pytest.raises(ValueError, match="no accuracies"):
+        records.summarize([])
+
+
+def test_best_over_training_is_per_seed_max_and_labelled():
+    history = [{"epoch": 1, "test_accuracy": [10.0, 40.0]}, {"epoch": 2, "test_accuracy": [30.0, 20.0]}]
+    best = records.best_over_training(history)
+    assert best["per_seed"] == [30.0, 40.0] and best["selection"] == "selected on the test set"
+    assert records.best_over_training([]) is None
+
+
+def test_merge_keeps_common_epochs_and_requires_every_seed_finished():
+    a = {"finished": True, "seeds": [0], "final_accuracy": records.summarize([50.0]),
+         "history": [{"epoch": 1, "train_loss": 1.0, "test_accuracy": [40.0]}, {"epoch": 2, "train_loss": 0.5, "test_accuracy": [50.0]}]}
+    b = {"finished": False, "seeds": [1], "final_accuracy": None,
+         "history": [{"epoch": 1, "train_loss": 3.0, "test_accuracy": [30.0]}]}
+    merged = records.merge_seed_results([a, b])
+    assert merged["history"] == [{"epoch": 1, "train_loss": 2.0, "test_accuracy": [40.0, 30.0]}]
+    assert merged["final_accuracy"] is None and merged["seeds"] == [0, 1]
+
+
+def test_mean_std_formatting_and_markdown_table():
+    assert tables.format_mean_std({"mean": 63.456, "std": 0.8}) == "63.46 ± 0.80"
+    assert tables.format_mean_std(None) == "—"
+    text = tables.markdown_table(["a", "b"], [["1", "x|y"]])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | x\\|y |"]
+    with pytest.raises(ValueError, match="row 0 has 1 cells, the header 2"):
+        tables.markdown_table(["a", "b"], [["1"]])
+
+
+def test_schedule_curves_of_the_full_configuration():
+    c = experiments.scale_config(experiments.paper_config("resnet18", "frepo", "cifar10", 10, "full"), epoch_divisor=100)
+    epochs, lrs, keeps = plots.schedule_curves(c, steps_per_epoch=2)
+    assert len(epochs) == 80  # 40 epochs x 2 steps
+    np.testing.assert_allclose(keeps[::10], [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.8, 0.8], rtol=1e-6)
+    # the lr restarts from 0 at every keep-rate change (periodic schedule)
+    np.testing.assert_allclose(lrs[::10][:7], 0.0, atol=1e-12)
+    # warm-up of 1 epoch (2 steps): half the peak after one step
+    np.testing.assert_allclose(lrs[1], 0.5 * 5e-5, rtol=1e-5)
+
+
+def test_plots_write_png_files(tmp_path):
+    c = experiments.paper_config("resnet18", "frepo", "cifar10", 10, "baseline")
+    assert plots.plot_schedules(c, tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC
+    run = {"seeds": [0, 1], "history": [{"epoch": 1, "test_accuracy": [10.0, 20.0]}, {"epoch": 2, "test_accuracy": [30.0, 35.0]}]}
+    assert plots.plot_accuracy(run, tmp_path / "a.png").read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError, match="no evaluations"):
+        plots.plot_accuracy({"history": []}, tmp_path / "b.png")
+    with pytest.raises(ValueError, match="steps_per_epoch must be >= 1"):
+        plots.schedule_curves(c, steps_per_epoch=0)
