@@ -340,3 +340,22 @@ def test_too_small_image_for_depth_is_rejected():
     model = build_model("convnet", 10, width=4, depth=5)
     with pytest.raises(ValueError, match="input too small for this depth"):
         shapes_of_init(model, jnp.zeros((1, 16, 16, 3)))
+
+
+def test_conv_implementations_agree_in_value_and_gradient(monkeypatch):
+    """The CPU fast path (fast_conv) and XLA's convolution give the same network."""
+    from distill_jax.models import layers
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 9, 3)), jnp.float32)
+    conv = layers.Conv(features=4, kernel_size=3, strides=2)
+    variables = conv.init(jax.random.key(0), x)
+    results = {}
+    for impl in ("xla", "taps"):
+        monkeypatch.setenv("DISTILL_JAX_CONV", impl)
+        assert layers.conv_implementation() == impl
+        value, grads = jax.value_and_grad(lambda v, x: jnp.sum(conv.apply(v, x) ** 2), argnums=(0, 1))(variables, x)
+        results[impl] = (value, grads)
+    chex.assert_trees_all_close(results["xla"], results["taps"], rtol=1e-4, atol=1e-5)
+    monkeypatch.setenv("DISTILL_JAX_CONV", "cudnn")
+    with pytest.raises(ValueError, match="DISTILL_JAX_CONV"):
+        layers.conv_implementation()

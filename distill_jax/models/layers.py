@@ -7,11 +7,14 @@ symmetric padding k // 2, and (weight_init='torch') torch's default U(-1/sqrt(fa
 The option is not called `init` because a linen field of that name would hide Module.init.
 """
 import math
+import os
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from distill_jax.models import fast_conv
 
 NORM_KINDS = ("batch", "instance", "none")
 INIT_KINDS = ("torch", "flax")
@@ -68,10 +71,32 @@ class Conv(nn.Module):
         kernel = self.param("kernel", kernel_init, (k, k, in_features, self.features))
         bias = self.param("bias", bias_init, (self.features,))
         pad = k // 2
-        y = jax.lax.conv_general_dilated(
-            x, kernel, window_strides=(self.strides, self.strides), padding=((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + bias
+        return conv2d(x, kernel, self.strides, pad) + bias
+
+
+def conv_implementation() -> str:
+    """'taps' (fast_conv) on CPU, 'xla' elsewhere; DISTILL_JAX_CONV=xla|taps overrides.
+
+    On CPU, XLA's kernel gradient is slow and vmapping per-seed kernels becomes a slow
+    grouped convolution; fast_conv fixes both (benchmarks/README.md). On GPU/TPU XLA's
+    own convolution is the fast one. fast_conv has no second derivatives, so code that
+    needs grad-of-grad through a network sets DISTILL_JAX_CONV=xla.
+    """
+    choice = os.environ.get("DISTILL_JAX_CONV", "")
+    if choice:
+        if choice not in ("xla", "taps"):
+            raise ValueError(f"environment variable DISTILL_JAX_CONV={choice!r}; expected 'xla' or 'taps'")
+        return choice
+    return "taps" if jax.default_backend() == "cpu" else "xla"
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, strides: int, pad: int) -> jax.Array:
+    """The one convolution every network uses (symmetric padding `pad`, NHWC/HWIO)."""
+    pads = ((pad, pad), (pad, pad))
+    if conv_implementation() == "taps":
+        return fast_conv.conv2d(x, kernel, strides, pads)
+    return jax.lax.conv_general_dilated(x, kernel, window_strides=(strides, strides), padding=pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class Dense(nn.Module):
