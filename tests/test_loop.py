@@ -109,7 +109,7 @@ def test_corrupt_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
 def test_keep_rate_schedule_reaches_the_blocks(tmp_path):
     """The reference code's setter never reached the blocks; here the used rate follows the schedule."""
     config = _config(**{
-        "model.name": "resnet18", "model.depth": None, "model.droppath": True, "model.improved_shortcut": True,
+        "model.name": "resnet10", "model.depth": None, "model.droppath": True, "model.improved_shortcut": True,
         "train.epochs": 8, "train.keep_rate.enabled": True, "train.keep_rate.period_epochs": 2,
         "train.keep_rate.step": 0.25, "train.keep_rate.min": 0.5, "train.keep_rate.final": 0.75,
         "train.lr_schedule": "periodic", "train.cycle_epochs": 4, "train.warmup_epochs": 1,

@@ -13,9 +13,9 @@ from distill_jax.models.layers import Conv, Dense, avg_pool, conv, make_norm, ma
 from distill_jax.models.plain import ALEXNET_LAYERS, POOL, VGG11_LAYERS, PlainBlock, group_blocks, scale_widths
 from distill_jax.models.resnet import ResidualBlock, Shortcut
 
-TINY = {"convnet": {"width": 4}, "convnet_frepo": {"width": 4}, "resnet18": {"width": 4},
+TINY = {"convnet": {"width": 4}, "convnet_frepo": {"width": 4}, "resnet10": {"width": 4}, "resnet18": {"width": 4},
         "resnet34": {"width": 4}, "resnet50": {"width": 4}, "vgg11": {"width": 4}, "alexnet": {"width": 8}}
-DROPPATH = {"resnet18", "resnet34", "resnet50", "vgg11", "alexnet"}
+DROPPATH = {"resnet10", "resnet18", "resnet34", "resnet50", "vgg11", "alexnet"}
 
 
 def images(shape, seed=0):

@@ -85,7 +85,7 @@ def test_mesh_uses_devices_that_divide_the_batch():
 
 
 def _droppath_setup():
-    return _setup("resnet18", optimizer="lion", lr=1e-3, width=4, norm="batch", droppath=True,
+    return _setup("resnet10", optimizer="lion", lr=1e-3, width=4, norm="batch", droppath=True,
                   improved_shortcut=True)
 
 

@@ -18,6 +18,7 @@ from distill_jax.models.resnet import ResNet
 _REGISTRY = {
     "convnet": (ConvNet, {}),
     "convnet_frepo": (ConvNetFRePo, {}),
+    "resnet10": (ResNet, {"stage_sizes": (1, 1, 1, 1), "bottleneck": False}),  # small and quick to compile
     "resnet18": (ResNet, {"stage_sizes": (2, 2, 2, 2), "bottleneck": False}),
     "resnet34": (ResNet, {"stage_sizes": (3, 4, 6, 3), "bottleneck": False}),
     "resnet50": (ResNet, {"stage_sizes": (3, 4, 6, 3), "bottleneck": True}),
