@@ -113,7 +113,7 @@ def test_keep_rate_schedule_reaches_the_blocks(tmp_path):
         "train.epochs": 8, "train.keep_rate.enabled": True, "train.keep_rate.period_epochs": 2,
         "train.keep_rate.step": 0.25, "train.keep_rate.min": 0.5, "train.keep_rate.final": 0.75,
         "train.lr_schedule": "periodic", "train.cycle_epochs": 4, "train.warmup_epochs": 1,
-        "eval_every_epochs": 1, "checkpoint_every_epochs": 8, "num_seeds": 1})
+        "eval_every_epochs": 1, "checkpoint_every_epochs": 8, "num_seeds": 1, "train.augment.k": 0})
     results = loop.train_and_evaluate(config, tmp_path, data=_data())
     used = [round(h["keep_rate_used"], 4) for h in results["history"]]
     assert used == [1.0, 1.0, 0.75, 0.75, 0.5, 0.5, 0.75, 0.75]

@@ -34,6 +34,9 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Writes the state and its fingerprint; Orbax commits atomically (temp dir, then rename)."""
+        # Host copies: Orbax's per-shard transfer of replicated device arrays is slow (seconds
+        # per save on many devices), and the state of these small networks fits in memory.
+        state = jax.device_get(state)
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()

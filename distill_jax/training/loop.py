@@ -166,9 +166,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
     fingerprint = ckpt_lib.fingerprint(config)
     history = []
     start_epoch = 0
-    restored = checkpointer.restore_latest(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state), fingerprint)
+    restored = checkpointer.restore_latest(jax.eval_shape(lambda: jax.device_get(state)), fingerprint)
     if restored is not None:
         step, state, saved_meta = restored
+        state = jax.device_put(state, repl)
         start_epoch = step // steps_per_epoch
         history = [h for h in saved_meta.get("history", []) if h["epoch"] <= start_epoch]
         logging.info("resuming at epoch %d (step %d)", start_epoch, step)
