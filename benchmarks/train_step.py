@@ -1,14 +1,29 @@
-"""Times the jitted train step: compile time apart from step time, images/s, peak memory.
+"""Times the jitted train step: compile time apart from step time, images/s, peak memory, MFU.
 
-    python benchmarks/train_step.py --models convnet,resnet18 --batch 100 --seeds 1 --out bench.json
+    python benchmarks/train_step.py --models convnet,resnet18 --batch 100,256 --seeds 1,4,8 --out bench.json
 
 The step is the one training uses (distill_jax.training.steps): forward, loss, backward,
 optimiser update, optionally with the KD teacher's forward (--kd) and k-fold DSA (--augment k).
-Seeds are vmapped into one program, as in training.
+Seeds are vmapped into one program, as in training; "sequential" is the same seeds run one
+after another with the one-seed program (N x the one-seed step, or measured with --sequential).
+
+Defaults match benchmarks/torch_reference.py so the two can be compared: SGD with momentum,
+no DropPath, the network's default norm (--norm batch for the ResNets of the comparison).
+
+Per cell: compile time (trace + lower + XLA compile), the median wall time and the median
+process CPU time (all threads) of a step after one warm-up step, images/s, FLOPs per step,
+model FLOPs utilisation (MFU) and peak memory. FLOPs are XLA's cost analysis of the step
+written with XLA's own convolution (DISTILL_JAX_CONV=xla): the CPU default, fast_conv, walks
+batch chunks and seeds in loops, whose bodies cost analysis counts once. The peak FLOP/s of a
+device comes from PEAK_FLOPS (accelerators, dense, per compute precision) or, on CPU, from
+cores x clock x FLOPs per cycle: an estimate, labelled as such. On CPU under load the wall MFU
+is mostly the share of the cores this process got; `mfu_cpu` divides by CPU seconds instead.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -16,6 +31,7 @@ import resource
 import statistics
 import sys
 import time
+from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,85 +44,435 @@ from distill_jax.data import augment  # noqa: E402
 from distill_jax.optim import make_optimizer  # noqa: E402
 from distill_jax.training import steps  # noqa: E402
 
+_WHERE = "benchmarks/train_step.py"
 
-def time_step(name: str, *, batch: int, seeds: int, size: int, channels: int, width: int | None,
-              kd: bool, augment_k: int, repeats: int) -> dict:
-    options = {"width": width} if width else {}
-    if name.startswith("resnet"):
-        options.update(droppath=True, improved_shortcut=True)
-    model = models.build_model(name, num_classes=10, **options)
-    opt = make_optimizer("lion", 5e-5, 5e-3)
-    keys = jax.random.split(jax.random.key(0), seeds)
-    sample = jnp.zeros((1, size, size, channels))
-    state = jax.jit(jax.vmap(lambda k: steps.init_state(model, opt, k, sample)))(keys)
-    kd_settings = teacher_vars = None
-    if kd:
-        teacher = models.build_model("convnet", num_classes=10)
+# Dense peak FLOP/s per compute precision, matched by substring of the lower-cased device_kind
+# (first match wins, so specific names come first). Vendor datasheet figures, no sparsity.
+PEAK_FLOPS = (
+    ("h100 pcie", {"bf16": 756e12, "tf32": 378e12, "fp32": 51e12}),
+    ("h200", {"bf16": 989e12, "tf32": 495e12, "fp32": 67e12}),
+    ("h100", {"bf16": 989e12, "tf32": 495e12, "fp32": 67e12}),
+    ("a100", {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
+    ("tpu v4", {"bf16": 275e12}),
+    ("tpu v5 lite", {"bf16": 197e12}),
+    ("tpu v5e", {"bf16": 197e12}),
+)
+
+
+def peak_flops(device_kind: str, precision: str) -> float | None:
+    """Peak dense FLOP/s of an accelerator at `precision` ('bf16', 'tf32', 'fp32'); None if not in the table."""
+    kind = device_kind.lower()
+    for pattern, peaks in PEAK_FLOPS:
+        if pattern in kind:
+            return peaks.get(precision)
+    return None
+
+
+def flops_per_cycle(cpu_flags: set[str]) -> int:
+    """fp32 FLOPs per cycle per core: two FMA pipes x SIMD lanes x 2 (AVX-512: 16 lanes, AVX2+FMA: 8)."""
+    if "avx512f" in cpu_flags:
+        return 64
+    if "avx2" in cpu_flags and "fma" in cpu_flags:
+        return 32
+    if "avx" in cpu_flags:
+        return 16
+    return 8
+
+
+def cpu_peak_flops(cores: int, ghz: float, cpu_flags: set[str]) -> float:
+    """Estimated fp32 peak of a CPU: cores x GHz x FLOPs/cycle (no turbo, no contention)."""
+    return cores * ghz * 1e9 * flops_per_cycle(cpu_flags)
+
+
+def read_cpu_info(path: str = "/proc/cpuinfo") -> dict:
+    """Model name, clock (GHz, the highest 'cpu MHz') and flags of this machine's CPU (empty where unreadable)."""
+    info = {"model": platform.processor() or platform.machine(), "ghz": None, "flags": set()}
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "model name":
+                    info["model"] = value
+                elif key == "cpu MHz":
+                    info["ghz"] = max(info["ghz"] or 0.0, float(value) / 1000)
+                elif key == "flags":
+                    info["flags"] = set(value.split())
+    except OSError:
+        pass
+    return info
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def compute_precision(backend: str) -> str:
+    """The precision float32 matmuls and convolutions really run at under JAX's default settings."""
+    setting = str(jax.config.jax_default_matmul_precision or "default").lower()
+    if backend == "tpu":
+        return "fp32" if setting in ("highest", "float32") else "bf16"
+    if backend in ("gpu", "cuda", "rocm"):  # TF32 tensor cores unless the highest precision is asked for
+        return "fp32" if setting in ("highest", "float32") else "tf32"
+    return "fp32"
+
+
+def device_peak(device=None) -> dict:
+    """{'peak_flops', 'precision', 'source'} for the default device ('estimate' on CPU, None if unknown)."""
+    device = device or jax.devices()[0]
+    backend = device.platform
+    precision = compute_precision(backend)
+    if backend == "cpu":
+        info = read_cpu_info()
+        if not info["ghz"]:
+            return {"peak_flops": None, "precision": precision, "source": "CPU clock unknown"}
+        cores = usable_cores()
+        fpc = flops_per_cycle(info["flags"])
+        return {"peak_flops": cpu_peak_flops(cores, info["ghz"], info["flags"]), "precision": precision,
+                "source": f"estimate: {cores} cores x {info['ghz']:.2f} GHz x {fpc} fp32 FLOPs/cycle ({info['model']})"}
+    value = peak_flops(device.device_kind, precision)
+    return {"peak_flops": value, "precision": precision,
+            "source": f"table: {device.device_kind} {precision}" if value else f"{device.device_kind} not in PEAK_FLOPS"}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """One benchmark cell. `sequential`: run the `seeds` networks one after another with the one-seed program."""
+
+    model: str = "convnet"
+    batch: int = 100
+    seeds: int = 1
+    size: int = 32
+    channels: int = 3
+    width: int | None = None
+    norm: str | None = None
+    optimizer: str = "sgd"
+    droppath: bool = False
+    improved_shortcut: bool = False
+    kd: bool = False
+    augment_k: int = 0
+    sequential: bool = False
+
+    def check(self) -> "StepConfig":
+        for field in ("batch", "seeds", "size", "channels"):
+            value = getattr(self, field)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"{_WHERE}: config field {field!r} must be a positive int, got {value!r}")
+        if self.model not in models.MODEL_NAMES:
+            raise ValueError(f"{_WHERE}: config field 'model' must be one of {models.MODEL_NAMES}, got {self.model!r}")
+        if self.optimizer not in ("sgd", "lion"):
+            raise ValueError(f"{_WHERE}: config field 'optimizer' must be 'sgd' or 'lion', got {self.optimizer!r}")
+        if not (isinstance(self.augment_k, int) and 0 <= self.augment_k <= len(augment.DSA_OPS)):
+            raise ValueError(f"{_WHERE}: config field 'augment_k' must be an int in [0, {len(augment.DSA_OPS)}], "
+                             f"got {self.augment_k!r}")
+        return self
+
+
+def build_network(config: StepConfig):
+    options = {"width": config.width} if config.width else {}
+    if config.norm:
+        options["norm"] = config.norm
+    if config.model.startswith("resnet"):
+        options.update(droppath=config.droppath, improved_shortcut=config.improved_shortcut)
+    return models.build_model(config.model, num_classes=10, **options)
+
+
+def build_optimizer(name: str):
+    """SGD momentum 0.9 (lr 0.01), or Lion (lr 5e-5, wd 5e-3): the same as torch_reference.make_optimizer."""
+    return make_optimizer("sgd", 0.01, 0.0, momentum=0.9) if name == "sgd" else make_optimizer("lion", 5e-5, 5e-3)
+
+
+@contextlib.contextmanager
+def _conv_implementation(choice: str):
+    """Temporarily selects distill_jax's convolution (it reads DISTILL_JAX_CONV while tracing)."""
+    before = os.environ.get("DISTILL_JAX_CONV")
+    os.environ["DISTILL_JAX_CONV"] = choice
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DISTILL_JAX_CONV", None)
+        else:
+            os.environ["DISTILL_JAX_CONV"] = before
+
+
+def _flops(cost) -> float | None:
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    value = float((cost or {}).get("flops", 0.0))
+    return value if value > 0 else None
+
+
+@dataclasses.dataclass
+class Program:
+    """What a cell runs: the per-seed train step, an init (seed keys -> vmapped state), the fixed batch."""
+
+    step: Callable
+    init: Callable
+    batch: dict
+    teacher_vars: Any
+    keep_rate: jax.Array
+
+
+def build_program(config: StepConfig) -> Program:
+    """The project's train step for `config`, uncompiled (distill_jax.training.steps)."""
+    config = config.check()
+    model = build_network(config)
+    opt = build_optimizer(config.optimizer)
+    sample = jnp.zeros((1, config.size, config.size, config.channels))
+    teacher_vars, kd_settings = None, None
+    if config.kd:
+        teacher = models.build_model("convnet", num_classes=10, **({"width": config.width} if config.width else {}))
         teacher_vars = jax.jit(lambda k: teacher.init(k, sample, train=False))(jax.random.key(1))
         kd_settings = steps.KDSettings(teacher)
-    augment_fn = (lambda r, x: augment.augment(r, x, k=augment_k)) if augment_k else None
-    step = steps.make_train_step(model, opt, augment_fn=augment_fn, kd=kd_settings)
-    fn = jax.jit(jax.vmap(step, in_axes=(0, None, 0, None, None)), donate_argnums=(0,))
+    augment_fn = (lambda r, x: augment.augment(r, x, k=config.augment_k)) if config.augment_k else None
     rng = np.random.default_rng(0)
-    batch_arrays = {"image": jnp.asarray(rng.normal(size=(batch, size, size, channels)), jnp.float32),
-                    "label": jnp.asarray(rng.integers(0, 10, batch))}
-    keep = jnp.float32(0.8)
-    t0 = time.perf_counter()
-    compiled = fn.lower(state, batch_arrays, keys, keep, teacher_vars).compile()
-    compile_s = time.perf_counter() - t0
-    flops = None
-    try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        flops = float(cost.get("flops", 0.0)) or None
-    except Exception:  # cost analysis is not offered by every backend
-        pass
-    state, _ = compiled(state, batch_arrays, keys, keep, teacher_vars)  # warm-up
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(repeats):
+    batch = {"image": jnp.asarray(rng.normal(size=(config.batch, config.size, config.size, config.channels)), jnp.float32),
+             "label": jnp.asarray(rng.integers(0, 10, config.batch), jnp.int32)}
+    return Program(step=steps.make_train_step(model, opt, augment_fn=augment_fn, kd=kd_settings),
+                   init=jax.vmap(lambda k: steps.init_state(model, opt, k, sample)),
+                   batch=batch, teacher_vars=teacher_vars, keep_rate=jnp.float32(0.8))
+
+
+def vmapped(step: Callable) -> Callable:
+    """Seeds on the leading axis of state and key; batch, keep rate and teacher shared (as in training)."""
+    return jax.vmap(step, in_axes=(0, None, 0, None, None))
+
+
+def model_flops(step: Callable, args: tuple) -> float | None:
+    """FLOPs of one call of the vmapped step, from XLA's cost analysis of its XLA-convolution form.
+
+    Not the compiled CPU program's own count: fast_conv walks batch chunks and seeds in loops, whose
+    bodies cost analysis counts once. `args` may be abstract (jax.ShapeDtypeStruct): nothing is compiled.
+    """
+    with _conv_implementation("xla"):
+        return _flops(jax.jit(vmapped(step)).lower(*args).cost_analysis())
+
+
+class PreparedStep:
+    """A compiled train step, its state and one fixed batch; `run()` performs one timed step."""
+
+    def __init__(self, config: StepConfig):
+        self.config = config = config.check()
+        program = build_program(config)
+        self.step, self.batch, self.teacher_vars, self.keep_rate = (program.step, program.batch, program.teacher_vars,
+                                                                    program.keep_rate)
+        all_keys = jax.random.split(jax.random.key(0), config.seeds)
+        # sequential: the one-seed program once per seed; else one program for all seeds
+        self.keys = [all_keys[i:i + 1] for i in range(config.seeds)] if config.sequential else [all_keys]
+        init = jax.jit(program.init)
+        self.states = [init(k) for k in self.keys]
+        args = (self.states[0], self.batch, self.keys[0], self.keep_rate, self.teacher_vars)
         t0 = time.perf_counter()
-        state, metrics = compiled(state, batch_arrays, keys, keep, teacher_vars)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
-    return {"model": name, "width": width, "batch": batch, "seeds": seeds, "image": [size, size, channels],
-            "kd": kd, "augment_k": augment_k, "compile_s": compile_s, "step_s": step_s,
-            "step_s_all": times, "images_per_s": batch * seeds / step_s, "flops_per_step": flops,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        lowered = jax.jit(vmapped(self.step), donate_argnums=(0,)).lower(*args)
+        t1 = time.perf_counter()
+        self.compiled = lowered.compile()
+        t2 = time.perf_counter()
+        self.lower_s, self.xla_compile_s = t1 - t0, t2 - t1
+        self.compile_s = t2 - t0
+        try:
+            self.compiled_flops = _flops(self.compiled.cost_analysis())
+        except Exception:  # not every backend offers cost analysis
+            self.compiled_flops = None
+        self.memory_analysis = self._memory_analysis()
+        try:
+            one_call = model_flops(self.step, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args))
+        except Exception:
+            one_call = None
+        self.flops = one_call * len(self.keys) if one_call else None
+        program_seeds = 1 if config.sequential else config.seeds
+        self.num_parameters = sum(x.size for x in jax.tree.leaves(self.states[0]["params"])) // program_seeds
+
+    def _memory_analysis(self) -> dict:
+        try:
+            m = self.compiled.memory_analysis()
+            return {"argument_mb": m.argument_size_in_bytes / 2**20, "output_mb": m.output_size_in_bytes / 2**20,
+                    "temp_mb": m.temp_size_in_bytes / 2**20, "alias_mb": m.alias_size_in_bytes / 2**20}
+        except Exception:
+            return {}
+
+    def run(self) -> tuple[float, float]:
+        """One step of every seed (one call, or one call per seed when sequential): (wall s, process CPU s)."""
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        metrics = None
+        for i, keys in enumerate(self.keys):
+            self.states[i], metrics = self.compiled(self.states[i], self.batch, keys, self.keep_rate, self.teacher_vars)
+        jax.block_until_ready((self.states, metrics))
+        return time.perf_counter() - wall0, time.process_time() - cpu0
+
+    def memory(self) -> dict:
+        """Peak resident memory of this process; on accelerators also the device's peak bytes in use."""
+        out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **self.memory_analysis}
+        try:
+            stats = jax.devices()[0].memory_stats() or {}
+            if "peak_bytes_in_use" in stats:
+                out["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
+        except Exception:
+            pass
+        return out
+
+    def info(self) -> dict:
+        from distill_jax.models.layers import conv_implementation
+        return {"compile_s": self.compile_s, "lower_s": self.lower_s, "xla_compile_s": self.xla_compile_s,
+                "flops_per_step": self.flops, "compiled_flops": self.compiled_flops,
+                "num_parameters": self.num_parameters, "conv": conv_implementation(), "cores": usable_cores(),
+                "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind, **device_peak()}
 
 
-def main(argv=None):
+LAYERS = ("conv3x3", "batchnorm", "instancenorm")
+
+
+class PreparedLayer:
+    """Forward + backward of one layer of the networks (distill_jax.models.layers), jitted, on a fixed
+    NHWC input: where a train step's time goes, layer by layer, beside torch_reference.PreparedTorchLayer.
+    The loss is sum(y * r) for a fixed random r, so the backward pass gets a dense cotangent."""
+
+    def __init__(self, layer: str, shape, features: int = 0):
+        import flax.linen as nn
+        from distill_jax.models.layers import conv, make_norm
+        if layer not in LAYERS:
+            raise ValueError(f"{_WHERE}: layer must be one of {LAYERS}, got {layer!r}")
+        shape = tuple(shape)
+        features = features or shape[-1]
+
+        class One(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                if layer == "conv3x3":
+                    return conv(features, 3, name="conv")(x)
+                return make_norm("batch" if layer == "batchnorm" else "instance", "norm", True)(x)
+
+        module = One()
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+        variables = jax.jit(module.init)(jax.random.key(0), x)
+        params, stats = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+        out_shape = jax.eval_shape(lambda: module.apply(variables, x, mutable=list(stats)))[0].shape
+        cotangent = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+
+        def loss(p, x_):
+            y, _ = module.apply({"params": p, **stats}, x_, mutable=list(stats))
+            return jnp.sum(y * cotangent)
+
+        self.args = (params, x)
+        t0 = time.perf_counter()
+        self.compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*self.args).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.layer, self.shape, self.features = layer, shape, features
+
+    def run(self) -> tuple[float, float]:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(self.compiled(*self.args))
+        return time.perf_counter() - wall0, time.process_time() - cpu0
+
+    def memory(self) -> dict:
+        return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+    def info(self) -> dict:
+        from distill_jax.models.layers import conv_implementation
+        return {"compile_s": self.compile_s, "conv": conv_implementation(), "backend": jax.default_backend()}
+
+
+def summarise_times(config: StepConfig, flops: float | None, peak: float | None, cores: int,
+                    walls: list[float], cpus: list[float]) -> dict:
+    """Medians, images/s and MFU of one cell's timed steps (pure arithmetic, shared with run_all)."""
+    step_s, cpu_s = statistics.median(walls), statistics.median(cpus)
+    out = {"step_s": step_s, "cpu_s": cpu_s, "step_s_all": list(walls), "cpu_s_all": list(cpus),
+           "images_per_s": config.batch * config.seeds / step_s, "mfu": None, "mfu_cpu": None}
+    if flops and peak:
+        out["mfu"] = flops / step_s / peak
+        if cpu_s > 0:  # FLOPs per CPU-second against one core's share of the peak
+            out["mfu_cpu"] = flops / cpu_s / (peak / cores)
+    return out
+
+
+def time_config(config: StepConfig, repeats: int, warmup: int = 1) -> dict:
+    """Standalone timing of one cell: compile, `warmup` untimed steps, median of `repeats`."""
+    prepared = PreparedStep(config)
+    for _ in range(warmup):
+        prepared.run()
+    walls, cpus = zip(*(prepared.run() for _ in range(repeats)))
+    info = prepared.info()
+    return {**dataclasses.asdict(config), **info,
+            **summarise_times(config, prepared.flops, info["peak_flops"], usable_cores(), list(walls), list(cpus)),
+            **prepared.memory()}
+
+
+def parse_positive_ints(text: str, flag: str) -> list[int]:
+    """'1,4,8' -> [1, 4, 8]; anything else is an error naming the flag."""
+    try:
+        values = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(f"{_WHERE}: {flag} expects comma-separated positive ints, got {text!r}")
+    return values
+
+
+def environment() -> dict:
+    """What a figure depends on: versions, device, CPU, threads, flags and the load at the time."""
+    import flax
+    import jaxlib
+    import optax
+    info = read_cpu_info()
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "python": sys.version.split()[0], "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind), "cpu_model": info["model"], "cpu_ghz": info["ghz"],
+            "cores": usable_cores(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "distill_jax_conv": os.environ.get("DISTILL_JAX_CONV", ""), "load_average": list(os.getloadavg())}
+
+
+def write_json(path: str, record: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _fmt(value, spec: str, missing: str = "?") -> str:
+    return format(value, spec) if value is not None else missing
+
+
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="convnet,resnet18")
-    p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--seeds", default="1", help="comma list, e.g. 1,4,8")
+    p.add_argument("--batch", default="100", help="comma list, e.g. 100,256")
+    p.add_argument("--seeds", default="1", help="comma list, e.g. 1,4,8 (vmapped in one program)")
+    p.add_argument("--sequential", action="store_true",
+                   help="also run each seed count > 1 one seed after another (else reported as N x the 1-seed step)")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--width", type=int, default=0, help="0 = the network's default width")
+    p.add_argument("--norm", default="", help="instance|batch|none; default: the network's own")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "lion"))
+    p.add_argument("--droppath", action="store_true", help="ResNets: per-sample DropPath (keep rate 0.8)")
+    p.add_argument("--improved-shortcut", action="store_true")
     p.add_argument("--kd", action="store_true", help="include the ConvNet teacher's forward")
     p.add_argument("--augment", type=int, default=0, help="k DSA ops per batch (0 = none)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
+    batches = parse_positive_ints(args.batch, "--batch")
+    seed_counts = parse_positive_ints(args.seeds, "--seeds")
     rows = []
-    print(f"{'model':10s} {'seeds':>5s} {'batch':>5s} {'compile s':>9s} {'step s':>8s} {'images/s':>9s} {'GFLOP':>8s}")
+    print(f"{'model':10s} {'seeds':>5s} {'mode':>4s} {'batch':>5s} {'compile s':>9s} {'step s':>8s} {'cpu s':>8s} "
+          f"{'images/s':>9s} {'GFLOP':>8s} {'MFU %':>6s} {'peak MB':>8s}")
     for name in args.models.split(","):
-        for seeds in (int(s) for s in args.seeds.split(",")):
-            r = time_step(name, batch=args.batch, seeds=seeds, size=args.size, channels=args.channels,
-                          width=args.width or None, kd=args.kd, augment_k=args.augment, repeats=args.repeats)
-            rows.append(r)
-            gflop = f"{r['flops_per_step'] / 1e9:8.1f}" if r["flops_per_step"] else "       ?"
-            print(f"{name:10s} {seeds:5d} {args.batch:5d} {r['compile_s']:9.1f} {r['step_s']:8.3f} "
-                  f"{r['images_per_s']:9.1f} {gflop}", flush=True)
-    record = {"rows": rows, "jax": jax.__version__, "backend": jax.default_backend(),
-              "device": str(jax.devices()[0].device_kind), "machine": platform.processor() or platform.machine(),
-              "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+        for batch in batches:
+            for seeds in seed_counts:
+                for sequential in ([False, True] if args.sequential and seeds > 1 else [False]):
+                    config = StepConfig(name, batch, seeds, args.size, args.channels, args.width or None,
+                                        args.norm or None, args.optimizer, args.droppath, args.improved_shortcut,
+                                        args.kd, args.augment, sequential)
+                    r = time_config(config, args.repeats)
+                    rows.append(r)
+                    mfu = _fmt(r["mfu"] and 100 * r["mfu"], "6.2f", "     ?")
+                    gflop = _fmt(r["flops_per_step"] and r["flops_per_step"] / 1e9, "8.1f", "       ?")
+                    print(f"{name:10s} {seeds:5d} {'seq' if sequential else 'vmap':>4s} {batch:5d} {r['compile_s']:9.1f} "
+                          f"{r['step_s']:8.3f} {r['cpu_s']:8.3f} {r['images_per_s']:9.1f} {gflop} {mfu} "
+                          f"{r['peak_rss_mb']:8.0f}", flush=True)
+    record = {"rows": rows, **environment()}
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(tmp, args.out)
+        write_json(args.out, record)
     return record
 
 

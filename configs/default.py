@@ -105,7 +105,7 @@ def get_config():
 
     # Mode "reproduce" (distill_jax.evaluation.reproduce): every cell of a named experiment.
     c.reproduce = ml_collections.ConfigDict()
-    c.reproduce.experiment = ""            # e.g. "frepo_cifar10_10_resnet18"; see evaluation.experiments.EXPERIMENTS
+    c.reproduce.experiment = ""            # e.g. "frepo_cifar10_10_resnet18"; see evaluation.experiments.experiment_names()
     c.reproduce.epoch_divisor = 1          # shorten every schedule by this factor (same phase structure)
     c.reproduce.lr_multiplier = 1.0        # scale peak learning rates (keeps lr x steps when schedules shrink)
     c.reproduce.width = 0                  # >0: width of the test networks (depth kept)

@@ -7,7 +7,8 @@
 # ConvNet teachers at width 32 (ConvNet-FRePo 32-128 instead of 128-512), 2 evaluations per
 # run, 3 seeds, each seed its own program (vmapped convolutions are slow on XLA:CPU).
 #
-# Usage: scripts/reproduce_cpu.sh <experiment> [runs root]   (rerun the same command to resume)
+# Usage: scripts/reproduce_cpu.sh <experiment> [runs root] [--config.field=value ...]
+#   (rerun the same command to resume; e.g. --config.reproduce.cells=full runs one cell)
 #   experiments: frepo_cifar10_jpeg_10_resnet18, mtt_cifar10_jpeg_1_resnet18,
 #                realsubset_fashion_mnist_10_resnet18
 set -euo pipefail
@@ -19,5 +20,5 @@ exec nice -n 5 "${PYTHON:-/work/venv/bin/python}" "$HERE/launch/main.py" \
   --config "$HERE/configs/reproduce.py:$EXPERIMENT" --workdir "$ROOT/$EXPERIMENT" \
   --config.reproduce.epoch_divisor=20 --config.reproduce.lr_multiplier=20 \
   --config.reproduce.width=8 --config.reproduce.teacher_width=32 \
-  --config.reproduce.evals=2 --config.reproduce.split_seeds=True \
+  --config.reproduce.evals=2 --config.reproduce.split_seeds=True "${@:3}" \
   >> "$ROOT/$EXPERIMENT/log.txt" 2>&1

@@ -229,16 +229,17 @@ def test_frepo_step_is_pure_lowers_the_loss_and_recycles_the_pool():
     a, _ = step(state, real, key)
     b, _ = step(state, real, key)
     chex.assert_trees_all_equal(a, b)
-    losses = []
-    total_updates = 0
+    losses, resets = [], 0
     for _ in range(40):
+        before = np.asarray(state["pool"]["updates"])
         state, metrics = step(state, real, key)
         losses.append(float(metrics["loss"]))
-        total_updates += 1
         counters = np.asarray(state["pool"]["updates"])
         assert np.all((counters >= 0) & (counters < settings.max_online_updates))
-    # 40 updates spread over 2 members of budget 3 can only fit if members were re-initialised
-    assert total_updates > settings.pool_size * settings.max_online_updates
+        changed = np.flatnonzero(counters != before)
+        assert len(changed) == 1  # exactly one member trains per step
+        resets += int(counters[changed[0]] == 0)  # ... and is re-initialised when its budget is spent
+    assert settings.max_online_updates * resets == 1 + 40 - counters.sum() and resets >= 12
     assert np.asarray(state["labels"]).std() > 0 and not np.allclose(
         np.asarray(state["labels"]), np.asarray(common.centred_one_hot(jnp.repeat(jnp.arange(CLASSES), 2), CLASSES)))
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses

@@ -84,6 +84,7 @@ def test_reproduce_runs_every_cell_writes_records_table_and_plots_then_resumes(t
     student = json.loads((tmp_path / "student" / "results.json").read_text())
     assert student["config"]["train"]["kd"]["teacher_path"] == str(tmp_path / "teacher")
     assert out["summary"].endswith(out["table"])
+    assert (tmp_path / "accuracy_by_cell.png").read_bytes()[:8] == PNG_MAGIC
 
     # Resume: finished cells are not trained again; the table can add the labelled best column.
     monkeypatch.setattr(loop, "train_and_evaluate", lambda *a, **k: pytest.fail("a finished cell was retrained"))
@@ -201,5 +202,30 @@ def test_plots_write_png_files(tmp_path):
     assert plots.plot_accuracy(run, tmp_path / "a.png").read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match="no evaluations"):
         plots.plot_accuracy({"history": []}, tmp_path / "b.png")
+    with pytest.raises(ValueError, match="no cell has evaluations"):
+        plots.plot_experiment([{"label": "x", "history": [], "final_accuracy": None}], tmp_path / "c.png")
     with pytest.raises(ValueError, match="steps_per_epoch must be >= 1"):
         plots.schedule_curves(c, steps_per_epoch=0)
+
+
+def test_published_teacher_imported_as_a_run_scores_like_the_pth(tmp_path, shared_data):
+    from distill_jax.evaluation import import_teacher
+    from distill_jax.training import teacher as teacher_lib
+
+    pth = shared_data / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth"
+    c = experiments.teacher_config("mtt", "cifar10_jpeg", 1)
+    c.evaluate.path = str(pth)
+    import_teacher(pth, tmp_path / "teacher", c)
+    import_teacher(pth, tmp_path / "teacher", c)  # again, as a resumed reproduction does: no error
+    module, variables = teacher_lib.load_teacher(tmp_path / "teacher")  # the KD path reads it as a run
+    assert module.width == 128 and module.norm == "instance"
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(30, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, 30)
+    data = pipeline.TrainingData(images, labels, images, labels, 10,
+                                 preprocess.fit("none", np.zeros((2, 32, 32, 3), np.float32)), "random 32x32")
+    direct = run_evaluation(c, tmp_path / "direct", data=data)
+    c.evaluate.path = str(tmp_path / "teacher")
+    imported = run_evaluation(c, tmp_path / "imported", data=data)
+    assert imported["accuracy"]["per_seed"] == direct["accuracy"]["per_seed"]
+    assert imported["seeds"] == [0] and json.loads((tmp_path / "teacher" / "model.json").read_text())["name"] == "convnet"

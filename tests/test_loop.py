@@ -134,3 +134,24 @@ def test_teacher_from_a_finished_run(tmp_path):
 def test_missing_teacher_says_how_to_train_one(tmp_path):
     with pytest.raises(teacher_lib.TeacherError, match="launch/main.py"):
         teacher_lib.load_teacher(tmp_path / "nothing_here")
+
+
+def test_teacher_from_a_reference_pth(shared_data):
+    path = shared_data / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth"
+    module, variables = teacher_lib.load_teacher(path)
+    logits = module.apply(variables, np.zeros((2, 32, 32, 3), np.float32), train=False)
+    assert logits.shape == (2, 10)
+
+
+def test_teacher_from_a_synthetic_pth_file(tmp_path):
+    import collections
+
+    from test_torch_import import synthetic_state_dict
+    from test_torch_pickle import tensor, write_torch_file
+
+    sd = synthetic_state_dict(np.random.default_rng(0), in_channels=3, width=4, depth=2, num_classes=5, side=2)
+    path = write_torch_file(tmp_path / "teacher.pth",
+                            {"state_dict": collections.OrderedDict((k, tensor(v)) for k, v in sd.items()), "epoch": 3})
+    module, variables = teacher_lib.load_teacher(path)
+    logits = module.apply(variables, np.zeros((2, 8, 8, 3), np.float32), train=False)
+    assert logits.shape == (2, 5)

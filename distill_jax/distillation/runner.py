@@ -14,6 +14,8 @@ finally writes the set in the project's own format:
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import pathlib
 import time
@@ -98,9 +100,6 @@ def _compiled(method: str, model_name: str, options: dict, settings, hyper: tupl
 def _fingerprint(config, recipe: str, model_name: str, options: dict, settings, hyper) -> dict:
     """What a checkpoint must share with this run to be continued by it (not the step budget:
     a finished run can be extended by raising distill.steps)."""
-    import dataclasses
-    import json
-
     return json.loads(json.dumps({
         "mode": "distill", "method": config.distill.method, "dataset": config.data.dataset, "seed": config.seed,
         "ipc": config.distill.ipc, "init": config.distill.init, "preprocessing": recipe, "model": model_name,

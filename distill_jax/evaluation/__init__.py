@@ -74,6 +74,36 @@ def accuracy_per_network(module, variables, images: np.ndarray, labels: np.ndarr
     return 100.0 * correct / len(images)
 
 
+def import_teacher(pth_path: str | pathlib.Path, workdir: str | pathlib.Path, config) -> pathlib.Path:
+    """Saves a reference-code `.pth` ConvNet as a run of this project in `workdir` (model.json,
+    config.json and an Orbax checkpoint holding one seed), so that KD (`train.kd.teacher_path`)
+    and mode 'evaluate' read it like a teacher trained here; `config.data` records its pixel space."""
+    from distill_jax.models import torch_import
+    from distill_jax.training import checkpoint as ckpt_lib
+    from distill_jax.training.loop import write_json
+
+    pth_path = pathlib.Path(pth_path)
+    if not pth_path.is_file():
+        raise EvaluationError(f"evaluate.path: {pth_path} does not exist")
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    variables, meta = torch_import.load_reference_convnet(pth_path)
+    with_seed_axis = lambda x: np.asarray(x)[None]  # noqa: E731  (a run holds a leading seed axis)
+    state = {"params": jax.tree.map(with_seed_axis, variables["params"])}
+    if variables.get("batch_stats"):
+        state["batch_stats"] = jax.tree.map(with_seed_axis, variables["batch_stats"])
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=1)
+    if checkpointer.latest_step() is None:  # an earlier import (of a resumed reproduction) is kept
+        checkpointer.save(0, state, {"imported_from": str(pth_path.resolve()), "epoch": meta.get("epoch")})
+    checkpointer.close()
+    recorded = config.to_dict()
+    recorded["num_seeds"], recorded["seed"] = 1, 0
+    write_json(workdir / "config.json", recorded)
+    write_json(workdir / "model.json", {"name": meta.get("model_name", "convnet"), "num_classes": meta["num_classes"],
+                                        "options": meta["model_options"]})
+    return workdir
+
+
 def run_evaluation(config, workdir, *, data: Optional[pipeline.TrainingData] = None) -> dict:
     """Scores the network(s) at `config.evaluate.path` on `config.data.test_split`; writes evaluation.json."""
     path = config.evaluate.path
@@ -83,11 +113,13 @@ def run_evaluation(config, workdir, *, data: Optional[pipeline.TrainingData] = N
     workdir.mkdir(parents=True, exist_ok=True)
     source = pathlib.Path(path)
     if source.suffix in (".pth", ".pt"):
-        from distill_jax.training import teacher
+        from distill_jax.models import torch_import
 
         if not source.is_file():
             raise EvaluationError(f"evaluate.path: {source} does not exist")
-        module, single = teacher.load_teacher(source)
+        single, meta = torch_import.load_reference_convnet(source)
+        module = models.build_model(meta.get("model_name", "convnet"), num_classes=meta["num_classes"],
+                                    **meta["model_options"])
         variables = jax.tree.map(lambda x: np.asarray(x)[None], single)
         data_cfg, step, seeds = config.data, None, [None]
     else:
@@ -115,4 +147,4 @@ def run_evaluation(config, workdir, *, data: Optional[pipeline.TrainingData] = N
     return result
 
 
-__all__ = ["EvaluationError", "accuracy_per_network", "load_run", "run_evaluation"]
+__all__ = ["EvaluationError", "accuracy_per_network", "import_teacher", "load_run", "run_evaluation"]

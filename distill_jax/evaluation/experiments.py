@@ -77,10 +77,19 @@ def _base(dataset: str, num_seeds: int = 3) -> ml_collections.ConfigDict:
     return c
 
 
+# Pixel space of the sets published with the paper's reference code. Its FRePo sets were
+# re-saved in the reference code's own ZCA (MTT's: raw [0, 1] pixels, absolute eps 0.1):
+# measured on cifar10_10_frepo against real *training* images only, the set's pixel std
+# (0.267) and mean per-image L2 norm (14.40) match zca_mtt (0.265, 14.27), not zca_frepo
+# (0.467, 24.97) nor standardize (1.069, 57.8). See docs/results.md.
+REFERENCE_SET_PREPROCESSING = {"frepo": "zca_mtt", "mtt": "zca_mtt"}
+
+
 def _distilled_data(c, method: str, dataset: str, ipc: int):
     c.data.source = "distilled"
     c.data.per_class = 0
     c.data.distilled_path = distilled_path(method, dataset, ipc)
+    c.data.preprocessing = REFERENCE_SET_PREPROCESSING[method]
 
 
 def teacher_model(c, method: str, dataset: str):
@@ -232,7 +241,7 @@ class Cell:
     name: str
     label: str
     config: ml_collections.ConfigDict
-    role: str  # 'teacher' (trained, other cells distil from it), 'student', or 'evaluate' (a published network)
+    role: str  # 'teacher' (trained; students distil from it), 'student', or 'import' (a published .pth, imported and scored)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,8 +279,8 @@ def paper_experiment(model: str, method: str, dataset: str, ipc: int, workdir, s
         c = teacher_config(method, dataset, ipc, num_seeds=1)
         c.mode = "evaluate"
         c.evaluate.path = shared
-        cells.append(Cell("teacher", "Teacher (published ConvNet)", c, "evaluate"))
-        teacher_path = shared
+        cells.append(Cell("teacher", "Teacher (published ConvNet)", c, "import"))
+        teacher_path = str(pathlib.Path(workdir) / "teacher")  # imported there as a run of this project
     else:
         c = _scaled(teacher_config(method, dataset, ipc, num_seeds=num_seeds), scale, teacher=True)
         cells.append(Cell("teacher", f"Teacher ({c.model.name})", c, "teacher"))

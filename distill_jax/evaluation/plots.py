@@ -27,6 +27,7 @@ def _save(fig, path) -> pathlib.Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
     fig.savefig(tmp, dpi=100)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is meant to be shared
     os.replace(tmp, path)
     return path
 
@@ -81,6 +82,36 @@ def plot_accuracy(results: dict, path, title: str = "") -> pathlib.Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "test accuracy per seed")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_experiment(cell_records, path, title: str = "") -> pathlib.Path:
+    """Mean test accuracy of every cell against its epoch, error bars = std over seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = 0
+    for rec in cell_records:
+        history = rec.get("history") or []
+        if history:
+            curves = np.array([h["test_accuracy"] for h in history], dtype=np.float64)
+            std = curves.std(axis=1, ddof=1) if curves.shape[1] > 1 else np.zeros(len(curves))
+            ax.errorbar([h["epoch"] for h in history], curves.mean(axis=1), yerr=std, marker="o", capsize=3,
+                        label=rec["label"])
+            drawn += 1
+        elif rec.get("final_accuracy"):  # a published network scored once: a horizontal reference
+            ax.axhline(rec["final_accuracy"]["mean"], ls="--", color="grey", label=rec["label"])
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        raise ValueError("plots.plot_experiment: no cell has evaluations to draw")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "test accuracy, mean ± std over seeds")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

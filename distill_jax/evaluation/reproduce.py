@@ -8,7 +8,7 @@ data config share one loaded (and ZCA-fitted) copy of the data.
 Outputs in `<workdir>`: `table.md` (final-epoch mean ± std; best-over-training only with
 `reproduce.show_best`, labelled as test-set selection), `reproduction.json`, and per cell
 `record.json` (config, per-seed curves, final numbers, software versions, device),
-`accuracy.png` and `schedules.png`.
+`accuracy.png` and `schedules.png`; `accuracy_by_cell.png` draws every cell's mean curve.
 """
 from __future__ import annotations
 
@@ -69,10 +69,13 @@ def _seed_configs(config, split: bool):
 def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seeds: bool) -> dict:
     """Runs one cell (all its seeds) and returns its record (also written to record.json)."""
     config_lib.validate(cell.config)
-    if cell.role == "evaluate":
-        from distill_jax.evaluation import run_evaluation
+    if cell.role == "import":
+        from distill_jax.evaluation import import_teacher, run_evaluation
 
-        ev = run_evaluation(cell.config, cell_dir, data=data)
+        import_teacher(cell.config.evaluate.path, cell_dir, cell.config)
+        scored = copy.deepcopy(cell.config)
+        scored.evaluate.path = str(cell_dir)
+        ev = run_evaluation(scored, cell_dir, data=data)
         merged = {"finished": True, "seeds": ev["seeds"], "history": [], "final_accuracy": ev["accuracy"],
                   "data": ev["data"], "preprocessing": ev["preprocessing"]}
     else:
@@ -85,7 +88,7 @@ def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seed
     record = {
         "cell": cell.name, "label": cell.label, "role": cell.role,
         "network": cell.config.model.name + (f" (width {width})" if width else ""),
-        "epochs": cell.config.train.epochs if cell.role != "evaluate" else "",
+        "epochs": cell.config.train.epochs if cell.role != "import" else "",
         "config": cell.config.to_dict(), "split_seeds": bool(split_seeds),
         "seeds": merged["seeds"], "history": merged["history"],
         "final_accuracy": merged["final_accuracy"],
@@ -96,7 +99,7 @@ def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seed
     from distill_jax.training.loop import write_json
 
     write_json(cell_dir / "record.json", record)
-    if cell.role != "evaluate":
+    if cell.role != "import":
         plots.plot_schedules(cell.config, cell_dir / "schedules.png", steps_per_epoch=_steps_per_epoch(cell.config, data))
         if record["history"]:
             plots.plot_accuracy(record, cell_dir / "accuracy.png", title=cell.label)
@@ -141,6 +144,7 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
                f"{r.width or 'paper'}, teacher width {r.teacher_width or 'paper'}.\n\n")
     from distill_jax.training.loop import write_json
 
+    plots.plot_experiment(cell_records, workdir / "accuracy_by_cell.png", title=r.experiment)
     (workdir / "table.md.tmp").write_text(heading + table)
     (workdir / "table.md.tmp").replace(workdir / "table.md")
     summary = {"experiment": r.experiment, "config": config.to_dict(),

@@ -30,8 +30,7 @@ def load_teacher(path: str | pathlib.Path):
         from distill_jax.models import torch_import
 
         variables, meta = torch_import.load_reference_convnet(path)
-        module = models.build_model("convnet", num_classes=meta["num_classes"], width=meta["width"],
-                                    depth=meta["depth"], norm="instance")
+        module = models.build_model(meta["model_name"], num_classes=meta["num_classes"], **meta["model_options"])
         return module, variables
     model_file = path / "model.json"
     if not model_file.is_file():

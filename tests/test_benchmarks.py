@@ -1,0 +1,182 @@
+"""Smoke and arithmetic tests of benchmarks/: the JAX train-step timer, the PyTorch reference and run_all's summary.
+
+Tiny sizes (width 4, batch 4, 8 px, one timed step): these check the machinery and the
+arithmetic (FLOPs, MFU, ratios, seeds scaling), not the speed.
+"""
+import importlib.util
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import run_all  # noqa: E402
+import train_step  # noqa: E402
+
+TINY = dict(batch=4, size=8, width=4)
+# Multiply-accumulates of ConvNet-3 width 4 on one 8x8x3 image counting, as XLA's cost analysis does,
+# only kernel taps that fall inside the (zero-padded) image: per axis a 3-tap kernel with padding 1
+# has 3n - 2 valid taps on a side of n, so 8 px: (22/24)^2 of 64*9 taps, 4 px: (10/12)^2, 2 px: (4/6)^2.
+_VALID_MACS = (8 * 8 * 4 * 27) * (22 / 24) ** 2 + (4 * 4 * 4 * 36) * (10 / 12) ** 2 + (2 * 2 * 4 * 36) * (4 / 6) ** 2
+_DENSE_MACS = 4 * 10
+
+
+def test_tiny_jax_step_reports_consistent_figures():
+    row = train_step.time_config(train_step.StepConfig("convnet", seeds=1, **TINY), repeats=1)
+    assert row["compile_s"] > 0 and row["step_s"] > 0 and row["cpu_s"] >= 0
+    np.testing.assert_allclose(row["images_per_s"], 4 / row["step_s"])
+    assert row["num_parameters"] == (27 * 4 + 4) + 2 * (36 * 4 + 4) + 3 * 8 + (4 * 10 + 10)
+    # forward, kernel gradient (same MACs) and input gradient of every layer but the first, x 2 FLOPs x 4 images
+    matmul_flops = 2 * 4 * (2 * (_VALID_MACS + _DENSE_MACS) + (_VALID_MACS - 8 * 8 * 4 * 27 * (22 / 24) ** 2 + _DENSE_MACS))
+    assert matmul_flops <= row["flops_per_step"] <= 1.5 * matmul_flops  # the rest: norm, relu, pool, loss, SGD
+    np.testing.assert_allclose(row["mfu"], row["flops_per_step"] / row["step_s"] / row["peak_flops"])
+    assert row["peak_rss_mb"] > 0 and row["backend"] == "cpu" and row["source"].startswith("estimate")
+
+
+def test_model_flops_scale_with_vmapped_seeds_without_compiling():
+    """fast_conv's loops would make the compiled program's own count miss seeds; model_flops must not."""
+    program = train_step.build_program(train_step.StepConfig("convnet", seeds=2, **TINY))
+    flops = []
+    for seeds in (1, 2):
+        keys = jax.random.split(jax.random.key(0), seeds)
+        state = jax.eval_shape(program.init, keys)
+        flops.append(train_step.model_flops(program.step, (state, program.batch, keys, program.keep_rate, None)))
+    np.testing.assert_allclose(flops[1], 2 * flops[0], rtol=0.01)
+
+
+def test_peak_table_and_cpu_estimate():
+    assert train_step.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert train_step.peak_flops("NVIDIA H100 80GB HBM3", "tf32") == 495e12
+    assert train_step.peak_flops("NVIDIA H100 PCIe", "tf32") == 378e12
+    assert train_step.peak_flops("NVIDIA H200", "fp32") == 67e12
+    assert train_step.peak_flops("NVIDIA A100-SXM4-40GB", "tf32") == 156e12
+    assert train_step.peak_flops("TPU v5 lite", "bf16") == 197e12
+    assert train_step.peak_flops("TPU v4", "fp32") is None
+    assert train_step.peak_flops("Some New Chip", "bf16") is None
+    assert train_step.cpu_peak_flops(2, 2.25, {"avx", "avx2", "fma"}) == 2 * 2.25e9 * 32
+    assert train_step.cpu_peak_flops(4, 3.0, {"avx512f", "avx2", "fma"}) == 4 * 3e9 * 64
+    assert train_step.flops_per_cycle({"sse2"}) == 8
+    assert train_step.compute_precision("gpu") == "tf32" and train_step.compute_precision("cpu") == "fp32"
+
+
+def test_read_cpu_info_parses_model_clock_and_flags(tmp_path):
+    path = tmp_path / "cpuinfo"
+    path.write_text("model name\t: Test CPU\ncpu MHz\t\t: 2000.0\nflags\t\t: fpu avx2 fma\n\n"
+                    "model name\t: Test CPU\ncpu MHz\t\t: 3100.5\nflags\t\t: fpu avx2 fma\n")
+    info = train_step.read_cpu_info(str(path))
+    assert info == {"model": "Test CPU", "ghz": 3.1005, "flags": {"fpu", "avx2", "fma"}}
+
+
+def test_summarise_times_medians_and_mfu():
+    config = train_step.StepConfig("convnet", batch=10, seeds=2)
+    out = train_step.summarise_times(config, flops=8e9, peak=4e9, cores=2, walls=[1.0, 4.0, 2.0], cpus=[3.0, 2.0, 8.0])
+    assert out["step_s"] == 2.0 and out["cpu_s"] == 3.0 and out["images_per_s"] == 10.0
+    assert out["mfu"] == 8e9 / 2.0 / 4e9  # 1.0
+    assert out["mfu_cpu"] == 8e9 / 3.0 / 2e9
+
+
+def test_step_config_rejects_bad_fields():
+    with pytest.raises(ValueError, match="train_step.py.*'batch'.*positive int"):
+        train_step.StepConfig("convnet", batch=0).check()
+    with pytest.raises(ValueError, match="'model' must be one of"):
+        train_step.StepConfig("lenet").check()
+    with pytest.raises(ValueError, match="'augment_k'"):
+        train_step.StepConfig("convnet", augment_k=99).check()
+    with pytest.raises(ValueError, match="--seeds expects comma-separated positive ints"):
+        train_step.parse_positive_ints("1,x", "--seeds")
+
+
+def _group(cells: dict) -> dict:
+    return {"name": "g", "cells": {label: {"lib": lib, "config": config, "walls": walls, "cpus": cpus}
+                                   for label, (lib, config, walls, cpus) in cells.items()}}
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    assert run_all.paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
+    assert run_all.paired_ratio([], []) is None
+
+
+def test_compare_and_scaling_rows():
+    group = _group({
+        "jax": ("jax", {"model": "convnet", "batch": 10, "seeds": 1}, [1.0, 2.0], [2.0, 2.0]),
+        "jax_s4": ("jax", {"model": "convnet", "batch": 10, "seeds": 4}, [2.0, 4.0], [4.0, 6.0]),
+        "torch": ("torch", {"model": "convnet", "batch": 10, "seeds": 1}, [0.5, 2.0], [1.0, 4.0]),
+    })
+    compare = run_all.compare_rows(group, [("jax", "torch"), ("jax", "torch_cl")])
+    assert compare[0]["wall_ratio"] == 1.5 and compare[0]["cpu_ratio"] == 1.25  # medians of [2, 1] and [2, 0.5]
+    assert compare[1]["wall_ratio"] is None and compare[1]["note"].startswith("missing")
+    (row,) = run_all.scaling_rows(group, ("jax", ["jax_s4"], "torch"))
+    assert row["seeds"] == 4 and row["sequential_is"] == "4 x 1-seed step"
+    assert row["speedup_wall"] == 2.0  # [4, 8] / [2, 4]
+    assert row["speedup_cpu"] == pytest.approx(np.median([8 / 4, 8 / 6]))
+    assert row["vs_torch_sequential_wall"] == pytest.approx(np.median([2 / 2, 8 / 4]))
+
+
+def test_torch_cells_borrow_the_flops_of_the_matching_jax_cell():
+    group = _group({
+        "jax": ("jax", {"model": "convnet", "batch": 10, "seeds": 2}, [1.0], [1.0]),
+        "torch": ("torch", {"model": "convnet", "batch": 10, "seeds": 3}, [2.0], [4.0]),
+    })
+    group["cells"]["jax"]["info"] = {"flops_per_step": 8e9, "peak_flops": 4e9, "cores": 2}
+    group["cells"]["torch"]["info"] = {}
+    run_all._borrow_flops(group["cells"])
+    row = run_all.cell_row("g", "torch", group["cells"]["torch"])
+    assert row["flops_per_step"] == 12e9 and row["mfu"] == 12e9 / 2.0 / 4e9 and row["mfu_cpu"] == 12e9 / 4.0 / 2e9
+
+
+def test_run_all_rejects_unknown_group():
+    with pytest.raises(SystemExit, match="unknown group.*'nope'"):
+        run_all.main(["--preset", "smoke", "--groups", "nope"])
+
+
+_NO_TORCH = importlib.util.find_spec("torch") is None
+
+
+@pytest.mark.skipif(_NO_TORCH, reason="torch is not installed (optional `bench` extra: pip install torch==2.13.0)")
+def test_tiny_torch_step_and_parameter_counts_match_jax():
+    import torch_reference
+
+    row = torch_reference.time_config(torch_reference.TorchConfig("convnet", threads=1, **TINY), repeats=1)
+    assert row["step_s"] > 0 and row["images_per_s"] == pytest.approx(4 / row["step_s"])
+    for name, norm in (("convnet", "instance"), ("resnet18", "batch"), ("resnet50", "batch")):
+        torch_model = torch_reference.build_model(name, width=4, norm=norm, image_size=8, channels=3)
+        jax_model = train_step.build_network(train_step.StepConfig(name, width=4, norm=norm))
+        shapes = jax.eval_shape(lambda: jax_model.init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32),
+                                                       train=False))
+        jax_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+        assert torch_reference.count_parameters(torch_model) == jax_count, name
+
+
+@pytest.mark.skipif(_NO_TORCH, reason="torch is not installed (optional `bench` extra: pip install torch==2.13.0)")
+def test_torch_lion_matches_the_project_lion():
+    import torch
+    import torch_reference
+
+    from distill_jax.optim import make_optimizer
+
+    rng = np.random.default_rng(0)
+    p0, grads = rng.normal(size=5).astype(np.float32), [rng.normal(size=5).astype(np.float32) for _ in range(2)]
+    param = torch.nn.Parameter(torch.tensor(p0))
+    opt = torch_reference.Lion([param], lr=0.1, weight_decay=0.5)
+    optax_opt = make_optimizer("lion", 0.1, 0.5)
+    jp, state = jax.numpy.asarray(p0), optax_opt.init(jax.numpy.asarray(p0))
+    for g in grads:
+        param.grad = torch.tensor(g)
+        opt.step()
+        updates, state = optax_opt.update(jax.numpy.asarray(g), state, jp)
+        jp = jp + updates
+    np.testing.assert_allclose(param.detach().numpy(), np.asarray(jp), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(_NO_TORCH, reason="torch is not installed (optional `bench` extra: pip install torch==2.13.0)")
+def test_torch_config_rejects_bad_fields():
+    import torch_reference
+
+    with pytest.raises(ValueError, match="torch_reference.py.*'norm'"):
+        torch_reference.TorchConfig(norm="layer").check()
+    with pytest.raises(ValueError, match="'seeds' must be a positive int"):
+        torch_reference.TorchConfig(seeds=0).check()
