@@ -23,7 +23,9 @@ The *source* (the distillation method) picks the default preprocessing
 (``DEFAULT_PREPROCESSING``). For ``pt_pair`` folders the source is a heuristic: a
 folder (or file) name containing ``frepo`` means FRePo images (the reference-code
 layout is also used to republish FRePo sets), anything else means MTT; pass
-``source=`` to override. FRePo/RCIG/KIP/RFAD default to ``zca_frepo`` until measured.
+``source=`` to override. Sets in the reference-code ``.pt`` layout are in the reference
+code's own ZCA space (``zca_mtt``) whatever their source: measured on the shared FRePo sets
+(docs/results.md, "A finding on preprocessing"). FRePo's own formats default to ``zca_frepo``.
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ SOURCES = ("mtt", "frepo", "rcig", "kip", "rfad", "dc")
 
 DEFAULT_PREPROCESSING: Mapping[str, str] = {
     "mtt": "zca_mtt",
-    "frepo": "zca_frepo",  # provisional: the lead settles FRePo by measurement
+    "frepo": "zca_frepo",  # FRePo's own formats; its sets republished as .pt pairs: REFERENCE_CODE_SPACE
     "rcig": "zca_frepo",
     "kip": "zca_frepo",
     "rfad": "zca_frepo",
@@ -254,9 +256,16 @@ def _provenance(fmt: str, source: str, path: str, files: Mapping[str, str], note
     }
 
 
-def _resolve_preprocessing(preprocessing: str | None, source: str, path: str) -> str:
+REFERENCE_CODE_SPACE = "zca_mtt"
+"""The pixel space of every set saved in the reference code's .pt layout: that code
+re-saves sets (FRePo's included) after its own ZCA (raw [0,1] pixels, eps 0.1). Measured:
+the shared FRePo .pt sets match zca_mtt's pixel statistics (std 0.267 vs 0.265; zca_frepo
+0.467), and a ConvNet trained on cifar10_10_frepo scores far higher on a zca_mtt test split."""
+
+
+def _resolve_preprocessing(preprocessing: str | None, source: str, path: str, layout_space: str | None = None) -> str:
     if preprocessing is None:
-        return DEFAULT_PREPROCESSING[source]
+        return layout_space or DEFAULT_PREPROCESSING[source]
     if preprocessing not in PREPROCESSING:
         raise DistilledFormatError(f"{path}: field 'preprocessing': expected one of {PREPROCESSING}, got {preprocessing!r}")
     return preprocessing
@@ -394,7 +403,7 @@ def read_pt_pair(
         images=images,
         labels=labels,
         num_classes=_num_classes_for(labels, num_classes, labels_path, "labels"),
-        preprocessing=_resolve_preprocessing(preprocessing, source, path),
+        preprocessing=_resolve_preprocessing(preprocessing, source, path, layout_space=REFERENCE_CODE_SPACE),
         provenance=_provenance("pt_pair", source, path, {"images": images_path, "labels": labels_path}, notes),
     )
 
