@@ -201,7 +201,7 @@ def test_own_format_round_trip(tmp_path, label_kind):
     np.testing.assert_array_equal(back.images, original.images)
     np.testing.assert_array_equal(back.labels, original.labels)
     assert back.labels.dtype == original.labels.dtype
-    assert (back.num_classes, back.preprocessing, back.label_kind) == (3, "zca_frepo", label_kind)
+    assert (back.num_classes, back.preprocessing, back.label_kind) == (3, "zca_mtt", label_kind)
     assert back.provenance["format"] == "distill_jax" and back.provenance["source"] == "frepo"
     assert back.provenance["derived_from"] == original.provenance
     assert back.provenance["sha256"] == {"set.npz": _sha(target)}
