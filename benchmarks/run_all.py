@@ -2,6 +2,7 @@
 
     python benchmarks/run_all.py                   # CPU preset (this machine, about 10-15 min)
     python benchmarks/run_all.py --preset gpu      # accelerator preset: MFU, 5 seeds vmapped vs 5 PyTorch runs
+    python benchmarks/run_all.py --preset layers   # one layer's forward + backward, JAX beside PyTorch (5 min)
     python benchmarks/run_all.py --preset smoke    # a few tiny cells: checks the machinery
     python benchmarks/run_all.py --groups convnet_b100 --repeats 5 --out my.json
 

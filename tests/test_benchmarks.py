@@ -4,6 +4,7 @@ Tiny sizes (width 4, batch 4, 8 px, one timed step): these check the machinery a
 arithmetic (FLOPs, MFU, ratios, seeds scaling), not the speed.
 """
 import importlib.util
+import json
 import pathlib
 import sys
 
@@ -25,8 +26,13 @@ _VALID_MACS = (8 * 8 * 4 * 27) * (22 / 24) ** 2 + (4 * 4 * 4 * 36) * (10 / 12) *
 _DENSE_MACS = 4 * 10
 
 
-def test_tiny_jax_step_reports_consistent_figures():
-    row = train_step.time_config(train_step.StepConfig("convnet", seeds=1, **TINY), repeats=1)
+def test_tiny_jax_step_reports_consistent_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    record = train_step.main(["--models", "convnet", "--batch", "4", "--size", "8", "--width", "4", "--seeds", "1",
+                              "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))  # written whole, JSON-safe
+    assert record["backend"] == "cpu" and record["jax"] == jax.__version__
+    (row,) = record["rows"]
     assert row["compile_s"] > 0 and row["step_s"] > 0 and row["cpu_s"] >= 0
     np.testing.assert_allclose(row["images_per_s"], 4 / row["step_s"])
     assert row["num_parameters"] == (27 * 4 + 4) + 2 * (36 * 4 + 4) + 3 * 8 + (4 * 10 + 10)

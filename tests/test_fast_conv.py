@@ -242,3 +242,20 @@ def test_bad_kernel_size_raises():
 def test_module_rejects_input_without_spatial_axes():
     with pytest.raises(ValueError, match="fast_conv.py: Conv expects inputs"):
         Conv(4, kernel_size=3).init(jax.random.PRNGKey(0), jnp.zeros((4, 1)))
+
+
+@pytest.mark.parametrize("unroll", [8, 1])
+def test_seed_vmap_unrolled_and_looped_paths_agree_with_xla(monkeypatch, unroll):
+    """Per-seed kernels: unrolled convolutions (few seeds) and lax.map (many) give XLA's result."""
+    monkeypatch.setattr(fast_conv, "UNROLL_SEEDS", unroll)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 6, 6, 3)), jnp.float32)
+    kernels = jnp.asarray(rng.normal(size=(3, 3, 3, 3, 4)), jnp.float32)
+    pads = ((1, 1), (1, 1))
+
+    def loss(conv, k):
+        return jnp.sum(conv(x, k) ** 2)
+
+    ours = jax.vmap(jax.value_and_grad(lambda k: loss(lambda a, b: fast_conv.conv2d(a, b, 1, pads), k)))(kernels)
+    ref = jax.vmap(jax.value_and_grad(lambda k: loss(lambda a, b: fast_conv.xla_conv2d(a, b, (1, 1), pads), k)))(kernels)
+    chex.assert_trees_all_close(ours, ref, rtol=1e-4, atol=1e-4)

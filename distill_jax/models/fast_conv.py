@@ -38,6 +38,9 @@ _WHERE = "distill_jax/models/fast_conv.py"
 # Padded input bytes per batch chunk in the kernel gradient: small enough that a
 # chunk and its shifted taps stay in cache (256 KB measured best here, see benchmarks/README.md).
 DEFAULT_CHUNK_BYTES = 1 << 18
+# Seeds up to this many get one unrolled convolution each under vmap; more use lax.map
+# (compile time grows with the unrolled copies).
+UNROLL_SEEDS = 8
 
 
 def _pair(value: int | Sequence[int], field: str) -> tuple[int, int]:
@@ -188,6 +191,10 @@ def _vmap_friendly(fn: Callable, foldable: tuple[bool, ...]) -> Callable:
             folded = [a.reshape((-1,) + a.shape[2:]) if batched else a for a, batched in zip(arrays, in_batched)]
             out = fn(*folded)
             return out.reshape((axis_size, -1) + out.shape[1:]), True
+        if axis_size <= UNROLL_SEEDS:
+            # Unrolled: one ordinary convolution per seed (lax.map's loop cost 1.7x a step on CPU).
+            outs = [fn(*[a[i] if batched else a for a, batched in zip(arrays, in_batched)]) for i in range(axis_size)]
+            return jnp.stack(outs), True
         broadcast = [a if batched else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, batched in zip(arrays, in_batched)]
         return lax.map(lambda args: fn(*args), tuple(broadcast)), True
 
