@@ -40,23 +40,21 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def shard_batch(batch, mesh: Mesh):
-    """Places a host batch (a pytree of numpy arrays with a leading batch axis) on the mesh."""
-    sharding = batch_sharding(mesh)
-
-    def place(x):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-    return jax.tree.map(place, batch)
-
-
-def replicate(tree, mesh: Mesh):
-    """Copies a pytree to every device of the mesh."""
-    sharding = replicated(mesh)
+def _place(tree, sharding: NamedSharding):
+    """Builds global arrays from host arrays that every process holds in full."""
 
     def place(x):
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     return jax.tree.map(place, tree)
+
+
+def shard_batch(batch, mesh: Mesh):
+    """Places a host batch (a pytree of numpy arrays with a leading batch axis) on the mesh."""
+    return _place(batch, batch_sharding(mesh))
+
+
+def replicate(tree, mesh: Mesh):
+    """Copies a pytree to every device of the mesh."""
+    return _place(tree, replicated(mesh))
