@@ -107,11 +107,12 @@ def _fingerprint(config, recipe: str, model_name: str, options: dict, settings, 
     }))
 
 
-def _real_arrays(method: str, real: common.RealData) -> dict:
+def _real_arrays(method: str, real: common.RealData, device) -> dict:
     if method == "dm":
-        return {"images": jax.device_put(real.images), "class_start": jax.device_put(real.class_start),
-                "class_count": jax.device_put(real.class_count)}
-    return {"images": jax.device_put(real.images), "labels": jax.device_put(real.labels.astype(np.int32))}
+        arrays = {"images": real.images, "class_start": real.class_start, "class_count": real.class_count}
+    else:
+        arrays = {"images": real.images, "labels": real.labels.astype(np.int32)}
+    return jax.device_put(arrays, device)
 
 
 def run_distillation(config, workdir: str | pathlib.Path, *, real: Optional[common.RealData] = None) -> dict:
@@ -145,21 +146,24 @@ def run_distillation(config, workdir: str | pathlib.Path, *, real: Optional[comm
     base_key = jax.random.key(config.seed)
     images, classes = common.initial_images(real, d.ipc, d.init, config.seed)
     labels = np.asarray(common.centred_one_hot(classes, real.num_classes), np.float32)
-    state = init_fn(images, labels, jax.random.fold_in(base_key, 1))
+    # A fresh state and a restored one are placed alike, so the jitted step sees the same
+    # input shardings either way and is compiled once per process.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    state = jax.device_put(init_fn(images, labels, jax.random.fold_in(base_key, 1)), device)
     step_key = jax.random.fold_in(base_key, 2)
 
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
     fingerprint = _fingerprint(config, recipe, model_name, options, settings, hyper)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
     restored = checkpointer.restore_latest(abstract, fingerprint)
     start, history = 0, []
     if restored is not None:
         start, state, saved_meta = restored
+        state = jax.device_put(state, device)
         history = [h for h in saved_meta.get("history", []) if h["step"] <= start]
         logging.info("resuming distillation at step %d", start)
 
-    real_arrays = _real_arrays(d.method, real)
+    real_arrays = _real_arrays(d.method, real, device)
     end = min(d.steps, d.stop_after_steps) if d.stop_after_steps else d.steps
     logging.info("distilling %s with %s (%s %s): %d classes x %d images per class, %d steps, preprocessing %s",
                  config.data.dataset, d.method, model_name, options or "", real.num_classes, d.ipc, d.steps, recipe)
