@@ -11,6 +11,7 @@ cannot run 4000 epochs.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pathlib
 from typing import Optional
@@ -235,6 +236,56 @@ def scale_config(c, *, epoch_divisor: int = 1, lr_multiplier: float = 1.0, width
     return c
 
 
+DISTILLERS = ("dm", "frepo")
+DISTILLER_LABELS = {"dm": "DM", "frepo": "FRePo"}
+DISTILL_DATASETS = ("fashion_mnist", "cifar10_jpeg", "cifar10", "cifar100")
+
+
+def distill_config(dataset: str, ipc: int, method: str = "dm") -> ml_collections.ConfigDict:
+    """Mode 'distill' for one dataset and IPC (the builder behind `configs/distill.py`).
+
+    Fashion-MNIST is sized for a 2-core CPU (ConvNet width 32, ConvNet-FRePo 32/64/128,
+    300 steps, small real batches, no flips: FRePo's choice for MNIST-like data); CIFAR keeps
+    the papers' settings (width 128; DM 20k steps of 256 real images per class, SGD lr 1;
+    FRePo batches of 1024, LAMB 3e-4, a pool of 10 models reset after 100 updates).
+    """
+    where = "experiments.distill_config"
+    _check(dataset, DISTILL_DATASETS, "dataset", where)
+    _check(method, DISTILLERS, "distillation method", where)
+    if not (isinstance(ipc, int) and ipc >= 1):
+        raise ExperimentError(f"{where}: images per class must be an int >= 1, got {ipc!r}")
+    c = config_lib.default_config()
+    c.mode = "distill"
+    c.data.dataset = dataset
+    d = c.distill
+    d.method, d.ipc, d.init, d.augment_k = method, ipc, "real", 1
+    d.dm.learning_rate, d.dm.momentum = 1.0, 0.5
+    f = d.frepo
+    if dataset == "fashion_mnist":
+        d.width, d.steps, d.checkpoint_every_steps = 32, 300, 100
+        d.augment_ops = "color,crop,cutout,scale,rotate"
+        d.dm.real_per_class = 32
+        f.real_batch_size, f.optimizer, f.learning_rate, f.online_learning_rate = 256, "adam", 3e-3, 1e-3
+        f.pool_size, f.max_online_updates = 5, 30
+        c.log_every_steps = 25
+    else:
+        d.width, d.steps, d.checkpoint_every_steps = 128, 20000, 1000
+        d.augment_ops = "color,crop,cutout,flip,scale,rotate"
+        d.dm.real_per_class = 256
+        f.real_batch_size, f.optimizer, f.learning_rate, f.online_learning_rate = 1024, "lamb", 3e-4, 3e-4
+        f.pool_size, f.max_online_updates = 10, 100
+        c.log_every_steps = 100
+    return c
+
+
+def _own_set_data(c, dataset: str, set_path: str):
+    c.data.dataset = dataset
+    c.data.source = "distilled"
+    c.data.per_class = 0
+    c.data.distilled_path = set_path
+    c.data.preprocessing = "auto"  # the recipe the distiller stored with the set
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """One run of an experiment: `name` is its sub-workdir, `label` its table row."""
@@ -303,6 +354,53 @@ def realsubset_experiment(dataset: str, per_class: int, workdir, scale: Scale = 
     return cells
 
 
+def pipeline_experiment(distiller: str, dataset: str, ipc: int, model: str, workdir, scale: Scale = Scale(), *,
+                        split_seeds: bool = False, num_seeds: int = 3, seed: int = 0) -> list[Cell]:
+    """The whole pipeline on one dataset: distil a set (DM or FRePo), train the distiller's
+    ConvNet on it (the KD teacher), then the test network as Baseline and Full, with a ConvNet
+    on a random real subset of the same size as the yardstick for the set itself.
+
+    The distillation keeps its own step budget (`distill_config`); `scale` shortens the
+    trainings as in the paper's experiments.
+    """
+    where = f"experiment pipeline_{distiller}_{dataset}_{ipc}_{model}"
+    _check(distiller, DISTILLERS, "distillation method", where)
+    _check(model, TEST_NETWORKS, "test network", where)
+    workdir = pathlib.Path(workdir)
+    dc = distill_config(dataset, ipc, distiller)
+    set_path = str(workdir / "distill" / "distilled.npz")
+    cells = [Cell("distill", f"{DISTILLER_LABELS[distiller]} set", dc, "distill")]
+    # The distiller's own network family: the instance-norm ConvNet of DM (as for MTT sets),
+    # ConvNet-FRePo for FRePo; students of DM sets use instance norm like those of MTT sets.
+    family = "frepo" if distiller == "frepo" else "mtt"
+    teacher = _base(dataset, num_seeds)
+    teacher.mode = "teacher"
+    _own_set_data(teacher, dataset, set_path)
+    teacher_model(teacher, family, dataset)
+    _lion_cosine(teacher, 1000)
+    teacher.eval_every_epochs = teacher.checkpoint_every_epochs = 100
+    teacher = _scaled(teacher, scale, teacher=True)
+    cells.append(Cell("teacher", f"{teacher.model.name} on the {DISTILLER_LABELS[distiller]} set (KD teacher)",
+                      teacher, "teacher"))
+    real = copy.deepcopy(teacher)
+    real.mode = "train"
+    real.data.source, real.data.per_class, real.data.distilled_path = "real", ipc, ""
+    real.data.preprocessing = dc.data.preprocessing if dc.data.preprocessing != "auto" else (
+        "zca_frepo" if distiller == "frepo" else "standardize")
+    cells.append(Cell("real_subset", f"{teacher.model.name} on {ipc} random real images/class", real, "student"))
+    teacher_path = teacher_dir(workdir, split_seeds, seed)
+    for variant in ("baseline", "full"):
+        c = _base(dataset, num_seeds)
+        c.mode = "student"
+        _own_set_data(c, dataset, set_path)
+        c.model.name = model
+        if family == "mtt":
+            c.model.norm = "instance"
+        apply_variant(c, variant, model, teacher_path)
+        cells.append(Cell(variant, f"{model} {VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), "student"))
+    return cells
+
+
 # name -> builder(workdir, scale, *, split_seeds, num_seeds, seed) -> list[Cell]
 _REGISTERED: dict = {}
 
@@ -316,11 +414,14 @@ def register_experiment(name: str, builder) -> None:
 
 
 def experiment_names() -> list[str]:
-    """Every named experiment: '<method>_<dataset>_<ipc>_<model>' and 'realsubset_<dataset>_<n>_<model>'."""
+    """Every named experiment: '<method>_<dataset>_<ipc>_<model>' (published sets),
+    'realsubset_<dataset>_<n>_<model>' and 'pipeline_<dm|frepo>_<dataset>_<ipc>_<model>' (sets made here)."""
     names = sorted(_REGISTERED) + [f"{m}_{d}_{i}_{n}" for m in METHODS for d in ("cifar10", "cifar10_jpeg", "cifar100", "tiny_imagenet")
              for i in IPCS for n in TEST_NETWORKS]
     names += [f"realsubset_{d}_{n}_{m}" for d in ("fashion_mnist", "cifar10", "cifar10_jpeg") for n in (10, 100)
               for m in ("resnet18", "resnet50")]
+    names += [f"pipeline_{m}_{d}_{i}_{n}" for m in DISTILLERS for d in DISTILL_DATASETS for i in IPCS
+              for n in TEST_NETWORKS]
     return names
 
 
@@ -331,24 +432,29 @@ def get_experiment(name: str, workdir, scale: Scale = Scale(), *, split_seeds: b
         cells = _REGISTERED[name](workdir, scale, split_seeds=split_seeds, num_seeds=num_seeds, seed=seed)
         return _with_seed(cells, seed)
     parts = name.split("_")
+    kind = parts[0] if parts[0] in ("realsubset", "pipeline") else "paper"
+    first = 2 if kind == "pipeline" else 1  # index of the dataset's first part
     try:
-        if parts[0] == "realsubset":
-            model, per_class = parts[-1], int(parts[-2])
-            dataset = "_".join(parts[1:-2])
-            _check(dataset, DATASETS, "dataset", f"experiment {name!r}")
-            _check(model, TEST_NETWORKS, "test network", f"experiment {name!r}")
-            cells = realsubset_experiment(dataset, per_class, workdir, scale, model=model, split_seeds=split_seeds,
-                                          num_seeds=num_seeds, seed=seed)
-            return _with_seed(cells, seed)
-        method, model, ipc = parts[0], parts[-1], int(parts[-2])
-        dataset = "_".join(parts[1:-2])
+        model, number, dataset = parts[-1], int(parts[-2]), "_".join(parts[first:-2])
     except (IndexError, ValueError):
-        raise ExperimentError(f"experiment name {name!r} is not of the form <method>_<dataset>_<ipc>_<model> or "
-                              f"realsubset_<dataset>_<per_class>_<model>, e.g. frepo_cifar10_10_resnet18") from None
-    _check(method, METHODS, "distillation method", f"experiment {name!r}")
-    _check(dataset, DATASETS, "dataset", f"experiment {name!r}")
-    cells = paper_experiment(model, method, dataset, ipc, workdir, scale, split_seeds=split_seeds,
-                             num_seeds=num_seeds, seed=seed)
+        dataset = ""
+    if not dataset:
+        raise ExperimentError(f"experiment name {name!r} is not of the form <method>_<dataset>_<ipc>_<model>, "
+                              f"realsubset_<dataset>_<per_class>_<model> or pipeline_<dm|frepo>_<dataset>_<ipc>_<model>, "
+                              f"e.g. frepo_cifar10_10_resnet18")
+    where = f"experiment {name!r}"
+    common = dict(split_seeds=split_seeds, num_seeds=num_seeds, seed=seed)
+    if kind == "realsubset":
+        _check(dataset, DATASETS, "dataset", where)
+        _check(model, TEST_NETWORKS, "test network", where)
+        cells = realsubset_experiment(dataset, number, workdir, scale, model=model, **common)
+    elif kind == "pipeline":
+        _check(dataset, DISTILL_DATASETS, "dataset", where)
+        cells = pipeline_experiment(parts[1], dataset, number, model, workdir, scale, **common)
+    else:
+        _check(parts[0], METHODS, "distillation method", where)
+        _check(dataset, DATASETS, "dataset", where)
+        cells = paper_experiment(model, parts[0], dataset, number, workdir, scale, **common)
     return _with_seed(cells, seed)
 
 

@@ -66,9 +66,50 @@ def _seed_configs(config, split: bool):
     return out
 
 
+def _distill(cell: experiments.Cell, cell_dir: pathlib.Path) -> dict:
+    """A 'distill' cell: produce the set (skipped when it already finished with this config) and
+    record what it cost; its accuracy is what the cells trained on it measure."""
+    from distill_jax.distillation import run_distillation
+
+    results = _finished_results(cell_dir, cell.config) or run_distillation(cell.config, cell_dir)
+    if not results.get("finished"):
+        raise ReproductionError(f"reproduce: the distillation in {cell_dir} stopped at step {results.get('steps')} "
+                                f"of {results.get('steps_planned')}; rerun the same command to continue it")
+    history = results.get("history") or []
+    record = {
+        "cell": cell.name, "label": cell.label, "role": cell.role,
+        "network": results["model"]["name"] + (f" (width {results['model']['options']['width']})"
+                                               if results["model"]["options"].get("width") else ""),
+        "epochs": "", "method": results["method"], "ipc": results["ipc"], "steps": results["steps"], "seconds_per_step": results.get("seconds_per_step"),
+        "compile_seconds": results.get("compile_seconds"),
+        "loss_first": history[0]["loss"] if history else None, "loss_last": results.get("final_loss"),
+        "distilled_path": results.get("distilled_path"), "preprocessing": results.get("preprocessing"),
+        "config": cell.config.to_dict(), "seeds": [], "history": [], "final_accuracy": None,
+        "best_over_training": None, "software": records.software_versions(), "device": records.device_description(),
+    }
+    from distill_jax.training.loop import write_json
+
+    write_json(cell_dir / "record.json", record)
+    return record
+
+
+def describe_distill_record(record: dict) -> str:
+    """One line on a distilled set: method, size, steps, speed, loss, where it is."""
+    speed = f"{record['seconds_per_step']:.3f} s/step" if record.get("seconds_per_step") else "speed not measured"
+    loss = (f", loss {record['loss_first']:.4g} -> {record['loss_last']:.4g}"
+            if record.get("loss_first") is not None and record.get("loss_last") is not None else "")
+    from distill_jax.distillation.runner import DISPLAY_NAME
+
+    return (f"Distilled set: {DISPLAY_NAME.get(record['method'], record['method'])}, {record['ipc']} image(s) per class, "
+            f"{record['steps']} steps of {record['network']} ({speed}{loss}), pixel space "
+            f"{record.get('preprocessing')}: `{record.get('distilled_path')}`.")
+
+
 def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seeds: bool) -> dict:
     """Runs one cell (all its seeds) and returns its record (also written to record.json)."""
     config_lib.validate(cell.config)
+    if cell.role == "distill":
+        return _distill(cell, cell_dir)
     if cell.role == "import":
         from distill_jax.evaluation import import_teacher, run_evaluation
 
@@ -132,23 +173,28 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
         cells = [c for c in cells if c.name in wanted]
     data_cache = {} if data_cache is None else data_cache
     cell_records = []
-    for cell in cells:
-        key = _data_key(cell.config.data)
-        if key not in data_cache:
-            data_cache[key] = pipeline.load_training_data(cell.config.data)
-        logging.info("reproduce %s: cell %s (%s)", r.experiment, cell.name, cell.label)
-        cell_records.append(run_cell(cell, workdir / cell.name, data_cache[key], split_seeds=bool(r.split_seeds)))
-    table = tables.experiment_table(cell_records, show_best=bool(r.show_best))
-    heading = (f"### {r.experiment}\n\nFinal-epoch test accuracy, mean ± std (ddof=1) over seeds. "
+    for i, cell in enumerate(cells, 1):
+        logging.info("reproduce %s: cell %d/%d %s (%s)", r.experiment, i, len(cells), cell.name, cell.label)
+        data = None
+        if cell.role != "distill":  # a distill cell loads its own real data; later cells may read its output
+            key = _data_key(cell.config.data)
+            if key not in data_cache:
+                data_cache[key] = pipeline.load_training_data(cell.config.data)
+            data = data_cache[key]
+        cell_records.append(run_cell(cell, workdir / cell.name, data, split_seeds=bool(r.split_seeds)))
+    trained = [rec for rec in cell_records if rec["role"] != "distill"]
+    table = tables.experiment_table(trained, show_best=bool(r.show_best))
+    sets = "".join(describe_distill_record(rec) + "\n\n" for rec in cell_records if rec["role"] == "distill")
+    heading = (f"### {r.experiment}\n\n{sets}Final-epoch test accuracy, mean ± std (ddof=1) over seeds. "
                f"Scale: epochs / {r.epoch_divisor}, lr x {r.lr_multiplier}, test-network width "
                f"{r.width or 'paper'}, teacher width {r.teacher_width or 'paper'}.\n\n")
     from distill_jax.training.loop import write_json
 
-    plots.plot_experiment(cell_records, workdir / "accuracy_by_cell.png", title=r.experiment)
+    plots.plot_experiment(trained, workdir / "accuracy_by_cell.png", title=r.experiment)
     (workdir / "table.md.tmp").write_text(heading + table)
     (workdir / "table.md.tmp").replace(workdir / "table.md")
     summary = {"experiment": r.experiment, "config": config.to_dict(),
-               "cells": [{k: rec[k] for k in ("cell", "label", "network", "epochs", "seeds", "final_accuracy",
+               "cells": [{k: rec[k] for k in ("cell", "label", "role", "network", "epochs", "seeds", "final_accuracy",
                                               "best_over_training")} for rec in cell_records],
                "software": records.software_versions(), "device": records.device_description()}
     write_json(workdir / "reproduction.json", summary)
