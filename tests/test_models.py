@@ -3,6 +3,7 @@
 Tiny widths and images keep the CPU compile and run times small.
 """
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -359,3 +360,22 @@ def test_conv_implementations_agree_in_value_and_gradient(monkeypatch):
     monkeypatch.setenv("DISTILL_JAX_CONV", "cudnn")
     with pytest.raises(ValueError, match="DISTILL_JAX_CONV"):
         layers.conv_implementation()
+
+
+def test_instance_norm_equals_flax_group_norm_with_one_channel_per_group():
+    """The hand-written instance norm is a speed change only: same parameters, values and gradients."""
+    from distill_jax.models import layers
+
+    x = jax.random.normal(jax.random.key(0), (3, 5, 6, 4)) * 3.0 + 1.5
+    ours, flax_gn = layers.InstanceNorm(), nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5)
+    params = flax_gn.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal_shapes_and_dtypes(params, ours.init(jax.random.key(1), x))
+    params = jax.tree.map(lambda p: p + jax.random.uniform(jax.random.key(2), p.shape), params)
+    chex.assert_trees_all_close(ours.apply(params, x), flax_gn.apply(params, x), atol=1e-5)
+    loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))  # noqa: E731
+    chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(params, x),
+                                jax.grad(loss(flax_gn), argnums=(0, 1))(params, x), atol=1e-4)
+    # normalised per sample and channel over (H, W)
+    y = ours.apply(ours.init(jax.random.key(1), x), x)
+    np.testing.assert_allclose(np.asarray(y).mean(axis=(1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(y).var(axis=(1, 2)), 1.0, atol=1e-3)

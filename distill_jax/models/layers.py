@@ -126,17 +126,36 @@ def dense(features: int, *, weight_init: str = "torch", name: str | None = None)
     return Dense(features, weight_init, name=name)
 
 
+class InstanceNorm(nn.Module):
+    """Per-sample, per-channel normalisation over (H, W) with an affine scale and bias: the
+    reference code's GroupNorm(C, C). Same parameters ('scale', 'bias') and values as Flax's
+    `GroupNorm(group_size=1)`, written directly on the NHWC axes: 12 % less CPU time for
+    forward + backward than GroupNorm's grouped reshape (benchmarks/README.md)."""
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,))
+        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        stats = x.astype(jnp.float32)
+        mean = jnp.mean(stats, axis=(1, 2), keepdims=True)
+        centred = stats - mean
+        var = jnp.mean(jnp.square(centred), axis=(1, 2), keepdims=True)
+        return (centred * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias).astype(x.dtype)
+
+
 def make_norm(kind: str, name: str, train: bool) -> Callable[[jax.Array], jax.Array]:
     """Normalisation with the reference code's settings (call inside a compact method).
 
     'batch': torch momentum 0.1 (Flax 0.9), eps 1e-5, batch statistics while training.
-    'instance': per-channel GroupNorm with affine scale/bias, as the reference's GroupNorm(C, C).
+    'instance': `InstanceNorm`, as the reference's GroupNorm(C, C).
     'none': identity, creating no parameters.
     """
     if kind == "batch":
         return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
     if kind == "instance":
-        return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, name=name)
+        return InstanceNorm(epsilon=1e-5, name=name)
     if kind == "none":
         return lambda x: x
     raise ValueError(f"layers.py: norm must be one of {NORM_KINDS}, got {kind!r}")
