@@ -172,6 +172,10 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
     if wanted:
         cells = [c for c in cells if c.name in wanted]
     data_cache = {} if data_cache is None else data_cache
+    logging.info("reproduce %s: %d cells in %s: %s", r.experiment, len(cells), workdir, "; ".join(
+        f"{c.name} ({c.label}, " + (f"{c.config.distill.steps} steps)" if c.role == "distill" else
+                                     f"{c.config.num_seeds} seed(s) x {c.config.train.epochs} epochs)")
+        for c in cells))
     cell_records = []
     for i, cell in enumerate(cells, 1):
         logging.info("reproduce %s: cell %d/%d %s (%s)", r.experiment, i, len(cells), cell.name, cell.label)
