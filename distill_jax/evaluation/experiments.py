@@ -241,6 +241,20 @@ DISTILLER_LABELS = {"dm": "DM", "frepo": "FRePo"}
 DISTILL_DATASETS = ("fashion_mnist", "cifar10_jpeg", "cifar10", "cifar100")
 
 
+# Distillation sizes: "cpu" for Fashion-MNIST on a 2-core machine, "paper" (DM's and FRePo's
+# published settings) for CIFAR.
+_DISTILL_SIZES = {
+    "cpu": {"width": 32, "steps": 300, "checkpoint_every_steps": 100, "log_every_steps": 25,
+            "augment_ops": "color,crop,cutout,scale,rotate", "dm_real_per_class": 32,
+            "frepo": {"real_batch_size": 256, "optimizer": "adam", "learning_rate": 3e-3,
+                      "online_learning_rate": 1e-3, "pool_size": 5, "max_online_updates": 30}},
+    "paper": {"width": 128, "steps": 20000, "checkpoint_every_steps": 1000, "log_every_steps": 100,
+              "augment_ops": "color,crop,cutout,flip,scale,rotate", "dm_real_per_class": 256,
+              "frepo": {"real_batch_size": 1024, "optimizer": "lamb", "learning_rate": 3e-4,
+                        "online_learning_rate": 3e-4, "pool_size": 10, "max_online_updates": 100}},
+}
+
+
 def distill_config(dataset: str, ipc: int, method: str = "dm") -> ml_collections.ConfigDict:
     """Mode 'distill' for one dataset and IPC (the builder behind `configs/distill.py`).
 
@@ -260,21 +274,13 @@ def distill_config(dataset: str, ipc: int, method: str = "dm") -> ml_collections
     d = c.distill
     d.method, d.ipc, d.init, d.augment_k = method, ipc, "real", 1
     d.dm.learning_rate, d.dm.momentum = 1.0, 0.5
-    f = d.frepo
-    if dataset == "fashion_mnist":
-        d.width, d.steps, d.checkpoint_every_steps = 32, 300, 100
-        d.augment_ops = "color,crop,cutout,scale,rotate"
-        d.dm.real_per_class = 32
-        f.real_batch_size, f.optimizer, f.learning_rate, f.online_learning_rate = 256, "adam", 3e-3, 1e-3
-        f.pool_size, f.max_online_updates = 5, 30
-        c.log_every_steps = 25
-    else:
-        d.width, d.steps, d.checkpoint_every_steps = 128, 20000, 1000
-        d.augment_ops = "color,crop,cutout,flip,scale,rotate"
-        d.dm.real_per_class = 256
-        f.real_batch_size, f.optimizer, f.learning_rate, f.online_learning_rate = 1024, "lamb", 3e-4, 3e-4
-        f.pool_size, f.max_online_updates = 10, 100
-        c.log_every_steps = 100
+    sizes = _DISTILL_SIZES["cpu" if dataset == "fashion_mnist" else "paper"]
+    d.width, d.steps, d.checkpoint_every_steps, d.augment_ops = (
+        sizes["width"], sizes["steps"], sizes["checkpoint_every_steps"], sizes["augment_ops"])
+    d.dm.real_per_class = sizes["dm_real_per_class"]
+    for name, value in sizes["frepo"].items():
+        d.frepo[name] = value
+    c.log_every_steps = sizes["log_every_steps"]
     return c
 
 
