@@ -167,7 +167,7 @@ def test_masks_differ_between_samples_and_eval_ignores_the_rng(resnet):
     out = evaluate(variables, x, 0.5, 0)
     np.testing.assert_allclose(train(variables, x, 1.0, 3), out, atol=1e-5)  # instance norm: train at p = 1 is eval
     np.testing.assert_array_equal(out, evaluate(variables, x, 0.5, 1))  # eval: no rng dependence
-    np.testing.assert_allclose(out, out[:1].repeat(4, 0), atol=1e-6)  # and nothing dropped
+    np.testing.assert_allclose(out, out[:1].repeat(4, 0), atol=1e-5)  # and nothing dropped (a drop moves it by >> 1e-5)
 
 
 def test_block_expectation_over_masks_equals_eval_output():

@@ -139,14 +139,18 @@ def apply_variant(c, variant: str, model: str, teacher_path: str):
     return c
 
 
+def _check_published_set(method: str, dataset: str, ipc: int, where: str) -> None:
+    _check(method, METHODS, "distillation method", where)
+    _check(dataset, DATASETS, "dataset", where)
+    _check(ipc, IPCS, "images per class", where)
+
+
 def paper_config(model: str, method: str, dataset: str, ipc: int, variant: str, *,
                  teacher_path: Optional[str] = None, num_seeds: int = 3) -> ml_collections.ConfigDict:
     """A test network trained on a distilled set as one column of the paper's main table."""
     where = "experiments.paper_config"
     _check(model, TEST_NETWORKS, "test network", where)
-    _check(method, METHODS, "distillation method", where)
-    _check(dataset, DATASETS, "dataset", where)
-    _check(ipc, IPCS, "images per class", where)
+    _check_published_set(method, dataset, ipc, where)
     c = _base(dataset, num_seeds)
     c.mode = "student"
     _distilled_data(c, method, dataset, ipc)
@@ -160,10 +164,7 @@ def paper_config(model: str, method: str, dataset: str, ipc: int, variant: str, 
 def teacher_config(method: str, dataset: str, ipc: int, *, num_seeds: int = 1) -> ml_collections.ConfigDict:
     """The distiller's ConvNet trained on its own set (KD teacher), with the recipe of
     'w/o DP & KD' (Lion, warm-up + cosine, 2 DSA ops, 1000 epochs)."""
-    where = "experiments.teacher_config"
-    _check(method, METHODS, "distillation method", where)
-    _check(dataset, DATASETS, "dataset", where)
-    _check(ipc, IPCS, "images per class", where)
+    _check_published_set(method, dataset, ipc, "experiments.teacher_config")
     c = _base(dataset, num_seeds)
     c.mode = "teacher"
     _distilled_data(c, method, dataset, ipc)

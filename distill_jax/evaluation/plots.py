@@ -79,9 +79,14 @@ def plot_accuracy(results: dict, path, title: str = "") -> pathlib.Path:
     for i in range(curves.shape[1]):
         ax.plot(epochs, curves[:, i], lw=0.8, alpha=0.6, marker=".", label=f"seed {seeds[i]}")
     ax.plot(epochs, curves.mean(axis=1), lw=2.2, color="k", label="mean")
+    return _finish_accuracy_plot(plt, fig, ax, title or "test accuracy per seed", path)
+
+
+def _finish_accuracy_plot(plt, fig, ax, title: str, path) -> pathlib.Path:
+    """Axis labels, legend and grid of an accuracy-per-epoch plot; writes it and closes the figure."""
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "test accuracy per seed")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -109,12 +114,4 @@ def plot_experiment(cell_records, path, title: str = "") -> pathlib.Path:
     if not drawn:
         plt.close(fig)
         raise ValueError("plots.plot_experiment: no cell has evaluations to draw")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "test accuracy, mean ± std over seeds")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish_accuracy_plot(plt, fig, ax, title or "test accuracy, mean ± std over seeds", path)

@@ -28,26 +28,22 @@ class ConvNet(nn.Module):
     norm: str = "instance"
     weight_init: str = "torch"
 
+    def layer_widths(self) -> list[int]:
+        return [self.width] * self.depth
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
         check_images(x, type(self).__name__)
-        x = _conv_norm_relu_pool(x, [self.width] * self.depth, self.norm, self.weight_init, train)
+        x = _conv_norm_relu_pool(x, self.layer_widths(), self.norm, self.weight_init, train)
         return dense(self.num_classes, weight_init=self.weight_init, name="head")(x.reshape(x.shape[0], -1))
 
 
-class ConvNetFRePo(nn.Module):
+class ConvNetFRePo(ConvNet):
     """FRePo's ConvNet: widths width * 2**i (128, 256, 512), conv -> norm -> relu -> avgpool,
     flatten -> dense. Depth 4 for 64 px images is the config's choice. Same names as ConvNet."""
 
-    num_classes: int
-    width: int = 128
-    depth: int = 3
     norm: str = "batch"
     weight_init: str = "flax"
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
-        check_images(x, type(self).__name__)
-        widths = [self.width * 2**i for i in range(self.depth)]
-        x = _conv_norm_relu_pool(x, widths, self.norm, self.weight_init, train)
-        return dense(self.num_classes, weight_init=self.weight_init, name="head")(x.reshape(x.shape[0], -1))
+    def layer_widths(self) -> list[int]:
+        return [self.width * 2**i for i in range(self.depth)]
