@@ -152,3 +152,13 @@ def test_distill_config_file_and_library_builder_agree():
         experiments.distill_config("fashion_mnist", 10, "kip")
     with pytest.raises(experiments.ExperimentError, match=r"dataset 'svhn' is not known"):
         experiments.get_experiment("pipeline_dm_svhn_10_resnet18", "/tmp/unused")
+
+
+def test_distill_cell_alone_writes_the_set_and_an_empty_table(tmp_path, toy_pipeline):
+    config = config_lib.default_config()
+    config.mode, config.num_seeds = "reproduce", 1
+    config.reproduce.experiment, config.reproduce.cells = toy_pipeline, "distill"
+    out = reproduce.run_reproduction(config, tmp_path)
+    assert [c["cell"] for c in out["cells"]] == ["distill"]
+    assert (tmp_path / "distill" / "distilled.npz").is_file() and not (tmp_path / "accuracy_by_cell.png").exists()
+    assert out["table"].count("\n") == 2  # header and rule only

@@ -194,7 +194,8 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
                f"{r.width or 'paper'}, teacher width {r.teacher_width or 'paper'}.\n\n")
     from distill_jax.training.loop import write_json
 
-    plots.plot_experiment(trained, workdir / "accuracy_by_cell.png", title=r.experiment)
+    if any(rec.get("history") or rec.get("final_accuracy") for rec in trained):  # not for a distill-only run
+        plots.plot_experiment(trained, workdir / "accuracy_by_cell.png", title=r.experiment)
     (workdir / "table.md.tmp").write_text(heading + table)
     (workdir / "table.md.tmp").replace(workdir / "table.md")
     summary = {"experiment": r.experiment, "config": config.to_dict(),
