@@ -40,7 +40,10 @@ def main(argv):
         config = validate(FLAGS.config)
     except ConfigError as err:
         sys.exit(f"config error: {err}")
-    logging.info("config:\n%s", config)
+    if config.mode == "reproduce":  # the cells build their own configs (each cell's config.json); show what applies
+        logging.info("config (mode reproduce, seed %d, %d seeds):\n%s", config.seed, config.num_seeds, config.reproduce)
+    else:
+        logging.info("config:\n%s", config)
     results = run(config, FLAGS.workdir)
     if "summary" in results:
         print(results["summary"])
