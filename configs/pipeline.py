@@ -18,8 +18,7 @@ scaling on an accelerator: --config.reproduce.epoch_divisor=1 --config.reproduce
 Other datasets: --config.reproduce.experiment=pipeline_<dm|frepo>_<dataset>_<ipc>_<network>.
 """
 from configs import default
-
-DISTILLERS = ("dm", "frepo")
+from distill_jax.evaluation.experiments import DISTILLERS
 
 
 def get_config(arg: str = "dm"):

@@ -56,6 +56,11 @@ def _augment_ops(config) -> tuple[str, ...]:
     return ops
 
 
+def pixel_space(config) -> str:
+    """The preprocessing recipe a distillation runs in: `data.preprocessing`, or the method's own for 'auto'."""
+    return DEFAULT_PREPROCESSING[config.distill.method] if config.data.preprocessing == "auto" else config.data.preprocessing
+
+
 def _network(config) -> tuple[str, dict]:
     d = config.distill
     name = DEFAULT_MODEL[d.method] if d.model == "auto" else d.model
@@ -129,7 +134,7 @@ def run_distillation(config, workdir: str | pathlib.Path, *, real: Optional[comm
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "config.json", config.to_dict())
-    recipe = DEFAULT_PREPROCESSING[d.method] if config.data.preprocessing == "auto" else config.data.preprocessing
+    recipe = pixel_space(config)
     model_name, options = _network(config)
     try:
         models.build_model(model_name, 1, **options)

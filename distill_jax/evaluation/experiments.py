@@ -20,6 +20,7 @@ import ml_collections
 
 from distill_jax import config as config_lib
 from distill_jax.data import datasets
+from distill_jax.distillation import runner as distill_runner
 
 # SPEC 2.7 column names, in table order.
 VARIANTS = ("baseline", "no_dp_kd", "no_dp", "no_kd", "full")
@@ -166,12 +167,17 @@ def teacher_config(method: str, dataset: str, ipc: int, *, num_seeds: int = 1) -
     'w/o DP & KD' (Lion, warm-up + cosine, 2 DSA ops, 1000 epochs)."""
     _check_published_set(method, dataset, ipc, "experiments.teacher_config")
     c = _base(dataset, num_seeds)
-    c.mode = "teacher"
     _distilled_data(c, method, dataset, ipc)
-    teacher_model(c, method, dataset)
+    return _teacher_recipe(c, method, dataset)
+
+
+def _teacher_recipe(c, family: str, dataset: str):
+    """Mode 'teacher' with the distiller's network (`family` 'frepo' or 'mtt') and the recipe of
+    'w/o DP & KD' (Lion, warm-up + cosine, 2 DSA ops, 1000 epochs, evaluated every 100)."""
+    c.mode = "teacher"
+    teacher_model(c, family, dataset)
     _lion_cosine(c, 1000)
-    c.eval_every_epochs = 100
-    c.checkpoint_every_epochs = 100
+    c.eval_every_epochs = c.checkpoint_every_epochs = 100
     return c
 
 
@@ -237,8 +243,8 @@ def scale_config(c, *, epoch_divisor: int = 1, lr_multiplier: float = 1.0, width
     return c
 
 
-DISTILLERS = ("dm", "frepo")
-DISTILLER_LABELS = {"dm": "DM", "frepo": "FRePo"}
+DISTILLERS = distill_runner.METHODS
+DISTILLER_LABELS = distill_runner.DISPLAY_NAME
 DISTILL_DATASETS = ("fashion_mnist", "cifar10_jpeg", "cifar10", "cifar100")
 
 
@@ -381,19 +387,14 @@ def pipeline_experiment(distiller: str, dataset: str, ipc: int, model: str, work
     # ConvNet-FRePo for FRePo; students of DM sets use instance norm like those of MTT sets.
     family = "frepo" if distiller == "frepo" else "mtt"
     teacher = _base(dataset, num_seeds)
-    teacher.mode = "teacher"
     _own_set_data(teacher, dataset, set_path)
-    teacher_model(teacher, family, dataset)
-    _lion_cosine(teacher, 1000)
-    teacher.eval_every_epochs = teacher.checkpoint_every_epochs = 100
-    teacher = _scaled(teacher, scale, teacher=True)
+    teacher = _scaled(_teacher_recipe(teacher, family, dataset), scale, teacher=True)
     cells.append(Cell("teacher", f"{teacher.model.name} on the {DISTILLER_LABELS[distiller]} set (KD teacher)",
                       teacher, "teacher"))
     real = copy.deepcopy(teacher)
     real.mode = "train"
     real.data.source, real.data.per_class, real.data.distilled_path = "real", ipc, ""
-    real.data.preprocessing = dc.data.preprocessing if dc.data.preprocessing != "auto" else (
-        "zca_frepo" if distiller == "frepo" else "standardize")
+    real.data.preprocessing = distill_runner.pixel_space(dc)  # the set's own pixel space
     cells.append(Cell("real_subset", f"{teacher.model.name} on {ipc} random real images/class", real, "student"))
     teacher_path = teacher_dir(workdir, split_seeds, seed)
     for variant in ("baseline", "full"):

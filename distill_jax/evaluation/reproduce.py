@@ -66,6 +66,10 @@ def _seed_configs(config, split: bool):
     return out
 
 
+def _network_label(name: str, width) -> str:
+    return name + (f" (width {width})" if width else "")
+
+
 def _distill(cell: experiments.Cell, cell_dir: pathlib.Path) -> dict:
     """A 'distill' cell: produce the set (skipped when it already finished with this config) and
     record what it cost; its accuracy is what the cells trained on it measure."""
@@ -78,9 +82,9 @@ def _distill(cell: experiments.Cell, cell_dir: pathlib.Path) -> dict:
     history = results.get("history") or []
     record = {
         "cell": cell.name, "label": cell.label, "role": cell.role,
-        "network": results["model"]["name"] + (f" (width {results['model']['options']['width']})"
-                                               if results["model"]["options"].get("width") else ""),
-        "epochs": "", "method": results["method"], "ipc": results["ipc"], "steps": results["steps"], "seconds_per_step": results.get("seconds_per_step"),
+        "network": _network_label(results["model"]["name"], results["model"]["options"].get("width")),
+        "epochs": "", "method": results["method"], "ipc": results["ipc"], "steps": results["steps"],
+        "seconds_per_step": results.get("seconds_per_step"),
         "compile_seconds": results.get("compile_seconds"),
         "loss_first": history[0]["loss"] if history else None, "loss_last": results.get("final_loss"),
         "distilled_path": results.get("distilled_path"), "preprocessing": results.get("preprocessing"),
@@ -98,9 +102,8 @@ def describe_distill_record(record: dict) -> str:
     speed = f"{record['seconds_per_step']:.3f} s/step" if record.get("seconds_per_step") else "speed not measured"
     loss = (f", loss {record['loss_first']:.4g} -> {record['loss_last']:.4g}"
             if record.get("loss_first") is not None and record.get("loss_last") is not None else "")
-    from distill_jax.distillation.runner import DISPLAY_NAME
-
-    return (f"Distilled set: {DISPLAY_NAME.get(record['method'], record['method'])}, {record['ipc']} image(s) per class, "
+    return (f"Distilled set: {experiments.DISTILLER_LABELS.get(record['method'], record['method'])}, "
+            f"{record['ipc']} image(s) per class, "
             f"{record['steps']} steps of {record['network']} ({speed}{loss}), pixel space "
             f"{record.get('preprocessing')}: `{record.get('distilled_path')}`.")
 
@@ -125,10 +128,9 @@ def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seed
             run_dir = cell_dir if seed is None else cell_dir / f"seed_{seed}"
             runs.append(_train(c, run_dir, data))
         merged = runs[0] if len(runs) == 1 else records.merge_seed_results(runs)
-    width = cell.config.model.get("width")
     record = {
         "cell": cell.name, "label": cell.label, "role": cell.role,
-        "network": cell.config.model.name + (f" (width {width})" if width else ""),
+        "network": _network_label(cell.config.model.name, cell.config.model.get("width")),
         "epochs": cell.config.train.epochs if cell.role != "import" else "",
         "config": cell.config.to_dict(), "split_seeds": bool(split_seeds),
         "seeds": merged["seeds"], "history": merged["history"],
