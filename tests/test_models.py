@@ -11,7 +11,8 @@ import pytest
 
 from distill_jax.models import MODEL_NAMES, build_model, model_options
 from distill_jax.models.layers import Conv, Dense, avg_pool, conv, make_norm, max_pool
-from distill_jax.models.plain import ALEXNET_LAYERS, POOL, VGG11_LAYERS, PlainBlock, group_blocks, scale_widths
+from distill_jax.models.plain import (ALEXNET_LAYOUT, POOL, VGG11_LAYOUT, Pair, PlainBlock, PlainConv, layer_sequence,
+                                      scale_layout)
 from distill_jax.models.resnet import ResidualBlock, Shortcut
 
 TINY = {"convnet": {"width": 4}, "convnet_frepo": {"width": 4}, "resnet10": {"width": 4}, "resnet18": {"width": 4},
@@ -84,11 +85,95 @@ def test_convnet_frepo_widths_double():
     assert set(variables["batch_stats"]) == {f"norm_{i}" for i in range(4)}  # batch norm by default
 
 
-def test_plain_network_block_grouping():
-    assert [sum(layer != POOL for layer in g) for g in group_blocks(VGG11_LAYERS)] == [2, 0, 2, 0, 2, 0, 2, 0]
-    assert group_blocks(ALEXNET_LAYERS) == [((128, 5), POOL, (192, 5)), (POOL,), ((256, 3), (192, 3)),
-                                            ((192, 3), POOL)]
-    assert scale_widths(ALEXNET_LAYERS, 8, 128)[:3] == ((8, 5), POOL, (12, 5))
+def test_plain_network_layouts_are_the_reference_codes():
+    """docs/method.md §2.2: VGG-11 = two plain convs, then three pairs; AlexNet = one plain
+    conv, then two pairs, the first with its max-pool between its convs."""
+    assert VGG11_LAYOUT == (PlainConv(64, 3), POOL, PlainConv(128, 3), POOL, Pair(256, 256, 3, 3), POOL,
+                            Pair(512, 512, 3, 3), POOL, Pair(512, 512, 3, 3), POOL)
+    assert ALEXNET_LAYOUT == (PlainConv(128, 5), POOL, Pair(192, 256, 5, 3, pool=True), Pair(192, 192, 3, 3), POOL)
+    # without DropPath the pairs unroll into the plain networks' layer order
+    assert layer_sequence(VGG11_LAYOUT) == ((64, 3), POOL, (128, 3), POOL, (256, 3), (256, 3), POOL,
+                                            (512, 3), (512, 3), POOL, (512, 3), (512, 3), POOL)
+    assert layer_sequence(ALEXNET_LAYOUT) == ((128, 5), POOL, (192, 5), POOL, (256, 3), (192, 3), (192, 3), POOL)
+    assert scale_layout(ALEXNET_LAYOUT, 8, 128)[:3] == (PlainConv(8, 5), POOL, Pair(12, 16, 5, 3, pool=True))
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+def _conv(c_in, c_out, k):  # weights + biases (the reference code's convs have biases)
+    return k * k * c_in * c_out + c_out
+
+
+NORM = lambda c: 2 * c  # instance norm: per-channel scale and bias  # noqa: E731
+
+
+def test_vgg11_parameter_count_by_hand():
+    """Full width (64), 32 px, 10 classes, instance norm; the 1x1 virtual shortcuts exist only
+    with DropPath: 128->256 and 256->512 (the third pair, 512->512, has an identity shortcut)."""
+    plain = (_conv(3, 64, 3) + NORM(64)                 # 1,792 + 128        plain conv 1
+             + _conv(64, 128, 3) + NORM(128)            # 73,856 + 256       plain conv 2
+             + _conv(128, 256, 3) + NORM(256)           # 295,168 + 512      pair 1
+             + _conv(256, 256, 3) + NORM(256)           # 590,080 + 512
+             + _conv(256, 512, 3) + NORM(512)           # 1,180,160 + 1,024  pair 2
+             + _conv(512, 512, 3) + NORM(512)           # 2,359,808 + 1,024
+             + 2 * (_conv(512, 512, 3) + NORM(512))     # 2 x (2,359,808 + 1,024)  pair 3
+             + 512 * 10 + 10)                           # head on 512 x 1 x 1
+    assert plain == 9_231_114
+    shortcuts = (_conv(128, 256, 1) + NORM(256)) + (_conv(256, 512, 1) + NORM(512))  # 33,536 + 132,608
+    assert shortcuts == 166_144
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    for droppath, expected in ((False, plain), (True, plain + shortcuts)):
+        params = shapes_of_init(build_model("vgg11", 10, droppath=droppath), x)["params"]
+        assert _count(params) == expected, droppath
+        assert sorted(params) == ["block_0", "block_1", "block_2", "conv_0", "conv_1", "head", "norm_0", "norm_1"]
+        assert ("shortcut" in params["block_0"], "shortcut" in params["block_2"]) == (droppath, False)
+
+
+def test_alexnet_parameter_count_by_hand():
+    """Full width (128), 32 px, 10 classes, instance norm: 32 -> 16 (pool) -> 8 (pool inside
+    pair 1) -> 4 (last pool), so the head sees 192 x 4 x 4."""
+    plain = (_conv(3, 128, 5) + NORM(128)               # 9,728 + 256        plain conv
+             + _conv(128, 192, 5) + NORM(192)           # 614,592 + 384      pair 1 (pool inside)
+             + _conv(192, 256, 3) + NORM(256)           # 442,624 + 512
+             + _conv(256, 192, 3) + NORM(192)           # 442,560 + 384      pair 2
+             + _conv(192, 192, 3) + NORM(192)           # 331,968 + 384
+             + 192 * 4 * 4 * 10 + 10)                   # head: 30,730
+    assert plain == 1_874_122
+    shortcuts = (_conv(128, 256, 1) + NORM(256)) + (_conv(256, 192, 1) + NORM(192))  # 33,536 + 49,728
+    assert shortcuts == 83_264
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    for droppath, expected in ((False, plain), (True, plain + shortcuts)):
+        params = shapes_of_init(build_model("alexnet", 10, droppath=droppath), x)["params"]
+        assert _count(params) == expected, droppath
+        assert sorted(params) == ["block_0", "block_1", "conv_0", "head", "norm_0"]
+    chex.assert_shape(params["block_0"]["shortcut"]["conv"]["kernel"], (1, 1, 128, 256))
+
+
+@pytest.mark.parametrize("name", ["vgg11", "alexnet"])
+def test_plain_networks_without_droppath_apply_the_layer_sequence(name):
+    """The network's eval output equals an independent walk of `layer_sequence` with the same
+    weights: each conv -> norm -> relu, each POOL a 2x2 max-pool, then the head."""
+    model = build_model(name, 5, width=8, norm="none")
+    x = images((2, 32, 32, 3))
+    params = init(model, x, train=False)["params"]
+    convs = [params[k] for k in sorted(k for k in params if k.startswith("conv_"))]
+    for block in sorted(k for k in params if k.startswith("block_")):
+        convs += [params[block]["conv_0"], params[block]["conv_1"]]
+    h, taken = x, 0
+    for layer in layer_sequence(model.layout()):
+        if layer == POOL:
+            h = max_pool(h, 2)
+            continue
+        p = convs[taken]
+        taken += 1
+        chex.assert_shape(p["kernel"], (layer[1], layer[1], h.shape[-1], layer[0]))
+        h = jax.nn.relu(jax.lax.conv_general_dilated(h, p["kernel"], (1, 1), [(layer[1] // 2,) * 2] * 2,
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"])
+    assert taken == len(convs)
+    expected = h.reshape(2, -1) @ params["head"]["kernel"] + params["head"]["bias"]
+    np.testing.assert_allclose(applier(model, False)({"params": params}, x, 1.0, 0), expected, atol=2e-4)
 
 
 # ---------------------------------------------------------------- layers
@@ -191,7 +276,7 @@ def test_keep_rate_one_in_training_equals_no_droppath(block_kind):
     if block_kind == "residual":
         with_dp, without = (ResidualBlock(6, strides=2, norm="batch", droppath=d) for d in (True, False))
     else:
-        with_dp, without = (PlainBlock(((6, 3), POOL, (5, 3)), norm="batch", droppath=d) for d in (True, False))
+        with_dp, without = (PlainBlock(Pair(6, 5, 3, 3, pool=True), norm="batch", droppath=d) for d in (True, False))
     variables = init(with_dp, x)
     out, stats = applier(with_dp, True, ["batch_stats"])(variables, x, 1.0, 5)
     ref, ref_stats = applier(without, True, ["batch_stats"])(variables, x, 1.0, 5)
@@ -239,7 +324,7 @@ def test_bottleneck_block_expands_four_times():
 # ---------------------------------------------------------------- virtual shortcut (§2.2)
 
 def test_virtual_shortcut_semantics():
-    block = PlainBlock(((6, 3), POOL, (5, 3)), norm="none", droppath=True)
+    block = PlainBlock(Pair(6, 5, 3, 3, pool=True), norm="none", droppath=True)
     x = images((6, 8, 8, 3))
     variables = init(block, x, train=False)  # eval-mode init still creates the shortcut
     p = variables["params"]["shortcut"]["conv"]
@@ -258,7 +343,7 @@ def test_virtual_shortcut_semantics():
 
 
 def test_virtual_shortcut_is_identity_when_shapes_agree():
-    block = PlainBlock(((4, 3), (4, 3)), norm="instance", droppath=True)
+    block = PlainBlock(Pair(4, 4, 3, 3), norm="instance", droppath=True)
     x = images((3, 6, 6, 4))
     variables = init(block, x, train=False)
     assert "shortcut" not in variables["params"]
@@ -287,14 +372,14 @@ def test_traced_keep_rate_reaches_every_block_without_retracing(resnet):
     assert not np.allclose(outputs[0], outputs[2])  # the rate really changes the computation
 
 
-@pytest.mark.parametrize("name, blocks", [("vgg11", 4), ("alexnet", 2)])
+@pytest.mark.parametrize("name, blocks", [("vgg11", 3), ("alexnet", 2)])
 def test_plain_droppath_blocks_record_the_keep_rate(name, blocks):
     x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
     model = build_model(name, 5, width=4, droppath=True)
     variables = shapes_of_init(model, x)
     run = lambda train: jax.eval_shape(lambda v: model.apply(v, x, train, 0.7, rngs={"droppath": jax.random.key(0)},
                                                              mutable=["intermediates"])[1], variables)
-    assert len(jax.tree.leaves(run(True))) == blocks  # pairs only: AlexNet's fifth conv has no shortcut
+    assert len(jax.tree.leaves(run(True))) == blocks  # pairs only: the first convs stay plain
     assert not jax.tree.leaves(run(False))  # nothing is dropped, hence nothing recorded, at evaluation
 
 

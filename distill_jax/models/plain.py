@@ -1,11 +1,17 @@
-"""Plain CIFAR networks, VGG-11 and AlexNet (SPEC §3), with virtual-shortcut DropPath (§2.2).
+"""Plain CIFAR networks, VGG-11 and AlexNet (docs/method.md §3), with the virtual-shortcut
+DropPath blocks of the reference code (§2.2).
 
-Layers are listed as (width, kernel) convs (conv -> norm -> relu) and "M" max-pools. Pools use
-SAME (ceil) padding so 28 px inputs survive five pools (28 -> 14 -> 7 -> 4 -> 2 -> 1) where the
-reference code pads the first conv of grayscale inputs to 32 px instead; on 32 px both agree.
-The classifier is a dense layer on the flattened (h, w, c) features, so any image size works.
+A network is a *layout*: plain convs (`PlainConv`: conv -> norm -> relu), max-pools (`POOL`)
+and DropPath pairs (`Pair`: two convs that a virtual shortcut can bypass). The first layers
+stay plain, as in the reference code: VGG-11 has two plain convs then three pairs, AlexNet one
+plain conv then two pairs, the first with its max-pool between the two convs. Without
+DropPath a pair is just its two convs, so the same layout gives the plain network.
+
+Pools use SAME (ceil) padding so 28 px inputs survive five pools (28 -> 14 -> 7 -> 4 -> 2 -> 1)
+where the reference code pads grayscale inputs to 32 px instead; on 32 px both agree. The
+classifier is a dense layer on the flattened (h, w, c) features, so any image size works.
 """
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -15,65 +21,83 @@ from distill_jax.models.layers import check_images, conv, dense, make_norm, max_
 from distill_jax.models.resnet import Shortcut
 
 POOL = "M"
-VGG11_LAYERS = ((64, 3), POOL, (128, 3), POOL, (256, 3), (256, 3), POOL, (512, 3), (512, 3), POOL,
-                (512, 3), (512, 3), POOL)
-ALEXNET_LAYERS = ((128, 5), POOL, (192, 5), POOL, (256, 3), (192, 3), (192, 3), POOL)
 
 
-def scale_widths(layers: Sequence, width: int, base: int) -> tuple:
-    """Conv widths times width / base (the network's first width), at least 1."""
-    return tuple(layer if layer == POOL else (max(1, round(layer[0] * width / base)), layer[1]) for layer in layers)
+class PlainConv(NamedTuple):
+    """conv `kernel` x `kernel` to `width` channels -> norm -> relu; never dropped."""
+    width: int
+    kernel: int
 
 
-def group_blocks(layers: Sequence) -> list[tuple]:
-    """Split a layer list into blocks of two consecutive convs (with the pools between them);
-    pools outside a pair stand alone, and a trailing unpaired conv forms a one-conv block.
+class Pair(NamedTuple):
+    """DP(c_in, hidden, out, k1, k2, pool) of docs/method.md §2.2 (c_in is the input's width):
+    conv k1 -> norm -> relu -> [max-pool] -> conv k2 -> norm -> relu."""
+    hidden: int
+    out: int
+    k1: int
+    k2: int
+    pool: bool = False
 
-    VGG-11: [c M c] M [c c] M [c c] M [c c] M.  AlexNet: [c M c] M [c c] [c M].
-    """
-    groups, block = [], []
-    for layer in layers:
-        if layer == POOL and not block:
-            groups.append((POOL,))
-            continue
-        block.append(layer)
-        if sum(item != POOL for item in block) == 2:
-            groups.append(tuple(block))
-            block = []
-    if block:
-        groups.append(tuple(block))
-    return groups
+
+VGG11_LAYOUT = (PlainConv(64, 3), POOL, PlainConv(128, 3), POOL, Pair(256, 256, 3, 3), POOL,
+                Pair(512, 512, 3, 3), POOL, Pair(512, 512, 3, 3), POOL)
+ALEXNET_LAYOUT = (PlainConv(128, 5), POOL, Pair(192, 256, 5, 3, pool=True), Pair(192, 192, 3, 3), POOL)
+
+
+def scale_layout(layout: Sequence, width: int, base: int) -> tuple:
+    """Every conv width times width / base (the network's first width), rounded, at least 1."""
+    def scaled(c: int) -> int:
+        return max(1, round(c * width / base))
+
+    out = []
+    for item in layout:
+        if isinstance(item, PlainConv):
+            item = item._replace(width=scaled(item.width))
+        elif isinstance(item, Pair):
+            item = item._replace(hidden=scaled(item.hidden), out=scaled(item.out))
+        out.append(item)
+    return tuple(out)
+
+
+def layer_sequence(layout: Sequence) -> tuple:
+    """The layers in order as (width, kernel) convs and POOLs, pairs unrolled: the network
+    without DropPath."""
+    seq = []
+    for item in layout:
+        if isinstance(item, PlainConv):
+            seq.append((item.width, item.kernel))
+        elif isinstance(item, Pair):
+            seq += [(item.hidden, item.k1)] + [POOL] * item.pool + [(item.out, item.k2)]
+        else:
+            seq.append(POOL)
+    return tuple(seq)
 
 
 class PlainBlock(nn.Module):
-    """Convs and pools in sequence; with `droppath` and two convs, a virtual-shortcut block:
-    training output main(x) * m + shortcut(x) * (1 - m) (m ~ Bernoulli(p) per sample, no 1/p),
-    evaluation output main(x). The shortcut applies the block's pools, then conv1x1 -> norm
-    unless shapes already agree; its weights are created at init but unused at evaluation.
+    """One `Pair`; with `droppath`, a virtual-shortcut block: training output
+    main(x) * m + shortcut(x) * (1 - m) (m ~ Bernoulli(p) per sample, no 1/p), evaluation
+    output main(x). The shortcut is [max-pool] then identity when the widths agree, else
+    conv1x1 -> norm; its weights are created at init but unused at evaluation.
     """
 
-    layers: tuple
+    pair: Pair
     norm: str = "instance"
     droppath: bool = False
     weight_init: str = "torch"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
-        main, num_convs = x, 0
-        for layer in self.layers:
-            if layer == POOL:
-                main = max_pool(main, 2)
-                continue
-            main = conv(layer[0], layer[1], weight_init=self.weight_init, name=f"conv_{num_convs}")(main)
-            main = nn.relu(make_norm(self.norm, f"norm_{num_convs}", train)(main))
-            num_convs += 1
-        if not (self.droppath and num_convs == 2 and (train or self.is_initializing())):
+        p = self.pair
+        main = conv(p.hidden, p.k1, weight_init=self.weight_init, name="conv_0")(x)
+        main = nn.relu(make_norm(self.norm, "norm_0", train)(main))
+        if p.pool:
+            main = max_pool(main, 2)
+        main = conv(p.out, p.k2, weight_init=self.weight_init, name="conv_1")(main)
+        main = nn.relu(make_norm(self.norm, "norm_1", train)(main))
+        if not (self.droppath and (train or self.is_initializing())):
             return main
-        shortcut = x
-        for _ in range(self.layers.count(POOL)):
-            shortcut = max_pool(shortcut, 2)
-        shortcut = Shortcut(main.shape[-1], 1, self.norm, weight_init=self.weight_init, name="shortcut")(
-            shortcut, train)
+        shortcut = max_pool(x, 2) if p.pool else x
+        shortcut = Shortcut(p.out, 1, self.norm, weight_init=self.weight_init, name="shortcut")(shortcut, train)
         if not train:
             return main  # initialising in eval mode: the shortcut exists only to create its weights
         self.sow("intermediates", "keep_rate", keep_rate)
@@ -82,7 +106,7 @@ class PlainBlock(nn.Module):
 
 
 class _PlainNet(nn.Module):
-    """Blocks from `group_blocks` named block_0, block_1, ... (pools between them have no name),
+    """A layout: plain convs named conv_i / norm_i, pairs named block_j (pools have no name),
     then flatten -> dense `head`."""
 
     num_classes: int
@@ -91,37 +115,43 @@ class _PlainNet(nn.Module):
     droppath: bool = False
     weight_init: str = "torch"
 
-    def layer_list(self) -> tuple:
+    def layout(self) -> tuple:
         raise NotImplementedError
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
         check_images(x, type(self).__name__)
-        blocks = 0
-        for group in group_blocks(self.layer_list()):
-            if group == (POOL,):
+        convs = blocks = 0
+        for item in self.layout():
+            if isinstance(item, PlainConv):
+                x = conv(item.width, item.kernel, weight_init=self.weight_init, name=f"conv_{convs}")(x)
+                x = nn.relu(make_norm(self.norm, f"norm_{convs}", train)(x))
+                convs += 1
+            elif isinstance(item, Pair):
+                x = PlainBlock(item, self.norm, self.droppath, self.weight_init, name=f"block_{blocks}")(
+                    x, train, keep_rate)
+                blocks += 1
+            else:
                 x = max_pool(x, 2)
-                continue
-            block = PlainBlock(group, self.norm, self.droppath, self.weight_init, name=f"block_{blocks}")
-            x = block(x, train, keep_rate)
-            blocks += 1
         return dense(self.num_classes, weight_init=self.weight_init, name="head")(x.reshape(x.shape[0], -1))
 
 
 class VGG11(_PlainNet):
-    """VGG-11 (conv widths 64-512 scaled by width / 64), conv3x3 -> norm -> relu, dense head."""
+    """VGG-11 (conv3x3 widths 64-512 scaled by width / 64): two plain convs, then three
+    DropPath pairs, a max-pool after each, dense head."""
 
     width: int = 64
 
-    def layer_list(self) -> tuple:
-        return scale_widths(VGG11_LAYERS, self.width, 64)
+    def layout(self) -> tuple:
+        return scale_layout(VGG11_LAYOUT, self.width, 64)
 
 
 class AlexNet(_PlainNet):
-    """CIFAR AlexNet of the distillation code: convs 128(5x5), 192(5x5), 256, 192, 192 (3x3),
-    scaled by width / 128, each conv -> norm -> relu, max-pools after convs 1, 2 and 5."""
+    """CIFAR AlexNet of the distillation code (widths scaled by width / 128): conv5x5 128 and
+    a pool, then the pairs (conv5x5 192, pool, conv3x3 256) and (conv3x3 192, conv3x3 192),
+    then a pool and the dense head."""
 
     width: int = 128
 
-    def layer_list(self) -> tuple:
-        return scale_widths(ALEXNET_LAYERS, self.width, 128)
+    def layout(self) -> tuple:
+        return scale_layout(ALEXNET_LAYOUT, self.width, 128)
