@@ -65,6 +65,7 @@ def get_config():
     c.train.kd = ml_collections.ConfigDict()
     c.train.kd.enabled = False
     c.train.kd.teacher_path = ""           # Orbax teacher directory or reference-code .pth
+    c.train.kd.allow_unfinished_teacher = False  # True: accept a teacher run that stopped before its last epoch
     c.train.kd.teacher_model = "convnet"
     c.train.kd.alpha = 0.5
     c.train.kd.temperature = 1.5

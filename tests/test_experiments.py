@@ -5,7 +5,10 @@ import pathlib
 import numpy as np
 import pytest
 
+from configs import paper as paper_configs
+from configs import pipeline as pipeline_configs
 from distill_jax import config as config_lib
+from distill_jax import models
 from distill_jax.data import pipeline, preprocess
 from distill_jax.evaluation import experiments as ex
 from distill_jax.training import loop
@@ -54,8 +57,7 @@ def test_every_paper_configuration_validates_with_its_dataset_sizes():
         assert c.data.dataset == dataset
         if model in ("vgg11", "alexnet"):
             assert c.model.get("improved_shortcut") is None
-        if method == "mtt":
-            assert c.model.norm == "instance"
+        assert c.model.norm == {"mtt": "instance", "frepo": "batch"}[method]
         count += 1
     assert count == 4 * 2 * 3 * 3 * 2
 
@@ -187,3 +189,38 @@ def test_reference_code_sets_are_read_in_the_mtt_zca_space(method):
     # measured on training statistics only (docs/results.md): the published FRePo sets too
     assert ex.paper_config("resnet18", method, "cifar10", 10, "full").data.preprocessing == "zca_mtt"
     assert ex.teacher_config(method, "cifar10", 10).data.preprocessing == "zca_mtt"
+
+
+def _expected_norm(name: str) -> str:
+    """docs/method.md §3, written out per experiment family: FRePo sets batch norm, MTT and DM
+    sets instance norm (every network of the experiment), real subsets batch norm."""
+    if name.startswith("realsubset_"):
+        return "batch"
+    source = name.split("_")[1] if name.startswith("pipeline_") else name.split("_")[0]
+    return {"frepo": "batch", "mtt": "instance", "dm": "instance"}[source]
+
+
+def test_every_named_experiment_cell_names_its_norm(tmp_path):
+    """Every cell of every built-in experiment (paper tables, real subsets, pipelines) sets its
+    network's norm explicitly, as the set's source requires; the paper.py config files agree."""
+    checked = 0
+    for name in ex.experiment_names():
+        for cell in ex.get_experiment(name, tmp_path):
+            if cell.role == "distill":
+                continue
+            assert cell.config.model.get("norm") == _expected_norm(name), (name, cell.name)
+            checked += 1
+    assert checked == 996  # 96 paper experiments x 6 cells, 12 real-subset x 3, 96 pipelines x 4
+    for variant in ex.VARIANTS:
+        assert paper_configs.get_config(f"resnet18,frepo,cifar10,10,{variant}").model.norm == "batch"
+        assert paper_configs.get_config(f"vgg11,mtt,cifar10,1,{variant}").model.norm == "instance"
+    assert pipeline_configs.get_config("frepo").reproduce.experiment.startswith("pipeline_frepo_")
+
+
+def test_norm_for_set_falls_back_to_batch_for_sets_a_user_brings():
+    assert models.norm_for_set("frepo") == "batch" and models.norm_for_set("mtt") == "instance"
+    assert models.norm_for_set("dm") == "instance" and models.norm_for_set("real") == "batch"
+    assert models.norm_for_set("kip") == "batch" and models.norm_for_set("my_own_set") == "batch"
+    for name in ("resnet18", "resnet50", "vgg11", "alexnet"):  # the test networks' own default agrees
+        assert models.default_option(name, "norm") == "batch"
+    assert models.default_option("convnet", "norm") == "instance"

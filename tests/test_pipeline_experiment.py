@@ -100,7 +100,7 @@ def test_pipeline_distils_then_trains_every_cell_on_that_set_and_resumes(tmp_pat
     assert json.loads((work / "real_subset" / "record.json").read_text())["config"]["data"]["source"] == "real"
 
     table = (work / "table.md").read_text()
-    assert "Distilled set: DM, 2 image(s) per class, 2 steps of convnet (width 4)" in table and str(set_path) in table
+    assert "Distilled set: DM, 2 image(s) per class, 2 steps of convnet (width 4, instance norm)" in table and str(set_path) in table
     assert table.count("\n| ") == 5  # header + the four trained cells; the distill cell is not a row
     assert out["summary"].endswith(out["table"])
 
@@ -131,7 +131,7 @@ def test_pipeline_config_names_the_experiment_and_scale():
 
 
 @pytest.mark.parametrize("distiller,model_name,student_norm,recipe", [
-    ("dm", "convnet", "instance", "standardize"), ("frepo", "convnet_frepo", None, "zca_frepo")])
+    ("dm", "convnet", "instance", "standardize"), ("frepo", "convnet_frepo", "batch", "zca_frepo")])
 def test_pipeline_cells_follow_the_distiller(tmp_path, distiller, model_name, student_norm, recipe):
     scale = experiments.Scale(epoch_divisor=20, lr_multiplier=20.0, width=16, teacher_width=32)
     cells = experiments.get_experiment(f"pipeline_{distiller}_fashion_mnist_10_resnet18", tmp_path, scale)
@@ -140,6 +140,7 @@ def test_pipeline_cells_follow_the_distiller(tmp_path, distiller, model_name, st
     assert by_name["teacher"].config.model.name == model_name and by_name["teacher"].config.model.width == 32
     assert by_name["real_subset"].config.data.preprocessing == recipe and by_name["real_subset"].config.data.per_class == 10
     assert by_name["baseline"].config.model.get("norm") == student_norm
+    assert {c.config.model.get("norm") for c in cells if c.role != "distill"} == {student_norm}  # teacher, yardstick too
     assert (by_name["baseline"].config.train.epochs, by_name["full"].config.train.epochs) == (50, 200)
     assert by_name["full"].config.train.kd.teacher_path == str(tmp_path / "teacher")
     for cell in cells:

@@ -19,6 +19,7 @@ from typing import Optional
 import ml_collections
 
 from distill_jax import config as config_lib
+from distill_jax import models
 from distill_jax.data import datasets
 from distill_jax.distillation import runner as distill_runner
 
@@ -96,12 +97,11 @@ def _distilled_data(c, method: str, dataset: str, ipc: int):
 
 def teacher_model(c, method: str, dataset: str):
     """The distiller's training network: ConvNet-FRePo (batch norm) for FRePo sets, the
-    instance-norm ConvNet for MTT sets; depth 4 on 64 px images."""
+    instance-norm ConvNet for MTT (and DM) sets; depth 4 on 64 px images."""
     c.model.name = "convnet_frepo" if method == "frepo" else "convnet"
     if DATASETS[dataset]["convnet_depth"] != 3:  # 3 is the networks' default
         c.model.depth = DATASETS[dataset]["convnet_depth"]
-    if method == "mtt":
-        c.model.norm = "instance"
+    c.model.norm = models.norm_for_set(method)
 
 
 def _lion_cosine(c, epochs: int = 1000):
@@ -156,8 +156,7 @@ def paper_config(model: str, method: str, dataset: str, ipc: int, variant: str, 
     c.mode = "student"
     _distilled_data(c, method, dataset, ipc)
     c.model.name = model
-    if method == "mtt":
-        c.model.norm = "instance"  # students of MTT sets use instance norm (SPEC 3)
+    c.model.norm = models.norm_for_set(method)  # batch for FRePo sets, instance for MTT (docs/method.md §3)
     apply_variant(c, variant, model, teacher_path or default_teacher_path(method, dataset, ipc))
     return c
 
@@ -201,6 +200,7 @@ def realsubset_config(dataset: str, per_class: int, variant: str, *, model: str 
     c = _base(dataset, num_seeds)
     c.data.source = "real"
     c.data.per_class = per_class
+    c.model.norm = models.norm_for_set("real")  # every network of a real subset: batch norm
     if variant == "convnet":
         c.mode = "teacher"
         c.model.name = "convnet"
@@ -384,14 +384,14 @@ def pipeline_experiment(distiller: str, dataset: str, ipc: int, model: str, work
     set_path = str(workdir / "distill" / "distilled.npz")
     cells = [Cell("distill", f"{DISTILLER_LABELS[distiller]} set", dc, "distill")]
     # The distiller's own network family: the instance-norm ConvNet of DM (as for MTT sets),
-    # ConvNet-FRePo for FRePo; students of DM sets use instance norm like those of MTT sets.
+    # ConvNet-FRePo for FRePo; students take the norm of the set's source (docs/method.md §3).
     family = "frepo" if distiller == "frepo" else "mtt"
     teacher = _base(dataset, num_seeds)
     _own_set_data(teacher, dataset, set_path)
     teacher = _scaled(_teacher_recipe(teacher, family, dataset), scale, teacher=True)
     cells.append(Cell("teacher", f"{teacher.model.name} on the {DISTILLER_LABELS[distiller]} set (KD teacher)",
                       teacher, "teacher"))
-    real = copy.deepcopy(teacher)
+    real = copy.deepcopy(teacher)  # the distiller's network and norm: a yardstick for the set, not the norm
     real.mode = "train"
     real.data.source, real.data.per_class, real.data.distilled_path = "real", ipc, ""
     real.data.preprocessing = distill_runner.pixel_space(dc)  # the set's own pixel space
@@ -402,8 +402,7 @@ def pipeline_experiment(distiller: str, dataset: str, ipc: int, model: str, work
         c.mode = "student"
         _own_set_data(c, dataset, set_path)
         c.model.name = model
-        if family == "mtt":
-            c.model.norm = "instance"
+        c.model.norm = models.norm_for_set(distiller)
         apply_variant(c, variant, model, teacher_path)
         cells.append(Cell(variant, f"{model} {VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), "student"))
     return cells

@@ -10,7 +10,7 @@ import dataclasses
 import flax.linen as nn
 
 from distill_jax.models.convnet import ConvNet, ConvNetFRePo
-from distill_jax.models.layers import INIT_KINDS, NORM_KINDS
+from distill_jax.models.layers import INIT_KINDS, NORM_KINDS, TEST_NETWORK_NORM
 from distill_jax.models.plain import AlexNet, VGG11
 from distill_jax.models.resnet import ResNet
 
@@ -26,6 +26,19 @@ _REGISTRY = {
     "alexnet": (AlexNet, {}),
 }
 MODEL_NAMES = tuple(_REGISTRY)
+
+# docs/method.md §3: the norm of the networks trained on a set, by the set's source. FRePo's
+# networks use batch norm; MTT's and DC/DSA/DM's ConvNet and evaluation networks use instance
+# norm (the published MTT teacher holds instance-norm parameters); real subsets and sets a
+# user brings get the test networks' default, batch norm.
+SET_SOURCE_NORMS = {"frepo": "batch", "mtt": "instance", "dc": "instance", "dsa": "instance", "dm": "instance",
+                    "real": TEST_NETWORK_NORM}
+
+
+def norm_for_set(source: str) -> str:
+    """The norm of networks trained on a set from `source` ('frepo', 'mtt', 'dm', 'real', ...);
+    any other source is a set a user brings: batch norm."""
+    return SET_SOURCE_NORMS.get(source, TEST_NETWORK_NORM)
 _NOT_OPTIONS = {"parent", "name", "num_classes"}
 
 
@@ -52,6 +65,15 @@ def _check_value(name: str, option: str, value) -> None:
         raise ValueError(f"models: option 'weight_init' of {name!r} must be one of {INIT_KINDS}, got {value!r}")
 
 
+def default_option(name: str, option: str):
+    """The value network `name` uses for `option` when none is given (e.g. its norm)."""
+    cls, _ = _lookup(name)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if option not in fields:
+        raise ValueError(f"models: network {name!r} has no option {option!r}")
+    return fields[option].default
+
+
 def build_model(name: str, num_classes: int, **options) -> nn.Module:
     """The network called `name` (one of MODEL_NAMES) with `num_classes` outputs."""
     cls, fixed = _lookup(name)
@@ -65,4 +87,4 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
     return cls(num_classes=num_classes, **fixed, **options)
 
 
-__all__ = ["MODEL_NAMES", "build_model", "model_options", "ConvNet", "ConvNetFRePo", "ResNet", "VGG11", "AlexNet"]
+__all__ = ["MODEL_NAMES", "SET_SOURCE_NORMS", "build_model", "default_option", "model_options", "norm_for_set", "ConvNet", "ConvNetFRePo", "ResNet", "VGG11", "AlexNet"]

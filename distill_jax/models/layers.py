@@ -17,6 +17,9 @@ import jax.numpy as jnp
 from distill_jax.models import fast_conv
 
 NORM_KINDS = ("batch", "instance", "none")
+# The test networks' norm when nothing says otherwise: batch norm, as the reference code trains
+# them on real subsets and on FRePo sets (docs/method.md §3; `models.norm_for_set` has the rest).
+TEST_NETWORK_NORM = "batch"
 INIT_KINDS = ("torch", "flax")
 
 

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 
 from distill_jax.models.droppath import sample_keep_mask, virtual_shortcut_mix
-from distill_jax.models.layers import check_images, conv, dense, make_norm, max_pool
+from distill_jax.models.layers import TEST_NETWORK_NORM, check_images, conv, dense, make_norm, max_pool
 from distill_jax.models.resnet import Shortcut
 
 POOL = "M"
@@ -111,7 +111,7 @@ class _PlainNet(nn.Module):
 
     num_classes: int
     width: int = 64
-    norm: str = "instance"
+    norm: str = TEST_NETWORK_NORM
     droppath: bool = False
     weight_init: str = "torch"
 

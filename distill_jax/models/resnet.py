@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 
 from distill_jax.models.droppath import residual_droppath, sample_keep_mask
-from distill_jax.models.layers import check_images, conv, dense, make_norm, max_pool
+from distill_jax.models.layers import TEST_NETWORK_NORM, check_images, conv, dense, make_norm, max_pool
 
 
 class Shortcut(nn.Module):
@@ -78,7 +78,7 @@ class ResNet(nn.Module):
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     bottleneck: bool = False
     width: int = 64
-    norm: str = "instance"
+    norm: str = TEST_NETWORK_NORM
     droppath: bool = False
     improved_shortcut: bool = False
     weight_init: str = "torch"

@@ -101,6 +101,13 @@ def evaluate(eval_fn, state, images, labels, batch_size: int, mesh) -> np.ndarra
     return 100.0 * correct / count
 
 
+def epoch_orders(seeds, epoch: int, num_train: int) -> np.ndarray:
+    """Each seed's data order in `epoch`, (seeds, num_train): a function of (seed, epoch) only,
+    so seeds trained together draw independent batches, a seed trained alone draws the same
+    ones, and a resumed run replays them."""
+    return np.stack([np.random.default_rng((seed, epoch)).permutation(num_train) for seed in seeds])
+
+
 def summarize(per_seed) -> dict:
     """Mean and sample standard deviation (ddof=1; 0 for one seed) of final accuracies in percent."""
     per_seed = [float(a) for a in per_seed]
@@ -112,7 +119,8 @@ def load_teacher(config):
     """The KD teacher: a workdir of a finished run (its first seed) or a reference-code .pth."""
     from distill_jax.training import teacher
 
-    return teacher.load_teacher(config.train.kd.teacher_path)
+    return teacher.load_teacher(config.train.kd.teacher_path,
+                                allow_unfinished=bool(config.train.kd.allow_unfinished_teacher))
 
 
 def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pipeline.TrainingData] = None) -> dict:
@@ -158,7 +166,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
     def seeded_step(state, batch, key_data, keep_rate, teacher_vars):
         return train_step(state, batch, jax.random.wrap_key_data(key_data), keep_rate, teacher_vars)
 
-    multi_step = jax.jit(jax.vmap(seeded_step, in_axes=(0, None, 0, None, None)),
+    multi_step = jax.jit(jax.vmap(seeded_step, in_axes=(0, 0, 0, None, None)),
                          out_shardings=(repl, repl), donate_argnums=(0,))
     multi_eval = jax.jit(jax.vmap(eval_step, in_axes=(0, 0, None)), out_shardings=repl)
 
@@ -174,7 +182,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
         history = [h for h in saved_meta.get("history", []) if h["epoch"] <= start_epoch]
         logging.info("resuming at epoch %d (step %d)", start_epoch, step)
 
-    data_rng = np.random.default_rng  # per-epoch order: default_rng((seed, epoch)), so resume replays it
     logging.info("training %s x %d seeds on %d devices: %d images, batch %d, %d epochs (%d steps)",
                  config.model.name, len(seeds), mesh.size, num_train, batch_size, t.epochs, total_steps)
     last_log = time.perf_counter()
@@ -182,12 +189,13 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
     end_epoch = min(t.epochs, t.stop_after_epochs) if t.stop_after_epochs else t.epochs
     for epoch in range(start_epoch, end_epoch):
         keep_rate = float(keep_schedule(epoch)) if keep_schedule is not None else 1.0
-        order = data_rng((config.seed, epoch)).permutation(num_train)
+        orders = epoch_orders(seeds, epoch, num_train)
         train_losses = []
         used_rates = []
         for i in range(steps_per_epoch):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            batch = sharding.shard_batch({"image": data.train_images[idx], "label": data.train_labels[idx]}, mesh)
+            idx = orders[:, i * batch_size:(i + 1) * batch_size]  # (seeds, batch)
+            batch = sharding.shard_seeded_batch({"image": data.train_images[idx], "label": data.train_labels[idx]},
+                                                mesh)
             state, metrics = multi_step(state, batch, step_keys, jnp.float32(keep_rate), teacher_variables)
             train_losses.append(metrics["loss"])
             if "keep_rate_used" in metrics:
@@ -216,7 +224,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
             logging.info("epoch %d test accuracy %s (mean %.2f%%)", done,
                          " ".join(f"{a:.2f}" for a in acc), float(np.mean(acc)))
         if done % config.checkpoint_every_epochs == 0 or done == end_epoch:
-            checkpointer.save(done * steps_per_epoch, state, {**fingerprint, "history": history})
+            checkpointer.save(done * steps_per_epoch, state, {**fingerprint, "epoch": done, "history": history})
     checkpointer.close()
 
     finished = history and history[-1]["epoch"] == t.epochs

@@ -36,6 +36,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def seeded_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """(seeds, batch, ...) arrays: every seed's batch split over the mesh like `batch_sharding`."""
+    return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
@@ -53,6 +58,11 @@ def _place(tree, sharding: NamedSharding):
 def shard_batch(batch, mesh: Mesh):
     """Places a host batch (a pytree of numpy arrays with a leading batch axis) on the mesh."""
     return _place(batch, batch_sharding(mesh))
+
+
+def shard_seeded_batch(batch, mesh: Mesh):
+    """Places per-seed host batches (leading axes seeds, batch) on the mesh."""
+    return _place(batch, seeded_batch_sharding(mesh))
 
 
 def replicate(tree, mesh: Mesh):
