@@ -48,7 +48,7 @@ def applier(module, train, mutable=False):
 @pytest.fixture(scope="module")
 def resnet():
     """A tiny ResNet-18 with DropPath, shared by the tests that need a whole network."""
-    model = build_model("resnet18", 5, width=4, droppath=True)
+    model = build_model("resnet18", 5, width=4, droppath=True, norm="instance")  # no running statistics to update
     x = jnp.repeat(images((1, 16, 16, 3)), 4, axis=0)  # identical samples: only masks can tell them apart
     return model, x, init(model, x)
 
@@ -125,7 +125,7 @@ def test_vgg11_parameter_count_by_hand():
     assert shortcuts == 166_144
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     for droppath, expected in ((False, plain), (True, plain + shortcuts)):
-        params = shapes_of_init(build_model("vgg11", 10, droppath=droppath), x)["params"]
+        params = shapes_of_init(build_model("vgg11", 10, droppath=droppath, norm="instance"), x)["params"]
         assert _count(params) == expected, droppath
         assert sorted(params) == ["block_0", "block_1", "block_2", "conv_0", "conv_1", "head", "norm_0", "norm_1"]
         assert ("shortcut" in params["block_0"], "shortcut" in params["block_2"]) == (droppath, False)
@@ -145,7 +145,7 @@ def test_alexnet_parameter_count_by_hand():
     assert shortcuts == 83_264
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     for droppath, expected in ((False, plain), (True, plain + shortcuts)):
-        params = shapes_of_init(build_model("alexnet", 10, droppath=droppath), x)["params"]
+        params = shapes_of_init(build_model("alexnet", 10, droppath=droppath, norm="instance"), x)["params"]
         assert _count(params) == expected, droppath
         assert sorted(params) == ["block_0", "block_1", "conv_0", "head", "norm_0"]
     chex.assert_shape(params["block_0"]["shortcut"]["conv"]["kernel"], (1, 1, 128, 256))
@@ -375,12 +375,12 @@ def test_traced_keep_rate_reaches_every_block_without_retracing(resnet):
 @pytest.mark.parametrize("name, blocks", [("vgg11", 3), ("alexnet", 2)])
 def test_plain_droppath_blocks_record_the_keep_rate(name, blocks):
     x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
-    model = build_model(name, 5, width=4, droppath=True)
+    model = build_model(name, 5, width=4, droppath=True)  # batch norm: its statistics are mutable too
     variables = shapes_of_init(model, x)
     run = lambda train: jax.eval_shape(lambda v: model.apply(v, x, train, 0.7, rngs={"droppath": jax.random.key(0)},
-                                                             mutable=["intermediates"])[1], variables)
-    assert len(jax.tree.leaves(run(True))) == blocks  # pairs only: the first convs stay plain
-    assert not jax.tree.leaves(run(False))  # nothing is dropped, hence nothing recorded, at evaluation
+                                                             mutable=["intermediates", "batch_stats"])[1], variables)
+    assert len(jax.tree.leaves(run(True).get("intermediates", {}))) == blocks  # pairs only: the first convs stay plain
+    assert not jax.tree.leaves(run(False).get("intermediates", {}))  # nothing is dropped, hence nothing recorded, at evaluation
 
 
 # ---------------------------------------------------------------- errors
