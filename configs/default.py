@@ -114,6 +114,7 @@ def get_config():
     c.reproduce.evals = 0                  # >0: evaluate this many times per run (test-set passes are costly on CPU)
     c.reproduce.split_seeds = False        # one program per seed (faster on CPU than vmapped convs)
     c.reproduce.show_best = False          # also show best-over-training accuracy, labelled as test-set selection
+    c.reproduce.teacher = "auto"           # "auto": import a published teacher where one exists (MTT); "trained": train it here
     c.reproduce.cells = ""                 # "" = every cell; else comma-separated cell names
 
     c.eval_every_epochs = 50

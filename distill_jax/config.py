@@ -24,6 +24,7 @@ CHOICES = {
     "model.weight_init": (None, "torch", "flax"),
     "train.optimizer": ("lion", "adamw", "sgd"),
     "train.lr_schedule": ("constant", "step", "warmup_cosine", "periodic"),
+    "reproduce.teacher": ("auto", "trained"),
     "distill.method": ("dm", "frepo"),
     "distill.init": ("real", "noise"),
     "distill.model": ("auto", "convnet", "convnet_frepo"),

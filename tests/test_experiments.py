@@ -11,6 +11,7 @@ from distill_jax import config as config_lib
 from distill_jax import models
 from distill_jax.data import pipeline, preprocess
 from distill_jax.evaluation import experiments as ex
+from distill_jax.evaluation import reproduce
 from distill_jax.training import loop
 from distill_jax.training import teacher as teacher_lib
 
@@ -224,3 +225,29 @@ def test_norm_for_set_falls_back_to_batch_for_sets_a_user_brings():
     for name in ("resnet18", "resnet50", "vgg11", "alexnet"):  # the test networks' own default agrees
         assert models.default_option(name, "norm") == "batch"
     assert models.default_option("convnet", "norm") == "instance"
+
+
+def test_mtt_teacher_is_published_and_labelled_as_test_selected_or_trained_here(tmp_path, monkeypatch):
+    """The published MTT teacher was kept at its best test accuracy: its cell says so; the
+    'trained' variant trains the teacher here instead and its students read that run."""
+    published = tmp_path / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth"
+    published.parent.mkdir(parents=True)
+    published.write_bytes(b"")  # only its existence is looked at when building cells
+    monkeypatch.setattr(ex, "SHARED_TEACHERS", tmp_path / "teachers")
+    cells = ex.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run")
+    assert (cells[0].role, cells[0].config.evaluate.path) == ("import", str(published))
+    assert "selected on the test set" in cells[0].label
+    own = ex.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run", teacher="trained")
+    assert own[0].role == "teacher" and "trained here, final epoch" in own[0].label
+    assert (own[0].config.mode, own[0].config.model.name, own[0].config.model.norm) == ("teacher", "convnet", "instance")
+    full = {c.name: c for c in own}["full"]
+    assert full.config.train.kd.teacher_path == str(tmp_path / "run" / "teacher")
+    with pytest.raises(ex.ExperimentError, match=r"teacher source 'best'.*'auto', 'trained'"):
+        ex.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run", teacher="best")
+
+
+def test_a_table_with_an_imported_teacher_says_it_was_selected_on_the_test_set():
+    trained = [{"role": "teacher"}, {"role": "student"}]
+    assert reproduce.teacher_note(trained) == ""
+    note = reproduce.teacher_note([{"role": "import"}, {"role": "student"}])
+    assert "best test accuracy" in note and "test-set selection" in note and "reproduce.teacher=trained" in note

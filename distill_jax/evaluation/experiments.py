@@ -334,20 +334,29 @@ def teacher_dir(workdir, split_seeds: bool, seed: int) -> str:
     return str(base / f"seed_{seed}") if split_seeds else str(base)
 
 
+# Where a paper experiment's KD teacher comes from: 'auto' imports the published one where it
+# exists (MTT), else trains it; 'trained' always trains it here (mode 'teacher', final epoch).
+TEACHER_SOURCES = ("auto", "trained")
+# The published teachers were kept by the reference code at their best test accuracy.
+PUBLISHED_TEACHER_LABEL = "Teacher (published ConvNet, kept at its best test accuracy: selected on the test set)"
+
+
 def paper_experiment(model: str, method: str, dataset: str, ipc: int, workdir, scale: Scale = Scale(), *,
-                     split_seeds: bool = False, num_seeds: int = 3, seed: int = 0) -> list[Cell]:
-    """Teacher (trained here, or the published .pth evaluated) then the five columns."""
+                     split_seeds: bool = False, num_seeds: int = 3, seed: int = 0,
+                     teacher: str = "auto") -> list[Cell]:
+    """Teacher (the published .pth imported and scored, or trained here) then the five columns."""
+    _check(teacher, TEACHER_SOURCES, "teacher source", "experiments.paper_experiment")
     shared = default_teacher_path(method, dataset, ipc)
     cells = []
-    if shared.endswith(".pth"):
+    if shared.endswith(".pth") and teacher == "auto":
         c = teacher_config(method, dataset, ipc, num_seeds=1)
         c.mode = "evaluate"
         c.evaluate.path = shared
-        cells.append(Cell("teacher", "Teacher (published ConvNet)", c, "import"))
+        cells.append(Cell("teacher", PUBLISHED_TEACHER_LABEL, c, "import"))
         teacher_path = str(pathlib.Path(workdir) / "teacher")  # imported there as a run of this project
     else:
         c = _scaled(teacher_config(method, dataset, ipc, num_seeds=num_seeds), scale, teacher=True)
-        cells.append(Cell("teacher", f"Teacher ({c.model.name})", c, "teacher"))
+        cells.append(Cell("teacher", f"Teacher ({c.model.name}, trained here, final epoch)", c, "teacher"))
         teacher_path = teacher_dir(workdir, split_seeds, seed)
     for variant in VARIANTS:
         c = paper_config(model, method, dataset, ipc, variant, teacher_path=teacher_path, num_seeds=num_seeds)
@@ -433,8 +442,9 @@ def experiment_names() -> list[str]:
 
 
 def get_experiment(name: str, workdir, scale: Scale = Scale(), *, split_seeds: bool = False,
-                   num_seeds: int = 3, seed: int = 0) -> list[Cell]:
-    """The cells of experiment `name` (see `experiment_names()`), with teacher paths inside `workdir`."""
+                   num_seeds: int = 3, seed: int = 0, teacher: str = "auto") -> list[Cell]:
+    """The cells of experiment `name` (see `experiment_names()`), with teacher paths inside `workdir`;
+    `teacher` ('auto' or 'trained') says where a paper experiment's KD teacher comes from."""
     if name in _REGISTERED:
         cells = _REGISTERED[name](workdir, scale, split_seeds=split_seeds, num_seeds=num_seeds, seed=seed)
         return _with_seed(cells, seed)
@@ -461,7 +471,7 @@ def get_experiment(name: str, workdir, scale: Scale = Scale(), *, split_seeds: b
     else:
         _check(parts[0], METHODS, "distillation method", where)
         _check(dataset, DATASETS, "dataset", where)
-        cells = paper_experiment(model, parts[0], dataset, number, workdir, scale, **common)
+        cells = paper_experiment(model, parts[0], dataset, number, workdir, scale, teacher=teacher, **common)
     return _with_seed(cells, seed)
 
 

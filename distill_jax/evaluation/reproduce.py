@@ -158,6 +158,16 @@ def _steps_per_epoch(config, data) -> int:
     return max(1, n // min(config.train.batch_size, n))
 
 
+def teacher_note(cell_records) -> str:
+    """The line a table needs when its teacher was imported: the published teachers were kept at
+    their best test accuracy, and students that learn from one inherit that selection."""
+    if not any(rec["role"] == "import" for rec in cell_records):
+        return ""
+    return ("\nThe published teacher (`checkpoint_best.pth`) was kept by the reference code at its best test "
+            "accuracy: its row, and the students that learn from it by KD, carry that test-set selection. "
+            "`--config.reproduce.teacher=trained` trains the teacher here instead (final epoch).\n")
+
+
 def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> dict:
     """Runs the cells of `config.reproduce.experiment` in order (teachers first) and writes the table."""
     from distill_jax.data import pipeline
@@ -169,7 +179,8 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cells = experiments.get_experiment(r.experiment, workdir, experiments.Scale.from_config(config),
-                                       split_seeds=bool(r.split_seeds), num_seeds=config.num_seeds, seed=config.seed)
+                                       split_seeds=bool(r.split_seeds), num_seeds=config.num_seeds, seed=config.seed,
+                                       teacher=r.teacher)
     wanted = [n for n in r.cells.split(",") if n]
     unknown = set(wanted) - {c.name for c in cells}
     if unknown:
@@ -193,7 +204,7 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
             data = data_cache[key]
         cell_records.append(run_cell(cell, workdir / cell.name, data, split_seeds=bool(r.split_seeds)))
     trained = [rec for rec in cell_records if rec["role"] != "distill"]
-    table = tables.experiment_table(trained, show_best=bool(r.show_best))
+    table = tables.experiment_table(trained, show_best=bool(r.show_best)) + teacher_note(trained)
     sets = "".join(describe_distill_record(rec) + "\n\n" for rec in cell_records if rec["role"] == "distill")
     heading = (f"### {r.experiment}\n\n{sets}Final-epoch test accuracy, mean ± std (ddof=1) over seeds. "
                f"Scale: epochs / {r.epoch_divisor}, lr x {r.lr_multiplier}, test-network width "
