@@ -52,7 +52,7 @@ def get_config():
     c.train.warmup_epochs = 100            # periodic: warm-up of each cycle
 
     c.train.keep_rate = ml_collections.ConfigDict()
-    c.train.keep_rate.enabled = False      # three-phase schedule (SPEC 2.4); needs model.droppath
+    c.train.keep_rate.enabled = False      # three-phase schedule (docs/method.md §2.4); needs model.droppath
     c.train.keep_rate.period_epochs = 500
     c.train.keep_rate.step = 0.1
     c.train.keep_rate.min = 0.5

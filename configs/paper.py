@@ -1,4 +1,4 @@
-"""A test network on a distilled set, as one column of the paper's main table (SPEC 2.7).
+"""A test network on a distilled set, as one column of the paper's main table (docs/method.md §2.7).
 
     python launch/main.py --config configs/paper.py:resnet18,frepo,cifar10,10,full --workdir <dir>
 

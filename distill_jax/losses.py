@@ -1,4 +1,4 @@
-"""Losses and accuracy for training on distilled data (SPEC §2.5, §2.6).
+"""Losses and accuracy for training on distilled data (docs/method.md §2.5, §2.6).
 
 Every function is a pure jnp function reducing over the batch by its mean, so
 losses stay comparable across batch sizes. All log-probabilities come from
@@ -79,7 +79,7 @@ def label_temperature(label_vectors: jax.Array, tau: float = 0.3) -> jax.Array:
     """Turn learned (FRePo) label vectors into soft targets ``softmax(y / tau)``.
 
     FRePo learns unnormalised label vectors; a low temperature sharpens them
-    into a distribution close to the intended class (SPEC §2.6).
+    into a distribution close to the intended class (docs/method.md §2.6).
     """
     _check_positive(tau, "tau", "label_temperature")
     return jax.nn.softmax(jnp.asarray(label_vectors) / tau, axis=-1)
@@ -92,7 +92,7 @@ def kd_loss(
     alpha: float = 0.5,
     temperature: float = 1.5,
 ) -> jax.Array:
-    """Knowledge-distillation loss of SPEC §2.5.
+    """Knowledge-distillation loss of docs/method.md §2.5.
 
     ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``,
     KL summed over classes and averaged over the batch. ``T^2`` keeps the soft

@@ -1,4 +1,4 @@
-"""Dataset sources behind load_dataset, and class-balanced subsets (SPEC 4)."""
+"""Dataset sources behind load_dataset, and class-balanced subsets (docs/method.md §4)."""
 import gzip
 import pathlib
 import struct

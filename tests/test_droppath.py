@@ -1,4 +1,4 @@
-"""DropPath arithmetic (SPEC §2.1, §2.2) against numpy references."""
+"""DropPath arithmetic (docs/method.md §2.1, §2.2) against numpy references."""
 import chex
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The paper's configurations (SPEC 2.7), their scaling, named experiments and config files."""
+"""The paper's configurations (docs/method.md §2.7), their scaling, named experiments and config files."""
 import itertools
 import pathlib
 
@@ -17,8 +17,8 @@ from distill_jax.training import teacher as teacher_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# SPEC 2.7, row by row: optimiser, peak lr, wd, lr schedule, DSA ops k, KD, DropPath, epochs.
-SPEC_TABLE = {
+# docs/method.md §2.7, row by row: optimiser, peak lr, wd, lr schedule, DSA ops k, KD, DropPath, epochs.
+METHOD_TABLE = {
     "baseline": ("adamw", 5e-4, 5e-4, "step", 1, False, False, 1000),
     "no_dp_kd": ("lion", 5e-5, 5e-3, "warmup_cosine", 2, False, False, 1000),
     "no_dp": ("lion", 5e-5, 5e-3, "warmup_cosine", 2, True, False, 1000),
@@ -33,7 +33,7 @@ def test_five_configurations_match_the_spec_table(variant):
     t = c.train
     got = (t.optimizer, t.learning_rate, t.weight_decay, t.lr_schedule, t.augment.k, t.kd.enabled,
            bool(c.model.droppath) and t.keep_rate.enabled, t.epochs)
-    assert got == SPEC_TABLE[variant]
+    assert got == METHOD_TABLE[variant]
     assert c.model.improved_shortcut is True  # all five use the improved shortcut in ResNets
     if variant == "baseline":
         assert t.decay_at_fraction == 0.5

@@ -1,4 +1,4 @@
-"""Networks (SPEC §3), their DropPath blocks (§2.1, §2.2), the improved shortcut (§2.3) and the registry.
+"""Networks (docs/method.md §3), their DropPath blocks (§2.1, §2.2), the improved shortcut (§2.3) and the registry.
 
 Tiny widths and images keep the CPU compile and run times small.
 """

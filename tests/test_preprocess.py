@@ -1,4 +1,4 @@
-"""Preprocessing recipes against independent numpy computations (SPEC 4)."""
+"""Preprocessing recipes against independent numpy computations (docs/method.md §4)."""
 import dataclasses
 import json
 

@@ -1,4 +1,4 @@
-"""Keep-rate and learning-rate schedules at the epochs SPEC §2.4 / §2.6 name."""
+"""Keep-rate and learning-rate schedules at the epochs docs/method.md §2.4 / §2.6 name."""
 import math
 
 import jax
@@ -184,7 +184,7 @@ def test_warmup_cosine_rejects_non_positive_total():
 
 
 def _numpy_periodic(step, peak, spe, starts, cycle=1000.0, warm=100.0):
-    """Direct restatement of SPEC §2.6, one step at a time."""
+    """Direct restatement of docs/method.md §2.6, one step at a time."""
     epoch = step / spe
     start = max(s for s in starts if s <= epoch)
     e = epoch - start

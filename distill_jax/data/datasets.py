@@ -1,4 +1,4 @@
-"""Real image datasets behind one interface (SPEC 4).
+"""Real image datasets behind one interface (docs/method.md §4).
 
 Every source returns the same `Dataset`: uint8 NHWC images (4x smaller than float32, so
 a whole training split fits in memory), int64 labels and a `DatasetInfo` naming the

@@ -1,9 +1,9 @@
 """Distilled datasets: one in-memory type, readers for published formats, our own format.
 
-Every published distilled set (SPEC §5) is read into a :class:`DistilledSet`: images
+Every published distilled set (docs/method.md §5) is read into a :class:`DistilledSet`: images
 float32 NHWC, labels either int64 class indices ``(N,)`` or float32 learned label
 vectors ``(N, C)``, plus the name of the pixel space the images live in
-(``preprocessing``, SPEC §4). ``preprocessing`` is a *label*, not an operation: the
+(``preprocessing``, docs/method.md §4). ``preprocessing`` is a *label*, not an operation: the
 distilled pixels are kept as published, and whoever evaluates on them must put the
 real test images through the same transform.
 
@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 PREPROCESSING = ("none", "standardize", "zca_mtt", "zca_frepo", "zca_kip")
-"""Pixel spaces (SPEC §4): 'zca_mtt' = raw [0,1] pixels, ZCA with absolute eps 0.1 on
+"""Pixel spaces (docs/method.md §4): 'zca_mtt' = raw [0,1] pixels, ZCA with absolute eps 0.1 on
 the unbiased covariance; 'zca_frepo' = per-channel standardisation then ZCA with
 trace-relative lambda 0.1; 'zca_kip' = 'zca_frepo' plus per-image L2 normalisation;
 'standardize' = per-channel mean/std only; 'none' = raw pixels."""

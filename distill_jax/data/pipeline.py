@@ -1,7 +1,7 @@
 """From a config to training and test arrays in one pixel space.
 
 A distilled set lives in the space its distiller used; the real test split must be put
-through the same transform, fitted on the real training split (SPEC 4). This module is
+through the same transform, fitted on the real training split (docs/method.md §4). This module is
 the one place where that pairing happens.
 """
 from __future__ import annotations

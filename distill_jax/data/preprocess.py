@@ -1,7 +1,7 @@
 """Preprocessing as data: a recipe name plus the arrays fitted on a real training split.
 
 A distilled set lives in the pixel space its distiller used, and the real test split must
-go through the *same* transform, fitted on the real training split (SPEC 4). Keeping the
+go through the *same* transform, fitted on the real training split (docs/method.md §4). Keeping the
 fitted transform as a value (saved beside a distilled set, reloaded bit for bit) instead
 of recomputing it somewhere else is what keeps those two in step.
 

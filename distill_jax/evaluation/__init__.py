@@ -2,7 +2,7 @@
 
 A run's workdir records its data config (config.json) and network (model.json) beside its
 checkpoints; the test split is put through the preprocessing that config implies (fitted on
-the real training split, SPEC 4), so a network is never scored in the wrong pixel space.
+the real training split, docs/method.md §4), so a network is never scored in the wrong pixel space.
 A reference-code `.pth` ConvNet carries no such record: the evaluate config's `data` fields
 name its pixel space instead.
 """

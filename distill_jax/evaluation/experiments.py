@@ -5,7 +5,7 @@ builders here are plain functions from a few names to a complete config, so that
 config files in `configs/` stay thin and the experiments of `reproduce` mode use exactly
 the configs a user would launch by hand.
 
-The five configurations of SPEC 2.7 are `VARIANTS`; `scale_config` shortens a schedule
+The five configurations of docs/method.md §2.7 are `VARIANTS`; `scale_config` shortens a schedule
 by an integer factor (every epoch count divided, same phase structure) for machines that
 cannot run 4000 epochs.
 """
@@ -23,7 +23,7 @@ from distill_jax import models
 from distill_jax.data import datasets
 from distill_jax.distillation import runner as distill_runner
 
-# SPEC 2.7 column names, in table order.
+# docs/method.md §2.7 column names, in table order.
 VARIANTS = ("baseline", "no_dp_kd", "no_dp", "no_kd", "full")
 VARIANT_LABELS = {"baseline": "Baseline", "no_dp_kd": "w/o DP & KD", "no_dp": "w/o DP",
                   "no_kd": "w/o KD", "full": "Full"}
@@ -112,7 +112,7 @@ def _lion_cosine(c, epochs: int = 1000):
 
 
 def apply_variant(c, variant: str, model: str, teacher_path: str):
-    """Sets the optimiser, schedules, augmentation, KD and DropPath of one SPEC 2.7 column."""
+    """Sets the optimiser, schedules, augmentation, KD and DropPath of one docs/method.md §2.7 column."""
     _check(variant, VARIANTS, "variant", "experiments.apply_variant")
     t = c.train
     if model.startswith("resnet"):

@@ -1,4 +1,4 @@
-"""The training networks of the distillers: ConvNet (MTT, DC, DSA, DM) and ConvNet-FRePo (SPEC §3)."""
+"""The training networks of the distillers: ConvNet (MTT, DC, DSA, DM) and ConvNet-FRePo (docs/method.md §3)."""
 import flax.linen as nn
 import jax
 

@@ -1,4 +1,4 @@
-"""DropPath arithmetic as pure functions (SPEC §2.1, §2.2), shared by the networks.
+"""DropPath arithmetic as pure functions (docs/method.md §2.1, §2.2), shared by the networks.
 
 Kept free of Flax so the equations can be tested on plain arrays.
 """
@@ -43,6 +43,6 @@ def residual_droppath(shortcut: jax.Array, branch: jax.Array, mask: jax.Array, k
 
 
 def virtual_shortcut_mix(main: jax.Array, shortcut: jax.Array, mask: jax.Array) -> jax.Array:
-    """main * m + shortcut * (1 - m), per sample, without 1/p scaling (SPEC §2.2)."""
+    """main * m + shortcut * (1 - m), per sample, without 1/p scaling (docs/method.md §2.2)."""
     m = _per_sample(mask, main.ndim)
     return main * m + shortcut * (1.0 - m)

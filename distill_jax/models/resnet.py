@@ -1,4 +1,4 @@
-"""CIFAR ResNets (SPEC §3) with per-sample DropPath (§2.1) and the improved shortcut (§2.3)."""
+"""CIFAR ResNets (docs/method.md §3) with per-sample DropPath (§2.1) and the improved shortcut (§2.3)."""
 from typing import Sequence
 
 import flax.linen as nn

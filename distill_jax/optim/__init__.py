@@ -1,4 +1,4 @@
-"""Optimisers and schedules with the reference code's semantics (SPEC §2.4, §2.6)."""
+"""Optimisers and schedules with the reference code's semantics (docs/method.md §2.4, §2.6)."""
 from distill_jax.optim.optimizers import OPTIMIZER_NAMES, make_optimizer
 from distill_jax.optim.schedules import (
     LR_SCHEDULE_KINDS,

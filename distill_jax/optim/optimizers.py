@@ -1,4 +1,4 @@
-"""Optimisers with the reference code's (PyTorch) semantics (SPEC §2.6, §2.7).
+"""Optimisers with the reference code's (PyTorch) semantics (docs/method.md §2.6, §2.7).
 
 Built from optax primitives, each chain reproducing torch's update rule:
 

@@ -1,4 +1,4 @@
-"""Keep-rate and learning-rate schedules (SPEC §2.4, §2.6).
+"""Keep-rate and learning-rate schedules (docs/method.md §2.4, §2.6).
 
 Every schedule is a pure function of the step (or epoch) written in jnp, so it
 can run inside ``jax.jit`` with a traced step (the keep rate is a traced value
@@ -11,7 +11,7 @@ a 40-epoch run with 5-epoch periods goes through the same phases as the
 4000-epoch run with 500-epoch periods.
 
 First-step convention: warm-ups start from exactly 0 at step 0 ("from 0",
-SPEC §2.6), so the very first update of a warm-up schedule (and of each
+docs/method.md §2.6), so the very first update of a warm-up schedule (and of each
 periodic restart) has learning rate 0; it still feeds the optimiser's moments.
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ def keep_rate_schedule(
     min_keep: float = 0.5,
     final_keep: float = 0.8,
 ) -> Schedule:
-    """Three-phase DropPath keep rate p(epoch) of SPEC §2.4.
+    """Three-phase DropPath keep rate p(epoch) of docs/method.md §2.4.
 
     Phase 1, epochs [0, period): p = 1. Phase 2: the k-th following period
     (k = 1..n, n = round((1 - min_keep) / keep_step)) has p = 1 - k*keep_step,
@@ -196,7 +196,7 @@ def periodic_warmup_cosine(
     cycle_epochs: float = 1000,
     warmup_epochs: float = 100,
 ) -> Schedule:
-    """Learning rate restarted at every keep-rate phase start (SPEC §2.6).
+    """Learning rate restarted at every keep-rate phase start (docs/method.md §2.6).
 
     At ``e`` epochs into a phase the lr is that of a ``cycle_epochs``-long
     warm-up + cosine (warm-up from 0 over ``warmup_epochs``, cosine to 0 at

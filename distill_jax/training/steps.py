@@ -24,7 +24,7 @@ AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class KDSettings:
-    """Knowledge distillation from a frozen teacher (SPEC 2.5)."""
+    """Knowledge distillation from a frozen teacher (docs/method.md §2.5)."""
 
     teacher: nn.Module
     alpha: float = 0.5
@@ -97,7 +97,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
         }
         metrics = {"loss": loss, "accuracy": losses.accuracy(logits, labels)}
         used = jax.tree.leaves(updates.get("intermediates", {}))
-        if used:  # the keep rate each DropPath block really applied (SPEC 2.4 defect check)
+        if used:  # the keep rate each DropPath block really applied (docs/method.md §2.4 defect check)
             metrics["keep_rate_used"] = jnp.mean(jnp.stack([jnp.mean(u) for u in used]))
         return new_state, metrics
 

@@ -1,4 +1,4 @@
-"""Loading a frozen KD teacher (SPEC 2.5): the small training network of the distilled set.
+"""Loading a frozen KD teacher (docs/method.md §2.5): the small training network of the distilled set.
 
 Two sources: the workdir of a run of this project (its config.json names the network; the
 first seed's weights are used) or a reference-code PyTorch `.pth` ConvNet.
