@@ -1,0 +1,36 @@
+"""The project's error types: mistakes a user can fix (a config, a file, a name), as opposed to
+bugs. The launcher and the `distill-jax` command print these as one line and exit with code 2
+(the traceback only with --verbose); anything else is a bug and keeps its traceback.
+
+Each module raises its own subclass (ConfigError, DistilledFormatError, ...) so tests and
+callers can tell them apart; they all derive from `UserError`.
+"""
+import os
+
+
+class UserError(Exception):
+    """Something the user can fix: the message names the file or field and what was expected."""
+
+
+class InputFileError(UserError, ValueError):
+    """A file that cannot be used as given: missing, truncated, malformed, or larger than allowed.
+    Every reader raises a subclass of this for any malformed input, never another exception."""
+
+
+# The most bytes a reader materialises for any one array or archive member (default 4 GiB);
+# DISTILL_JAX_MAX_ARRAY_BYTES overrides it. A file that declares more is refused before reading.
+DEFAULT_MAX_ARRAY_BYTES = 4 << 30
+
+
+def max_array_bytes() -> int:
+    """The cap on any one array a reader allocates (env DISTILL_JAX_MAX_ARRAY_BYTES, else 4 GiB)."""
+    value = os.environ.get("DISTILL_JAX_MAX_ARRAY_BYTES", "")
+    if not value:
+        return DEFAULT_MAX_ARRAY_BYTES
+    try:
+        cap = int(value)
+    except ValueError:
+        raise UserError(f"environment variable DISTILL_JAX_MAX_ARRAY_BYTES={value!r}; expected a number of bytes") from None
+    if cap <= 0:
+        raise UserError(f"environment variable DISTILL_JAX_MAX_ARRAY_BYTES={value!r}; expected a positive number of bytes")
+    return cap
