@@ -1,6 +1,8 @@
 """Modes 'evaluate' and 'reproduce', run records, tables and plots, at toy sizes."""
 import json
 
+import chex
+import jax
 import numpy as np
 import pytest
 
@@ -208,24 +210,101 @@ def test_plots_write_png_files(tmp_path):
         plots.schedule_curves(c, steps_per_epoch=0)
 
 
-def test_published_teacher_imported_as_a_run_scores_like_the_pth(tmp_path, shared_data):
+# ---- the published (reference-code) ConvNet teacher, against an independent numpy forward pass ----
+
+
+def _reference_convnet_logits(state_dict, images_nhwc):
+    """Logits of the reference code's ConvNet, written from its PyTorch definition in numpy (float64).
+
+    features = 3 x [Conv2d(3x3, padding 1, bias) -> InstanceNorm (GroupNorm(C, C, affine)) -> ReLU ->
+    AvgPool2d(2)] at indices (0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11); then flatten in PyTorch's
+    (C, H, W) order and classifier = Linear(C*H*W, classes). NCHW throughout, as PyTorch is.
+    """
+    sd = {k: np.asarray(v, np.float64) for k, v in state_dict.items()}
+    x = np.transpose(np.asarray(images_nhwc, np.float64), (0, 3, 1, 2))  # NHWC -> NCHW
+    for conv, norm in ((0, 1), (4, 5), (8, 9)):
+        weight, bias = sd[f"features.{conv}.weight"], sd[f"features.{conv}.bias"]  # (O, I, 3, 3), (O,)
+        n, _, h, w = x.shape
+        padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        # cross-correlation: out[n, o, y, x] = b[o] + sum_{i, dy, dx} W[o, i, dy, dx] * padded[n, i, y + dy, x + dx]
+        patches = np.stack([[padded[:, :, dy:dy + h, dx:dx + w] for dx in range(3)] for dy in range(3)])  # (3, 3, N, I, H, W)
+        x = np.einsum("abnihw,oiab->nohw", patches, weight, optimize=True) + bias[None, :, None, None]
+        # instance norm: per sample and channel over (H, W), biased variance, eps 1e-5, per-channel affine
+        mean, var = x.mean(axis=(2, 3), keepdims=True), x.var(axis=(2, 3), keepdims=True)
+        x = (x - mean) / np.sqrt(var + 1e-5)
+        x = x * sd[f"features.{norm}.weight"][None, :, None, None] + sd[f"features.{norm}.bias"][None, :, None, None]
+        x = np.maximum(x, 0.0)
+        x = x.reshape(n, x.shape[1], h // 2, 2, w // 2, 2).mean(axis=(3, 5))  # avgpool 2x2, stride 2
+    flat = x.reshape(x.shape[0], -1)  # PyTorch's x.view(N, -1): (C, H, W) order
+    return flat @ sd["classifier.weight"].T + sd["classifier.bias"]
+
+
+def _published_layout_state_dict(seed=0):
+    """A state dict with the published CIFAR-10 MTT teacher's keys and shapes (width 128, depth 3,
+    instance norm, 32x32 inputs -> classifier (10, 128 * 4 * 4)), random weights of torch's init scale."""
+    rng = np.random.default_rng(seed)
+    sd, channels = {}, 3
+    for conv in (0, 4, 8):
+        bound = 1 / np.sqrt(channels * 9)
+        sd[f"features.{conv}.weight"] = rng.uniform(-bound, bound, (128, channels, 3, 3)).astype(np.float32)
+        sd[f"features.{conv}.bias"] = rng.uniform(-bound, bound, 128).astype(np.float32)
+        sd[f"features.{conv + 1}.weight"] = rng.uniform(0.5, 1.5, 128).astype(np.float32)
+        sd[f"features.{conv + 1}.bias"] = rng.normal(0, 0.2, 128).astype(np.float32)
+        channels = 128
+    sd["classifier.weight"] = rng.normal(0, 2048 ** -0.5, (10, 2048)).astype(np.float32)
+    sd["classifier.bias"] = rng.normal(0, 0.1, 10).astype(np.float32)
+    return sd
+
+
+@pytest.fixture(params=["synthetic", "published"])
+def teacher_pth(request, tmp_path):
+    """(path, raw state dict) of a reference-code teacher .pth: one written here with the published
+    teacher's layout (runs anywhere), and the published one itself (only beside ../shared/data)."""
+    if request.param == "synthetic":
+        from test_torch_pickle import tensor, write_torch_file
+
+        sd = _published_layout_state_dict()
+        path = write_torch_file(tmp_path / "checkpoint_best.pth", {"state_dict": {k: tensor(v) for k, v in sd.items()},
+                                                                   "epoch": 200})
+        return path, sd
+    from distill_jax.data.torch_pickle import load_torch_file
+
+    path = request.getfixturevalue("shared_data") / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth"
+    return path, load_torch_file(path)["state_dict"]
+
+
+def test_published_teacher_logits_match_numpy_on_both_routes(tmp_path, teacher_pth):
+    """The .pth read directly as a KD teacher and the .pth imported as a run (one converter) both give the
+    reference network's logits; mode 'evaluate' scores either with exactly the accuracy those logits imply."""
     from distill_jax.evaluation import import_teacher
     from distill_jax.training import teacher as teacher_lib
 
-    pth = shared_data / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth"
+    pth, state_dict = teacher_pth
+    images = np.random.default_rng(0).normal(size=(12, 32, 32, 3)).astype(np.float32)
+    expected = _reference_convnet_logits(state_dict, images)
+    assert np.ptp(expected) > 0.1  # logits that vary: a dropped or transposed weight shows
+
     c = experiments.teacher_config("mtt", "cifar10_jpeg", 1)
-    c.evaluate.path = str(pth)
     import_teacher(pth, tmp_path / "teacher", c)
     import_teacher(pth, tmp_path / "teacher", c)  # again, as a resumed reproduction does: no error
-    module, variables = teacher_lib.load_teacher(tmp_path / "teacher")  # the KD path reads it as a run
-    assert module.width == 128 and module.norm == "instance"
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(30, 32, 32, 3)).astype(np.float32)
-    labels = rng.integers(0, 10, 30)
+    assert json.loads((tmp_path / "teacher" / "model.json").read_text())["name"] == "convnet"
+    for route in (pth, tmp_path / "teacher"):  # the .pth as a KD teacher; the imported run as a KD teacher
+        module, variables = teacher_lib.load_teacher(route)
+        assert (module.width, module.depth, module.norm) == (128, 3, "instance")
+        logits = jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, images)
+        chex.assert_shape(logits, (12, 10))
+        np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4, err_msg=str(route))
+
+    # Labels: the reference's prediction for 8 images, another class for 4, so accuracy must be 8/12.
+    predicted = expected.argmax(-1)
+    top2 = np.sort(expected, axis=-1)[:, -2:]
+    assert np.all(top2[:, 1] - top2[:, 0] > 1e-3)  # no near-tie that float32 rounding could flip
+    labels = np.where(np.arange(12) < 8, predicted, (predicted + 1) % 10)
     data = pipeline.TrainingData(images, labels, images, labels, 10,
                                  preprocess.fit("none", np.zeros((2, 32, 32, 3), np.float32)), "random 32x32")
+    c.evaluate.path = str(pth)
     direct = run_evaluation(c, tmp_path / "direct", data=data)
     c.evaluate.path = str(tmp_path / "teacher")
     imported = run_evaluation(c, tmp_path / "imported", data=data)
-    assert imported["accuracy"]["per_seed"] == direct["accuracy"]["per_seed"]
-    assert imported["seeds"] == [0] and json.loads((tmp_path / "teacher" / "model.json").read_text())["name"] == "convnet"
+    assert direct["accuracy"]["per_seed"] == imported["accuracy"]["per_seed"] == [pytest.approx(100 * 8 / 12)]
+    assert imported["seeds"] == [0]

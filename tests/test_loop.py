@@ -3,6 +3,8 @@ import json
 import pathlib
 import shutil
 
+import chex
+import jax
 import numpy as np
 import pytest
 
@@ -79,13 +81,63 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed["history"] == full_results["history"]
 
 
-def _restore_params(workdir):
-    import jax
+def _restore_state(workdir):
+    """The latest checkpoint's state tree (leading seed axis)."""
     import orbax.checkpoint as ocp
 
     manager = ocp.CheckpointManager(pathlib.Path(workdir).resolve() / "checkpoints", item_names=("state", "meta"))
-    state = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+    return manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
+
+def _restore_params(workdir):
+    return [np.asarray(x) for x in jax.tree.leaves(_restore_state(workdir)["params"])]
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _kd_terms_numpy(student_logits, teacher_logits, labels, alpha, temperature):
+    """SPEC 2.5 by hand (float64): (alpha T^2 KL(softmax(t/T) || softmax(s/T)), (1 - alpha) CE(s, y)),
+    KL summed over classes, both averaged over the batch; the KD loss is their sum."""
+    s, t = np.asarray(student_logits, np.float64), np.asarray(teacher_logits, np.float64)
+    log_p_teacher, log_p_student = _log_softmax(t / temperature), _log_softmax(s / temperature)
+    kl = np.mean(np.sum(np.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1))
+    ce = -np.mean(_log_softmax(s)[np.arange(len(labels)), labels])
+    return alpha * temperature**2 * kl, (1 - alpha) * ce
+
+
+ALPHA, TEMPERATURE = 0.7, 2.0  # not the defaults (0.5, 1.5), so swapped or ignored settings show
+
+
+def _assert_first_kd_loss_uses_the_teacher(workdir, teacher_path, data):
+    """One KD step of a whole-training-set batch at learning rate 0 and no augmentation: the saved params
+    are then the ones the recorded loss was computed with, and that batch's mean loss is independent of
+    the shuffle. The recorded loss must be alpha T^2 KL(teacher || student) + (1 - alpha) CE, with the
+    teacher's logits on the same images, and differ from the loss without a teacher by far more than
+    the tolerance."""
+    config = _config(**{"num_seeds": 1, "train.epochs": 1, "train.batch_size": len(data.train_images),
+                        "train.learning_rate": 0.0, "train.augment.k": 0, "model.norm": "none",
+                        "train.kd.enabled": True, "train.kd.teacher_path": str(teacher_path),
+                        "train.kd.alpha": ALPHA, "train.kd.temperature": TEMPERATURE})
+    results = loop.train_and_evaluate(config, workdir, data=data)
+    assert results["finished"] and len(results["history"]) == 1
+    recorded = results["history"][0]["train_loss"]
+
+    student = loop.build_model(config, data.num_classes)
+    params = jax.tree.map(lambda x: np.asarray(x)[0], _restore_state(workdir)["params"])  # seed 0 = init (lr 0)
+    student_logits = student.apply({"params": params}, data.train_images, train=True)
+    teacher_module, teacher_variables = teacher_lib.load_teacher(teacher_path)
+    teacher_logits = teacher_module.apply(teacher_variables, data.train_images, train=False)
+    soft, hard = _kd_terms_numpy(student_logits, teacher_logits, data.train_labels, ALPHA, TEMPERATURE)
+    np.testing.assert_allclose(recorded, soft + hard, rtol=1e-5)
+    # The teacher's term is large against that tolerance: a loss that dropped it ((1 - alpha) CE, or the
+    # plain CE of a run without KD) or took it from other teacher logits could not pass the check above.
+    assert soft > 1e-2 * (soft + hard)
+    no_kd_loss = hard / (1 - ALPHA)
+    assert abs(recorded - no_kd_loss) > 1e-2 * recorded
+    return recorded
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):
@@ -120,15 +172,18 @@ def test_keep_rate_schedule_reaches_the_blocks(tmp_path):
 
 
 def test_teacher_from_a_finished_run(tmp_path):
+    """A finished run is a KD teacher: its first seed's network, and its logits reach the student's loss."""
     data = _data()
-    loop.train_and_evaluate(_config(**{"num_seeds": 1, "train.epochs": 1}), tmp_path / "teacher", data=data)
+    # A teacher far from uniform (a constant high learning rate), so its KD term is large.
+    teacher = _config(**{"num_seeds": 2, "train.epochs": 3, "train.augment.k": 0, "train.lr_schedule": "constant",
+                         "train.learning_rate": 0.05, "eval_every_epochs": 3, "checkpoint_every_epochs": 3})
+    loop.train_and_evaluate(teacher, tmp_path / "teacher", data=data)
     module, variables = teacher_lib.load_teacher(tmp_path / "teacher")
-    logits = module.apply(variables, data.test_images[:3], train=False)
-    assert logits.shape == (3, 4)
-    student = _config(**{"train.kd.enabled": True, "train.kd.teacher_path": str(tmp_path / "teacher"),
-                         "train.epochs": 2, "model.norm": "none"})
-    results = loop.train_and_evaluate(student, tmp_path / "student", data=data)
-    assert results["finished"]
+    first_seed = jax.tree.map(lambda x: np.asarray(x)[0], _restore_state(tmp_path / "teacher"))
+    expected = module.apply({"params": first_seed["params"], "batch_stats": first_seed["batch_stats"]},
+                            data.test_images[:3], train=False)
+    np.testing.assert_array_equal(module.apply(variables, data.test_images[:3], train=False), expected)
+    _assert_first_kd_loss_uses_the_teacher(tmp_path / "student", tmp_path / "teacher", data)
 
 
 def test_missing_teacher_says_how_to_train_one(tmp_path):
@@ -137,21 +192,33 @@ def test_missing_teacher_says_how_to_train_one(tmp_path):
 
 
 def test_teacher_from_a_reference_pth(shared_data):
+    from test_torch_import import torch_convnet_forward
+
+    from distill_jax.data.torch_pickle import load_torch_file
+
     path = shared_data / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth"
     module, variables = teacher_lib.load_teacher(path)
-    logits = module.apply(variables, np.zeros((2, 32, 32, 3), np.float32), train=False)
-    assert logits.shape == (2, 10)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    logits = module.apply(variables, x, train=False)
+    expected = torch_convnet_forward(load_torch_file(path)["state_dict"], np.transpose(x, (0, 3, 1, 2)))
+    chex.assert_shape(logits, (2, 10))
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_teacher_from_a_synthetic_pth_file(tmp_path):
+    """A reference-code .pth is a KD teacher: the reference network's logits, and they reach the student's loss."""
     import collections
 
-    from test_torch_import import synthetic_state_dict
+    from test_torch_import import synthetic_state_dict, torch_convnet_forward
     from test_torch_pickle import tensor, write_torch_file
 
-    sd = synthetic_state_dict(np.random.default_rng(0), in_channels=3, width=4, depth=2, num_classes=5, side=2)
+    data = _data()  # 8x8x1 images, 4 classes: a depth-2 ConvNet ends on 2x2 features
+    sd = synthetic_state_dict(np.random.default_rng(0), in_channels=1, width=4, depth=2, num_classes=4, side=2)
     path = write_torch_file(tmp_path / "teacher.pth",
                             {"state_dict": collections.OrderedDict((k, tensor(v)) for k, v in sd.items()), "epoch": 3})
     module, variables = teacher_lib.load_teacher(path)
-    logits = module.apply(variables, np.zeros((2, 8, 8, 3), np.float32), train=False)
-    assert logits.shape == (2, 5)
+    logits = module.apply(variables, data.train_images, train=False)
+    chex.assert_shape(logits, (16, 4))
+    np.testing.assert_allclose(logits, torch_convnet_forward(sd, np.transpose(data.train_images, (0, 3, 1, 2))),
+                               rtol=1e-4, atol=1e-4)
+    _assert_first_kd_loss_uses_the_teacher(tmp_path / "student", path, data)

@@ -103,8 +103,59 @@ def test_matches_torch_rule_with_schedule(name):
     _compare(name, lr=schedule, wd=0.5)
 
 
+def _run_optax_float64(tx, params, grads):
+    """As _run_optax, but in float64 (x64 switched on for this call only)."""
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+        state = tx.init(params)
+
+        @jax.jit
+        def step(params, state, g):
+            updates, state = tx.update(g, state, params)
+            return optax.apply_updates(params, updates), state
+
+        history = []
+        for g in grads:
+            params, state = step(params, state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), g))
+            chex.assert_type(params["w"], jnp.float64)
+            history.append(jax.tree.map(np.asarray, params))
+    return history
+
+
+def _lion_with_decay_misplaced(p, grads, lr, wd, how, b1=0.95, b2=0.98):
+    """Lion with the weight decay wrong in one of the ways the spec-setting test must catch."""
+    p, m, out = p.copy(), np.zeros_like(p), []
+    for g in grads:
+        step = lr * np.sign(b1 * m + (1 - b1) * g)
+        if how == "not applied":
+            p = p - step
+        elif how == "without lr (p -= wd * p)":
+            p = p * (1 - wd) - step
+        elif how == "after the sign step":
+            p = (p - step) * (1 - lr * wd)
+        m = b2 * m + (1 - b2) * g
+        out.append(p)
+    return out
+
+
 def test_lion_spec_setting():
-    _compare("lion", lr=5e-5, wd=5e-3)
+    """The paper's Lion setting, lr 5e-5 and wd 5e-3, where the decay moves p by only lr * wd * p = 2.5e-7 p
+    a step: in float32 (resolution 6e-8 relative) over six steps, with the rtol 2e-5 of the other tests,
+    a missing decay (1.5e-6 p) would pass. In float64 the rounding is ~1e-16 a step, so atol 1e-13 holds
+    the right rule and rejects every misplaced decay by a wide margin:
+    not applied: 6 * 2.5e-7 * |p| ~ 1e-6; without lr: 6 * 5e-3 * |p| ~ 3e-2;
+    after the sign step: (p - lr s)(1 - lr wd) - (p (1 - lr wd) - lr s) = lr^2 wd s = 1.25e-11 a step."""
+    lr, wd, atol = 5e-5, 5e-3, 1e-13
+    params, grads = _problem()
+    history = _run_optax_float64(make_optimizer("lion", lr, wd), params, grads)
+    for key in params:
+        leaf_grads = [g[key] for g in grads]
+        expected = _torch_lion(params[key], leaf_grads, lr, wd)  # betas 0.95, 0.98
+        for step, (got, want) in enumerate(zip((h[key] for h in history), expected)):
+            np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=f"lion {key} step {step}")
+        for how in ("not applied", "without lr (p -= wd * p)", "after the sign step"):
+            wrong = _lion_with_decay_misplaced(params[key], leaf_grads, lr, wd, how)[-1]
+            assert np.max(np.abs(wrong - expected[-1])) > 100 * atol, how  # the check above would fail
 
 
 def test_lion_default_betas_are_not_optax_defaults():

@@ -1,11 +1,15 @@
 """Train and eval steps: purity, sharding over devices, keep rate as a traced value, KD."""
+from typing import Callable
+
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from distill_jax import losses, models
+from distill_jax.data import augment
 from distill_jax.optim import make_optimizer
 from distill_jax.training import sharding, steps
 
@@ -126,20 +130,46 @@ def test_multi_seed_vmap_gives_independent_networks():
     chex.assert_trees_all_close(jax.tree.map(lambda x: x[1], new["params"]), alone["params"], rtol=1e-5, atol=1e-6)
 
 
-def test_kd_teacher_gets_same_augmented_batch_and_loss_matches():
+class _RecordingTeacher(nn.Module):
+    """A small ConvNet teacher that hands every batch it is applied to to `record` (under jit too)."""
+
+    record: Callable
+
+    @nn.compact
+    def __call__(self, x, train):
+        jax.debug.callback(self.record, x)
+        return models.ConvNet(num_classes=4, width=4, depth=1, norm="instance", name="net")(x, train)
+
+
+def test_kd_teacher_gets_the_students_augmented_batch_and_loss_matches():
+    """A random augmentation (k = 2 of scale, crop, colour): the teacher sees exactly the images the
+    student trains on, augment(split(fold_in(rng, step))[0], images) as steps.py derives the key, and
+    the loss is the KD loss of both networks on those images."""
     model, opt, state = _setup(norm="none", width=4, depth=2)
-    teacher = models.build_model("convnet", num_classes=4, width=4, depth=1, norm="instance")
+    state = dict(state, step=jnp.asarray(3, jnp.int32))  # a later step: the key must fold in the counter
+    seen = []
+    teacher = _RecordingTeacher(lambda x: seen.append(np.asarray(x)))
     teacher_vars = teacher.init(jax.random.key(5), jnp.zeros((1, 8, 8, 1)), train=False)
-    shift = lambda rng, x: x + 1.0  # noqa: E731  a deterministic "augmentation" we can replay
-    kd = steps.KDSettings(teacher, alpha=0.5, temperature=1.5)
-    step = steps.make_train_step(model, opt, augment_fn=shift, kd=kd)
+    jax.effects_barrier()
+    seen.clear()  # init ran the callback too
+    augment_fn = lambda rng, x: augment.augment(rng, x, ops=("scale", "crop", "color"), k=2)  # noqa: E731
+    kd = steps.KDSettings(teacher, alpha=0.7, temperature=2.0)
+    # Eager, so the step and the replay below run the same compiled augmentation: equal to the bit.
+    step = steps.make_train_step(model, opt, augment_fn=augment_fn, kd=kd)
     batch = _batch()
     _, metrics = step(state, batch, jax.random.key(1), 1.0, teacher_vars)
-    x = jnp.asarray(batch["image"]) + 1.0
+    jax.effects_barrier()
+
+    # The augmentation replayed outside the step, from steps.py's key derivation at step 3.
+    augment_rng, _ = jax.random.split(jax.random.fold_in(jax.random.key(1), 3))
+    x = np.asarray(augment_fn(augment_rng, jnp.asarray(batch["image"])))
+    assert np.max(np.abs(x - batch["image"])) > 0.1  # really augmented, not the identity
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0], x)  # the teacher's input: the augmented batch
     s = model.apply({"params": state["params"]}, x, train=True)
     t = teacher.apply(teacher_vars, x, train=False)
-    expected = losses.kd_loss(s, t, jnp.asarray(batch["label"]), alpha=0.5, temperature=1.5)
-    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+    expected = losses.kd_loss(s, t, jnp.asarray(batch["label"]), alpha=0.7, temperature=2.0)
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)  # the student's input: the same batch
 
 
 def test_eval_step_counts_with_mask():

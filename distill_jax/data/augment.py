@@ -16,15 +16,22 @@ The API is split in two so one parameter draw can be applied to several batches:
 the traced computation (random permutation + ``lax.switch``), so a jitted training step is
 traced once whatever ops a call picks.
 
-Conventions (those of the DSA reference code):
+Conventions (those of the DSA reference code, except where noted):
 
 * 'flip' mirrors the width axis with probability 0.5.
-* 'scale' and 'rotate' build an affine matrix ``theta`` that maps normalised *output*
-  coordinates in [-1, 1] to normalised *input* coordinates (torch ``affine_grid`` with
-  ``align_corners=False``: pixel ``j`` of a side of length ``n`` has centre
-  ``(2 j + 1) / n - 1``), then resample bilinearly with zeros outside the image. Because the
-  coordinates are normalised per axis, a rotation of a non-square image is not rigid,
-  as in DSA.
+* 'scale' and 'rotate' build DSA's affine matrix ``theta`` (``[[sx, 0, 0], [0, sy, 0]]`` and
+  ``[[cos, -sin, 0], [sin, cos, 0]]``) that maps normalised *output* coordinates in [-1, 1]
+  to normalised *input* coordinates, then resample bilinearly with zeros outside the image.
+  The reference code calls torch ``affine_grid`` / ``grid_sample`` with
+  ``align_corners=True``: pixel ``j`` of a side of length ``n`` sits at ``2 j / (n - 1) - 1``.
+  ``affine_grid`` here places it at ``(2 j + 1) / n - 1`` (torch's ``align_corners=False``).
+  For a ``theta`` without translation on a square image the two give the same sampling
+  points: in both, the image centre stays put and each pixel's offset from it is multiplied
+  by the 2x2 part of ``theta``. So on square images (those of every dataset here) the scale
+  and rotate ops resample as the reference code does. On a non-square image they do not:
+  rotation mixes the axes with ``W / H`` here and ``(W - 1) / (H - 1)`` in the reference
+  (tests/test_augment.py keeps this as an expected failure). Either way, because the
+  coordinates are normalised per axis, a rotation of a non-square image is not rigid.
 * 'crop' translates by whole pixels: ``out[i, j] = x[i - shift_y, j - shift_x]``, zero where
   that falls outside the image; ``|shift| <= round(side / 8)`` per axis.
 * 'cutout' zeroes a rectangle of ``round(H / 2) x round(W / 2)`` pixels (a square for square
@@ -152,9 +159,11 @@ def cutout_size(side: int) -> int:
 def affine_grid(theta: jax.Array, height: int, width: int) -> tuple[jax.Array, jax.Array]:
     """Input pixel coordinates (ys, xs), each (B, height, width), sampled by each output pixel.
 
-    ``theta`` (B, 2, 3) maps normalised output (x, y, 1) to normalised input (x, y), the
-    torch ``affine_grid(align_corners=False)`` convention; the result is in pixel units
-    (pixel centres at integers) so it can go straight to ``bilinear_sample``.
+    ``theta`` (B, 2, 3) maps normalised output (x, y, 1) to normalised input (x, y), with the
+    pixel centres of torch ``affine_grid(align_corners=False)``; the result is in pixel units
+    (pixel centres at integers) so it can go straight to ``bilinear_sample``. The DSA reference
+    code uses ``align_corners=True``; for the scale and rotate ops on square images the two
+    agree (see the module docstring).
     """
     theta = jnp.asarray(theta, jnp.float32)
     if theta.ndim != 3 or theta.shape[1:] != (2, 3):
