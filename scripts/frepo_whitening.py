@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp  # noqa: E402
 
 from distill_jax import config as config_lib  # noqa: E402
 from distill_jax.data import datasets, pipeline  # noqa: E402
-from distill_jax.training import loop, sharding, steps  # noqa: E402
+from distill_jax.training import loop, rundir, sharding, steps  # noqa: E402
 
 CANDIDATES = ("zca_frepo", "zca_kip", "zca_mtt", "standardize", "none")
 
@@ -78,7 +78,7 @@ def main():
     out = {"set": args.set, "dataset": args.dataset, "model": f"convnet_frepo width {args.width}",
            "epochs": args.epochs, "seeds": args.seeds, "accuracy_by_test_transform": table,
            "training_final_accuracy_zca_frepo": results["final_accuracy"]}
-    loop.write_json(workdir / "whitening.json", out)
+    rundir.write_json(workdir / "whitening.json", out)
     print(json.dumps(out, indent=1))
 
 

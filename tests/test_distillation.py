@@ -14,6 +14,7 @@ from distill_jax.data import distilled as distilled_lib
 from distill_jax.data import preprocess
 from distill_jax.distillation import common, dm, frepo, runner
 from distill_jax.training import checkpoint as ckpt_lib
+from distill_jax.training import rundir
 from distill_jax.training import loop
 
 CLASSES, SIZE, PER_CLASS = 3, 8, 12
@@ -335,7 +336,10 @@ def test_real_data_in_another_pixel_space(tmp_path):
 
 def test_resuming_a_different_run_is_refused(tmp_path):
     runner.run_distillation(_config(**{"distill.steps": 2}), tmp_path, real=_real("standardize"))
-    with pytest.raises(ckpt_lib.CheckpointError, match="ipc"):
+    with pytest.raises(rundir.RunConfigError, match="distill.ipc: 2 -> 3"):
+        runner.run_distillation(_config(**{"distill.steps": 2, "distill.ipc": 3}), tmp_path, real=_real("standardize"))
+    (tmp_path / "config.json").unlink()  # the checkpoints' own record still names the run
+    with pytest.raises(ckpt_lib.CheckpointError, match="distill.ipc: 2 -> 3"):
         runner.run_distillation(_config(**{"distill.steps": 2, "distill.ipc": 3}), tmp_path, real=_real("standardize"))
 
 

@@ -11,7 +11,7 @@ import pytest
 from distill_jax import config as config_lib
 from distill_jax.data import pipeline, preprocess
 from distill_jax.training import checkpoint as ckpt_lib
-from distill_jax.training import loop
+from distill_jax.training import loop, rundir
 from distill_jax.training import teacher as teacher_lib
 
 
@@ -141,10 +141,14 @@ def _assert_first_kd_loss_uses_the_teacher(workdir, teacher_path, data):
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):
+    """config.json names the run; without it, the checkpoints' own record still does."""
     data = _data()
     loop.train_and_evaluate(_config(**{"train.stop_after_epochs": 1}), tmp_path, data=data)
-    with pytest.raises(ckpt_lib.CheckpointError, match="different run"):
+    with pytest.raises(rundir.RunConfigError, match="model.width: 4 -> 8"):
         loop.train_and_evaluate(_config(**{"model.width": 8}), tmp_path, data=data)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"belongs to a different run:\n  train.learning_rate: 0.001 -> 0.002"):
+        loop.train_and_evaluate(_config(**{"train.learning_rate": 2e-3}), tmp_path, data=data)
 
 
 def test_corrupt_checkpoint_is_an_error_not_a_fresh_start(tmp_path):

@@ -14,8 +14,6 @@ finally writes the set in the project's own format:
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import pathlib
 import time
@@ -30,7 +28,8 @@ from distill_jax.data import augment
 from distill_jax.data.distilled import DistilledSet, save_distilled
 from distill_jax.distillation import common, dm, frepo
 from distill_jax.training import checkpoint as ckpt_lib
-from distill_jax.training.loop import write_json
+from distill_jax.training import rundir
+from distill_jax.training.rundir import write_json
 
 METHODS = ("dm", "frepo")
 DEFAULT_MODEL = {"dm": "convnet", "frepo": "convnet_frepo"}
@@ -102,16 +101,6 @@ def _compiled(method: str, model_name: str, options: dict, settings, hyper: tupl
     return _STEP_CACHE[key]
 
 
-def _fingerprint(config, recipe: str, model_name: str, options: dict, settings, hyper) -> dict:
-    """What a checkpoint must share with this run to be continued by it (not the step budget:
-    a finished run can be extended by raising distill.steps)."""
-    return json.loads(json.dumps({
-        "mode": "distill", "method": config.distill.method, "dataset": config.data.dataset, "seed": config.seed,
-        "ipc": config.distill.ipc, "init": config.distill.init, "preprocessing": recipe, "model": model_name,
-        "model_options": options, "settings": dataclasses.asdict(settings), "optimizer": list(hyper),
-    }))
-
-
 def _real_arrays(method: str, real: common.RealData, device) -> dict:
     if method == "dm":
         arrays = {"images": real.images, "class_start": real.class_start, "class_count": real.class_count}
@@ -132,8 +121,14 @@ def run_distillation(config, workdir: str | pathlib.Path, *, real: Optional[comm
     if d.method not in METHODS:
         raise config_lib.ConfigError(f"config field 'distill.method' = {d.method!r}; allowed values: {METHODS}")
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", config.to_dict())
+    defaults = config_lib.default_config()
+    rundir.check_identity(workdir, config, defaults)  # a finished run may be extended by raising distill.steps
+    with rundir.WorkdirLock(workdir):
+        return _distill(config, workdir, real, defaults)
+
+
+def _distill(config, workdir: pathlib.Path, real, defaults) -> dict:
+    d = config.distill
     recipe = pixel_space(config)
     model_name, options = _network(config)
     try:
@@ -158,15 +153,16 @@ def run_distillation(config, workdir: str | pathlib.Path, *, real: Optional[comm
     step_key = jax.random.fold_in(base_key, 2)
 
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
-    fingerprint = _fingerprint(config, recipe, model_name, options, settings, hyper)
+    identity = rundir.identity(config)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
-    restored = checkpointer.restore_latest(abstract, fingerprint)
+    restored = checkpointer.restore_latest(abstract, identity, defaults)
     start, history = 0, []
     if restored is not None:
         start, state, saved_meta = restored
         state = jax.device_put(state, device)
         history = [h for h in saved_meta.get("history", []) if h["step"] <= start]
         logging.info("resuming distillation at step %d", start)
+    write_json(workdir / "config.json", config.to_dict())  # accepted: only now does the run write
 
     real_arrays = _real_arrays(d.method, real, device)
     end = min(d.steps, d.stop_after_steps) if d.stop_after_steps else d.steps
@@ -200,7 +196,7 @@ def run_distillation(config, workdir: str | pathlib.Path, *, real: Optional[comm
             window_losses, window_start, window_steps = [], time.perf_counter(), 0
         if done % d.checkpoint_every_steps == 0 or done == end:
             paused = time.perf_counter()
-            checkpointer.save(done, state, {**fingerprint, "history": history})
+            checkpointer.save(done, state, {"identity": identity, "history": history})
             common.save_image_grid(workdir / "images" / f"step_{done:07d}.png", np.asarray(state["images"]),
                                    real.preprocessing, real.num_classes, d.ipc)
             window_start += time.perf_counter() - paused  # checkpoint time is not step time

@@ -80,7 +80,7 @@ def import_teacher(pth_path: str | pathlib.Path, workdir: str | pathlib.Path, co
     and mode 'evaluate' read it like a teacher trained here; `config.data` records its pixel space."""
     from distill_jax.models import torch_import
     from distill_jax.training import checkpoint as ckpt_lib
-    from distill_jax.training.loop import write_json
+    from distill_jax.training.rundir import write_json
 
     pth_path = pathlib.Path(pth_path)
     if not pth_path.is_file():
@@ -137,7 +137,7 @@ def run_evaluation(config, workdir, *, data: Optional[pipeline.TrainingData] = N
         "seeds": seeds, "accuracy": records.summarize(acc),
         "software": records.software_versions(), "device": records.device_description(),
     }
-    from distill_jax.training.loop import write_json
+    from distill_jax.training.rundir import write_json
 
     write_json(workdir / "evaluation.json", result)
     a = result["accuracy"]

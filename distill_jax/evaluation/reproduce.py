@@ -95,7 +95,7 @@ def _distill(cell: experiments.Cell, cell_dir: pathlib.Path) -> dict:
         "config": cell.config.to_dict(), "seeds": [], "history": [], "final_accuracy": None,
         "best_over_training": None, "software": records.software_versions(), "device": records.device_description(),
     }
-    from distill_jax.training.loop import write_json
+    from distill_jax.training.rundir import write_json
 
     write_json(cell_dir / "record.json", record)
     return record
@@ -143,7 +143,7 @@ def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seed
         "data": merged.get("data"), "preprocessing": merged.get("preprocessing"),
         "software": records.software_versions(), "device": records.device_description(),
     }
-    from distill_jax.training.loop import write_json
+    from distill_jax.training.rundir import write_json
 
     write_json(cell_dir / "record.json", record)
     if cell.role != "import":
@@ -209,7 +209,7 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
     heading = (f"### {r.experiment}\n\n{sets}Final-epoch test accuracy, mean ± std (ddof=1) over seeds. "
                f"Scale: epochs / {r.epoch_divisor}, lr x {r.lr_multiplier}, test-network width "
                f"{r.width or 'paper'}, teacher width {r.teacher_width or 'paper'}.\n\n")
-    from distill_jax.training.loop import write_json
+    from distill_jax.training.rundir import write_json
 
     if any(rec.get("history") or rec.get("final_accuracy") for rec in trained):  # not for a distill-only run
         plots.plot_experiment(trained, workdir / "accuracy_by_cell.png", title=r.experiment)

@@ -6,13 +6,10 @@ vmapped program, evaluates, checkpoints and writes `results.json`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import pathlib
 import platform
-import tempfile
 import time
 from typing import Optional
 
@@ -25,24 +22,7 @@ from distill_jax import models
 from distill_jax.data import pipeline
 from distill_jax.optim import make_optimizer, schedules
 from distill_jax.training import checkpoint as ckpt_lib
-from distill_jax.training import sharding, steps
-
-
-def write_json(path: pathlib.Path, obj) -> None:
-    """Writes JSON through a temporary file and a rename: never a half-written file."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
-    os.replace(tmp, path)
-
-
-def _json_default(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x)}")
+from distill_jax.training import rundir, sharding, steps
 
 
 def build_schedules(config, steps_per_epoch: int):
@@ -123,12 +103,29 @@ def load_teacher(config):
                                 allow_unfinished=bool(config.train.kd.allow_unfinished_teacher))
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """Per seed: are all of this seed's arrays finite? (leading axis = seed)"""
+    leaves = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves), axis=0)
+
+
 def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pipeline.TrainingData] = None) -> dict:
-    """Trains `config.num_seeds` networks as the config says; returns and writes the results."""
+    """Trains `config.num_seeds` networks as the config says; returns and writes the results.
+
+    A workdir that holds a run of another config is refused before anything is written, and a
+    live run in the same workdir stops this one (`rundir`). A run whose loss or parameters
+    become non-finite stops at the next log step with `diverged` in results.json.
+    """
     config_lib.validate(config)
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", config.to_dict())
+    defaults = config_lib.default_config()
+    rundir.check_identity(workdir, config, defaults)
+    with rundir.WorkdirLock(workdir):
+        return _train_and_evaluate(config, workdir, data, defaults)
+
+
+def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
     data = data if data is not None else pipeline.load_training_data(config.data)
 
     t = config.train
@@ -140,8 +137,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
     eval_batch = int(math.ceil(config.data.eval_batch_size / mesh.size) * mesh.size)
 
     model = build_model(config, data.num_classes)
-    write_json(workdir / "model.json", {"name": config.model.name, "num_classes": data.num_classes,
-                                        "options": config_lib.model_options_from_config(config)})
     lr_schedule, keep_schedule = build_schedules(config, steps_per_epoch)
     optimizer = make_optimizer(t.optimizer, lr_schedule, t.weight_decay)
     kd = None
@@ -171,16 +166,21 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
     multi_eval = jax.jit(jax.vmap(eval_step, in_axes=(0, 0, None)), out_shardings=repl)
 
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
-    fingerprint = ckpt_lib.fingerprint(config)
+    identity = rundir.identity(config)
     history = []
     start_epoch = 0
-    restored = checkpointer.restore_latest(jax.eval_shape(lambda: jax.device_get(state)), fingerprint)
+    restored = checkpointer.restore_latest(jax.eval_shape(lambda: jax.device_get(state)), identity, defaults)
     if restored is not None:
         step, state, saved_meta = restored
         state = jax.device_put(state, repl)
         start_epoch = step // steps_per_epoch
         history = [h for h in saved_meta.get("history", []) if h["epoch"] <= start_epoch]
         logging.info("resuming at epoch %d (step %d)", start_epoch, step)
+    # accepted: only now does the run write into its workdir
+    rundir.write_json(workdir / "config.json", config.to_dict())
+    rundir.write_json(workdir / "model.json", {"name": config.model.name, "num_classes": data.num_classes,
+                                               "options": config_lib.model_options_from_config(config)})
+    diverged = None
 
     logging.info("training %s x %d seeds on %d devices: %d images, batch %d, %d epochs (%d steps)",
                  config.model.name, len(seeds), mesh.size, num_train, batch_size, t.epochs, total_steps)
@@ -203,6 +203,13 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
             images_since_log += batch_size * len(seeds)
             global_step = epoch * steps_per_epoch + i + 1
             if global_step % config.log_every_steps == 0 or global_step == total_steps:
+                finite = np.isfinite(np.asarray(metrics["loss"])) & np.asarray(_all_finite(state["params"]))
+                if not finite.all():
+                    diverged = {"epoch": epoch + 1, "step": global_step,
+                                "seeds": [s for s, ok in zip(seeds, finite) if not ok]}
+                    logging.error("diverged at step %d (epoch %d): non-finite loss or parameters for seed(s) %s; "
+                                  "stopping", global_step, epoch + 1, diverged["seeds"])
+                    break
                 now = time.perf_counter()
                 loss = np.asarray(metrics["loss"]).mean()
                 acc = 100 * np.asarray(metrics["accuracy"]).mean()
@@ -212,6 +219,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
                              global_step, total_steps, epoch + 1, loss, acc, float(lr_schedule(global_step - 1)),
                              keep_rate, extra, images_since_log / max(now - last_log, 1e-9))
                 last_log, images_since_log = now, 0
+        if diverged:
+            break
         done = epoch + 1
         if done % config.eval_every_epochs == 0 or done == t.epochs:
             acc = evaluate(multi_eval, state, data.test_images, data.test_labels, eval_batch, mesh)
@@ -224,13 +233,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
             logging.info("epoch %d test accuracy %s (mean %.2f%%)", done,
                          " ".join(f"{a:.2f}" for a in acc), float(np.mean(acc)))
         if done % config.checkpoint_every_epochs == 0 or done == end_epoch:
-            checkpointer.save(done * steps_per_epoch, state, {**fingerprint, "epoch": done, "history": history})
+            checkpointer.save(done * steps_per_epoch, state, {"identity": identity, "epoch": done, "history": history})
     checkpointer.close()
 
-    finished = history and history[-1]["epoch"] == t.epochs
+    finished = not diverged and history and history[-1]["epoch"] == t.epochs
     final = history[-1]["test_accuracy"] if finished else []
     results = {
         "finished": bool(finished),
+        "diverged": diverged,
         "config": config.to_dict(),
         "data": data.description,
         "preprocessing": data.preprocessing.recipe if hasattr(data.preprocessing, "recipe") else str(data.preprocessing),
@@ -240,9 +250,11 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
         "software": {"jax": jax.__version__, "python": platform.python_version()},
         "devices": [str(d) for d in mesh.devices.flat],
     }
-    write_json(workdir / "results.json", results)
+    rundir.write_json(workdir / "results.json", results)
     fa = results["final_accuracy"]
-    if fa is None:
+    if diverged:
+        logging.error("diverged: no final accuracy (results.json records where)")
+    elif fa is None:
         logging.info("stopped at epoch %d of %d (train.stop_after_epochs); rerun with the same workdir to resume",
                      end_epoch, t.epochs)
     else:

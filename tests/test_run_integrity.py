@@ -1,0 +1,181 @@
+"""Run integrity: a workdir holds one config, one process, verified checkpoints, strict results.
+
+Each probe here is one that corrupted results before: a changed hyper-parameter resuming
+silently, a refused run overwriting the finished run's files, flipped checkpoint bytes
+restored without complaint, two processes in one workdir, NaN reported as a final accuracy.
+"""
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from distill_jax import config as config_lib
+from distill_jax.data import pipeline, preprocess
+from distill_jax.training import checkpoint as ckpt_lib
+from distill_jax.training import loop, rundir
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 4)
+    images = rng.normal(size=(16, 8, 8, 1)).astype(np.float32) + labels[:, None, None, None] * 0.5
+    prep = preprocess.fit("none", np.zeros((2, 8, 8, 1), np.float32))
+    return pipeline.TrainingData(images, labels, images[:8], labels[:8], 4, prep, "synthetic")
+
+
+def _config(**over):
+    c = config_lib.default_config()
+    c.num_seeds, c.model.width, c.model.depth, c.model.norm = 2, 4, 2, "batch"
+    c.train.epochs, c.train.batch_size, c.train.augment.k = 3, 8, 1
+    c.eval_every_epochs = c.checkpoint_every_epochs = c.log_every_steps = 1
+    for key, value in over.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    path = tmp_path_factory.mktemp("finished")
+    loop.train_and_evaluate(_config(), path, data=_data())
+    return path
+
+
+def _snapshot(path):
+    return {name: (path / name).read_bytes() for name in ("config.json", "model.json", "results.json")}
+
+
+# one field per group that once resumed silently: lr, weight decay, augmentation, KD, keep rate,
+# warm-up / cycle, preprocessing, label temperature, network
+@pytest.mark.parametrize("field, value", [
+    ("train.learning_rate", 0.5), ("train.weight_decay", 0.1), ("train.augment.k", 2), ("train.augment.ops", "flip"),
+    ("train.kd.alpha", 0.8), ("train.kd.temperature", 4.0), ("train.keep_rate.min", 0.3),
+    ("train.keep_rate.period_epochs", 7), ("train.warmup_fraction", 0.3), ("train.cycle_epochs", 9),
+    ("data.preprocessing", "zca_mtt"), ("data.label_temperature", 1.0), ("model.width", 8), ("seed", 4),
+    ("train.optimizer", "adamw"), ("train.epochs", 4)])
+def test_a_rerun_with_another_config_stops_before_writing_anything(finished, field, value):
+    before = _snapshot(finished)
+    with pytest.raises(rundir.RunConfigError, match=rf"{field}: .* -> {value!r}") as err:
+        loop.train_and_evaluate(_config(**{field: value}), finished, data=_data())
+    assert "A rerun may change only: train.stop_after_epochs" in str(err.value)
+    assert _snapshot(finished) == before  # the finished run is untouched: still evaluable, still a teacher
+
+
+@pytest.mark.parametrize("field, value", [("log_every_steps", 5), ("eval_every_epochs", 3),
+                                          ("checkpoint_every_epochs", 2), ("keep_checkpoints", 4),
+                                          ("data.eval_batch_size", 7), ("train.stop_after_epochs", 9)])
+def test_fields_safe_to_change_do_not_change_the_run(finished, field, value):
+    assert rundir.config_differences(json.loads((finished / "config.json").read_text()),
+                                     _config(**{field: value}), config_lib.default_config()) == []
+
+
+def test_a_field_added_to_the_package_later_is_no_difference_at_its_default(finished):
+    recorded = json.loads((finished / "config.json").read_text())
+    del recorded["train"]["kd"]["allow_unfinished_teacher"]  # as if written before the field existed
+    defaults = config_lib.default_config()
+    assert rundir.config_differences(recorded, _config(), defaults) == []
+    assert rundir.config_differences(recorded, _config(**{"train.kd.allow_unfinished_teacher": True}), defaults) == [
+        "train.kd.allow_unfinished_teacher: (not recorded) -> True"]
+
+
+def test_files_are_strict_json_and_readable_by_others(finished, tmp_path):
+    for name in ("config.json", "model.json", "results.json"):
+        assert stat.S_IMODE(os.stat(finished / name).st_mode) == 0o644
+    rundir.write_json(tmp_path / "x.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2.5)})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [1.0, None], "c": 2.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary file left behind
+
+
+# ---------------------------------------------------------------- checkpoints verify themselves
+
+def _tamper_latest(workdir):
+    """Rewrites the newest checkpoint with changed weights but the digests of the original."""
+    directory = (workdir / "checkpoints").resolve()
+    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"))
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                             meta=ocp.args.JsonRestore()))
+    tampered = jax.tree.map(lambda x: np.asarray(x) + 1.0, restored["state"])
+    manager.delete(step)
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tampered),
+                                               meta=ocp.args.JsonSave(restored["meta"])), force=True)
+    manager.wait_until_finished()
+    manager.close()
+    return step
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    data = _data()
+    loop.train_and_evaluate(_config(**{"train.stop_after_epochs": 2}), tmp_path, data=data)
+    bad = _tamper_latest(tmp_path)
+    checkpointer = ckpt_lib.Checkpointer(tmp_path / "checkpoints")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            jax.eval_shape(lambda: jax.device_get(_restorable(tmp_path))))
+    with caplog.at_level("WARNING"):
+        step, _, _ = checkpointer.restore_latest(abstract, rundir.identity(_config(**{"train.stop_after_epochs": 2})),
+                                                 config_lib.default_config())
+    checkpointer.close()
+    assert step < bad
+    assert f"checkpoints/{bad} is damaged" in caplog.text and f"checkpoints/{step} instead" in caplog.text
+    # and the run itself resumes from there to the end
+    assert loop.train_and_evaluate(_config(), tmp_path, data=data)["finished"]
+
+
+def _restorable(workdir):
+    manager = ocp.CheckpointManager((workdir / "checkpoints").resolve(), item_names=("state", "meta"))
+    state = manager.restore(manager.all_steps()[0], args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    manager.close()
+    return state
+
+
+def test_a_damaged_only_checkpoint_stops_the_run(tmp_path):
+    data = _data()
+    loop.train_and_evaluate(_config(**{"train.stop_after_epochs": 1}), tmp_path, data=data)
+    bad = _tamper_latest(tmp_path)
+    with pytest.raises(ckpt_lib.CheckpointError, match=rf"no usable checkpoint: checkpoint .*/{bad} is damaged"):
+        loop.train_and_evaluate(_config(), tmp_path, data=data)
+
+
+# ---------------------------------------------------------------- one run per workdir
+
+def test_a_live_lock_stops_a_second_run_at_once(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tmp_path.mkdir(exist_ok=True)
+        (tmp_path / rundir.LOCK_FILE).write_text(str(holder.pid))
+        with pytest.raises(rundir.WorkdirInUseError, match=f"in use by PID {holder.pid}"):
+            loop.train_and_evaluate(_config(), tmp_path, data=_data())
+        assert not (tmp_path / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_is_taken_over_and_released(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / rundir.LOCK_FILE).write_text(str(dead.pid))
+    assert loop.train_and_evaluate(_config(**{"train.epochs": 1}), tmp_path, data=_data())["finished"]
+    assert not (tmp_path / rundir.LOCK_FILE).exists()
+
+
+# ---------------------------------------------------------------- divergence
+
+def test_a_diverging_run_is_marked_diverged_not_finished(tmp_path):
+    config = _config(**{"train.optimizer": "sgd", "train.learning_rate": 1e38, "train.augment.k": 0})
+    results = loop.train_and_evaluate(config, tmp_path, data=_data())
+    assert results["finished"] is False and results["final_accuracy"] is None
+    assert results["diverged"]["step"] >= 1 and results["diverged"]["seeds"]
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["diverged"] == results["diverged"]
