@@ -3,8 +3,8 @@
 Each subcommand is registered by a ``register_<name>(subparsers)`` function listed in
 ``SUBCOMMANDS``: it adds its parser and sets ``handler`` (``args -> exit code``).
 To add a subcommand, write such a function and append it to ``SUBCOMMANDS``.
-Expected failures (bad files, bad options) raise one of ``USER_ERRORS``; ``main``
-prints their message on stderr and returns 1, without a traceback.
+Expected failures (bad files, bad options: `errors.user_error_message`) are printed as one
+line on stderr with exit code 2, without a traceback (``--verbose`` shows it).
 """
 from __future__ import annotations
 
@@ -13,20 +13,11 @@ import json
 import sys
 from typing import Callable, Sequence
 
-from distill_jax.data.distilled import (
-    FORMATS,
-    PREPROCESSING,
-    DistilledFormatError,
-    load_distilled,
-    save_distilled,
-    summarize_distilled,
-)
-from distill_jax.data.torch_pickle import TorchFileError
+from distill_jax import errors
+from distill_jax.data.distilled import FORMATS, PREPROCESSING, load_distilled, save_distilled, summarize_distilled
 
 PROG = "distill-jax"
 
-USER_ERRORS: tuple[type[BaseException], ...] = (DistilledFormatError, TorchFileError, OSError)
-"""Exceptions that mean 'the input is wrong', reported as one line on stderr."""
 
 
 def _format_text(summary: dict) -> str:
@@ -106,6 +97,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_insp
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Train networks on distilled datasets (JAX/Flax).")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of an input error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in SUBCOMMANDS:
         register(subparsers)
@@ -113,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (usage errors: 2, bad input: 1)."""
+    """Run the CLI; returns the exit code (usage errors and bad input: 2)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -121,9 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_request.code or 0) if not isinstance(exit_request.code, str) else 2
     try:
         return int(args.handler(args))
-    except USER_ERRORS as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
+        message = errors.user_error_message(err)
+        if message is None or getattr(args, "verbose", False):
+            raise
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return errors.USER_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import sys
 
 import ml_collections
 
+from distill_jax.errors import UserError
+
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 
 # Enumerated fields: dotted name -> allowed values.
@@ -36,6 +38,8 @@ CHOICES = {
 # Numeric fields: dotted name -> (low, high) inclusive; None = unbounded.
 RANGES = {
     "num_seeds": (1, None),
+    "model.width": (1, None),
+    "model.depth": (1, None),
     "data.per_class": (0, None),
     "data.label_temperature": (1e-6, None),
     "data.eval_batch_size": (1, None),
@@ -78,7 +82,7 @@ RANGES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config field is unknown or holds a value outside its allowed set."""
 
 
@@ -139,6 +143,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             raise ConfigError(f"config field '{name}' = {value!r}; allowed range: [{low}, {high if high is not None else 'inf'}]")
     _validate_model(config)
     _validate_combinations(config)
+    _validate_schedules(config)
     return config
 
 
@@ -159,6 +164,32 @@ def _validate_model(config):
             raise ConfigError(
                 f"config field 'model.{option}' is set but network '{config.model.name}' takes no such option; "
                 f"its options: {sorted(allowed)}")
+
+
+def _validate_schedules(config):
+    """The keep-rate phases must fit the epochs and the lr schedule must be buildable: both are
+    known from the config alone, so they are checked before any data is loaded."""
+    from distill_jax.optim import schedules
+
+    t = config.train
+    if t.keep_rate.enabled:
+        kr = t.keep_rate
+        if kr.step <= 0:
+            raise ConfigError(f"config field 'train.keep_rate.step' = {kr.step!r}; the keep rate must drop by a "
+                              "step > 0 each period (disable train.keep_rate for a constant rate)")
+        try:
+            starts = schedules.keep_rate_phase_starts(t.epochs, period_epochs=kr.period_epochs, keep_step=kr.step,
+                                                      min_keep=kr.min, final_keep=kr.final)
+        except ValueError as err:
+            raise ConfigError(f"config fields 'train.keep_rate.*' and 'train.epochs': {err}") from None
+        if starts[-1] >= t.epochs:
+            raise ConfigError(
+                f"config fields 'train.keep_rate.*': the schedule's phases start at epochs {starts}, but "
+                f"train.epochs = {t.epochs} ends before the last (final-rate) phase; give at least "
+                f"{starts[-1] + 1} epochs or a shorter train.keep_rate.period_epochs")
+    if t.lr_schedule == "periodic" and t.warmup_epochs > t.cycle_epochs:
+        raise ConfigError(f"config field 'train.warmup_epochs' = {t.warmup_epochs} exceeds 'train.cycle_epochs' = "
+                          f"{t.cycle_epochs}: the warm-up must fit in one cycle")
 
 
 def _validate_combinations(config):

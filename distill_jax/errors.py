@@ -5,6 +5,7 @@ bugs. The launcher and the `distill-jax` command print these as one line and exi
 Each module raises its own subclass (ConfigError, DistilledFormatError, ...) so tests and
 callers can tell them apart; they all derive from `UserError`.
 """
+import errno
 import os
 
 
@@ -34,3 +35,22 @@ def max_array_bytes() -> int:
     if cap <= 0:
         raise UserError(f"environment variable DISTILL_JAX_MAX_ARRAY_BYTES={value!r}; expected a positive number of bytes")
     return cap
+
+
+# exit code of a run stopped by a user error (as argparse's usage errors); a diverged run exits 3
+USER_ERROR_EXIT = 2
+DIVERGED_EXIT = 3
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """One line for an error a user can fix (the project's own types, a missing or unreadable
+    file, a full disk, an allocation the machine cannot make); None for a bug."""
+    if isinstance(err, UserError):
+        return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"disk full while writing {err.filename or 'a file'}: free space or use another workdir"
+    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return f"{err.strerror or err}: {err.filename}" if err.filename else str(err)
+    if isinstance(err, MemoryError):
+        return "out of memory: the input or the run is larger than this machine allows (smaller batch, width or data)"
+    return None

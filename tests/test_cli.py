@@ -75,7 +75,7 @@ def test_convert_then_inspect(toy_set, tmp_path, capsys):
 
 def test_bad_input_exits_nonzero_without_traceback(tmp_path, capsys):
     code, out, err = run(["inspect", tmp_path / "nowhere"], capsys)
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""
     assert err.startswith("distill-jax: error: ") and "nowhere" in err and "Traceback" not in err
 
 
@@ -85,13 +85,13 @@ def test_unsafe_file_is_reported(tmp_path, capsys):
     write_torch_file(folder / "images_best.pt", {}, payload=b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R.")
     write_torch_file(folder / "labels_best.pt", tensor(np.arange(2)))
     code, _, err = run(["inspect", folder], capsys)
-    assert code == 1 and "refusing to load global 'os.system'" in err and "Traceback" not in err
+    assert code == 2 and "refusing to load global 'os.system'" in err and "Traceback" not in err
 
 
 def test_option_not_for_this_format(toy_set, capsys):
     folder, _ = toy_set
     code, _, err = run(["inspect", folder, "--experiment", "1"], capsys)
-    assert code == 1 and "['experiment'] do not apply to format 'pt_pair'" in err
+    assert code == 2 and "['experiment'] do not apply to format 'pt_pair'" in err
 
 
 def test_usage_errors_and_help(capsys):
@@ -121,7 +121,7 @@ def test_installed_console_script(toy_set):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["class_counts"] == [1, 2, 1]
     failed = subprocess.run([str(script), "inspect", str(folder / "missing")], capture_output=True, text=True, timeout=120)
-    assert failed.returncode == 1 and "Traceback" not in failed.stderr and "missing" in failed.stderr
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr and "missing" in failed.stderr
 
 
 @pytest.mark.parametrize("name, label_kind, count", [("cifar10_1_mtt", "index", 10), ("cifar10_1_frepo", "vector", 10), ("cifar10_10_frepo", "vector", 100)])

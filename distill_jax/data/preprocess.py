@@ -38,6 +38,8 @@ from typing import Any, Mapping, Optional
 import jax.numpy as jnp
 import numpy as np
 
+from distill_jax.errors import UserError
+
 RECIPES = ("none", "standardize", "zca_mtt", "zca_frepo", "zca_kip")
 FLATTEN_ORDERS = ("nchw", "nhwc")
 DEFAULT_ZCA_REG = 0.1
@@ -50,7 +52,7 @@ _ARRAY_FIELDS = ("channel_mean", "channel_std", "zca_mean", "zca_matrix")
 _CHUNK = 2048  # images per float64 chunk while fitting: bounds memory on 50k-image splits
 
 
-class PreprocessingError(ValueError):
+class PreprocessingError(UserError, ValueError):
     """A preprocessing recipe, its input, or a stored preprocessing record is invalid."""
 
 

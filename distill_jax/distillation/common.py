@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax.data import datasets, preprocess
+from distill_jax.errors import UserError
 
 
-class DistillationError(ValueError):
+class DistillationError(UserError, ValueError):
     """Bad input to a distiller: the message names what was given and what was expected."""
 
 

@@ -22,9 +22,10 @@ from distill_jax import config as config_lib
 from distill_jax import models
 from distill_jax.data import pipeline
 from distill_jax.evaluation import records
+from distill_jax.errors import UserError
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """The network to evaluate cannot be found or read."""
 
 

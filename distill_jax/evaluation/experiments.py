@@ -22,6 +22,7 @@ from distill_jax import config as config_lib
 from distill_jax import models
 from distill_jax.data import datasets
 from distill_jax.distillation import runner as distill_runner
+from distill_jax.errors import UserError
 
 # docs/method.md §2.7 column names, in table order.
 VARIANTS = ("baseline", "no_dp_kd", "no_dp", "no_kd", "full")
@@ -45,7 +46,7 @@ SHARED_TEACHERS = datasets.SHARED_DATA_DIR / "teachers"
 TEACHER_ROOT = pathlib.Path("teachers")  # relative: teachers trained by `configs/teacher.py` live in ./teachers/<set>
 
 
-class ExperimentError(ValueError):
+class ExperimentError(UserError, ValueError):
     """An experiment or configuration name is not known, or its parts do not fit together."""
 
 

@@ -21,9 +21,10 @@ from typing import Optional
 from distill_jax import config as config_lib
 from distill_jax import models
 from distill_jax.evaluation import experiments, plots, records, tables
+from distill_jax.errors import UserError
 
 
-class ReproductionError(ValueError):
+class ReproductionError(UserError, ValueError):
     """The reproduce config does not name a runnable experiment."""
 
 

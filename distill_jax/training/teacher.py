@@ -13,9 +13,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from distill_jax import models
+from distill_jax.errors import UserError
 
 
-class TeacherError(RuntimeError):
+class TeacherError(UserError, RuntimeError):
     """The teacher named by train.kd.teacher_path cannot be used."""
 
 

@@ -1,0 +1,86 @@
+"""User errors end a launch with one line and exit code 2; bugs keep their traceback.
+
+Each case runs `launch/main.py` as a user would (a subprocess), so the absl flag parsing and
+the config loading are part of what is tested.
+"""
+import errno
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from distill_jax import errors
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def launch(*args, workdir):
+    return subprocess.run([sys.executable, str(ROOT / "launch" / "main.py"), *args, f"--workdir={workdir}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+
+
+def error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--config=configs/nope.py"], "No such file or directory: 'configs/nope.py'"),
+    (["--config=configs/paper.py:resnet19,frepo,cifar10,10,full"], "test network 'resnet19' is not known"),
+    (["--config=configs/fashion_mnist_ipc10.py", "--config.model.nope=3"], "an override names no config field"),
+    # checked from the config alone, before any data is looked for (the data_dir does not exist)
+    (["--config=configs/fashion_mnist_ipc10.py", "--config.model.width=0", "--config.data.data_dir=/nonexistent"],
+     "config field 'model.width' = 0; allowed range: [1, inf]"),
+    (["--config=configs/paper.py:resnet18,frepo,cifar10_jpeg,10,full", "--config.train.epochs=100",
+      "--config.data.data_dir=/nonexistent"], "the three phases do not fit in total_epochs=100"),
+    (["--config=configs/paper.py:resnet18,frepo,cifar10_jpeg,10,full", "--config.train.keep_rate.step=0.0"],
+     "'train.keep_rate.step' = 0.0"),
+    (["--config=configs/reproduce.py:nope_cifar10_10_resnet18"], "distillation method 'nope' is not known"),
+    (["--config=configs/fashion_mnist_ipc10.py", "--config.data.dataset=cifar10_jpeg",
+      "--config.data.data_dir=/nonexistent"], "/nonexistent/cifar10_jpeg_train.npz not found"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, expected):
+    result = launch(*args, workdir=tmp_path / "run")
+    assert result.returncode == errors.USER_ERROR_EXIT, result.stderr[-2000:]
+    lines = error_lines(result)
+    assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_a_corrupt_dataset_file_is_named_in_one_line(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    buffer = tmp_path / "good.npz"
+    np.savez(buffer, image=np.zeros((4, 32, 32, 3), np.uint8), label=np.zeros(4, np.int64))
+    (data / "cifar10_jpeg_train.npz").write_bytes(buffer.read_bytes()[:100])  # truncated
+    result = launch("--config=configs/fashion_mnist_ipc10.py", "--config.data.dataset=cifar10_jpeg",
+                    f"--config.data.data_dir={data}", workdir=tmp_path / "run")
+    assert result.returncode == errors.USER_ERROR_EXIT and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert str(data / "cifar10_jpeg_train.npz") in error_lines(result)[0]
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    result = launch("--config=configs/fashion_mnist_ipc10.py", "--config.model.width=0", "--verbose",
+                    workdir=tmp_path / "run")
+    assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_user_error_message_kinds():
+    assert errors.user_error_message(errors.UserError("a\n  b")) == "a; b"
+    full = OSError(errno.ENOSPC, "No space left on device", "/runs/x/results.json")
+    assert errors.user_error_message(full).startswith("disk full while writing /runs/x/results.json")
+    assert "out of memory" in errors.user_error_message(MemoryError())
+    assert errors.user_error_message(FileNotFoundError(errno.ENOENT, "No such file", "/x")) == "No such file: /x"
+    assert errors.user_error_message(ZeroDivisionError("bug")) is None  # a bug keeps its traceback
+
+
+def test_a_diverging_run_exits_non_zero_without_a_final_accuracy(tmp_path):
+    result = launch("--config=configs/fashion_mnist_ipc10.py", "--config.train.optimizer=sgd",
+                    "--config.train.learning_rate=1e38", "--config.train.lr_schedule=constant", "--config.train.epochs=4",
+                    "--config.model.width=4",
+                    "--config.num_seeds=1", "--config.log_every_steps=1", workdir=tmp_path / "run")
+    assert result.returncode == errors.DIVERGED_EXIT, result.stderr[-2000:]
+    assert "diverged at step" in result.stderr and "final test accuracy" not in result.stdout
