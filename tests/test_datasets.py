@@ -436,3 +436,96 @@ def test_class_balanced_subset_needs_exactly_one_size():
 def test_class_balanced_subset_bad_fraction():
     with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
         datasets.class_balanced_subset(_toy_dataset([5, 5]), fraction=1.5)
+
+
+# --------------------------------------------------------------------------- bounded, named file errors (issue 11.6)
+
+
+def test_error_classes_are_input_file_errors():
+    from distill_jax.errors import InputFileError
+
+    assert issubclass(DataFormatError, InputFileError) and issubclass(DataNotFoundError, InputFileError)
+    assert issubclass(DataNotFoundError, FileNotFoundError)  # still, for callers catching OSError
+
+
+def test_truncated_npz_names_the_file(tmp_path):
+    np.savez(tmp_path / "full.npz", image=np.zeros((64, 8, 8, 3), np.uint8), label=np.zeros(64, np.int64))
+    cut = tmp_path / "train.npz"
+    cut.write_bytes((tmp_path / "full.npz").read_bytes()[:5000])  # used to end in zipfile.BadZipFile
+    with pytest.raises(DataFormatError, match=f"npz file {cut}: truncated or corrupt npz file"):
+        datasets.load_dataset("npz", "train", data_dir=tmp_path)
+    flipped = bytearray((tmp_path / "full.npz").read_bytes())
+    flipped[3000] ^= 0xFF  # inside the pixels: a bad CRC
+    cut.write_bytes(bytes(flipped))
+    with pytest.raises(DataFormatError, match=f"npz file {cut}: truncated or corrupt npz file .*Bad CRC-32"):
+        datasets.load_dataset("npz", "train", data_dir=tmp_path)
+
+
+def test_deflate_bomb_npz_is_refused(tmp_path):
+    # 6.3 MB of zero pixels deflate to ~6 kB; numpy inflated whatever the member declared.
+    np.savez_compressed(tmp_path / "train.npz", image=np.zeros((2048, 32, 32, 3), np.uint8), label=np.zeros(2048, np.int64))
+    with pytest.raises(DataFormatError, match=r"train.npz: archive member 'image.npy' inflates \d+ compressed bytes .*zip bomb"):
+        datasets.load_dataset("npz", "train", data_dir=tmp_path)
+
+
+def test_npz_array_over_the_cap_is_refused(tmp_path, monkeypatch):
+    np.savez(tmp_path / "train.npz", image=np.zeros((100, 32, 32, 3), np.uint8), label=np.zeros(100, np.int64))
+    monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(200_000))
+    with pytest.raises(DataFormatError, match=r"train.npz: archive member 'image.npy' declares 307328 bytes uncompressed, over the cap of 200000"):
+        datasets.load_dataset("npz", "train", data_dir=tmp_path)
+
+
+def test_npz_member_without_npy_suffix_is_not_an_array(tmp_path):
+    # np.load hands such a member out as raw bytes, which failed later with AttributeError.
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "train.npz", "w") as archive:
+        archive.writestr("image", b"\x93NUMPY not really")
+        buffer = __import__("io").BytesIO()
+        np.save(buffer, np.zeros(2, np.int64))
+        archive.writestr("label.npy", buffer.getvalue())
+    with pytest.raises(DataFormatError, match=r"train.npz: no array 'image'; it holds \['label'\]"):
+        datasets.load_dataset("npz", "train", data_dir=tmp_path)
+
+
+def test_npz_dataset_errors_name_the_file(tmp_path):
+    np.savez(tmp_path / "train.npz", image=np.zeros((2, 2, 2, 1), np.uint8), label=np.array([0, 12]))
+    with pytest.raises(DataFormatError, match=r"npz file .*train.npz: dataset 'cifar10_jpeg' split 'train': labels must lie in \[0, 10\)"):
+        datasets.load_dataset("cifar10_jpeg", "train", data_dir=tmp_path, file_pattern="{split}.npz")
+
+
+def test_memory_error_becomes_data_format_error(tmp_path, monkeypatch):
+    np.savez(tmp_path / "train.npz", image=np.zeros((2, 2, 2, 1), np.uint8), label=np.zeros(2, np.int64))
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(datasets, "_make_dataset", out_of_memory)
+    with pytest.raises(DataFormatError, match=r"train.npz: ran out of memory \(MemoryError\)"):
+        datasets.load_dataset("npz", "train", data_dir=tmp_path)
+
+
+def test_idx_gzip_declaring_more_than_the_cap_is_refused_before_inflating(tmp_path, monkeypatch):
+    path = _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((100, 100, 100), np.uint8), compress=True)
+    monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(500_000))
+    with pytest.raises(DataFormatError, match=r"train-images-idx3-ubyte.gz: dimensions \(100, 100, 100\) declare 1000000 bytes, over the cap of 500000"):
+        datasets.read_idx(path)
+
+
+def test_idx_corrupt_gzip_names_the_file(tmp_path):
+    path = _write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(200, dtype=np.uint8), compress=True)
+    raw = bytearray(path.read_bytes())
+    raw[20] ^= 0xFF  # inside the deflate stream
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataFormatError, match=r"IDX file .*train-labels-idx1-ubyte.gz: cannot read it"):
+        datasets.read_idx(path)
+
+
+def test_undecodable_image_names_the_file(tmp_path):
+    good = tmp_path / "train" / "a" / "x.png"
+    _save_image(good, np.zeros((4, 4, 3), np.uint8))
+    raw = bytearray(good.read_bytes())
+    raw[40:60] = b"\xff" * 20  # a broken IHDR/IDAT chunk
+    good.write_bytes(bytes(raw))
+    with pytest.raises(DataFormatError, match=r"image file .*x.png: cannot decode it"):
+        datasets.load_dataset("image_folder", "train", data_dir=tmp_path, color_mode="rgb")

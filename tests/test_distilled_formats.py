@@ -360,3 +360,143 @@ def test_shared_sets(shared_data, name, count, label_kind, source, preprocessing
     summary = summarize_distilled(dset)
     assert summary["value_range"]["min"] == pytest.approx(float(raw.min()))
     assert summary["value_range"]["std"] == pytest.approx(float(raw.astype(np.float64).std()), rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Bounds on what a file may make the reader allocate (issue 11.6)
+# --------------------------------------------------------------------------------------
+
+
+def _npz_with_header(path, shape, data=b"\0" * 16, key="images"):
+    """An npz whose array `key` has an npy header declaring `shape` over `data` bytes."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{key}.npy", header.getvalue() + data)
+        labels = io.BytesIO()
+        np.save(labels, np.eye(2, dtype=np.float32))
+        archive.writestr("labels.npy", labels.getvalue())
+    return path
+
+
+def test_distilled_format_error_is_an_input_file_error():
+    from distill_jax.errors import InputFileError
+
+    assert issubclass(DistilledFormatError, InputFileError) and issubclass(DistilledFormatError, ValueError)
+
+
+def test_deflate_bomb_npz_is_refused(tmp_path):
+    # 6.3 MB of zeros deflate to ~6 kB (1000:1); numpy inflated whatever the member declared.
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, images=np.zeros((512, 32, 32, 3), np.float32), labels=np.eye(512, 10, dtype=np.float32))
+    assert path.stat().st_size < 64 << 10
+    with pytest.raises(DistilledFormatError, match=rf"{path}: archive member 'images.npy' inflates \d+ compressed bytes to 6291584 .*zip bomb"):
+        load_distilled(path, format="kip_npz")
+    # Real pixels deflate far less and still load.
+    np.savez_compressed(tmp_path / "real.npz", images=RNG.normal(size=(64, 32, 32, 3)).astype(np.float32), labels=np.eye(64, 10, dtype=np.float32))
+    assert load_distilled(tmp_path / "real.npz", format="kip_npz").num_images == 64
+
+
+def test_npz_member_over_the_cap_is_refused(tmp_path, monkeypatch):
+    np.savez(tmp_path / "big.npz", images=np.zeros((32, 32, 32, 3), np.float32), labels=np.eye(32, 10, dtype=np.float32))
+    monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(64 << 10))
+    # The zip directory already says too much (checked before opening the member) ...
+    with pytest.raises(DistilledFormatError, match=r"big.npz: archive member 'images.npy' declares 393344 bytes uncompressed, over the cap of 65536"):
+        load_distilled(tmp_path / "big.npz", format="kip_npz")
+    # ... or, just over, the npy header does (checked before reading the data).
+    np.savez(tmp_path / "over.npz", images=np.zeros((6, 32, 32, 3), np.float32), labels=np.eye(6, 10, dtype=np.float32))
+    with pytest.raises(DistilledFormatError, match=r"over.npz: array 'images.npy' declares shape \(6, 32, 32, 3\) of float32 = 73728 bytes, over the cap of 65536"):
+        load_distilled(tmp_path / "over.npz", format="kip_npz")
+
+
+def test_npy_header_declaring_more_than_its_member_is_refused(tmp_path):
+    # numpy allocates what the header declares (here 384 TB: MemoryError) before reading.
+    path = _npz_with_header(tmp_path / "huge.npz", (1_000_000, 1_000_000, 32, 3))
+    with pytest.raises(DistilledFormatError, match=r"huge.npz: array 'images.npy' declares shape \(1000000, 1000000, 32, 3\) of float32 = \d+ bytes, over the cap"):
+        load_distilled(path, format="kip_npz")
+    path = _npz_with_header(tmp_path / "short.npz", (2, 4, 4, 3))
+    with pytest.raises(DistilledFormatError, match=r"short.npz: array 'images.npy' declares shape \(2, 4, 4, 3\) of float32 = 384 bytes but the member holds 16"):
+        load_distilled(path, format="kip_npz")
+
+
+def test_msgpack_array_over_the_cap_is_refused(tmp_path, monkeypatch):
+    x = np.zeros((100, 32, 32, 3), np.float32)  # 1.2 MB
+    path = _msgpack(tmp_path / "checkpoint_1", {"params": {"x_proto": x, "y_proto": np.eye(100, 10, dtype=np.float32)}})
+    monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(1 << 20))
+    with pytest.raises(DistilledFormatError, match=rf"{path}: an array declares shape \(100, 32, 32, 3\) of float32 = 1228800 bytes, over the cap of 1048576"):
+        load_distilled(path)
+    # An ndarray entry whose declared shape does not match its bytes.
+    import msgpack
+
+    entry = msgpack.ExtType(1, msgpack.packb(((10**6, 10**6), "float32", b"\0" * 16), use_bin_type=True))
+    odd = tmp_path / "odd.msgpack"
+    odd.write_bytes(msgpack.packb({"params": {"x_proto": entry, "y_proto": entry}}, use_bin_type=True))
+    with pytest.raises(DistilledFormatError, match=rf"{odd}: an array declares shape \(1000000, 1000000\) of float32 = 4000000000000 bytes, over the cap"):
+        load_distilled(odd)
+
+
+def test_msgpack_nested_container_headers_stay_bounded(tmp_path):
+    # 1000 nested array headers, each declaring as many entries as the file has bytes: msgpack
+    # preallocates every list before noticing the data is missing (~80 MB for this 256 kB file).
+    import tracemalloc
+
+    size = 256 << 10
+    payload = b"".join(b"\xdd" + size.to_bytes(4, "big") for _ in range(1000))
+    path = tmp_path / "nested.msgpack"
+    path.write_bytes(payload + b"\xc0" * (size - len(payload)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DistilledFormatError, match=f"{path}: truncated or corrupt msgpack checkpoint"):
+            load_distilled(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak} bytes"
+
+
+def test_msgpack_prototypes_must_be_arrays(tmp_path):
+    ragged = _msgpack(tmp_path / "ragged.msgpack", {"params": {"x_proto": [[1.0, 2.0], [3.0]], "y_proto": [0, 1]}})
+    with pytest.raises(DistilledFormatError, match=r"ragged.msgpack: field 'params/x_proto': expected an image tensor, got list"):
+        load_distilled(ragged)
+
+
+def test_memory_error_becomes_distilled_format_error(tmp_path, monkeypatch):
+    from distill_jax.data import distilled
+
+    np.savez(tmp_path / "k.npz", images=np.zeros((2, 4, 4, 3), np.float32), labels=np.eye(2, dtype=np.float32))
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(distilled, "_to_nhwc", out_of_memory)
+    with pytest.raises(DistilledFormatError, match=r"k.npz: ran out of memory \(MemoryError\)"):
+        load_distilled(tmp_path / "k.npz")
+
+
+def test_restore_msgpack_reads_what_flax_writes(monkeypatch):
+    # The bounded decoder must give flax.serialization.msgpack_restore's tree for valid files,
+    # chunked arrays (flax splits arrays over MAX_CHUNK_SIZE) and bfloat16 included.
+    import flax.serialization as flax_serialization
+    import jax
+    import ml_dtypes
+
+    from distill_jax.data.distilled import restore_msgpack
+
+    tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, ml_dtypes.bfloat16), "c": np.float64(1.5),
+            "d": 3, "e": "text", "f": [1, 2, [3, 4]], "g": complex(1, 2),
+            "h": {"i": np.array(True), "j": np.zeros((0, 4), np.int8), "k": np.arange(30, dtype=np.int64).reshape(5, 6)}}
+    monkeypatch.setattr(flax_serialization, "MAX_CHUNK_SIZE", 64)  # 'k' (240 bytes) is written in chunks
+    payload = serialization.msgpack_serialize(tree)
+    assert b"__msgpack_chunked_array__" in payload
+    expected, got = serialization.msgpack_restore(payload), restore_msgpack(payload, "x")
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expected)
+    for want, have in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got)):
+        assert type(have) is type(want)
+        if isinstance(want, np.ndarray):
+            assert have.dtype == want.dtype and have.shape == want.shape
+            np.testing.assert_array_equal(have, want)
+        else:
+            assert have == want

@@ -175,3 +175,45 @@ def test_shared_teacher_logits_match_numpy_reference(shared_data):
     expected = torch_convnet_forward(state_dict, x)
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
     assert np.ptp(expected) > 0.1  # a trained network, not a constant
+
+
+# --------------------------------------------------------------------------------------
+# Malformed content: always the project's input error (issue 11.6)
+# --------------------------------------------------------------------------------------
+
+
+def test_checkpoint_format_error_is_an_input_file_error():
+    from distill_jax.errors import InputFileError
+
+    assert issubclass(CheckpointFormatError, InputFileError) and issubclass(CheckpointFormatError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # non-string keys used to end in TypeError / AttributeError
+        (lambda sd: sd.update({3: np.zeros(2, np.float32)}), r"state dict key 3 is not a string"),
+        # a zero-width network used to end in ZeroDivisionError
+        (lambda sd: sd.update({"features.4.weight": np.zeros((0, 4, 3, 3), np.float32)}), r"key 'features.4.weight': empty tensor"),
+        (lambda sd: sd.update({"classifier.bias": np.zeros(5, np.complex64)}), r"key 'classifier.bias': expected real numbers"),
+    ],
+)
+def test_malformed_state_dicts(edit, message):
+    sd = synthetic_state_dict(np.random.default_rng(6))
+    edit(sd)
+    with pytest.raises(CheckpointFormatError, match="teacher.pth: " + message):
+        convert_reference_convnet(sd, where="teacher.pth")
+
+
+def test_memory_error_becomes_checkpoint_format_error(tmp_path, monkeypatch):
+    from distill_jax.models import torch_import
+
+    sd = synthetic_state_dict(np.random.default_rng(7))
+    path = write_torch_file(tmp_path / "t.pth", collections.OrderedDict((k, tensor(v)) for k, v in sd.items()))
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(torch_import, "convert_reference_convnet", out_of_memory)
+    with pytest.raises(CheckpointFormatError, match=rf"{path}: ran out of memory \(MemoryError\)"):
+        load_reference_convnet(path)

@@ -413,3 +413,143 @@ def test_shared_teacher_checkpoint(shared_data):
     assert shapes["classifier.weight"] == (10, 2048) and shapes["classifier.bias"] == (10,)
     assert len(shapes) == 14
     assert all(v.dtype == np.float32 for v in content["state_dict"].values())
+
+
+# --------------------------------------------------------------------------------------
+# Bounds on what a file may make the reader allocate (issue 11.6)
+# --------------------------------------------------------------------------------------
+
+_LIMITED_CHILD = """
+import importlib, json, resource, sys, time
+sys.path[:0] = {paths!r}
+module, _, name = {function!r}.partition(":")
+load = getattr(importlib.import_module(module), name)
+from distill_jax.errors import InputFileError
+with open("/proc/self/status") as handle:
+    vm = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + {headroom}, resource.getrlimit(resource.RLIMIT_AS)[1]))
+start = time.perf_counter()
+try:
+    load({path!r})
+    outcome, message = "loaded", ""
+except InputFileError as err:
+    outcome, message = "refused", f"{{type(err).__name__}}: {{err}}"
+except BaseException as err:
+    outcome, message = "escaped", f"{{type(err).__module__}}.{{type(err).__name__}}: {{err}}"
+print(json.dumps({{"outcome": outcome, "message": message, "seconds": time.perf_counter() - start}}))
+"""
+
+
+def load_in_limited_process(function, path, headroom=256 << 20, cap=None):
+    """Call ``function`` ('module:name') on ``path`` in a fresh Python whose address space may
+    grow only ``headroom`` bytes past its size after imports (RLIMIT_AS): an unbounded
+    allocation shows as a MemoryError there instead of taking this machine's memory.
+    Returns {'outcome': 'loaded' | 'refused' | 'escaped', 'message', 'seconds'}."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+
+    here = pathlib.Path(__file__).resolve().parent
+    code = _LIMITED_CHILD.format(paths=[str(here.parent), str(here)], function=function, headroom=headroom, path=str(path))
+    env = {k: v for k, v in os.environ.items() if k != "DISTILL_JAX_MAX_ARRAY_BYTES"}
+    if cap is not None:
+        env["DISTILL_JAX_MAX_ARRAY_BYTES"] = str(cap)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("size, rule", [((25_000, 25_000), "more than twice"), ((100_000, 100_000), "over the cap")])
+def test_stride0_huge_tensor_is_refused_quickly_naming_the_file(tmp_path, size, rule):
+    # A few hundred bytes declaring 2.5 GB (under the default 4 GiB cap) or 40 GB over a
+    # one-element storage: today's reader copied the view (2.4 GB) or died in MemoryError.
+    path = write_torch_file(tmp_path / "bomb.pt", FakeTensor(FakeStorage(np.zeros(1, np.float32)), 0, size, (0, 0)))
+    assert path.stat().st_size < 1024
+    result = load_in_limited_process("distill_jax.data.torch_pickle:load_torch_file", path)
+    assert result["outcome"] == "refused", result
+    assert result["message"].startswith(f"TorchFileError: {path}: storage ") and rule in result["message"]
+    assert result["seconds"] < 1.0
+
+
+def test_declared_size_over_the_cap_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(1 << 20))
+    big = write_torch_file(tmp_path / "big.pt", tensor(np.zeros(300_000, np.float32)))  # 1.2 MB storage
+    with pytest.raises(TorchFileError, match=rf"{big}: storage 'archive/data/\d+' declares 300000 x float32 = 1200000 bytes, over the cap of 1048576"):
+        load_torch_file(big)
+    # A storage under the cap viewed (stride 0 on a new axis) as a tensor over it.
+    storage = FakeStorage(np.zeros(200_000, np.float32))  # 800 kB
+    view = write_torch_file(tmp_path / "view.pt", FakeTensor(storage, 0, (2, 200_000), (0, 1)))
+    with pytest.raises(TorchFileError, match=rf"{view}: storage \d+: tensor .* would take 1600000 bytes, over the cap"):
+        load_torch_file(view)
+    monkeypatch.delenv("DISTILL_JAX_MAX_ARRAY_BYTES")
+    assert load_torch_file(view).shape == (2, 200_000)  # the same file under the default cap
+
+
+def test_views_may_not_repeat_a_storage_without_bound(tmp_path):
+    # Each view fits the cap; together they would take 64x the file's storage.
+    storage = FakeStorage(np.zeros(1 << 16, np.float32))  # 256 kB
+    views = [FakeTensor(storage, 0, (1 << 16,), (1,)) for _ in range(64)]
+    path = write_torch_file(tmp_path / "repeat.pt", views)
+    with pytest.raises(TorchFileError, match=f"{path}: .*more than twice that plus 1 MiB"):
+        load_torch_file(path)
+    shared = write_torch_file(tmp_path / "tied.pt", views[:2])  # a tied weight saved twice is fine
+    assert [v.shape for v in load_torch_file(shared)] == [(1 << 16,), (1 << 16,)]
+
+
+def test_storage_bytes_must_equal_the_declared_size(tmp_path):
+    obj = tensor(np.arange(8, dtype=np.float32))
+    data_pkl, storages = torch_pickle_bytes(obj)
+    (key,) = storages
+    long = tmp_path / "long.pt"
+    with zipfile.ZipFile(long, "w") as archive:
+        archive.writestr("archive/data.pkl", data_pkl)
+        archive.writestr(f"archive/data/{key}", np.arange(9, dtype=np.float32).tobytes())
+    with pytest.raises(TorchFileError, match="has 36 bytes, expected 32"):
+        load_torch_file(long)
+
+
+def test_pickle_memo_index_bomb_is_refused(tmp_path):
+    # LONG_BINPUT 2**28: CPython's unpickler zero-fills a memo of 2 x 2**28 slots (4 GiB) for
+    # these 8 bytes. The pre-scan refuses it before the unpickler runs.
+    path = write_torch_file(tmp_path / "memo.pt", {}, payload=b"\x80\x02]r\x00\x00\x00\x10.")
+    result = load_in_limited_process("distill_jax.data.torch_pickle:load_torch_file", path)
+    assert result["outcome"] == "refused", result
+    assert f"{path}: data.pkl opcode LONG_BINPUT" in result["message"] and result["seconds"] < 1.0
+
+
+def test_member_reaching_past_the_end_of_the_archive_is_refused(tmp_path):
+    # A compressed size past the end of the file (one flipped directory byte) made zipfile ask
+    # the OS for that many bytes at once.
+    path = write_torch_file(tmp_path / "cd.pt", tensor(np.arange(4, dtype=np.float32)))
+    raw = bytearray(path.read_bytes())
+    entry = raw.find(b"archive/data.pkl", raw.find(b"PK\x01\x02")) - 46  # data.pkl's central directory entry
+    assert raw[entry:entry + 4] == b"PK\x01\x02"
+    raw[entry + 20:entry + 24] = (1 << 30).to_bytes(4, "little")  # its compressed size
+    path.write_bytes(bytes(raw))
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(TorchFileError, match=f"{path}: .*past the end of the"):
+            load_torch_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_memory_error_becomes_torch_file_error(tmp_path):
+    # A valid 24 MB tensor, under the cap, in a process allowed 24 MB more: the MemoryError
+    # names the file instead of escaping.
+    path = write_torch_file(tmp_path / "large.pt", tensor(np.zeros(6 << 20, np.float32)))
+    result = load_in_limited_process("distill_jax.data.torch_pickle:load_torch_file", path, headroom=24 << 20)
+    assert result["outcome"] == "refused", result
+    assert result["message"].startswith(f"TorchFileError: {path}: ") and "out of memory (MemoryError)" in result["message"]
+
+
+def test_torch_file_error_is_an_input_file_error():
+    from distill_jax.errors import InputFileError
+
+    assert issubclass(TorchFileError, InputFileError) and issubclass(UnsafePickleError, InputFileError)
+    assert issubclass(TorchFileError, ValueError)

@@ -18,15 +18,24 @@ Sources (`load_dataset(name, split, data_dir=None, **opts)`):
 
 ``source=`` overrides a name's default source, e.g.
 ``load_dataset('mnist', 'train', source='tfds')``.
+
+File readers bound what they allocate (issue 11.6): an IDX file's dimensions, an npz member's
+declared size, compression ratio and npy header, and an image's pixel count are checked
+against the array cap (`distill_jax.errors.max_array_bytes()`) before anything is read, and a
+malformed file raises `DataFormatError` naming it (an `InputFileError`), never another exception.
 """
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import pathlib
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
+
+from distill_jax.data.torch_pickle import MALFORMED_ERRORS, describe_error, npz_keys, read_npz
+from distill_jax.errors import InputFileError, max_array_bytes
 
 PathLike = str | pathlib.Path
 
@@ -43,12 +52,12 @@ MNIST_CLASSES = tuple(str(d) for d in range(10))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(InputFileError, FileNotFoundError):
     """The data for a dataset is not on this machine; the message says how to get it."""
 
 
-class DataFormatError(ValueError):
-    """A data file exists but does not hold what its format promises."""
+class DataFormatError(InputFileError):
+    """A data file exists but does not hold what its format promises, or is larger than allowed."""
 
 
 # --------------------------------------------------------------------------- containers
@@ -141,31 +150,40 @@ def read_idx(path: PathLike) -> np.ndarray:
     """Reads one IDX file (gzip-compressed when its name ends in .gz).
 
     Header: two zero bytes, a type code, the number of dimensions, then each dimension as
-    a big-endian uint32; the payload must hold exactly their product of items.
+    a big-endian uint32; the payload must hold exactly their product of items. The declared
+    size is checked against the array cap before the payload is read (a gzip bomb stops there).
     """
     path = pathlib.Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:
-        raise DataFormatError(f"IDX file {path}: cannot read it ({exc})") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataFormatError(f"IDX file {path}: bad magic {raw[:4].hex() or '(empty)'}, expected 0000<type><ndim>")
-    type_code, ndim = raw[2], raw[3]
-    if type_code not in _IDX_DTYPES:
-        raise DataFormatError(f"IDX file {path}: unknown type code 0x{type_code:02x} in the magic number")
-    header_len = 4 + 4 * ndim
-    if len(raw) < header_len:
-        raise DataFormatError(f"IDX file {path}: header promises {ndim} dimensions but the file has only "
-                              f"{len(raw)} bytes")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = _IDX_DTYPES[type_code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    payload = len(raw) - header_len
-    if payload != expected:
-        raise DataFormatError(f"IDX file {path}: dimensions {dims} need {expected} bytes of data, found {payload}")
-    data = np.frombuffer(raw, dtype=dtype, offset=header_len).reshape(dims)
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise DataFormatError(f"IDX file {path}: bad magic {head[:4].hex() or '(empty)'}, expected 0000<type><ndim>")
+            type_code, ndim = head[2], head[3]
+            if type_code not in _IDX_DTYPES:
+                raise DataFormatError(f"IDX file {path}: unknown type code 0x{type_code:02x} in the magic number")
+            dims_raw = f.read(4 * ndim)
+            if len(dims_raw) < 4 * ndim:
+                raise DataFormatError(f"IDX file {path}: header promises {ndim} dimensions but the file has only "
+                                      f"{4 + len(dims_raw)} bytes")
+            dims = tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4", count=ndim))
+            dtype = _IDX_DTYPES[type_code]
+            expected = math.prod(dims) * dtype.itemsize
+            cap = max_array_bytes()
+            if expected > cap:
+                raise DataFormatError(f"IDX file {path}: dimensions {dims} declare {expected} bytes, over the cap of "
+                                      f"{cap} bytes on one array (DISTILL_JAX_MAX_ARRAY_BYTES)")
+            raw = f.read(expected)
+            extra = f.read(1 << 20) if len(raw) == expected else b""
+    except DataFormatError:
+        raise
+    except MALFORMED_ERRORS as exc:
+        raise DataFormatError(f"IDX file {path}: cannot read it ({describe_error(exc)})") from None
+    if len(raw) != expected or extra:
+        found = f"{len(raw) + len(extra)}{' or more' if len(extra) == 1 << 20 else ''}"
+        raise DataFormatError(f"IDX file {path}: dimensions {dims} need {expected} bytes of data, found {found}")
+    data = np.frombuffer(raw, dtype=dtype).reshape(dims)
     return data.astype(dtype.newbyteorder("="))
 
 
@@ -273,30 +291,37 @@ def _load_npz(name: str, split: str, data_dir: Optional[PathLike], *, file_patte
     path = data_dir if data_dir.suffix == ".npz" else data_dir / file_pattern.format(split=split)
     if not path.is_file():
         raise DataNotFoundError(f"dataset {name!r} split {split!r}: file {path} not found; {how_to_get}")
+    where = f"npz file {path}"
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in (image_key, label_key) if k not in npz.files]
-            if missing:
-                raise DataFormatError(f"npz file {path}: no array {missing[0]!r}; it holds {sorted(npz.files)}")
-            images, labels = npz[image_key], npz[label_key]
-            if class_names is None and "class_names" in npz.files:
-                class_names = tuple(str(c) for c in npz["class_names"])
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, DataFormatError):
-            raise
-        raise DataFormatError(f"npz file {path}: cannot read it ({exc})") from exc
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise DataFormatError(f"npz file {path}: {image_key!r} must be uint8 NHWC (or NHW), got "
-                              f"{images.dtype} {images.shape}")
-    if images.ndim == 3:
-        images = images[..., None]
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataFormatError(f"npz file {path}: {label_key!r} must be integer class indices (N,), got "
-                              f"{labels.dtype} {labels.shape}")
-    if len(images) != len(labels):
-        raise DataFormatError(f"npz file {path}: {len(images)} images but {len(labels)} labels")
-    return _make_dataset(images, labels, name=name, split=split, source="npz", class_names=class_names,
-                         num_classes=num_classes)
+        present = npz_keys(path, DataFormatError, where=where)
+        missing = [k for k in (image_key, label_key) if k not in present]
+        if missing:
+            raise DataFormatError(f"{where}: no array {missing[0]!r}; it holds {sorted(present)}")
+        wanted = {image_key, label_key} | ({"class_names"} if class_names is None else set())
+        arrays = read_npz(path, DataFormatError, keys=wanted, where=where)
+        images, labels = arrays[image_key], arrays[label_key]
+        if class_names is None and "class_names" in arrays:
+            names = arrays["class_names"]
+            if names.ndim != 1 or names.dtype.kind not in "USiu":
+                raise DataFormatError(f"{where}: 'class_names' must be a 1-D array of names, got {names.dtype} {names.shape}")
+            class_names = tuple(str(c) for c in names)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise DataFormatError(f"{where}: {image_key!r} must be uint8 NHWC (or NHW), got "
+                                  f"{images.dtype} {images.shape}")
+        if images.ndim == 3:
+            images = images[..., None]
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise DataFormatError(f"{where}: {label_key!r} must be integer class indices (N,), got "
+                                  f"{labels.dtype} {labels.shape}")
+        if len(images) != len(labels):
+            raise DataFormatError(f"{where}: {len(images)} images but {len(labels)} labels")
+        return _make_dataset(images, labels, name=name, split=split, source="npz", class_names=class_names,
+                             num_classes=num_classes)
+    except DataFormatError as exc:
+        message = str(exc)
+        raise DataFormatError(message if message.startswith(where) else f"{where}: {message}") from None
+    except MemoryError as exc:
+        raise DataFormatError(f"{where}: {describe_error(exc)}") from None
 
 
 # --------------------------------------------------------------------------- image files
@@ -307,15 +332,45 @@ def _read_image(path: pathlib.Path, mode: str) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            pixels_bytes = width * height * (1 if mode == "L" else 3)
+            cap = max_array_bytes()
+            if pixels_bytes > cap:
+                raise DataFormatError(f"image file {path}: {width}x{height} pixels would take {pixels_bytes} bytes, "
+                                      f"over the cap of {cap} bytes on one array (DISTILL_JAX_MAX_ARRAY_BYTES)")
             pixels = np.asarray(img.convert(mode), dtype=np.uint8)
-    except OSError as exc:
-        raise DataFormatError(f"image file {path}: cannot decode it ({exc})") from exc
+    except DataFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, SyntaxError, struct.error, ... on bad files
+        raise DataFormatError(f"image file {path}: cannot decode it ({describe_error(exc)})") from None
     return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _image_mode(path: pathlib.Path) -> str:
+    """'L' for a grayscale image file, else 'RGB' (from the header alone)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return "L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+    except Exception as exc:  # noqa: BLE001 - see _read_image
+        raise DataFormatError(f"image file {path}: cannot decode it ({describe_error(exc)})") from None
+
+
+def _read_text(path: pathlib.Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeError) as exc:
+        raise DataFormatError(f"file {path}: cannot read it as text ({describe_error(exc)})") from None
 
 
 def _read_images(paths: Sequence[pathlib.Path], mode: str) -> np.ndarray:
     """Decodes equally sized images; a size mismatch names the file (no silent resize)."""
     first = _read_image(paths[0], mode)
+    total, cap = len(paths) * first.nbytes, max_array_bytes()
+    if total > cap:
+        raise DataFormatError(f"image files like {paths[0]}: {len(paths)} images of shape {first.shape} would take "
+                              f"{total} bytes, over the cap of {cap} bytes on one array (DISTILL_JAX_MAX_ARRAY_BYTES)")
     out = np.empty((len(paths),) + first.shape, np.uint8)
     out[0] = first
     for i, path in enumerate(paths[1:], start=1):
@@ -352,7 +407,7 @@ def _load_tiny_imagenet(name: str, split: str, data_dir: Optional[PathLike], *,
     wnids_path = root / "wnids.txt"
     if not wnids_path.is_file():
         raise DataNotFoundError(f"dataset {name!r}: {wnids_path} not found; {how_to_get}")
-    wnids = [line.strip() for line in wnids_path.read_text().splitlines() if line.strip()]
+    wnids = [line.strip() for line in _read_text(wnids_path).splitlines() if line.strip()]
     if len(set(wnids)) != len(wnids):
         raise DataFormatError(f"file {wnids_path}: repeated wnids")
     if class_order == "sorted":
@@ -361,7 +416,7 @@ def _load_tiny_imagenet(name: str, split: str, data_dir: Optional[PathLike], *,
     words = {}
     words_path = root / "words.txt"
     if words_path.is_file():
-        for line in words_path.read_text().splitlines():
+        for line in _read_text(words_path).splitlines():
             wnid, _, text = line.partition("\t")
             words[wnid.strip()] = text.strip()
     class_names = tuple(words.get(w, w) for w in wnids)
@@ -381,7 +436,7 @@ def _load_tiny_imagenet(name: str, split: str, data_dir: Optional[PathLike], *,
         annotations = root / "val" / "val_annotations.txt"
         if not annotations.is_file():
             raise DataNotFoundError(f"dataset {name!r}: {annotations} not found; {how_to_get}")
-        for lineno, line in enumerate(annotations.read_text().splitlines(), start=1):
+        for lineno, line in enumerate(_read_text(annotations).splitlines(), start=1):
             if not line.strip():
                 continue
             fields = line.split("\t")
@@ -424,10 +479,7 @@ def _load_image_folder(name: str, split: str, data_dir: Optional[PathLike], *, c
         paths += files
         labels += [index] * len(files)
     if color_mode == "auto":
-        from PIL import Image
-
-        with Image.open(paths[0]) as img:
-            mode = "L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+        mode = _image_mode(paths[0])
     else:
         mode = "RGB" if color_mode == "rgb" else "L"
     images = _read_images(paths, mode)

@@ -26,22 +26,40 @@ layout is also used to republish FRePo sets), anything else means MTT; pass
 ``source=`` to override. Sets in the reference-code ``.pt`` layout are in the reference
 code's own ZCA space (``zca_mtt``) whatever their source: measured on the shared FRePo sets
 (docs/results.md, "A finding on preprocessing"). FRePo's own formats default to ``zca_frepo``.
+
+Every reader bounds what it allocates (issue 11.6) and raises :class:`DistilledFormatError`
+(an :class:`~distill_jax.errors.InputFileError`) naming the file for anything malformed:
+``.pt`` files through :mod:`distill_jax.data.torch_pickle`; npz files through its
+:func:`~distill_jax.data.torch_pickle.read_npz` (each member's size, compression ratio and npy
+header checked against the array cap before reading); msgpack checkpoints through
+:func:`restore_msgpack`, which limits container lengths so nested headers cannot preallocate
+more than the cap, and refuses any array declared over the cap or not matching its bytes.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
 import tempfile
-import zipfile
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from distill_jax.data.torch_pickle import TorchFileError, load_torch_file
+from distill_jax.data.torch_pickle import (
+    MALFORMED_ERRORS,
+    TorchFileError,
+    describe_error,
+    load_torch_file,
+    npz_header,
+    npz_keys,
+    read_npz,
+)
+from distill_jax.errors import InputFileError, max_array_bytes
 
 __all__ = [
     "DistilledSet",
@@ -63,6 +81,7 @@ __all__ = [
     "read_kip_npz",
     "read_rfad_npz",
     "read_distill_jax",
+    "restore_msgpack",
 ]
 
 PREPROCESSING = ("none", "standardize", "zca_mtt", "zca_frepo", "zca_kip")
@@ -91,8 +110,24 @@ FORMAT_VERSION = 1
 _CHANNEL_COUNTS = (1, 3)
 
 
-class DistilledFormatError(ValueError):
-    """A distilled-set file is unreadable or its content is not a valid set."""
+class DistilledFormatError(InputFileError):
+    """A distilled-set file is unreadable, larger than allowed, or its content is not a valid set."""
+
+
+def _input_errors(reader: Callable[..., "DistilledSet"]) -> Callable[..., "DistilledSet"]:
+    """Make a reader's MemoryError (a legitimate file too large for this machine, or one the
+    bounds let through) and deep-recursion errors the project's input error naming the file."""
+
+    @functools.wraps(reader)
+    def wrapped(path, *args, **kwargs):
+        try:
+            return reader(path, *args, **kwargs)
+        except InputFileError:
+            raise
+        except (MemoryError, RecursionError) as err:
+            raise DistilledFormatError(f"{os.fspath(path)}: {describe_error(err)}") from None
+
+    return wrapped
 
 
 # ---------------------------------------------------------------------------------------
@@ -333,14 +368,9 @@ def _load_torch(path: str) -> Any:
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
-    """All arrays of an npz, eagerly (so truncation shows here), never unpickling."""
-    if not os.path.isfile(path):
-        raise DistilledFormatError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as err:
-        raise DistilledFormatError(f"{path}: truncated or corrupt npz file ({type(err).__name__}: {err})") from None
+    """All arrays of an npz, eagerly (so truncation shows here), never unpickling; each member
+    checked against the array cap before it is read."""
+    return read_npz(path, DistilledFormatError)
 
 
 def _require_keys(arrays: Mapping[str, Any], keys: tuple[str, ...], path: str) -> None:
@@ -373,6 +403,7 @@ def _guess_pair_source(path: str) -> tuple[str, str]:
     return "mtt", "source 'mtt' assumed for the reference-code layout (override with source=)"
 
 
+@_input_errors
 def read_pt_pair(
     path: str | os.PathLike,
     *,
@@ -408,6 +439,7 @@ def read_pt_pair(
     )
 
 
+@_input_errors
 def read_dc_res(
     path: str | os.PathLike,
     *,
@@ -444,17 +476,153 @@ def read_dc_res(
     )
 
 
-def _find_proto_paths(tree: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """Every key path under which a dict holds both 'x_proto' and 'y_proto'."""
+def _find_proto_paths(tree: Any) -> list[tuple[str, ...]]:
+    """Every key path under which a dict holds both 'x_proto' and 'y_proto' (iterative: a
+    checkpoint may nest as deep as msgpack allows)."""
     found = []
-    if isinstance(tree, dict):
-        if "x_proto" in tree and "y_proto" in tree:
-            found.append(prefix)
-        for key, value in tree.items():
-            found.extend(_find_proto_paths(value, prefix + (str(key),)))
+    stack = [((), tree)]
+    while stack:  # depth first, in key order, as a recursive walk would go
+        prefix, node = stack.pop()
+        if isinstance(node, dict):
+            if "x_proto" in node and "y_proto" in node:
+                found.append(prefix)
+            stack.extend((prefix + (str(key),), value) for key, value in reversed(list(node.items())))
     return found
 
 
+# Flax's msgpack layout (flax.serialization): ndarrays and numpy scalars are ext types holding
+# msgpack (shape, dtype name, raw C-order bytes); arrays over 1 GiB are split into a dict of
+# 1-D chunks. restore_msgpack reads exactly that, with bounds flax's msgpack_restore lacks.
+_EXT_NDARRAY, _EXT_COMPLEX, _EXT_NPSCALAR = 1, 2, 3
+_CHUNKED = "__msgpack_chunked_array__"
+_MSGPACK_MAX_DEPTH = 1024  # msgpack's own nesting limit
+_MSGPACK_SLOT_BYTES = 8  # a list slot msgpack preallocates per declared entry
+
+
+class _MsgpackError(DistilledFormatError):
+    pass
+
+
+def _msgpack_dtype(name: Any) -> np.dtype:
+    if not isinstance(name, bytes):
+        raise _MsgpackError(f"an array's dtype name is {type(name).__name__}, expected a string")
+    text = name.decode("ascii")
+    if text == "bfloat16":
+        import ml_dtypes  # ships with jax; what flax writes bfloat16 arrays as
+
+        return np.dtype(ml_dtypes.bfloat16)
+    dtype = np.dtype(text)
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind == "V" or dtype.itemsize == 0:
+        raise _MsgpackError(f"refusing array dtype {text!r} (only plain numeric and string dtypes)")
+    return dtype
+
+
+def _msgpack_shape(shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, (list, tuple)) or len(shape) > 32 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape
+    ):
+        raise _MsgpackError(f"bad array shape {shape!r}")
+    return tuple(shape)
+
+
+def _check_array_bytes(shape: tuple[int, ...], dtype: np.dtype, cap: int) -> int:
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > cap:
+        raise _MsgpackError(
+            f"an array declares shape {shape} of {dtype.name} = {nbytes} bytes, over the cap of {cap} bytes "
+            "on one array (DISTILL_JAX_MAX_ARRAY_BYTES)"
+        )
+    return nbytes
+
+
+def _msgpack_ndarray(data: bytes, cap: int) -> np.ndarray:
+    import msgpack
+
+    fields = msgpack.unpackb(data, raw=True, max_array_len=64, max_map_len=0, max_str_len=256,
+                             max_bin_len=len(data), max_ext_len=0)
+    if not isinstance(fields, (list, tuple)) or len(fields) != 3:
+        raise _MsgpackError("an ndarray entry is not (shape, dtype, bytes)")
+    shape, dtype_name, buffer = fields
+    shape, dtype = _msgpack_shape(shape), _msgpack_dtype(dtype_name)
+    nbytes = _check_array_bytes(shape, dtype, cap)
+    if not isinstance(buffer, bytes) or len(buffer) != nbytes:
+        got = len(buffer) if isinstance(buffer, bytes) else type(buffer).__name__
+        raise _MsgpackError(f"an array declares shape {shape} of {dtype.name} = {nbytes} bytes but holds {got}")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def _unchunk(node: dict, cap: int) -> np.ndarray:
+    shape_entries, chunk_entries = node.get("shape"), node.get("chunks")
+    if not isinstance(shape_entries, dict) or not isinstance(chunk_entries, dict) or not chunk_entries:
+        raise _MsgpackError("a chunked array lacks its 'shape' or 'chunks'")
+    shape = _msgpack_shape([shape_entries[str(i)] for i in range(len(shape_entries))])
+    chunks = [chunk_entries[str(i)] for i in range(len(chunk_entries))]
+    if not all(isinstance(c, np.ndarray) and c.ndim == 1 and c.dtype == chunks[0].dtype for c in chunks):
+        raise _MsgpackError("a chunked array's chunks are not 1-D arrays of one dtype")
+    nbytes = _check_array_bytes(shape, chunks[0].dtype, cap)
+    held = sum(c.nbytes for c in chunks)
+    if held != nbytes:
+        raise _MsgpackError(f"a chunked array declares shape {shape} ({nbytes} bytes) but its chunks hold {held}")
+    return np.concatenate(chunks).reshape(shape)
+
+
+def _unchunk_tree(tree: Any, cap: int) -> Any:
+    """flax.serialization._unchunk_array_leaves_in_place, iteratively and checked."""
+    if isinstance(tree, dict) and _CHUNKED in tree:
+        return _unchunk(tree, cap)
+    stack = [tree] if isinstance(tree, dict) else []
+    while stack:
+        node = stack.pop()
+        for key, value in node.items():
+            if isinstance(value, dict):
+                if _CHUNKED in value:
+                    node[key] = _unchunk(value, cap)
+                else:
+                    stack.append(value)
+    return tree
+
+
+def restore_msgpack(payload: bytes, path: str) -> Any:
+    """Decode a Flax msgpack checkpoint (as ``flax.serialization.msgpack_restore``) with bounds.
+
+    Container lengths are limited (to the payload's length, and to cap / 128 KiB entries, at
+    least 1024) so that the lists msgpack preallocates for declared entries, nested to its
+    depth limit of 1024, take at most 1/16 of the array cap; strings, binaries and ext entries
+    at most the payload's length; each array's declared shape x itemsize must equal its bytes
+    and fit the cap. Raises :class:`DistilledFormatError` naming ``path``.
+    """
+    import msgpack
+
+    cap = max_array_bytes()
+    limit = len(payload)  # no entry can be longer than the payload; arrays are checked in ext_hook
+    containers = min(len(payload), max(1024, cap // (16 * _MSGPACK_MAX_DEPTH * _MSGPACK_SLOT_BYTES)))
+
+    def ext_hook(code: int, data: bytes):
+        if code == _EXT_NDARRAY:
+            return _msgpack_ndarray(data, cap)
+        if code == _EXT_NPSCALAR:
+            return _msgpack_ndarray(data, cap)[()]
+        if code == _EXT_COMPLEX:
+            real, imag = msgpack.unpackb(data, max_array_len=2, max_map_len=0, max_str_len=0, max_bin_len=0, max_ext_len=0)
+            return complex(real, imag)
+        return msgpack.ExtType(code, data)
+
+    try:
+        tree = msgpack.unpackb(
+            payload, ext_hook=ext_hook, raw=False, strict_map_key=False,
+            max_str_len=limit, max_bin_len=limit, max_ext_len=limit,
+            max_array_len=containers, max_map_len=containers,
+        )
+        return _unchunk_tree(tree, cap)
+    except _MsgpackError as err:
+        raise DistilledFormatError(f"{path}: {err}") from None
+    except InputFileError:
+        raise
+    except MALFORMED_ERRORS + (msgpack.UnpackException,) as err:
+        raise DistilledFormatError(f"{path}: truncated or corrupt msgpack checkpoint ({describe_error(err)})") from None
+
+
+@_input_errors
 def read_flax_msgpack(
     path: str | os.PathLike,
     *,
@@ -467,18 +635,16 @@ def read_flax_msgpack(
     RCIG keeps the images it evaluates under ``ema_average``; a checkpoint with such a
     subtree is read as RCIG from there unless ``source='frepo'`` asks for ``params``.
     """
-    from flax import serialization  # flax is slow to import: only when needed
-
     path = os.fspath(path)
     _check_source(source, ("frepo", "rcig"), path)
     if not os.path.isfile(path):
         raise DistilledFormatError(f"{path}: no such file")
-    with open(path, "rb") as handle:
-        payload = handle.read()
     try:
-        tree = serialization.msgpack_restore(payload)
-    except Exception as err:  # msgpack raises a zoo of types on bad input
-        raise DistilledFormatError(f"{path}: truncated or corrupt msgpack checkpoint ({type(err).__name__}: {err})") from None
+        with open(path, "rb") as handle:
+            payload = handle.read()
+    except OSError as err:
+        raise DistilledFormatError(f"{path}: cannot read it ({describe_error(err)})") from None
+    tree = restore_msgpack(payload, path)
     candidates = _find_proto_paths(tree)
     if not candidates:
         raise DistilledFormatError(f"{path}: field 'params/x_proto' (and 'params/y_proto') not found in the checkpoint")
@@ -492,8 +658,8 @@ def read_flax_msgpack(
     for key in key_path:
         group = group[key]
     where = "/".join(key_path + ("",))
-    images = _to_nhwc(np.asarray(group["x_proto"]), "NHWC", path, f"{where}x_proto")
-    labels = _index_or_vector_labels(np.asarray(group["y_proto"]), path, f"{where}y_proto")
+    images = _to_nhwc(group["x_proto"], "NHWC", path, f"{where}x_proto")
+    labels = _index_or_vector_labels(group["y_proto"], path, f"{where}y_proto")
     return DistilledSet(
         images=images,
         labels=labels,
@@ -523,16 +689,19 @@ def _read_npz_images_labels(
     )
 
 
+@_input_errors
 def read_frepo_npz(path, *, preprocessing: str | None = None, num_classes: int | None = None) -> DistilledSet:
     """FRePo npz export: ``image`` NHWC, ``label`` learned (N, C)."""
     return _read_npz_images_labels(os.fspath(path), "frepo_npz", "frepo", "image", "label", "NHWC", preprocessing, num_classes)
 
 
+@_input_errors
 def read_kip_npz(path, *, preprocessing: str | None = None, num_classes: int | None = None) -> DistilledSet:
     """KIP npz: ``images`` NHWC, ``labels`` (N, C)."""
     return _read_npz_images_labels(os.fspath(path), "kip_npz", "kip", "images", "labels", "NHWC", preprocessing, num_classes)
 
 
+@_input_errors
 def read_rfad_npz(path, *, preprocessing: str | None = None, num_classes: int | None = None) -> DistilledSet:
     """RFAD npz: ``images`` NCHW, ``labels`` (N, C)."""
     return _read_npz_images_labels(os.fspath(path), "rfad_npz", "rfad", "images", "labels", "NCHW", preprocessing, num_classes)
@@ -576,6 +745,7 @@ def save_distilled(dset: DistilledSet, path: str | os.PathLike) -> str:
     return path
 
 
+@_input_errors
 def read_distill_jax(path, *, preprocessing: str | None = None, num_classes: int | None = None) -> DistilledSet:
     """Read a file written by :func:`save_distilled`."""
     path = os.fspath(path)
@@ -583,7 +753,7 @@ def read_distill_jax(path, *, preprocessing: str | None = None, num_classes: int
     _require_keys(arrays, ("images", "labels", "metadata"), path)
     try:
         metadata = json.loads(str(arrays["metadata"][()]))
-    except (ValueError, TypeError, IndexError) as err:
+    except (ValueError, TypeError, IndexError, RecursionError) as err:
         raise DistilledFormatError(f"{path}: field 'metadata': not valid JSON ({err})") from None
     if not isinstance(metadata, dict) or metadata.get("format") != "distill_jax":
         raise DistilledFormatError(f"{path}: field 'metadata': expected a distill_jax metadata object")
@@ -624,25 +794,13 @@ _READERS: dict[str, Callable[..., DistilledSet]] = {
 
 
 def _npz_keys(path: str) -> set[str]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return {name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")}
-    except (zipfile.BadZipFile, OSError) as err:
-        raise DistilledFormatError(f"{path}: truncated or corrupt npz file ({err})") from None
+    return npz_keys(path, DistilledFormatError)
 
 
 def _npz_image_shape(path: str, key: str) -> tuple[int, ...]:
     """Shape of one npz array from its header alone."""
-    try:
-        with zipfile.ZipFile(path) as archive, archive.open(key + ".npy") as member:
-            version = np.lib.format.read_magic(member)
-            if version == (1, 0):
-                shape, _, _ = np.lib.format.read_array_header_1_0(member)
-            else:
-                shape, _, _ = np.lib.format.read_array_header_2_0(member)
-            return tuple(shape)
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
-        raise DistilledFormatError(f"{path}: field '{key}': unreadable array header ({err})") from None
+    shape, _ = npz_header(path, key, DistilledFormatError)
+    return shape
 
 
 def detect_format(path: str | os.PathLike) -> str:

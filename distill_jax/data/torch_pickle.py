@@ -20,17 +20,41 @@ into numpy whatever device they were saved from (``cpu``, ``cuda:0``, ...).
 
 The result is the saved object with plain Python containers and numpy arrays in
 place of tensors.
+
+Bounds (issue 11.6): nothing a file declares is allocated before it is checked. Every archive
+member read is checked by :func:`check_zip_member` (its declared uncompressed size against the
+array cap, ``distill_jax.errors.max_array_bytes()``, and its compression ratio), and all members
+of one archive together may decompress to at most ``max(cap, 200 x the archive's size)``. A
+storage must hold exactly ``numel x itemsize`` bytes and at most the cap. A tensor must lie
+inside its storage (strides >= 0, ``offset + max index < numel``), take at most the cap, and
+the tensors of one file together at most twice the bytes of its storages plus 1 MiB, so a
+view (stride 0, overlapping strides, the same storage many times) cannot blow a small file up.
+
+The same bounded reading serves the npz readers (:func:`read_npz`, used by
+``distilled.py`` and ``datasets.py``): each ``.npy`` member's header (shape x itemsize) must
+match the member's size and fit the cap before anything is read. Every malformed file raises
+:class:`TorchFileError` (or the caller's error class), a :class:`distill_jax.errors.InputFileError`
+naming the file, never another exception.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
+import lzma
+import math
 import os
 import pickle
+import pickletools
+import struct
+import tokenize
 import zipfile
+import zlib
 from typing import Any, Callable
 
 import numpy as np
+
+from distill_jax.errors import InputFileError, max_array_bytes
 
 __all__ = [
     "TorchFileError",
@@ -38,11 +62,19 @@ __all__ = [
     "SafeTorchUnpickler",
     "load_torch_file",
     "ALLOWED_GLOBALS",
+    "MALFORMED_ERRORS",
+    "MAX_COMPRESSION_RATIO",
+    "ZipBudget",
+    "check_zip_member",
+    "describe_error",
+    "read_npz",
+    "npz_keys",
+    "npz_header",
 ]
 
 
-class TorchFileError(ValueError):
-    """A torch file is missing, truncated, corrupt or not in the zip format."""
+class TorchFileError(InputFileError):
+    """A torch file is missing, truncated, corrupt, not in the zip format, or larger than allowed."""
 
 
 class UnsafePickleError(TorchFileError):
@@ -170,6 +202,37 @@ class _SafeCallable(_Frozen):
         return f"<safe {self.qualified_name}>"
 
 
+VIEW_ALLOWANCE_BYTES = 1 << 20
+"""Tensors of one file may take at most twice the bytes of its storages plus this much."""
+
+
+class _TensorBudget:
+    """What the tensors of one file may materialise (see the module docstring)."""
+
+    def __init__(self, path: str, cap: int):
+        self.path = path
+        self.cap = cap
+        self.storage_bytes = 0
+        self.tensor_bytes = 0
+
+    def admit(self, storage: "_Storage", nbytes: int, storage_offset: int, size: tuple, stride: tuple) -> None:
+        where = f"{self.path}: storage {storage.key}: tensor (offset {storage_offset}, size {size}, stride {stride})"
+        if nbytes > self.cap:
+            raise TorchFileError(
+                f"{where} would take {nbytes} bytes, over the cap of {self.cap} bytes on one array "
+                "(DISTILL_JAX_MAX_ARRAY_BYTES)"
+            )
+        allowed = 2 * self.storage_bytes + VIEW_ALLOWANCE_BYTES
+        if self.tensor_bytes + nbytes > allowed:
+            raise TorchFileError(
+                f"{where} would take {nbytes} bytes over a storage of {storage.data.nbytes} bytes: the file's "
+                f"tensors would take {self.tensor_bytes + nbytes} bytes from {self.storage_bytes} bytes of "
+                "storages, more than twice that plus 1 MiB (stride-0 or overlapping views of a small "
+                "storage); refused, the file is corrupt or crafted"
+            )
+        self.tensor_bytes += nbytes
+
+
 def _tensor_from_storage(
     path: str,
     storage: Any,
@@ -177,28 +240,41 @@ def _tensor_from_storage(
     size: Any,
     stride: Any,
     dtype: np.dtype | None = None,
+    budget: _TensorBudget | None = None,
 ) -> np.ndarray:
-    """Build an owned, C-contiguous numpy array for a (possibly strided) tensor view."""
+    """Build an owned, C-contiguous numpy array for a (possibly strided) tensor view.
+
+    The view must lie inside its storage and fit ``budget`` (the cap, and the file's view
+    allowance); both are checked on the declared numbers, before anything is allocated.
+    """
     if not isinstance(storage, _Storage):
         raise TorchFileError(f"{path}: tensor rebuild expected a storage, got {type(storage).__name__}")
     if not (isinstance(storage_offset, int) and storage_offset >= 0):
         raise TorchFileError(f"{path}: storage {storage.key}: bad storage_offset {storage_offset!r}")
+    if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
+        raise TorchFileError(f"{path}: storage {storage.key}: bad size {size!r} / stride {stride!r}")
     size, stride = tuple(size), tuple(stride)
     if len(size) != len(stride) or not all(isinstance(v, int) and v >= 0 for v in size + stride):
         raise TorchFileError(f"{path}: storage {storage.key}: bad size {size!r} / stride {stride!r}")
+    if len(size) > 32:
+        raise TorchFileError(f"{path}: storage {storage.key}: a tensor of {len(size)} dimensions (at most 32 supported)")
     flat = storage.data
     if dtype is not None and dtype != flat.dtype:
         # _rebuild_tensor_v3 with an untyped (byte) storage: reinterpret the bytes.
         usable = flat.nbytes - flat.nbytes % dtype.itemsize
         flat = flat[:usable].view(dtype)
-    if any(v == 0 for v in size):
-        return np.zeros(size, dtype=flat.dtype)
-    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= flat.size:
+    count = math.prod(size)
+    nbytes = count * flat.dtype.itemsize
+    if count and storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) >= flat.size:
+        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
         raise TorchFileError(
             f"{path}: storage {storage.key} holds {flat.size} elements but the tensor "
             f"(offset {storage_offset}, size {size}, stride {stride}) reaches element {last}"
         )
+    if budget is not None:
+        budget.admit(storage, nbytes, storage_offset, size, stride)
+    if count == 0:
+        return np.zeros(size, dtype=flat.dtype)
     item = flat.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
         flat[storage_offset:],
@@ -216,11 +292,14 @@ class SafeTorchUnpickler(pickle.Unpickler):
     global raises :class:`UnsafePickleError` before anything is imported or called.
     """
 
-    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, path: str):
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, path: str, zip_budget: "ZipBudget | None" = None):
         super().__init__(file)
         self._archive = archive
         self._prefix = prefix
         self._path = str(path)
+        self._cap = max_array_bytes()
+        self._zip_budget = zip_budget if zip_budget is not None else ZipBudget(path, self._cap)
+        self._tensor_budget = _TensorBudget(self._path, self._cap)
         self._storages: dict[str, _Storage] = {}
         self._big_endian = self._read_byteorder() == "big"
         self._globals = self._make_globals()
@@ -228,16 +307,17 @@ class SafeTorchUnpickler(pickle.Unpickler):
     # -- allowed globals -------------------------------------------------------------
     def _make_globals(self) -> dict[tuple[str, str], Any]:
         path = self._path
+        budget = self._tensor_budget
 
         def rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
                               backward_hooks=None, metadata=None):
-            return _tensor_from_storage(path, storage, storage_offset, size, stride)
+            return _tensor_from_storage(path, storage, storage_offset, size, stride, budget=budget)
 
         def rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
                               dtype, metadata=None):
             if not isinstance(dtype, _TorchDtype):
                 raise TorchFileError(f"{path}: _rebuild_tensor_v3 expected a torch dtype, got {dtype!r}")
-            return _tensor_from_storage(path, storage, storage_offset, size, stride, dtype.dtype)
+            return _tensor_from_storage(path, storage, storage_offset, size, stride, dtype.dtype, budget=budget)
 
         def rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
             # A Parameter is a tensor plus autograd flags; keep only the values.
@@ -310,7 +390,7 @@ class SafeTorchUnpickler(pickle.Unpickler):
         name = f"{self._prefix}/byteorder"
         if name not in self._archive.namelist():
             return "little"
-        order = self._archive.read(name).decode("ascii", "replace").strip()
+        order = _read_member(self._archive, name, self._path, self._zip_budget).decode("ascii", "replace").strip()
         if order not in ("little", "big"):
             raise TorchFileError(f"{self._path}: field 'byteorder': expected 'little' or 'big', got {order!r}")
         return order
@@ -328,20 +408,28 @@ class SafeTorchUnpickler(pickle.Unpickler):
         member = f"{self._prefix}/data/{key}"
         dtype = storage_type.dtype
         nbytes = numel * dtype.itemsize
+        if nbytes > self._cap:
+            raise TorchFileError(
+                f"{self._path}: storage '{member}' declares {numel} x {dtype.name} = {nbytes} bytes, over the cap "
+                f"of {self._cap} bytes on one array (DISTILL_JAX_MAX_ARRAY_BYTES)"
+            )
         try:
             info = self._archive.getinfo(member)
         except KeyError:
             raise TorchFileError(f"{self._path}: storage '{member}' is missing from the archive") from None
-        if info.file_size < nbytes:
+        if info.file_size != nbytes:
             raise TorchFileError(
                 f"{self._path}: storage '{member}' has {info.file_size} bytes, expected "
                 f"{nbytes} ({numel} x {dtype.name}); the file is truncated or corrupt"
             )
-        raw = _read_member(self._archive, member, self._path)[:nbytes]
+        raw = _read_member(self._archive, member, self._path, self._zip_budget)
+        if len(raw) != nbytes:
+            raise TorchFileError(f"{self._path}: storage '{member}' read {len(raw)} bytes, expected {nbytes}; the file is corrupt")
         data = np.frombuffer(raw, dtype=dtype.newbyteorder(">") if self._big_endian else dtype, count=numel)
         data = data.astype(dtype, copy=False) if self._big_endian else data
         storage = _Storage(key, str(location), data)
         self._storages[key] = storage
+        self._tensor_budget.storage_bytes += nbytes
         return storage
 
 
@@ -351,11 +439,129 @@ def _require_plain_dtype(path: str, dtype: np.dtype) -> None:
         raise TorchFileError(f"{path}: refusing numpy dtype {dtype!r} (only plain numeric dtypes are allowed)")
 
 
-def _read_member(archive: zipfile.ZipFile, member: str, path: str) -> bytes:
+# ---------------------------------------------------------------------------------------
+# Bounded archive reading (torch zips here; npz files for distilled.py and datasets.py)
+# ---------------------------------------------------------------------------------------
+
+MAX_COMPRESSION_RATIO = 200
+"""A member above RATIO_CHECK_BYTES that inflates more than this (uncompressed / compressed) is
+refused as a likely zip bomb; real data (pixels, weights) deflates far less."""
+RATIO_CHECK_BYTES = 4 << 20
+MAX_NPY_HEADER_BYTES = 1 << 16
+"""The most header bytes an npy member may declare (numpy writes under 100 for plain arrays)."""
+
+MALFORMED_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,  # includes UnicodeDecodeError
+    TypeError,
+    LookupError,  # KeyError, IndexError
+    AttributeError,
+    ArithmeticError,  # OverflowError, ZeroDivisionError
+    EOFError,
+    OSError,
+    RuntimeError,  # NotImplementedError (zip encryption / methods), RecursionError
+    SyntaxError,  # npy header literals
+    BufferError,
+    MemoryError,
+    struct.error,
+    zlib.error,
+    lzma.LZMAError,
+    pickle.UnpicklingError,
+    tokenize.TokenError,
+    zipfile.BadZipFile,
+)
+"""What parsing a malformed file can raise from the standard library, numpy, zipfile and
+pickle. Readers turn these into their InputFileError; anything else is a bug and propagates."""
+
+
+def describe_error(err: BaseException) -> str:
+    """'<Type>: <message>' for an error message; MemoryError says what it means."""
+    if isinstance(err, MemoryError):
+        return "ran out of memory (MemoryError): the file declares more than this machine can hold"
+    return f"{type(err).__name__}: {err}"
+
+
+class ZipBudget:
+    """Uncompressed bytes one archive may still yield: ``max(cap, 200 x the archive's size)``
+    in all (so many small members cannot add up to a bomb either)."""
+
+    def __init__(self, path: str | os.PathLike, cap: int | None = None):
+        cap = max_array_bytes() if cap is None else cap
+        try:
+            self.archive_size: int | None = os.path.getsize(path)
+        except OSError:  # not a file on disk (a label only): the cap alone bounds it
+            self.archive_size = None
+        self.left = max(cap, MAX_COMPRESSION_RATIO * (self.archive_size or 0))
+
+    def take(self, info: zipfile.ZipInfo, where: str, error: type[InputFileError]) -> None:
+        if info.file_size > self.left:
+            raise error(
+                f"{where}: archive member '{info.filename}' would take the archive past "
+                f"{MAX_COMPRESSION_RATIO}x its size (or the array cap) in uncompressed bytes; "
+                "refusing a possible zip bomb"
+            )
+        self.left -= info.file_size
+
+
+def check_zip_member(
+    info: zipfile.ZipInfo,
+    where: str,
+    error: type[InputFileError] = TorchFileError,
+    *,
+    cap: int | None = None,
+    allowance: int = 0,
+    archive_size: int | None = None,
+) -> None:
+    """Refuse a member whose declared uncompressed size is over ``cap + allowance``, whose
+    compression ratio marks a bomb, or (given ``archive_size``) whose compressed bytes would
+    lie past the end of the archive (zipfile would ask the OS for that many bytes at once);
+    checked on the zip directory, before any byte is read."""
+    cap = max_array_bytes() if cap is None else cap
+    size, packed = info.file_size, info.compress_size
+    if archive_size is not None and info.header_offset + packed > archive_size:
+        raise error(
+            f"{where}: archive member '{info.filename}' declares {packed} compressed bytes at offset "
+            f"{info.header_offset}, past the end of the {archive_size}-byte file; the file is truncated or corrupt"
+        )
+    if size > cap + allowance:
+        raise error(
+            f"{where}: archive member '{info.filename}' declares {size} bytes uncompressed, over the cap "
+            f"of {cap} bytes on one array (DISTILL_JAX_MAX_ARRAY_BYTES)"
+        )
+    if size > RATIO_CHECK_BYTES and size > MAX_COMPRESSION_RATIO * max(packed, 1):
+        raise error(
+            f"{where}: archive member '{info.filename}' inflates {packed} compressed bytes to {size} "
+            f"({size // max(packed, 1)}:1, more than {MAX_COMPRESSION_RATIO}:1); refusing a possible zip bomb"
+        )
+
+
+def _read_member(archive: zipfile.ZipFile, member: str, path: str, budget: ZipBudget | None = None) -> bytes:
     try:
-        return archive.read(member)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise TorchFileError(f"{path}: cannot read '{member}' from the archive ({err}); the file is truncated or corrupt") from None
+        info = archive.getinfo(member)
+        budget = budget if budget is not None else ZipBudget(path)
+        check_zip_member(info, path, TorchFileError, archive_size=budget.archive_size)
+        budget.take(info, path, TorchFileError)
+        return archive.read(info)
+    except InputFileError:
+        raise
+    except MALFORMED_ERRORS as err:
+        raise TorchFileError(
+            f"{path}: cannot read '{member}' from the archive ({describe_error(err)}); the file is truncated or corrupt"
+        ) from None
+
+
+def _prescan_pickle(payload: bytes, path: str) -> None:
+    """Walk data.pkl's opcodes (``pickletools.genops``, pure Python) before the C unpickler
+    sees them. CPython's unpickler sizes (and zero-fills) its memo to twice the largest memo
+    index it is given, so an 8-byte pickle storing to index 2**28 takes 4 GiB; a memo index or
+    frame length here must not exceed the pickle's own length. genops also refuses any
+    counted argument (bytes, strings) longer than what follows it."""
+    limit = len(payload)
+    for opcode, arg, position in pickletools.genops(payload):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "FRAME") and not (isinstance(arg, int) and 0 <= arg <= limit):
+            raise TorchFileError(
+                f"{path}: data.pkl opcode {opcode.name} at byte {position} has argument {arg!r}, more than the "
+                f"pickle's {limit} bytes allow; refused, the file is corrupt or crafted"
+            )
 
 
 def _find_prefix(archive: zipfile.ZipFile, path: str) -> str:
@@ -373,35 +579,175 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     """Load a ``torch.save`` zip file into Python containers holding numpy arrays.
 
     Raises :class:`UnsafePickleError` if the pickle names any global outside the
-    tensor-rebuilding allow-list, and :class:`TorchFileError` for a missing, truncated
-    or corrupt file.
+    tensor-rebuilding allow-list, and :class:`TorchFileError` for a missing, truncated,
+    corrupt or oversized file (see the module docstring for the bounds).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise TorchFileError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as handle:
-            head = handle.read(2)
-        hint = (
-            " (it looks like a bare pickle: the legacy pre-1.6 torch format is not supported)"
-            if head[:1] == b"\x80"
-            else ""
-        )
-        raise TorchFileError(f"{path}: not a zip archive; the file is truncated, corrupt or not a torch.save file{hint}")
     try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as handle:
+                head = handle.read(2)
+            hint = (
+                " (it looks like a bare pickle: the legacy pre-1.6 torch format is not supported)"
+                if head[:1] == b"\x80"
+                else ""
+            )
+            raise TorchFileError(f"{path}: not a zip archive; the file is truncated, corrupt or not a torch.save file{hint}")
         with zipfile.ZipFile(path) as archive:
             prefix = _find_prefix(archive, path)
-            payload = _read_member(archive, f"{prefix}/data.pkl", path)
-            unpickler = SafeTorchUnpickler(io.BytesIO(payload), archive, prefix, path)
+            budget = ZipBudget(path)
+            payload = _read_member(archive, f"{prefix}/data.pkl", path, budget)
             try:
+                _prescan_pickle(payload, path)
+                unpickler = SafeTorchUnpickler(io.BytesIO(payload), archive, prefix, path, budget)
                 return unpickler.load()
-            except TorchFileError:
+            except InputFileError:
                 raise
-            except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError,
-                    IndexError, KeyError) as err:
-                raise TorchFileError(f"{path}: data.pkl is corrupt or unsupported ({type(err).__name__}: {err})") from None
-    except zipfile.BadZipFile as err:
-        raise TorchFileError(f"{path}: corrupt zip archive ({err})") from None
+            except MALFORMED_ERRORS as err:
+                raise TorchFileError(f"{path}: data.pkl is corrupt or unsupported ({describe_error(err)})") from None
+    except InputFileError:
+        raise
+    except MALFORMED_ERRORS as err:
+        raise TorchFileError(f"{path}: corrupt zip archive ({describe_error(err)})") from None
+
+
+# ---------------------------------------------------------------------------------------
+# npz files: numpy's np.load allocates what an npy header declares before reading it and
+# lets zipfile/tokenize/zlib errors through; this reader checks first and names the file.
+# ---------------------------------------------------------------------------------------
+
+
+def _read_exact(member, count: int, what: str) -> bytes:
+    data = member.read(count)
+    if len(data) != count:
+        raise EOFError(f"{what}: expected {count} bytes, got {len(data)}")
+    return data
+
+
+def _npy_header(member, info: zipfile.ZipInfo, where: str, error: type[InputFileError]):
+    """(shape, fortran_order, dtype, header bytes) of an open npy member, checked."""
+    preamble = _read_exact(member, 8, "npy magic")
+    if preamble[:6] != b"\x93NUMPY":
+        raise error(f"{where}: archive member '{info.filename}' is not an npy array (bad magic)")
+    major = preamble[6]
+    if major not in (1, 2, 3) or preamble[7] != 0:
+        raise error(f"{where}: archive member '{info.filename}': unsupported npy format version {major}.{preamble[7]}")
+    length_bytes = _read_exact(member, 2 if major == 1 else 4, "npy header length")
+    header_length = int.from_bytes(length_bytes, "little")
+    if header_length > MAX_NPY_HEADER_BYTES:
+        raise error(f"{where}: archive member '{info.filename}' declares a {header_length}-byte npy header (at most {MAX_NPY_HEADER_BYTES})")
+    raw = preamble + length_bytes + _read_exact(member, header_length, "npy header")
+    stream = io.BytesIO(raw)
+    np.lib.format.read_magic(stream)
+    reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = reader(stream, max_header_size=MAX_NPY_HEADER_BYTES)
+    if dtype.hasobject:
+        raise error(f"{where}: array '{info.filename}' holds Python objects (dtype {dtype}); loading them needs pickle, refused")
+    if dtype.subdtype is not None or dtype.itemsize == 0:
+        raise error(f"{where}: array '{info.filename}': unsupported dtype {dtype}")
+    return tuple(int(v) for v in shape), bool(fortran_order), dtype, len(raw)
+
+
+def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, error, cap: int, budget: ZipBudget) -> np.ndarray:
+    check_zip_member(info, where, error, cap=cap, allowance=MAX_NPY_HEADER_BYTES + 12, archive_size=budget.archive_size)
+    budget.take(info, where, error)
+    with archive.open(info) as member:
+        shape, fortran_order, dtype, header_bytes = _npy_header(member, info, where, error)
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if nbytes > cap:
+            raise error(
+                f"{where}: array '{info.filename}' declares shape {shape} of {dtype} = {nbytes} bytes, over the "
+                f"cap of {cap} bytes on one array (DISTILL_JAX_MAX_ARRAY_BYTES)"
+            )
+        if info.file_size - header_bytes != nbytes:
+            raise error(
+                f"{where}: array '{info.filename}' declares shape {shape} of {dtype} = {nbytes} bytes but the "
+                f"member holds {info.file_size - header_bytes}; the file is truncated or corrupt"
+            )
+        buffer = bytearray(nbytes)
+        view = memoryview(buffer)
+        done = 0
+        while done < nbytes:
+            chunk = member.read(min(1 << 20, nbytes - done))
+            if not chunk:
+                raise EOFError(f"array '{info.filename}' ends after {done} of {nbytes} bytes")
+            view[done:done + len(chunk)] = chunk
+            done += len(chunk)
+        if member.read(1):  # also makes zipfile check the CRC at the end of the member
+            raise error(f"{where}: array '{info.filename}' has bytes after its data; the file is corrupt")
+    array = np.frombuffer(buffer, dtype=dtype, count=count)
+    return array.reshape(shape[::-1]).transpose() if fortran_order else array.reshape(shape)
+
+
+def _open_npz(path: str, where: str, error):
+    if not os.path.isfile(path):
+        raise error(f"{where}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise error(f"{where}: truncated or corrupt npz file (not a zip archive)")
+    return zipfile.ZipFile(path)
+
+
+@contextlib.contextmanager
+def _npz_errors(where: str, error):
+    """Turn what a malformed npz raises into ``error`` naming the file."""
+    try:
+        yield
+    except InputFileError:
+        raise
+    except MALFORMED_ERRORS as err:
+        raise error(f"{where}: truncated or corrupt npz file ({describe_error(err)})") from None
+
+
+def read_npz(
+    path: str | os.PathLike,
+    error: type[InputFileError],
+    keys: set[str] | None = None,
+    where: str | None = None,
+) -> dict[str, np.ndarray]:
+    """The arrays of an npz (all, or those named in ``keys``), each checked before it is read.
+
+    Members not ending in ``.npy`` are ignored. Object arrays (which need pickle) are refused,
+    as ``np.load(allow_pickle=False)`` does. Errors are ``error`` with messages starting
+    ``where`` (default: the path).
+    """
+    path = os.fspath(path)
+    where = path if where is None else where
+    cap = max_array_bytes()
+    with _npz_errors(where, error):
+        with _open_npz(path, where, error) as archive:
+            budget = ZipBudget(path, cap)
+            arrays = {}
+            for info in archive.infolist():
+                key = info.filename[: -len(".npy")]
+                if not info.filename.endswith(".npy") or (keys is not None and key not in keys):
+                    continue
+                arrays[key] = _read_npy(archive, info, where, error, cap, budget)
+            return arrays
+
+
+def npz_keys(path: str | os.PathLike, error: type[InputFileError], where: str | None = None) -> set[str]:
+    """The array names in an npz, from its directory alone."""
+    path = os.fspath(path)
+    where = path if where is None else where
+    with _npz_errors(where, error):
+        with _open_npz(path, where, error) as archive:
+            return {name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")}
+
+
+def npz_header(path: str | os.PathLike, key: str, error: type[InputFileError], where: str | None = None):
+    """(shape, dtype) of one npz array from its header alone."""
+    path = os.fspath(path)
+    where = path if where is None else where
+    with _npz_errors(where, error):
+        with _open_npz(path, where, error) as archive:
+            info = archive.getinfo(key + ".npy")
+            check_zip_member(info, where, error, allowance=MAX_NPY_HEADER_BYTES + 12, archive_size=os.path.getsize(path))
+            with archive.open(info) as member:
+                shape, _, dtype, _ = _npy_header(member, info, where, error)
+            return shape, dtype
 
 
 # (module, name) pairs the unpickler accepts, for documentation and tests.

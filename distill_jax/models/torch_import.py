@@ -22,12 +22,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from distill_jax.data.torch_pickle import load_torch_file
+from distill_jax.data.torch_pickle import describe_error, load_torch_file
+from distill_jax.errors import InputFileError
 
 __all__ = ["CheckpointFormatError", "convert_reference_convnet", "load_reference_convnet"]
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(InputFileError):
     """A checkpoint's keys or shapes do not describe the reference ConvNet."""
 
 
@@ -41,6 +42,10 @@ def _array(state_dict: Mapping[str, Any], key: str, where: str) -> np.ndarray:
     value = state_dict[key]
     if not isinstance(value, np.ndarray):
         raise CheckpointFormatError(f"{where}: key '{key}': expected a tensor, got {type(value).__name__}")
+    if value.dtype.kind not in "biuf" and value.dtype.name != "bfloat16":
+        raise CheckpointFormatError(f"{where}: key '{key}': expected real numbers, got dtype {value.dtype}")
+    if 0 in value.shape:
+        raise CheckpointFormatError(f"{where}: key '{key}': empty tensor of shape {value.shape}")
     return value.astype(np.float32) if value.dtype != np.float32 else value
 
 
@@ -73,6 +78,9 @@ def convert_reference_convnet(state_dict: Mapping[str, Any], where: str = "<stat
     """
     import jax.numpy as jnp
 
+    for key in state_dict:
+        if not isinstance(key, str):
+            raise CheckpointFormatError(f"{where}: state dict key {key!r} is not a string")
     state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
     params: dict[str, dict] = {}
     batch_stats: dict[str, dict] = {}
@@ -166,6 +174,15 @@ def load_reference_convnet(path: str | os.PathLike) -> tuple[dict, dict]:
     state dict) safely (no torch, no general unpickler) into ``(variables, meta)``;
     ``meta`` adds ``epoch`` (or None) and ``path`` to :func:`convert_reference_convnet`'s."""
     path = os.fspath(path)
+    try:
+        return _load_reference_convnet(path)
+    except InputFileError:
+        raise
+    except MemoryError as err:
+        raise CheckpointFormatError(f"{path}: {describe_error(err)}") from None
+
+
+def _load_reference_convnet(path: str) -> tuple[dict, dict]:
     content = load_torch_file(path)
     if not isinstance(content, dict):
         raise CheckpointFormatError(f"{path}: expected a dict (state dict or {{'state_dict': ...}}), got {type(content).__name__}")
