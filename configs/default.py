@@ -115,6 +115,7 @@ def get_config():
     c.reproduce.split_seeds = False        # one program per seed (faster on CPU than vmapped convs)
     c.reproduce.show_best = False          # also show best-over-training accuracy, labelled as test-set selection
     c.reproduce.teacher = "auto"           # "auto": import a published teacher where one exists (MTT); "trained": train it here
+    c.reproduce.fresh_on_change = False    # True: a cell whose config changed runs afresh in <cell>.<hash>, beside the old one
     c.reproduce.cells = ""                 # "" = every cell; else comma-separated cell names
 
     c.eval_every_epochs = 50

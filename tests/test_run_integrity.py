@@ -179,3 +179,40 @@ def test_a_diverging_run_is_marked_diverged_not_finished(tmp_path):
     text = (tmp_path / "results.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text)["diverged"] == results["diverged"]
+
+
+# ---------------------------------------------------------------- reproduce
+
+def _tiny_cells(workdir, lr):
+    from distill_jax.evaluation import experiments
+
+    teacher = _config(**{"train.learning_rate": lr, "num_seeds": 1})
+    teacher.mode = "teacher"
+    student = _config(**{"train.kd.enabled": True, "num_seeds": 1})
+    student.train.kd.teacher_path = str(workdir / "teacher")
+    return [experiments.Cell("teacher", "Teacher", teacher, "teacher"),
+            experiments.Cell("student", "Student", student, "student")]
+
+
+def test_reproduce_stops_on_a_changed_cell_or_runs_it_afresh_beside_the_old_one(tmp_path):
+    from distill_jax.evaluation import reproduce
+
+    loop.train_and_evaluate(_tiny_cells(tmp_path, 1e-3)[0].config, tmp_path / "teacher", data=_data())
+    changed = _tiny_cells(tmp_path, 2e-3)
+    assert reproduce.cell_conflicts(changed[0], tmp_path / "teacher", False) == [
+        "teacher: train.learning_rate: 0.001 -> 0.002"]
+    with pytest.raises(rundir.RunConfigError, match="cell teacher .* another config"):
+        reproduce._place_cells(changed, tmp_path, False, fresh=False)
+    placed = reproduce._place_cells(changed, tmp_path, False, fresh=True)
+    new_name = reproduce.fresh_cell_dir(tmp_path / "teacher", changed[0].config).name
+    assert placed[0].name == new_name and new_name.startswith("teacher.")
+    assert placed[1].name == "student"  # unchanged itself, but it now reads the fresh teacher
+    assert placed[1].config.train.kd.teacher_path == str(tmp_path / new_name)
+
+
+def test_a_diverged_cell_is_shown_as_diverged():
+    from distill_jax.evaluation import tables
+
+    table = tables.experiment_table([{"label": "Full", "network": "resnet18", "seeds": [0, 1], "epochs": 4,
+                                      "final_accuracy": None, "diverged": {"epoch": 3, "step": 6, "seeds": [1]}}])
+    assert "| Full | resnet18 | 2 | 4 | diverged | diverged at epoch 3 (seed(s) 1) |" in table

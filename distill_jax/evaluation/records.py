@@ -71,6 +71,9 @@ def merge_seed_results(results: list[dict]) -> dict:
         history.append(merged)
     finished = all(r.get("finished") for r in results)
     finals = [a for r in results for a in (r["final_accuracy"]["per_seed"] if r.get("final_accuracy") else [])]
+    diverged = [r["diverged"] for r in results if r.get("diverged")]
     return {"finished": finished, "seeds": [s for r in results for s in r["seeds"]], "history": history,
             "final_accuracy": summarize(finals) if finished else None,
+            "diverged": {"epoch": min(d["epoch"] for d in diverged), "step": min(d["step"] for d in diverged),
+                         "seeds": [s for d in diverged for s in d["seeds"]]} if diverged else None,
             "data": results[0].get("data"), "preprocessing": results[0].get("preprocessing")}

@@ -13,6 +13,8 @@ Outputs in `<workdir>`: `table.md` (final-epoch mean ± std; best-over-training 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import logging
 import pathlib
@@ -22,6 +24,7 @@ from distill_jax import config as config_lib
 from distill_jax import models
 from distill_jax.evaluation import experiments, plots, records, tables
 from distill_jax.errors import UserError
+from distill_jax.training import rundir
 
 
 class ReproductionError(UserError, ValueError):
@@ -33,7 +36,8 @@ def _data_key(data_cfg) -> str:
 
 
 def _finished_results(run_dir: pathlib.Path, config) -> Optional[dict]:
-    """The run's results if it already finished with exactly this config (so it can be skipped)."""
+    """The run's results if it already finished as this run (same identity: `rundir`), so it can
+    be skipped. A run of another config is not skipped: training it refuses the workdir."""
     path = run_dir / "results.json"
     if not path.is_file():
         return None
@@ -41,9 +45,33 @@ def _finished_results(run_dir: pathlib.Path, config) -> Optional[dict]:
         results = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    if results.get("finished") and results.get("config") == json.loads(json.dumps(config.to_dict())):
+    if results.get("finished") and not rundir.config_differences(results.get("config") or {}, config,
+                                                                config_lib.default_config()):
         return results
     return None
+
+
+def _run_dirs(cell: experiments.Cell, cell_dir: pathlib.Path, split_seeds: bool):
+    return [(cell_dir if seed is None else cell_dir / f"seed_{seed}", c)
+            for seed, c in _seed_configs(cell.config, split_seeds and cell.role in ("teacher", "student"))]
+
+
+def cell_conflicts(cell: experiments.Cell, cell_dir: pathlib.Path, split_seeds: bool) -> list[str]:
+    """How the runs already in `cell_dir` differ from this cell's config ([] when they do not,
+    or when there are none)."""
+    defaults = config_lib.default_config()
+    lines = []
+    for run_dir, config in _run_dirs(cell, cell_dir, split_seeds):
+        recorded = rundir.recorded_config(run_dir)
+        if recorded is not None:
+            lines += [f"{run_dir.name}: {d}" for d in rundir.config_differences(recorded, config, defaults)]
+    return lines
+
+
+def fresh_cell_dir(cell_dir: pathlib.Path, config) -> pathlib.Path:
+    """`<cell>.<hash>`: where a cell whose config changed runs afresh, beside (never over) the old one."""
+    digest = hashlib.sha256(json.dumps(rundir.identity(config), sort_keys=True).encode()).hexdigest()[:8]
+    return cell_dir.with_name(f"{cell_dir.name}.{digest}")
 
 
 def _train(config, run_dir: pathlib.Path, data) -> dict:
@@ -128,10 +156,7 @@ def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seed
         merged = {"finished": True, "seeds": ev["seeds"], "history": [], "final_accuracy": ev["accuracy"],
                   "data": ev["data"], "preprocessing": ev["preprocessing"]}
     else:
-        runs = []
-        for seed, c in _seed_configs(cell.config, split_seeds):
-            run_dir = cell_dir if seed is None else cell_dir / f"seed_{seed}"
-            runs.append(_train(c, run_dir, data))
+        runs = [_train(c, run_dir, data) for run_dir, c in _run_dirs(cell, cell_dir, split_seeds)]
         merged = runs[0] if len(runs) == 1 else records.merge_seed_results(runs)
     record = {
         "cell": cell.name, "label": cell.label, "role": cell.role,
@@ -139,7 +164,7 @@ def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seed
         "epochs": cell.config.train.epochs if cell.role != "import" else "",
         "config": cell.config.to_dict(), "split_seeds": bool(split_seeds),
         "seeds": merged["seeds"], "history": merged["history"],
-        "final_accuracy": merged["final_accuracy"],
+        "final_accuracy": merged["final_accuracy"], "diverged": merged.get("diverged"),
         "best_over_training": records.best_over_training(merged["history"]) if merged["history"] else None,
         "data": merged.get("data"), "preprocessing": merged.get("preprocessing"),
         "software": records.software_versions(), "device": records.device_description(),
@@ -157,6 +182,33 @@ def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seed
 def _steps_per_epoch(config, data) -> int:
     n = len(data.train_images)
     return max(1, n // min(config.train.batch_size, n))
+
+
+def _place_cells(cells: list, workdir: pathlib.Path, split_seeds: bool, fresh: bool) -> list:
+    """Cells whose directory holds runs of another config stop the reproduction (naming the
+    fields), or with `fresh` move to `fresh_cell_dir`; cells that read a moved teacher follow it."""
+    moved, placed = {}, []
+    for cell in cells:
+        config = copy.deepcopy(cell.config)
+        kd = config.train.kd
+        if kd.get("teacher_path"):
+            for old, new in moved.items():
+                if kd.teacher_path == old or kd.teacher_path.startswith(old + "/"):
+                    kd.teacher_path = new + kd.teacher_path[len(old):]
+        cell = dataclasses.replace(cell, config=config)
+        conflicts = cell_conflicts(cell, workdir / cell.name, split_seeds)
+        if conflicts and not fresh:
+            raise rundir.RunConfigError(
+                f"reproduce: cell {cell.name} in {workdir / cell.name} was run with another config:\n  "
+                + "\n  ".join(conflicts) + "\nUse another workdir, or --config.reproduce.fresh_on_change=True "
+                "to run the changed cells afresh beside the old ones")
+        if conflicts:
+            new_dir = fresh_cell_dir(workdir / cell.name, cell.config)
+            logging.warning("reproduce: cell %s changed config; running it afresh in %s", cell.name, new_dir)
+            moved[str(workdir / cell.name)] = str(new_dir)
+            cell = dataclasses.replace(cell, name=new_dir.name)
+        placed.append(cell)
+    return placed
 
 
 def teacher_note(cell_records) -> str:
@@ -190,6 +242,7 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
     if wanted:
         cells = [c for c in cells if c.name in wanted]
     data_cache = {} if data_cache is None else data_cache
+    cells = _place_cells(cells, workdir, bool(r.split_seeds), bool(r.fresh_on_change))
     logging.info("reproduce %s: %d cells in %s: %s", r.experiment, len(cells), workdir, "; ".join(
         f"{c.name} ({c.label}, " + (f"{c.config.distill.steps} steps)" if c.role == "distill" else
                                      f"{c.config.num_seeds} seed(s) x {c.config.train.epochs} epochs)")
@@ -204,6 +257,8 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
                 data_cache[key] = pipeline.load_training_data(cell.config.data)
             data = data_cache[key]
         cell_records.append(run_cell(cell, workdir / cell.name, data, split_seeds=bool(r.split_seeds)))
+        if cell_records[-1].get("diverged"):
+            logging.error("reproduce %s: cell %s diverged (%s)", r.experiment, cell.name, cell_records[-1]["diverged"])
     trained = [rec for rec in cell_records if rec["role"] != "distill"]
     table = tables.experiment_table(trained, show_best=bool(r.show_best)) + teacher_note(trained)
     sets = "".join(describe_distill_record(rec) + "\n\n" for rec in cell_records if rec["role"] == "distill")

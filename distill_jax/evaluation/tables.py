@@ -37,8 +37,12 @@ def experiment_table(cell_records: Sequence[dict], *, show_best: bool = False) -
     for rec in cell_records:
         final = rec.get("final_accuracy")
         per_seed = ", ".join(f"{a:.2f}" for a in final["per_seed"]) if final else "not finished"
+        shown = format_mean_std(final)
+        if rec.get("diverged"):
+            d = rec["diverged"]
+            shown, per_seed = "diverged", f"diverged at epoch {d['epoch']} (seed(s) {', '.join(map(str, d['seeds']))})"
         row = [rec["label"], rec.get("network", ""), str(len(rec.get("seeds") or [])), str(rec.get("epochs", "")),
-               format_mean_std(final), per_seed]
+               shown, per_seed]
         if show_best:
             row.append(format_mean_std(rec.get("best_over_training")))
         rows.append(row)
