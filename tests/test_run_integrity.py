@@ -216,3 +216,38 @@ def test_a_diverged_cell_is_shown_as_diverged():
     table = tables.experiment_table([{"label": "Full", "network": "resnet18", "seeds": [0, 1], "epochs": 4,
                                       "final_accuracy": None, "diverged": {"epoch": 3, "step": 6, "seeds": [1]}}])
     assert "| Full | resnet18 | 2 | 4 | diverged | diverged at epoch 3 (seed(s) 1) |" in table
+
+
+def test_fuzzed_checkpoint_bytes_restore_exactly_or_are_refused(tmp_path):
+    """Seeded byte flips and truncations of the newest checkpoint's files: each restore either
+    returns exactly the saved arrays (the digests say so) or raises CheckpointError."""
+    loop.train_and_evaluate(_config(**{"train.epochs": 1, "num_seeds": 1}), tmp_path / "run", data=_data())
+    original = _restorable(tmp_path / "run")
+    abstract = jax.eval_shape(lambda: original)
+    identity = rundir.identity(_config(**{"train.epochs": 1, "num_seeds": 1}))
+    step_dir = next(p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    files = sorted(p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 0)
+    rng = np.random.default_rng(0)
+    outcomes = {"restored": 0, "refused": 0}
+    for case in range(40):
+        target = files[rng.integers(len(files))]
+        saved = target.read_bytes()
+        damaged = bytearray(saved)
+        if case % 4 == 3:
+            damaged = damaged[:rng.integers(len(damaged))]
+        else:
+            for at in rng.integers(len(damaged), size=rng.integers(1, 8)):
+                damaged[at] ^= 1 << int(rng.integers(8))
+        target.write_bytes(bytes(damaged))
+        checkpointer = ckpt_lib.Checkpointer(tmp_path / "run" / "checkpoints")
+        try:
+            _, state, _ = checkpointer.restore_latest(abstract, identity, config_lib.default_config())
+            jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), original)
+            outcomes["restored"] += 1
+        except ckpt_lib.CheckpointError:
+            outcomes["refused"] += 1
+        finally:
+            checkpointer.close()
+            target.write_bytes(saved)
+    print("checkpoint fuzz:", outcomes)
+    assert sum(outcomes.values()) == 40 and outcomes["refused"] > 0, outcomes
