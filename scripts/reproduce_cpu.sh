@@ -15,6 +15,8 @@ set -euo pipefail
 EXPERIMENT=${1:?experiment name}
 ROOT=${2:-/work/runs/repro}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
+# the data root (CIFAR-10 (JPEG), published sets, teachers): the developers' shared folder by default here
+export DISTILL_JAX_DATA=${DISTILL_JAX_DATA:-$(cd "$HERE/.." && pwd)/shared/data}
 mkdir -p "$ROOT/$EXPERIMENT"
 exec nice -n 5 "${PYTHON:-/work/venv/bin/python}" "$HERE/launch/main.py" \
   --config "$HERE/configs/reproduce.py:$EXPERIMENT" --workdir "$ROOT/$EXPERIMENT" \

@@ -20,12 +20,13 @@ jax.config.update("jax_compilation_cache_dir",
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 @pytest.fixture
 def shared_data():
-    """Path to ../shared/data; skips (with the reason) when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (it is only beside the developers' checkout)")
-    return SHARED_DATA
+    """The real data folder (CIFAR-10 (JPEG), published sets and teachers) named by
+    $DISTILL_JAX_DATA, the package's data root; skips (with the reason) when it is not set.
+    `.ci/run` sets it to ../shared/data where that folder exists."""
+    root = os.environ.get("DISTILL_JAX_DATA", "")
+    if not root or not (pathlib.Path(root) / "cifar10_jpeg_test.npz").is_file():
+        pytest.skip(f"real data folder not available: set DISTILL_JAX_DATA to the folder holding "
+                    f"cifar10_jpeg_*.npz, distilled/ and teachers/ (now {root!r})")
+    return pathlib.Path(root)

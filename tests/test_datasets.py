@@ -275,8 +275,20 @@ def test_npz_soft_labels_rejected(tmp_path):
 
 
 def test_cifar10_jpeg_missing_says_where(tmp_path):
-    with pytest.raises(DataNotFoundError, match="cifar10_jpeg_train.npz not found.*beside the developers' checkout"):
+    with pytest.raises(DataNotFoundError, match=r"cifar10_jpeg_train.npz not found.*in the data root \(\$DISTILL_JAX_DATA"):
         datasets.load_dataset("cifar10_jpeg", "train", data_dir=tmp_path)
+
+
+def test_data_root_comes_from_the_environment_else_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_JAX_DATA", str(tmp_path / "root"))
+    assert datasets.data_root() == tmp_path / "root"
+    np.savez(tmp_path / "root.npz", image=np.zeros((2, 4, 4, 3), np.uint8), label=np.array([0, 1]))
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root.npz").rename(tmp_path / "root" / "cifar10_jpeg_test.npz")
+    assert datasets.load_dataset("cifar10_jpeg", "test").images.shape == (2, 4, 4, 3)  # found in the data root
+    monkeypatch.delenv("DISTILL_JAX_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert datasets.data_root() == tmp_path / "cache" / "distill_jax" / "data"
 
 
 def test_shared_cifar10_jpeg(shared_data):

@@ -233,7 +233,7 @@ def test_mtt_teacher_is_published_and_labelled_as_test_selected_or_trained_here(
     published = tmp_path / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth"
     published.parent.mkdir(parents=True)
     published.write_bytes(b"")  # only its existence is looked at when building cells
-    monkeypatch.setattr(ex, "SHARED_TEACHERS", tmp_path / "teachers")
+    monkeypatch.setenv("DISTILL_JAX_DATA", str(tmp_path))
     cells = ex.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run")
     assert (cells[0].role, cells[0].config.evaluate.path) == ("import", str(published))
     assert "selected on the test set" in cells[0].label

@@ -11,7 +11,7 @@ Sources (`load_dataset(name, split, data_dir=None, **opts)`):
   Debian package ``dataset-fashion-mnist`` at /usr/share/datasets/fashion-mnist.
 - ``'cifar10'``, ``'cifar100'`` and any ``'tfds:<name>'``: tensorflow-datasets, read
   through ``tfds.data_source`` (works without TensorFlow once the data is prepared).
-- ``'cifar10_jpeg'``: the CIFAR-10 (JPEG) npz files in ../shared/data.
+- ``'cifar10_jpeg'``: the CIFAR-10 (JPEG) npz files in the data root (`data_root()`).
 - ``'npz'``: any ``.npz`` with ``image`` (uint8 NHWC) and ``label``.
 - ``'tiny_imagenet'``: the standard Tiny-ImageNet-200 folder layout.
 - ``'image_folder'``: ``root/<split>/<class>/*.png|jpg``.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
+import os
 import pathlib
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -39,8 +40,20 @@ from distill_jax.errors import InputFileError, max_array_bytes
 
 PathLike = str | pathlib.Path
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+DATA_ROOT_ENV = "DISTILL_JAX_DATA"
+
+
+def data_root() -> pathlib.Path:
+    """The folder where data is looked for when no data_dir is given: dataset files (e.g.
+    cifar10_jpeg_{train,test}.npz), published distilled sets (`distilled/<set>/`) and published
+    teachers (`teachers/<set>_convnet/`). $DISTILL_JAX_DATA, else
+    $XDG_CACHE_HOME/distill_jax/data (by default ~/.cache/distill_jax/data)."""
+    if os.environ.get(DATA_ROOT_ENV):
+        return pathlib.Path(os.environ[DATA_ROOT_ENV]).expanduser()
+    cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+    return cache / "distill_jax" / "data"
+
+
 DEBIAN_FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -508,6 +521,8 @@ class _DatasetSpec:
     opts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # Options for other sources (e.g. tfds) given through `source=`.
     tfds_name: Optional[str] = None
+    # True: the files live in `data_root()` unless a data_dir is given.
+    in_data_root: bool = False
 
 
 _DATASETS: dict[str, _DatasetSpec] = {
@@ -527,10 +542,11 @@ _DATASETS: dict[str, _DatasetSpec] = {
     "cifar10": _DatasetSpec("tfds", opts={"class_names": CIFAR10_CLASSES}, tfds_name="cifar10"),
     "cifar100": _DatasetSpec("tfds", tfds_name="cifar100"),
     "cifar10_jpeg": _DatasetSpec(
-        "npz", SHARED_DATA_DIR,
+        "npz", None,
         {"file_pattern": "cifar10_jpeg_{split}.npz", "class_names": CIFAR10_CLASSES,
-         "how_to_get": f"the CIFAR-10 (JPEG) files live in {SHARED_DATA_DIR} beside the developers' checkout only; "
-                       "pass data_dir=<folder holding cifar10_jpeg_{train,test}.npz>"}),
+         "how_to_get": f"put cifar10_jpeg_{{train,test}}.npz in the data root (${DATA_ROOT_ENV}, else "
+                       "~/.cache/distill_jax/data) or pass data_dir=<folder holding them>"},
+        in_data_root=True),
     "npz": _DatasetSpec("npz"),
     "tiny_imagenet": _DatasetSpec("tiny_imagenet"),
     "image_folder": _DatasetSpec("image_folder"),
@@ -571,7 +587,8 @@ def load_dataset(name: str, split: str, data_dir: Optional[PathLike] = None, *, 
         raise ValueError(f"load_dataset({name!r}): unknown source {source!r}; known: {sorted(SOURCES)}")
     if source == spec.source:
         merged = {**spec.opts, **opts}
-        return SOURCES[source](name, split, spec.data_dir if data_dir is None else data_dir, **merged)
+        default_dir = data_root() if spec.in_data_root else spec.data_dir
+        return SOURCES[source](name, split, default_dir if data_dir is None else data_dir, **merged)
     if source == "tfds":
         return _load_tfds(spec.tfds_name or name, split, data_dir, **opts)
     return SOURCES[source](name, split, data_dir, **opts)

@@ -41,8 +41,6 @@ DATASETS = {
     "fashion_mnist": {"num_classes": 10, "image_size": 28, "convnet_depth": 3, "distilled_prefix": "fashion_mnist"},
 }
 
-DISTILLED_ROOT = datasets.SHARED_DATA_DIR / "distilled"
-SHARED_TEACHERS = datasets.SHARED_DATA_DIR / "teachers"
 TEACHER_ROOT = pathlib.Path("teachers")  # relative: teachers trained by `configs/teacher.py` live in ./teachers/<set>
 
 
@@ -61,14 +59,16 @@ def set_name(method: str, dataset: str, ipc: int) -> str:
 
 
 def distilled_path(method: str, dataset: str, ipc: int) -> str:
-    return str(DISTILLED_ROOT / set_name(method, dataset, ipc))
+    """A published set in the data root: <data root>/distilled/<set>."""
+    return str(datasets.data_root() / "distilled" / set_name(method, dataset, ipc))
 
 
 def default_teacher_path(method: str, dataset: str, ipc: int) -> str:
-    """Where a student looks for its KD teacher: the shared MTT teacher if one is published
-    beside the data, else ./teachers/<set> (the workdir `configs/teacher.py` suggests)."""
+    """Where a student looks for its KD teacher: the published MTT teacher if the data root holds
+    one (<data root>/teachers/<set>_convnet/checkpoint_best.pth), else ./teachers/<set> (the
+    workdir `configs/teacher.py` suggests)."""
     name = set_name(method, dataset, ipc)
-    shared = SHARED_TEACHERS / f"{name}_convnet" / "checkpoint_best.pth"
+    shared = datasets.data_root() / "teachers" / f"{name}_convnet" / "checkpoint_best.pth"
     if method == "mtt" and shared.is_file():
         return str(shared)
     return str(TEACHER_ROOT / name)
