@@ -2,8 +2,8 @@
 
 DM by default; --config.distill.method=frepo for FRePo. Settings: configs/distill.py.
 """
-from configs import distill
+from distill_jax.evaluation.experiments import distill_config
 
 
 def get_config():
-    return distill.get_config("cifar100,50")
+    return distill_config("cifar100", 50)

@@ -3,11 +3,11 @@
 Fashion-MNIST comes from Debian's `dataset-fashion-mnist` (no download). Three seeds are
 trained together; the result is the last-epoch test accuracy as mean ± std.
 """
-from configs import default
+from distill_jax.config import default_config
 
 
 def get_config():
-    c = default.get_config()
+    c = default_config()
     c.num_seeds = 3
     c.data.dataset = "fashion_mnist"
     c.data.per_class = 10

@@ -17,14 +17,14 @@ scaling on an accelerator: --config.reproduce.epoch_divisor=1 --config.reproduce
 --config.reproduce.width=0 --config.reproduce.teacher_width=0.
 Other datasets: --config.reproduce.experiment=pipeline_<dm|frepo>_<dataset>_<ipc>_<network>.
 """
-from configs import default
+from distill_jax.config import default_config
 from distill_jax.evaluation.experiments import DISTILLERS
 
 
 def get_config(arg: str = "dm"):
     if arg not in DISTILLERS:
         raise ValueError(f"configs/pipeline.py: argument must be one of {DISTILLERS}, got {arg!r}")
-    c = default.get_config()
+    c = default_config()
     c.mode = "reproduce"
     c.num_seeds = 3
     r = c.reproduce

@@ -5,13 +5,13 @@
 Names: see distill_jax.evaluation.experiments.experiment_names(). Shrink for a small machine
 with --config.reproduce.epoch_divisor, .lr_multiplier, .width, .teacher_width (docs/results.md).
 """
-from configs import default
+from distill_jax.config import default_config
 
 DEFAULT = "frepo_cifar10_jpeg_10_resnet18"
 
 
 def get_config(arg: str = DEFAULT):
-    c = default.get_config()
+    c = default_config()
     c.mode = "reproduce"
     c.num_seeds = 3
     c.reproduce.experiment = arg

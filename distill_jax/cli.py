@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
-from distill_jax import errors
+from distill_jax import errors, launcher
 from distill_jax.data.distilled import FORMATS, PREPROCESSING, load_distilled, save_distilled, summarize_distilled
 
 PROG = "distill-jax"
@@ -92,7 +92,25 @@ def register_convert(subparsers) -> None:
     parser.set_defaults(handler=run_convert)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_inspect, register_convert]
+def run_launch(flags: Sequence[str]) -> int:
+    """`distill-jax run FLAGS...`: a launch with the launcher's absl flags (as launch/main.py)."""
+    try:
+        launcher.run_main([f"{PROG} run", *flags])
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    return 0
+
+
+def register_run(subparsers) -> None:
+    """Listed for --help only: `main` hands `run` and everything after it to the launcher,
+    whose flags (--config, --config.field=value, ...) argparse cannot parse."""
+    subparsers.add_parser(
+        "run", help="train, distil, evaluate or reproduce from a config file (as launch/main.py)",
+        description="distill-jax run --config FILE.py[:arg] --workdir DIR [--config.field=value ...] "
+                    "[--distributed] [--verbose]", add_help=False)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_inspect, register_convert, register_run]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (usage errors and bad input: 2)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        return run_launch(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

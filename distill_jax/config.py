@@ -1,6 +1,7 @@
 """Config loading and validation.
 
-Configs are ml_collections `get_config()` files that start from `configs/default.py`.
+Configs are ml_collections `get_config()` files that start from `default_config()` (the
+schema, `distill_jax/defaults.py`), anywhere on disk.
 `validate` runs before any work: a misspelt field or a value outside its allowed set
 stops the run with a message naming the field and what is allowed, instead of being
 silently ignored hours later.
@@ -9,13 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-import sys
 
 import ml_collections
 
+from distill_jax.defaults import default_config
 from distill_jax.errors import UserError
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 
 # Enumerated fields: dotted name -> allowed values.
 CHOICES = {
@@ -95,19 +95,15 @@ def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    root = str(DEFAULT_CONFIG.parents[1])
-    if root not in sys.path:  # config files import `configs.default`
-        sys.path.insert(0, root)
     spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - a config file's own error, reported with its name
+        raise ConfigError(f"config file {path} cannot be loaded: {type(err).__name__}: {err}") from err
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
     return module.get_config() if arg is None else module.get_config(arg)
-
-
-def default_config() -> ml_collections.ConfigDict:
-    return load_config_file(DEFAULT_CONFIG)
 
 
 def _flatten(cfg, prefix=""):

@@ -1,0 +1,101 @@
+"""The launch of one run from a config file: `python launch/main.py --config FILE --workdir DIR
+[--config.field=value ...]`, or `distill-jax run` with the same flags from a pip install.
+
+Logs the devices and a summary of the config, validates it, hands over to the mode
+(`distill_jax.run`), and turns user errors into one line with exit code 2.
+"""
+import logging
+import os
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from distill_jax import errors
+from distill_jax.config import ConfigError, validate
+from distill_jax.run import run
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
+flags.DEFINE_bool("verbose", False, "Log the whole config, and show tracebacks of user errors.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    # Orbax and other libraries log every checkpoint step through absl at INFO; keep ours.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+    # Reproductions run many cells with identical programs: cache compiled XLA programs on disk.
+    jax.config.update("jax_compilation_cache_dir", os.environ.get(
+        "DISTILL_JAX_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "distill_jax", "xla")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
+                 jax.process_count(), jax.devices())
+    try:
+        try:
+            loaded = FLAGS.config
+            loaded.keys()  # a lazily loaded config raises its loading error on first use
+        except Exception as err:  # noqa: BLE001 - a missing file, a syntax error, a bad get_config argument
+            raise ConfigError(f"cannot load the config given by --config: {err}") from err
+        config = validate(loaded)
+        if FLAGS.verbose:
+            logging.info("config:\n%s", config)
+        elif config.mode == "reproduce":  # the cells build their own configs (each cell's config.json)
+            logging.info("config (mode reproduce, seed %d, %d seeds):\n%s", config.seed, config.num_seeds,
+                         config.reproduce)
+        else:
+            logging.info("mode %s, %s on %s; the whole config goes to %s/config.json (--verbose logs it)",
+                         config.mode, config.model.name, config.data.dataset, FLAGS.workdir)
+        results = run(config, FLAGS.workdir)
+    except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
+        message = errors.user_error_message(err)
+        if message is None or FLAGS.verbose:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(errors.USER_ERROR_EXIT)
+    if results.get("diverged"):
+        d = results["diverged"]
+        print(f"diverged at step {d['step']} (epoch {d['epoch']}), seed(s) {d['seeds']}: non-finite loss or "
+              f"parameters; no final accuracy (see {FLAGS.workdir}/results.json)", file=sys.stderr)
+        sys.exit(errors.DIVERGED_EXIT)
+    if "summary" in results:
+        print(results["summary"])
+    elif results.get("final_accuracy") is None:
+        print("stopped before the last epoch; run the same command again to resume")
+    else:
+        fa = results["final_accuracy"]
+        print(f"final test accuracy (last epoch, {len(fa['per_seed'])} seeds): {fa['mean']:.2f} ± {fa['std']:.2f} %")
+    print(f"results in {FLAGS.workdir}")
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a bad config file, config argument or override (`--config.x=y`
+    naming no field) reported as one line instead of absl's traceback dump."""
+    try:
+        return FLAGS(argv)
+    except Exception as err:  # noqa: BLE001 - flags.Error, or the config module's own error
+        if "--verbose" in argv:
+            raise
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        message = errors.user_error_message(cause)
+        if message is None:  # the config loader reports a config file's error as text: keep its last line
+            lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+            message = lines[-1] if lines else type(cause).__name__
+        if isinstance(cause, (KeyError, AttributeError)):
+            message = f"an override names no config field: {message}"
+        print(f"error: cannot load the config given by --config: {message}", file=sys.stderr)
+        sys.exit(errors.USER_ERROR_EXIT)
+
+
+def run_main(argv=None) -> None:
+    """Runs a launch as `python launch/main.py ...` or `distill-jax run ...` does (exits)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    app.run(main, argv=argv, flags_parser=parse_flags)
