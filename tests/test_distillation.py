@@ -16,6 +16,7 @@ from distill_jax.distillation import common, dm, frepo, runner
 from distill_jax.training import checkpoint as ckpt_lib
 from distill_jax.training import rundir
 from distill_jax.training import loop
+from helpers import override
 
 CLASSES, SIZE, PER_CLASS = 3, 8, 12
 
@@ -54,13 +55,7 @@ def _config(method="dm", **over):
     c.distill.frepo.max_online_updates = 3
     c.distill.frepo.optimizer = "adam"
     c.distill.frepo.learning_rate = 0.01
-    for key, value in over.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return override(c, **over)
 
 
 # --------------------------------------------------------------------------- equations

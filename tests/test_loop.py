@@ -13,6 +13,7 @@ from distill_jax.data import pipeline, preprocess
 from distill_jax.training import checkpoint as ckpt_lib
 from distill_jax.training import loop, rundir
 from distill_jax.training import teacher as teacher_lib
+from helpers import override
 
 
 def _data(n_per_class=4, classes=4, size=8, channels=1, seed=0):
@@ -38,13 +39,7 @@ def _config(**over):
     c.eval_every_epochs = 2
     c.checkpoint_every_epochs = 1
     c.log_every_steps = 1
-    for key, value in over.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return override(c, **over)
 
 
 def test_results_json_has_final_accuracy_mean_std_per_seed(tmp_path):

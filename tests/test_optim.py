@@ -19,19 +19,22 @@ def _problem(seed=0):
     return params, grads
 
 
-def _run_optax(tx, params, grads):
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-    state = tx.init(params)
+def _run_optax(tx, params, grads, dtype=jnp.float32):
+    """The parameters after each update; float64 switches x64 on for this call only."""
+    with jax.enable_x64(dtype == jnp.float64):
+        params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+        state = tx.init(params)
 
-    @jax.jit
-    def step(params, state, g):
-        updates, state = tx.update(g, state, params)
-        return optax.apply_updates(params, updates), state
+        @jax.jit
+        def step(params, state, g):
+            updates, state = tx.update(g, state, params)
+            return optax.apply_updates(params, updates), state
 
-    history = []
-    for g in grads:
-        params, state = step(params, state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g))
-        history.append(jax.tree.map(np.asarray, params))
+        history = []
+        for g in grads:
+            params, state = step(params, state, jax.tree.map(lambda x: jnp.asarray(x, dtype), g))
+            chex.assert_type(jax.tree.leaves(params)[0], dtype)
+            history.append(jax.tree.map(np.asarray, params))
     return history
 
 
@@ -103,23 +106,6 @@ def test_matches_torch_rule_with_schedule(name):
     _compare(name, lr=schedule, wd=0.5)
 
 
-def _run_optax_float64(tx, params, grads):
-    """As _run_optax, but in float64 (x64 switched on for this call only)."""
-    with jax.enable_x64(True):
-        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
-        state = tx.init(params)
-
-        @jax.jit
-        def step(params, state, g):
-            updates, state = tx.update(g, state, params)
-            return optax.apply_updates(params, updates), state
-
-        history = []
-        for g in grads:
-            params, state = step(params, state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), g))
-            chex.assert_type(params["w"], jnp.float64)
-            history.append(jax.tree.map(np.asarray, params))
-    return history
 
 
 def _lion_with_decay_misplaced(p, grads, lr, wd, how, b1=0.95, b2=0.98):
@@ -147,7 +133,7 @@ def test_lion_spec_setting():
     after the sign step: (p - lr s)(1 - lr wd) - (p (1 - lr wd) - lr s) = lr^2 wd s = 1.25e-11 a step."""
     lr, wd, atol = 5e-5, 5e-3, 1e-13
     params, grads = _problem()
-    history = _run_optax_float64(make_optimizer("lion", lr, wd), params, grads)
+    history = _run_optax(make_optimizer("lion", lr, wd), params, grads, jnp.float64)
     for key in params:
         leaf_grads = [g[key] for g in grads]
         expected = _torch_lion(params[key], leaf_grads, lr, wd)  # betas 0.95, 0.98

@@ -16,17 +16,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from distill_jax import config as config_lib
-from distill_jax.data import pipeline, preprocess
 from distill_jax.training import checkpoint as ckpt_lib
 from distill_jax.training import loop, rundir
+from helpers import override, synthetic_data
 
 
 def _data():
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 4)
-    images = rng.normal(size=(16, 8, 8, 1)).astype(np.float32) + labels[:, None, None, None] * 0.5
-    prep = preprocess.fit("none", np.zeros((2, 8, 8, 1), np.float32))
-    return pipeline.TrainingData(images, labels, images[:8], labels[:8], 4, prep, "synthetic")
+    return synthetic_data(per_class=4, test_per_class=2)
 
 
 def _config(**over):
@@ -34,13 +30,7 @@ def _config(**over):
     c.num_seeds, c.model.width, c.model.depth, c.model.norm = 2, 4, 2, "batch"
     c.train.epochs, c.train.batch_size, c.train.augment.k = 3, 8, 1
     c.eval_every_epochs = c.checkpoint_every_epochs = c.log_every_steps = 1
-    for key, value in over.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return override(c, **over)
 
 
 @pytest.fixture(scope="module")

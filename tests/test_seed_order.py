@@ -3,19 +3,13 @@ runs of each seed alone, on a set with several batches an epoch."""
 import numpy as np
 
 from distill_jax import config as config_lib
-from distill_jax.data import pipeline, preprocess
 from distill_jax.training import loop
+from helpers import synthetic_data
 
 
 def _data():
     """24 images, 4 classes: with batch 8, three batches an epoch."""
-    rng = np.random.default_rng(3)
-    labels = np.repeat(np.arange(4), 6)
-    images = rng.normal(size=(24, 8, 8, 1)).astype(np.float32) + labels[:, None, None, None] * 0.4
-    test_labels = np.repeat(np.arange(4), 10)
-    test_images = rng.normal(size=(40, 8, 8, 1)).astype(np.float32) + test_labels[:, None, None, None] * 0.4
-    prep = preprocess.fit("none", np.zeros((2, 8, 8, 1), np.float32))
-    return pipeline.TrainingData(images, labels, test_images, test_labels, 4, prep, "synthetic")
+    return synthetic_data(per_class=6, test_per_class=10, shift=0.4, seed=3)
 
 
 def _config(seed, num_seeds):

@@ -6,17 +6,13 @@ import numpy as np
 import pytest
 
 from distill_jax import config as config_lib
-from distill_jax.data import pipeline, preprocess
 from distill_jax.training import loop
 from distill_jax.training import teacher as teacher_lib
+from helpers import override, synthetic_data
 
 
 def _data():
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 4)
-    images = rng.normal(size=(16, 8, 8, 1)).astype(np.float32) + labels[:, None, None, None] * 0.5
-    prep = preprocess.fit("none", np.zeros((2, 8, 8, 1), np.float32))
-    return pipeline.TrainingData(images, labels, images[:8], labels[:8], 4, prep, "synthetic")
+    return synthetic_data(per_class=4, test_per_class=2)
 
 
 def _teacher_config(**over):
@@ -24,9 +20,7 @@ def _teacher_config(**over):
     c.num_seeds, c.model.width, c.model.depth = 1, 4, 2
     c.train.epochs, c.train.batch_size, c.train.augment.k = 4, 8, 0
     c.eval_every_epochs = c.checkpoint_every_epochs = 1
-    for key, value in over.items():
-        c.train[key] = value
-    return c
+    return override(c, **{f"train.{k}": v for k, v in over.items()})
 
 
 @pytest.fixture(scope="module")
