@@ -22,6 +22,7 @@ from distill_jax import models
 from distill_jax.data import pipeline
 from distill_jax.optim import make_optimizer, schedules
 from distill_jax.training import checkpoint as ckpt_lib
+from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import rundir, sharding, steps
 
 
@@ -184,9 +185,10 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
 
     logging.info("training %s x %d seeds on %d devices: %d images, batch %d, %d epochs (%d steps)",
                  config.model.name, len(seeds), mesh.size, num_train, batch_size, t.epochs, total_steps)
-    last_log = time.perf_counter()
-    images_since_log = 0
     end_epoch = min(t.epochs, t.stop_after_epochs) if t.stop_after_epochs else t.epochs
+    writer = metrics_lib.MetricsWriter(workdir, seeds, start_step=start_epoch * steps_per_epoch)
+    progress = metrics_lib.Progress(end_epoch * steps_per_epoch, start_epoch * steps_per_epoch)
+    last_log, images_since_log = time.perf_counter(), 0
     for epoch in range(start_epoch, end_epoch):
         keep_rate = float(keep_schedule(epoch)) if keep_schedule is not None else 1.0
         orders = epoch_orders(seeds, epoch, num_train)
@@ -200,8 +202,15 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
             train_losses.append(metrics["loss"])
             if "keep_rate_used" in metrics:
                 used_rates.append(metrics["keep_rate_used"])
-            images_since_log += batch_size * len(seeds)
             global_step = epoch * steps_per_epoch + i + 1
+            if progress.timed_since is None:  # the first step compiles: timed apart, not in images/s
+                jax.block_until_ready(state)
+                progress.started(global_step)
+                logging.info("compiled and ran the first step in %.1f s", progress.compile_seconds)
+                last_log = time.perf_counter()
+            else:
+                images_since_log += batch_size * len(seeds)
+            progress.update(global_step)
             if global_step % config.log_every_steps == 0 or global_step == total_steps:
                 finite = np.isfinite(np.asarray(metrics["loss"])) & np.asarray(_all_finite(state["params"]))
                 if not finite.all():
@@ -211,13 +220,19 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
                                   "stopping", global_step, epoch + 1, diverged["seeds"])
                     break
                 now = time.perf_counter()
-                loss = np.asarray(metrics["loss"]).mean()
-                acc = 100 * np.asarray(metrics["accuracy"]).mean()
+                losses, accs = np.asarray(metrics["loss"]), 100 * np.asarray(metrics["accuracy"])
                 used = metrics.get("keep_rate_used")
-                extra = f" keep_rate_used {float(np.asarray(used).mean()):.3f}" if used is not None else ""
-                logging.info("step %d/%d epoch %d loss %.4f train_acc %.1f%% lr %.3g keep_rate %.2f%s %.1f images/s",
-                             global_step, total_steps, epoch + 1, loss, acc, float(lr_schedule(global_step - 1)),
-                             keep_rate, extra, images_since_log / max(now - last_log, 1e-9))
+                speed = images_since_log / (now - last_log) if images_since_log else None
+                scalars = {"epoch": epoch + 1, "lr": float(lr_schedule(global_step - 1)), "keep_rate": keep_rate,
+                           "images_per_s": speed, "loss_mean": float(losses.mean()),
+                           "train_accuracy_mean": float(accs.mean())}
+                if used is not None:
+                    scalars["keep_rate_used"] = float(np.asarray(used).mean())
+                writer.write(global_step, scalars, {"loss": losses, "train_accuracy": accs})
+                extra = f" keep_rate_used {scalars['keep_rate_used']:.3f}" if used is not None else ""
+                logging.info("step %d/%d epoch %d loss %.4f train_acc %.1f%% lr %.3g keep_rate %.2f%s %s images/s %s",
+                             global_step, total_steps, epoch + 1, losses.mean(), accs.mean(), scalars["lr"],
+                             keep_rate, extra, f"{speed:.1f}" if speed else "-", progress.line())
                 last_log, images_since_log = now, 0
         if diverged:
             break
@@ -230,11 +245,14 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
             if used_rates:
                 entry["keep_rate_used"] = float(np.mean([np.asarray(u).mean() for u in used_rates]))
             history.append(entry)
-            logging.info("epoch %d test accuracy %s (mean %.2f%%)", done,
-                         " ".join(f"{a:.2f}" for a in acc), float(np.mean(acc)))
+            writer.write(done * steps_per_epoch, {"epoch": done, "test_accuracy_mean": float(np.mean(acc))},
+                         {"test_accuracy": acc})
+            logging.info("epoch %d test accuracy %s (mean %.2f%%) %s", done,
+                         " ".join(f"{a:.2f}" for a in acc), float(np.mean(acc)), progress.line())
         if done % config.checkpoint_every_epochs == 0 or done == end_epoch:
             checkpointer.save(done * steps_per_epoch, state, {"identity": identity, "epoch": done, "history": history})
     checkpointer.close()
+    writer.close()
 
     finished = not diverged and history and history[-1]["epoch"] == t.epochs
     final = history[-1]["test_accuracy"] if finished else []

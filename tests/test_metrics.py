@@ -1,0 +1,72 @@
+"""metrics.jsonl and TensorBoard events: the same values, read back by TensorBoard's own reader."""
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from distill_jax import config as config_lib
+from distill_jax.training import loop, metrics
+from helpers import override, synthetic_data
+
+
+def _config(**over):
+    c = config_lib.default_config()
+    c.num_seeds, c.model.width, c.model.depth, c.model.norm = 2, 4, 2, "batch"
+    c.train.epochs, c.train.batch_size, c.train.augment.k = 3, 8, 1
+    c.eval_every_epochs = c.checkpoint_every_epochs = c.log_every_steps = 1
+    return override(c, **over)
+
+
+def _scalars(directory, tag):
+    events = EventAccumulator(str(directory))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars(tag)}
+
+
+def test_a_run_writes_jsonl_and_tensorboard_with_equal_values(tmp_path):
+    loop.train_and_evaluate(_config(), tmp_path, data=synthetic_data())
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if "loss" in r]
+    evals = [r for r in lines if "test_accuracy" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6] and [r["step"] for r in evals] == [2, 4, 6]
+    first = train[0]
+    assert set(first) >= {"step", "epoch", "loss", "train_accuracy", "lr", "keep_rate", "images_per_s",
+                          "loss_mean", "train_accuracy_mean"}
+    assert first["images_per_s"] is None  # the compiling first step is left out of the speed
+    assert train[1]["images_per_s"] > 0 and len(first["loss"]) == 2
+    for seed_index, seed in enumerate((0, 1)):
+        loss = _scalars(tmp_path / "tb" / f"seed_{seed}", "loss")
+        test = _scalars(tmp_path / "tb" / f"seed_{seed}", "test_accuracy")
+        assert sorted(loss) == [1, 2, 3, 4, 5, 6]
+        for r in train:
+            assert loss[r["step"]] == pytest.approx(r["loss"][seed_index], rel=1e-6)
+        for r in evals:
+            assert test[r["step"]] == pytest.approx(r["test_accuracy"][seed_index], rel=1e-6)
+    lr = _scalars(tmp_path / "tb", "lr")
+    assert all(lr[r["step"]] == pytest.approx(r["lr"], rel=1e-6) for r in train)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert evals[-1]["test_accuracy"] == results["final_accuracy"]["per_seed"]
+
+
+def test_a_resumed_run_keeps_each_step_once(tmp_path):
+    data = synthetic_data()
+    loop.train_and_evaluate(_config(**{"train.stop_after_epochs": 2}), tmp_path, data=data)
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # as if killed after logging past the checkpoint
+        f.write(json.dumps({"step": 5, "loss": [9.0, 9.0]}) + "\n" + '{"step": 6, "lo')
+    loop.train_and_evaluate(_config(), tmp_path, data=data)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 2, 3, 4, 4, 5, 6, 6]  # train lines, plus an eval line at each epoch end
+
+
+def test_progress_leaves_compilation_out_of_the_rate_and_gives_an_eta(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
+    progress = metrics.Progress(total=10)
+    now[0] = 10.0
+    progress.started(1)  # compile + first step took 10 s
+    assert progress.compile_seconds == 10.0 and progress.eta() is None
+    now[0] = 14.0
+    progress.update(5)  # 4 more steps in 4 s: 1 step/s, 5 steps left
+    assert progress.rate() == pytest.approx(1.0) and progress.eta() == pytest.approx(5.0)
+    assert progress.line() == "elapsed 0:00:14 eta 0:00:05"
+    assert metrics.format_duration(3725) == "1:02:05" and metrics.format_duration(None) == "?"
