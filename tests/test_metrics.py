@@ -70,3 +70,33 @@ def test_progress_leaves_compilation_out_of_the_rate_and_gives_an_eta(monkeypatc
     assert progress.rate() == pytest.approx(1.0) and progress.eta() == pytest.approx(5.0)
     assert progress.line() == "elapsed 0:00:14 eta 0:00:05"
     assert metrics.format_duration(3725) == "1:02:05" and metrics.format_duration(None) == "?"
+
+
+def test_a_distillation_writes_its_loss_and_image_grid_as_events(tmp_path):
+    from test_distillation import _config as distill_config, _real
+
+    from distill_jax.distillation import runner
+
+    runner.run_distillation(distill_config(), tmp_path, real=_real("standardize"))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4, 6]
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert {e.step: e.value for e in events.Scalars("loss")} == pytest.approx({r["step"]: r["loss"] for r in lines})
+    assert [e.step for e in events.Images("distilled_images")] == [3, 6]  # one grid per checkpoint
+
+
+def test_experiment_eta_from_the_cells_trained_so_far(monkeypatch):
+    from distill_jax.evaluation import experiments, reproduce
+
+    def cell(epochs, seeds, role="student"):
+        c = config_lib.default_config()
+        c.train.epochs, c.num_seeds = epochs, seeds
+        return experiments.Cell("x", "x", c, role)
+
+    eta = reproduce.ExperimentETA()
+    assert eta.line([cell(10, 3)]).endswith("experiment eta ~?")  # nothing measured yet
+    eta.done(cell(10, 3), seconds=60.0)  # 2 s per seed-epoch
+    eta.done(cell(50, 3), seconds=0.1)   # found finished: left out
+    assert reproduce.seed_epochs(cell(5, 2, role="distill")) == 0
+    assert eta.line([cell(20, 3), cell(5, 1)]).endswith("experiment eta ~0:02:10")  # (60 + 5) x 2 s

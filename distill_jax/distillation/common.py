@@ -168,9 +168,9 @@ def image_grid(pixels: np.ndarray, num_classes: int, ipc: int, max_per_class: in
 
 
 def save_image_grid(path: str | os.PathLike, images: np.ndarray, preprocessing: preprocess.Preprocessing,
-                    num_classes: int, ipc: int) -> pathlib.Path:
+                    num_classes: int, ipc: int) -> np.ndarray:
     """Writes the PNG grid of distilled `images`, mapped back to display pixels by the
-    inverse of their preprocessing (temporary file, then renamed)."""
+    inverse of their preprocessing (temporary file, then renamed, mode 0644); returns the grid."""
     from PIL import Image
 
     path = pathlib.Path(path)
@@ -180,11 +180,12 @@ def save_image_grid(path: str | os.PathLike, images: np.ndarray, preprocessing: 
     try:
         with os.fdopen(fd, "wb") as handle:
             Image.fromarray(grid).save(handle, format="PNG")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    return grid
 
 
 def tree_index(tree: Any, index) -> Any:

@@ -28,6 +28,7 @@ from distill_jax.data import augment
 from distill_jax.data.distilled import DistilledSet, save_distilled
 from distill_jax.distillation import common, dm, frepo
 from distill_jax.training import checkpoint as ckpt_lib
+from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import rundir
 from distill_jax.training.rundir import write_json
 
@@ -169,6 +170,8 @@ def _distill(config, workdir: pathlib.Path, real, defaults) -> dict:
     logging.info("distilling %s with %s (%s %s): %d classes x %d images per class, %d steps, preprocessing %s",
                  config.data.dataset, d.method, model_name, options or "", real.num_classes, d.ipc, d.steps, recipe)
     timed_steps, timed_seconds, compile_seconds = 0, 0.0, None
+    writer = metrics_lib.MetricsWriter(workdir, [config.seed], start_step=start)
+    progress = metrics_lib.Progress(end, start)
     window_losses, window_start = [], time.perf_counter()
     for t in range(start, end):
         state, metrics = step_fn(state, real_arrays, step_key)
@@ -178,8 +181,10 @@ def _distill(config, workdir: pathlib.Path, real, defaults) -> dict:
             jax.block_until_ready(state)
             compile_seconds = time.perf_counter() - window_start
             window_start, window_steps = time.perf_counter(), 0
+            progress.started(done)
         else:
             window_steps += 1
+        progress.update(done)
         if done % config.log_every_steps == 0 or done == end:
             loss = float(np.mean([float(v) for v in window_losses]))
             now = time.perf_counter()
@@ -191,16 +196,20 @@ def _distill(config, workdir: pathlib.Path, real, defaults) -> dict:
             if window_steps:
                 timed_steps, timed_seconds = timed_steps + window_steps, timed_seconds + (now - window_start)
             history.append({"step": done, "loss": loss, "seconds_per_step": seconds})
-            logging.info("distill %s step %d/%d loss %.6g %s", d.method, done, d.steps, loss,
-                         f"{seconds:.3f} s/step" if seconds is not None else f"(first step, compile {compile_seconds:.1f} s)")
+            writer.write(done, {"loss": loss, "seconds_per_step": seconds})
+            logging.info("distill %s step %d/%d loss %.6g %s %s", d.method, done, d.steps, loss,
+                         f"{seconds:.3f} s/step" if seconds is not None else f"(first step, compile {compile_seconds:.1f} s)",
+                         progress.line())
             window_losses, window_start, window_steps = [], time.perf_counter(), 0
         if done % d.checkpoint_every_steps == 0 or done == end:
             paused = time.perf_counter()
             checkpointer.save(done, state, {"identity": identity, "history": history})
-            common.save_image_grid(workdir / "images" / f"step_{done:07d}.png", np.asarray(state["images"]),
-                                   real.preprocessing, real.num_classes, d.ipc)
+            grid = common.save_image_grid(workdir / "images" / f"step_{done:07d}.png", np.asarray(state["images"]),
+                                          real.preprocessing, real.num_classes, d.ipc)
+            writer.image("distilled_images", grid, done)
             window_start += time.perf_counter() - paused  # checkpoint time is not step time
     checkpointer.close()
+    writer.close()
     final_step = max(end, start)
     return _finish(config, workdir, state, classes, real, recipe, model_name, options, history, final_step,
                    timed_steps, timed_seconds, compile_seconds)

@@ -18,12 +18,14 @@ import hashlib
 import json
 import logging
 import pathlib
+import time
 from typing import Optional
 
 from distill_jax import config as config_lib
 from distill_jax import models
 from distill_jax.evaluation import experiments, plots, records, tables
 from distill_jax.errors import UserError
+from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import rundir
 
 
@@ -211,6 +213,33 @@ def _place_cells(cells: list, workdir: pathlib.Path, split_seeds: bool, fresh: b
     return placed
 
 
+def seed_epochs(cell: experiments.Cell) -> int:
+    """A cell's training work in seed-epochs (0 for cells that do not train)."""
+    if cell.role not in ("teacher", "student"):
+        return 0
+    return int(cell.config.train.epochs) * int(cell.config.num_seeds)
+
+
+class ExperimentETA:
+    """Elapsed time of a reproduction and a rough ETA of its remaining cells, from the seconds
+    per seed-epoch of the cells trained so far (cells found finished take no time and are
+    left out). A rough guide: networks and widths differ between cells."""
+
+    def __init__(self):
+        self.progress = metrics_lib.Progress(total=0)
+        self.seconds, self.units = 0.0, 0
+
+    def done(self, cell: experiments.Cell, seconds: float) -> None:
+        if seed_epochs(cell) and seconds > 2.0:
+            self.seconds, self.units = self.seconds + seconds, self.units + seed_epochs(cell)
+
+    def line(self, remaining: list) -> str:
+        left = sum(seed_epochs(c) for c in remaining)
+        eta = self.seconds / self.units * left if self.units else None
+        return (f"elapsed {metrics_lib.format_duration(self.progress.elapsed())}, "
+                f"experiment eta ~{metrics_lib.format_duration(eta)}")
+
+
 def teacher_note(cell_records) -> str:
     """The line a table needs when its teacher was imported: the published teachers were kept at
     their best test accuracy, and students that learn from one inherit that selection."""
@@ -247,9 +276,11 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
         f"{c.name} ({c.label}, " + (f"{c.config.distill.steps} steps)" if c.role == "distill" else
                                      f"{c.config.num_seeds} seed(s) x {c.config.train.epochs} epochs)")
         for c in cells))
-    cell_records = []
+    cell_records, eta = [], ExperimentETA()
     for i, cell in enumerate(cells, 1):
-        logging.info("reproduce %s: cell %d/%d %s (%s)", r.experiment, i, len(cells), cell.name, cell.label)
+        logging.info("reproduce %s: cell %d/%d %s (%s); %s", r.experiment, i, len(cells), cell.name, cell.label,
+                     eta.line(cells[i - 1:]))
+        started = time.perf_counter()
         data = None
         if cell.role != "distill":  # a distill cell loads its own real data; later cells may read its output
             key = _data_key(cell.config.data)
@@ -257,6 +288,7 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
                 data_cache[key] = pipeline.load_training_data(cell.config.data)
             data = data_cache[key]
         cell_records.append(run_cell(cell, workdir / cell.name, data, split_seeds=bool(r.split_seeds)))
+        eta.done(cell, time.perf_counter() - started)
         if cell_records[-1].get("diverged"):
             logging.error("reproduce %s: cell %s diverged (%s)", r.experiment, cell.name, cell_records[-1]["diverged"])
     trained = [rec for rec in cell_records if rec["role"] != "distill"]

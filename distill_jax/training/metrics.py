@@ -73,9 +73,10 @@ class MetricsWriter:
                     self._tb_seeds[seed].add_scalar(name, value, int(step))
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        """An HWC uint8 (or [0, 1] float) image, e.g. the grid of a distilled set."""
+        """An HWC or HW (grayscale) uint8 image, e.g. the grid of a distilled set."""
         if self.enabled:
-            self._tb.add_image(tag, np.asarray(image), int(step), dataformats="HWC")
+            image = np.asarray(image)
+            self._tb.add_image(tag, image, int(step), dataformats="HW" if image.ndim == 2 else "HWC")
 
     def close(self) -> None:
         if not self.enabled:
