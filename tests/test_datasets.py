@@ -203,7 +203,7 @@ def test_real_debian_fashion_mnist():
 
 def test_tfds_not_prepared_says_how_to_prepare(tmp_path):
     with pytest.raises(DataNotFoundError) as err:
-        datasets.load_dataset("cifar10", "train", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", "train", data_dir=tmp_path, source="tfds")
     message = str(err.value)
     assert "not prepared" in message
     assert "pip install -e .[tfds-prepare]" in message
@@ -219,7 +219,7 @@ def test_tfds_prepared_as_tfrecord_says_to_prepare_array_record(tmp_path):
         '{"name": "cifar10", "version": "3.0.2", "fileFormat": "tfrecord", "splits": [{"name": "train", '
         '"shardLengths": ["10"], "numBytes": "100", "filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"}]}')
     with pytest.raises(DataFormatError, match=r"(?s)cannot be read without TensorFlow.*file_format='array_record'"):
-        datasets.load_dataset("cifar10", "train", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", "train", data_dir=tmp_path, source="tfds")
 
 
 def test_tfds_prefix_reads_through_data_source():

@@ -9,8 +9,9 @@ Sources (`load_dataset(name, split, data_dir=None, **opts)`):
 
 - ``'fashion_mnist'``, ``'mnist'``: IDX files (gz or raw). Fashion-MNIST defaults to the
   Debian package ``dataset-fashion-mnist`` at /usr/share/datasets/fashion-mnist.
-- ``'cifar10'``, ``'cifar100'`` and any ``'tfds:<name>'``: tensorflow-datasets, read
-  through ``tfds.data_source`` (works without TensorFlow once the data is prepared).
+- ``'cifar10'``, ``'cifar100'``: the official archives (binary or python version,
+  `cifar.py`) in the data root; ``source='tfds'`` (and any ``'tfds:<name>'``) reads
+  tensorflow-datasets through ``tfds.data_source`` (no TensorFlow once prepared).
 - ``'cifar10_jpeg'``: the CIFAR-10 (JPEG) npz files in the data root (`data_root()`).
 - ``'npz'``: any ``.npz`` with ``image`` (uint8 NHWC) and ``label``.
 - ``'tiny_imagenet'``: the standard Tiny-ImageNet-200 folder layout.
@@ -35,6 +36,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from distill_jax.data import cifar
 from distill_jax.data.torch_pickle import MALFORMED_ERRORS, describe_error, npz_keys, read_npz
 from distill_jax.errors import InputFileError, max_array_bytes
 
@@ -504,7 +506,21 @@ def _load_image_folder(name: str, split: str, data_dir: Optional[PathLike], *, c
 
 Loader = Callable[..., Dataset]  # (name, split, data_dir, **opts) -> Dataset
 
+def _load_cifar_archive(name: str, split: str, data_dir: Optional[PathLike]) -> Dataset:
+    """CIFAR-10/100 from the official tar.gz (binary or python version) in `data_dir`."""
+    folder = pathlib.Path(data_dir) if data_dir is not None else data_root()
+    try:
+        images, labels, names = cifar.read_archive(name, split, folder)
+    except FileNotFoundError as missing:
+        raise DataNotFoundError(
+            f"dataset {name!r}: neither {missing} found in {folder}; download one from {cifar.DOWNLOAD_PAGE} into "
+            f"the data root (${DATA_ROOT_ENV}, else ~/.cache/distill_jax/data) or pass data_dir=<folder>, or read "
+            f"prepared tensorflow-datasets data with source='tfds'") from None
+    return _make_dataset(images, labels, name=name, split=split, source="cifar_archive", class_names=names)
+
+
 SOURCES: dict[str, Loader] = {
+    "cifar_archive": _load_cifar_archive,
     "idx": _load_idx,
     "tfds": _load_tfds,
     "npz": _load_npz,
@@ -539,8 +555,9 @@ _DATASETS: dict[str, _DatasetSpec] = {
         tfds_name="mnist"),
     # Standard CIFAR-10 order, as tfds stores it; given here because tfds only knows the
     # names once the data is prepared.
-    "cifar10": _DatasetSpec("tfds", opts={"class_names": CIFAR10_CLASSES}, tfds_name="cifar10"),
-    "cifar100": _DatasetSpec("tfds", tfds_name="cifar100"),
+    # The official archives in the data root; source='tfds' reads tensorflow-datasets instead.
+    "cifar10": _DatasetSpec("cifar_archive", tfds_name="cifar10", in_data_root=True),
+    "cifar100": _DatasetSpec("cifar_archive", tfds_name="cifar100", in_data_root=True),
     "cifar10_jpeg": _DatasetSpec(
         "npz", None,
         {"file_pattern": "cifar10_jpeg_{split}.npz", "class_names": CIFAR10_CLASSES,
