@@ -12,6 +12,7 @@ from distill_jax import config as config_lib
 from distill_jax import models
 from distill_jax.data import distilled as distilled_lib
 from distill_jax.data import preprocess
+from distill_jax.data import grid as image_grid
 from distill_jax.distillation import common, dm, frepo, runner
 from distill_jax.training import checkpoint as ckpt_lib
 from distill_jax.training import rundir
@@ -154,11 +155,14 @@ def test_initial_images_are_distinct_real_images_grouped_by_class():
 
 
 def test_image_grid_layout():
-    pixels = np.stack([np.full((4, 4, 1), v, np.float32) for v in (0.0, 0.5, 1.0, 2.0)])  # 2 classes x 2
-    grid = common.image_grid(pixels, num_classes=2, ipc=2, gap=1)
+    pixels = np.stack([np.full((4, 4, 1), v, np.float32) for v in (0.0, 0.5, 1.0, 2.0)])
+    classes = np.array([1, 0, 1, 0])  # rows follow the class, columns the set order within it
+    grid = image_grid.image_grid(pixels, classes, num_classes=2, gap=1)
     zoom = 8  # 4 px images are enlarged to 32 px
     assert grid.shape == (2 * 32 + 1, 2 * 32 + 1) and grid.dtype == np.uint8
-    assert grid[0, 0] == 0 and grid[0, 33] == 128 and grid[33, 0] == 255 and grid[33 + zoom, 33 + zoom] == 255
+    assert grid[0, 0] == 128 and grid[0, 33] == 255 and grid[33, 0] == 0 and grid[33 + zoom, 33 + zoom] == 255
+    named = image_grid.image_grid(pixels, classes, num_classes=2, class_names=["zero", "one"])
+    assert named.shape == (65, image_grid.LABEL_WIDTH + 65) and named[:, :image_grid.LABEL_WIDTH].min() < 128  # dark text
 
 
 # --------------------------------------------------------------------------- steps

@@ -1,6 +1,7 @@
 """metrics.jsonl and TensorBoard events: the same values, read back by TensorBoard's own reader."""
 import json
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -100,3 +101,11 @@ def test_experiment_eta_from_the_cells_trained_so_far(monkeypatch):
     eta.done(cell(50, 3), seconds=0.1)   # found finished: left out
     assert reproduce.seed_epochs(cell(5, 2, role="distill")) == 0
     assert eta.line([cell(20, 3), cell(5, 1)]).endswith("experiment eta ~0:02:10")  # (60 + 5) x 2 s
+
+
+def test_a_run_saves_the_grid_of_its_training_set_once(tmp_path):
+    from PIL import Image
+
+    loop.train_and_evaluate(_config(**{"train.epochs": 1}), tmp_path, data=synthetic_data())
+    grid = np.asarray(Image.open(tmp_path / loop.TRAIN_SET_GRID))
+    assert grid.shape == (4 * 33 - 1, 4 * 33 - 1)  # 4 classes x 4 images, 8 px enlarged to 32, 1 px gaps

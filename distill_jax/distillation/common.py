@@ -9,10 +9,6 @@ same batches as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
-import pathlib
-import tempfile
 from typing import Any
 
 import flax.linen as nn
@@ -143,51 +139,6 @@ def centred_one_hot(labels: jax.Array, num_classes: int) -> jax.Array:
     return jax.nn.one_hot(labels, num_classes) - 1.0 / num_classes
 
 
-# --------------------------------------------------------------------------- image grid
-
-
-def image_grid(pixels: np.ndarray, num_classes: int, ipc: int, max_per_class: int = 10, gap: int = 1) -> np.ndarray:
-    """uint8 grid (rows = classes, columns = the first `max_per_class` images of each class).
-
-    `pixels` are display pixels in [0, 1] (values outside are clipped), grouped by class.
-    Images smaller than 32 px are enlarged by an integer factor so the grid stays legible.
-    """
-    pixels = np.asarray(pixels, np.float32)
-    if pixels.ndim != 4 or len(pixels) != num_classes * ipc:
-        raise DistillationError(f"image_grid: expected {num_classes} x {ipc} images (N, H, W, C), got {pixels.shape}")
-    cols = min(ipc, max_per_class)
-    zoom = max(1, math.ceil(32 / max(pixels.shape[1:3])))
-    pixels = np.clip(pixels, 0.0, 1.0).repeat(zoom, axis=1).repeat(zoom, axis=2)
-    _, h, w, c = pixels.shape
-    grid = np.ones((num_classes * (h + gap) - gap, cols * (w + gap) - gap, c), np.float32)
-    for k in range(num_classes):
-        for j in range(cols):
-            grid[k * (h + gap):k * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = pixels[k * ipc + j]
-    grid = np.round(grid * 255).astype(np.uint8)
-    return grid[..., 0] if c == 1 else grid
-
-
-def save_image_grid(path: str | os.PathLike, images: np.ndarray, preprocessing: preprocess.Preprocessing,
-                    num_classes: int, ipc: int) -> np.ndarray:
-    """Writes the PNG grid of distilled `images`, mapped back to display pixels by the
-    inverse of their preprocessing (temporary file, then renamed, mode 0644); returns the grid."""
-    from PIL import Image
-
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid = image_grid(preprocessing.inverse(np.asarray(images, np.float32)), num_classes, ipc)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(grid).save(handle, format="PNG")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    return grid
-
-
 def tree_index(tree: Any, index) -> Any:
     """Member `index` of a pytree stacked on its leading axis (index may be traced)."""
     return jax.tree.map(lambda x: x[index], tree)
@@ -204,5 +155,5 @@ def optional(value, default):
 
 
 __all__ = ["DistillationError", "RealData", "centred_one_hot", "features_and_logits", "image_grid",
-           "initial_images", "load_real_data", "real_data_from_arrays", "sample_per_class", "save_image_grid",
+           "initial_images", "load_real_data", "real_data_from_arrays", "sample_per_class",
            "tree_index", "tree_set", "optional"]

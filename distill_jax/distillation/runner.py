@@ -25,6 +25,7 @@ import numpy as np
 from distill_jax import config as config_lib
 from distill_jax import models
 from distill_jax.data import augment
+from distill_jax.data import grid as image_grid
 from distill_jax.data.distilled import DistilledSet, save_distilled
 from distill_jax.distillation import common, dm, frepo
 from distill_jax.training import checkpoint as ckpt_lib
@@ -204,8 +205,8 @@ def _distill(config, workdir: pathlib.Path, real, defaults) -> dict:
         if done % d.checkpoint_every_steps == 0 or done == end:
             paused = time.perf_counter()
             checkpointer.save(done, state, {"identity": identity, "history": history})
-            grid = common.save_image_grid(workdir / "images" / f"step_{done:07d}.png", np.asarray(state["images"]),
-                                          real.preprocessing, real.num_classes, d.ipc)
+            grid = image_grid.save_set_grid(workdir / "images" / f"step_{done:07d}.png", np.asarray(state["images"]),
+                                            classes, real.preprocessing, real.num_classes)
             writer.image("distilled_images", grid, done)
             window_start += time.perf_counter() - paused  # checkpoint time is not step time
     checkpointer.close()

@@ -19,11 +19,15 @@ import numpy as np
 
 from distill_jax import config as config_lib
 from distill_jax import models
+from distill_jax.data import grid as image_grid
 from distill_jax.data import pipeline
 from distill_jax.optim import make_optimizer, schedules
 from distill_jax.training import checkpoint as ckpt_lib
 from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import rundir, sharding, steps
+
+
+TRAIN_SET_GRID = "train_set.png"
 
 
 def build_schedules(config, steps_per_epoch: int):
@@ -181,6 +185,9 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
     rundir.write_json(workdir / "config.json", config.to_dict())
     rundir.write_json(workdir / "model.json", {"name": config.model.name, "num_classes": data.num_classes,
                                                "options": config_lib.model_options_from_config(config)})
+    if not (workdir / TRAIN_SET_GRID).exists():  # what this run trains on, as a picture (once)
+        image_grid.save_set_grid(workdir / TRAIN_SET_GRID, data.train_images, data.train_labels, data.preprocessing,
+                                 data.num_classes)
     diverged = None
 
     logging.info("training %s x %d seeds on %d devices: %d images, batch %d, %d epochs (%d steps)",
