@@ -14,6 +14,7 @@ import sys
 from typing import Callable, Sequence
 
 from distill_jax import errors, launcher
+from distill_jax.evaluation import show
 from distill_jax.data.distilled import FORMATS, PREPROCESSING, load_distilled, save_distilled, summarize_distilled
 
 PROG = "distill-jax"
@@ -92,6 +93,30 @@ def register_convert(subparsers) -> None:
     parser.set_defaults(handler=run_convert)
 
 
+def run_show(args: argparse.Namespace) -> int:
+    shown = show.show_set(args.path, args.out, dataset=args.dataset, data_dir=args.data_dir,
+                          preprocessing=args.preprocessing, format=args.format, **_load_options(args))
+    print(f"drew {shown['images']} images ({shown['label_kind']} labels) to {shown['out']}, un-doing "
+          f"{shown['preprocessing']} with {shown['inverse_of']}"
+          + (f"; learned labels: {shown['labels_out']}" if "labels_out" in shown else ""))
+    return 0
+
+
+def register_show(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "show", help="draw a distilled set as an image grid (rows = classes)",
+        description="Draw any readable set as a grid of images with class names, mapped back to display pixels "
+                    "(the inverse of its preprocessing, fitted on the matching real training split in the data root).")
+    parser.add_argument("path", help="file or folder of a distilled set")
+    parser.add_argument("--out", default="grid.png", help="output PNG (learned labels also get <out>_labels.png)")
+    parser.add_argument("--dataset", default=None, help="the real dataset the set's pixel space was fitted on "
+                                                          "(default: guessed from the image shape and classes)")
+    parser.add_argument("--data-dir", default=None, help="folder of that dataset (default: the data root)")
+    _add_source_options(parser)
+    parser.add_argument("--preprocessing", choices=PREPROCESSING, default=None, help="override the pixel space")
+    parser.set_defaults(handler=run_show)
+
+
 def run_launch(flags: Sequence[str]) -> int:
     """`distill-jax run FLAGS...`: a launch with the launcher's absl flags (as launch/main.py)."""
     try:
@@ -110,7 +135,8 @@ def register_run(subparsers) -> None:
                     "[--distributed] [--verbose]", add_help=False)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_inspect, register_convert, register_run]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_inspect, register_convert, register_show,
+                                                                register_run]
 
 
 def build_parser() -> argparse.ArgumentParser:

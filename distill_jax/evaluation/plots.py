@@ -115,3 +115,23 @@ def plot_experiment(cell_records, path, title: str = "") -> pathlib.Path:
         plt.close(fig)
         raise ValueError("plots.plot_experiment: no cell has evaluations to draw")
     return _finish_accuracy_plot(plt, fig, ax, title or "test accuracy, mean ± std over seeds", path)
+
+
+def plot_label_distribution(probabilities: np.ndarray, class_names, path, title: str = "") -> pathlib.Path:
+    """Learned labels as the soft targets a student sees: one row per image, one column per
+    class (a heatmap), with each image's argmax class marked."""
+    plt = _pyplot()
+    probabilities = np.asarray(probabilities, np.float64)
+    n, k = probabilities.shape
+    fig, ax = plt.subplots(figsize=(min(12, 2 + 0.35 * k), min(12, 1.5 + 0.12 * n)))
+    shown = ax.imshow(probabilities, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.scatter(probabilities.argmax(1), np.arange(n), marker="|", color="white", s=12)
+    if k <= 20:
+        ax.set_xticks(range(k), [str(c) for c in class_names][:k], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("image")
+    ax.set_title(title or "learned labels (soft targets)", fontsize=9)
+    fig.colorbar(shown, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
