@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from distill_jax.evaluation import experiments, records, tables  # noqa: E402
+from distill_jax.evaluation import experiments, records, reproduce, tables  # noqa: E402
 
 ORDER = ("teacher", *experiments.VARIANTS, "dp_kd")
 LABELS = {**experiments.VARIANT_LABELS, "teacher": "Teacher / ConvNet", "dp_kd": "DropPath + KD"}
@@ -26,9 +26,9 @@ def cell_record(cell_dir: pathlib.Path):
         return None
     merged = records.merge_seed_results(runs)
     config = runs[0]["config"]
-    width = config["model"].get("width")
     return {"label": LABELS.get(cell_dir.name, cell_dir.name) + " (partial)",
-            "network": config["model"]["name"] + (f" (width {width})" if width else ""),
+            "network": reproduce.network_label(config["model"]["name"], config["model"].get("width"),
+                                               config["model"].get("norm")),
             "epochs": config["train"]["epochs"], **merged}
 
 

@@ -98,7 +98,7 @@ def _seed_configs(config, split: bool):
     return out
 
 
-def _network_label(name: str, width, norm) -> str:
+def network_label(name: str, width, norm) -> str:
     """'resnet18 (width 16, batch norm)': every table row names its network's norm."""
     norm = norm or models.default_option(name, "norm")
     return f"{name} ({f'width {width}, ' if width else ''}{norm} norm)"
@@ -116,7 +116,7 @@ def _distill(cell: experiments.Cell, cell_dir: pathlib.Path) -> dict:
     history = results.get("history") or []
     record = {
         "cell": cell.name, "label": cell.label, "role": cell.role,
-        "network": _network_label(results["model"]["name"], results["model"]["options"].get("width"),
+        "network": network_label(results["model"]["name"], results["model"]["options"].get("width"),
                                   results["model"]["options"].get("norm")),
         "epochs": "", "method": results["method"], "ipc": results["ipc"], "steps": results["steps"],
         "seconds_per_step": results.get("seconds_per_step"),
@@ -162,7 +162,7 @@ def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seed
         merged = runs[0] if len(runs) == 1 else records.merge_seed_results(runs)
     record = {
         "cell": cell.name, "label": cell.label, "role": cell.role,
-        "network": _network_label(cell.config.model.name, cell.config.model.get("width"), cell.config.model.get("norm")),
+        "network": network_label(cell.config.model.name, cell.config.model.get("width"), cell.config.model.get("norm")),
         "epochs": cell.config.train.epochs if cell.role != "import" else "",
         "config": cell.config.to_dict(), "split_seeds": bool(split_seeds),
         "seeds": merged["seeds"], "history": merged["history"],
