@@ -1,6 +1,7 @@
 """Small builders the tests share: synthetic labelled data and dotted config overrides."""
 import numpy as np
 
+from distill_jax import config as config_lib
 from distill_jax.data import pipeline, preprocess
 
 
@@ -29,3 +30,13 @@ def synthetic_data(per_class=4, classes=4, size=8, channels=1, test_per_class=2,
     test_images, test_labels = split(test_per_class)
     prep = preprocess.fit("none", np.zeros((2, size, size, channels), np.float32))
     return pipeline.TrainingData(train_images, train_labels, test_images, test_labels, classes, prep, "synthetic")
+
+
+def tiny_run_config(**fields):
+    """A two-seed ConvNet run on `synthetic_data()`: 3 epochs of 2 steps, logged, evaluated and
+    checkpointed every epoch; `fields` override it."""
+    c = config_lib.default_config()
+    c.num_seeds, c.model.width, c.model.depth, c.model.norm = 2, 4, 2, "batch"
+    c.train.epochs, c.train.batch_size, c.train.augment.k = 3, 8, 1
+    c.eval_every_epochs = c.checkpoint_every_epochs = c.log_every_steps = 1
+    return override(c, **fields)

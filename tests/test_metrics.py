@@ -7,15 +7,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from distill_jax import config as config_lib
 from distill_jax.training import loop, metrics
-from helpers import override, synthetic_data
+from helpers import synthetic_data, tiny_run_config
 
 
-def _config(**over):
-    c = config_lib.default_config()
-    c.num_seeds, c.model.width, c.model.depth, c.model.norm = 2, 4, 2, "batch"
-    c.train.epochs, c.train.batch_size, c.train.augment.k = 3, 8, 1
-    c.eval_every_epochs = c.checkpoint_every_epochs = c.log_every_steps = 1
-    return override(c, **over)
+_config = tiny_run_config
 
 
 def _scalars(directory, tag):
