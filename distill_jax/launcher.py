@@ -91,7 +91,11 @@ def parse_flags(argv):
             message = lines[-1] if lines else type(cause).__name__
         if isinstance(cause, (KeyError, AttributeError)):
             message = f"an override names no config field: {message}"
-        print(f"error: cannot load the config given by --config: {message}", file=sys.stderr)
+        if cause is err and "--config" not in str(err):  # another flag: e.g. a missing --workdir
+            message = f"flags: {message}"
+        else:
+            message = f"cannot load the config given by --config: {message}"
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(errors.USER_ERROR_EXIT)
 
 
