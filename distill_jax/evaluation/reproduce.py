@@ -222,15 +222,15 @@ def seed_epochs(cell: experiments.Cell) -> int:
 
 class ExperimentETA:
     """Elapsed time of a reproduction and a rough ETA of its remaining cells, from the seconds
-    per seed-epoch of the cells trained so far (cells found finished take no time and are
-    left out). A rough guide: networks and widths differ between cells."""
+    per seed-epoch of the cells trained so far (`done` is called only for cells that trained:
+    one found finished takes no time). A rough guide: networks and widths differ between cells."""
 
     def __init__(self):
         self.progress = metrics_lib.Progress(total=0)
         self.seconds, self.units = 0.0, 0
 
     def done(self, cell: experiments.Cell, seconds: float) -> None:
-        if seed_epochs(cell) and seconds > 2.0:
+        if seed_epochs(cell):
             self.seconds, self.units = self.seconds + seconds, self.units + seed_epochs(cell)
 
     def line(self, remaining: list) -> str:
@@ -281,6 +281,8 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
         logging.info("reproduce %s: cell %d/%d %s (%s); %s", r.experiment, i, len(cells), cell.name, cell.label,
                      eta.line(cells[i - 1:]))
         started = time.perf_counter()
+        trains = cell.role in ("teacher", "student") and any(
+            _finished_results(run_dir, c) is None for run_dir, c in _run_dirs(cell, workdir / cell.name, bool(r.split_seeds)))
         data = None
         if cell.role != "distill":  # a distill cell loads its own real data; later cells may read its output
             key = _data_key(cell.config.data)
@@ -288,7 +290,8 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
                 data_cache[key] = pipeline.load_training_data(cell.config.data)
             data = data_cache[key]
         cell_records.append(run_cell(cell, workdir / cell.name, data, split_seeds=bool(r.split_seeds)))
-        eta.done(cell, time.perf_counter() - started)
+        if trains:
+            eta.done(cell, time.perf_counter() - started)
         if cell_records[-1].get("diverged"):
             logging.error("reproduce %s: cell %s diverged (%s)", r.experiment, cell.name, cell_records[-1]["diverged"])
     trained = [rec for rec in cell_records if rec["role"] != "distill"]
