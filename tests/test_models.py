@@ -16,8 +16,9 @@ from distill_jax.models.plain import (ALEXNET_LAYOUT, POOL, VGG11_LAYOUT, Pair, 
 from distill_jax.models.resnet import ResidualBlock, Shortcut
 
 TINY = {"convnet": {"width": 4}, "convnet_frepo": {"width": 4}, "resnet10": {"width": 4}, "resnet18": {"width": 4},
-        "resnet34": {"width": 4}, "resnet50": {"width": 4}, "vgg11": {"width": 4}, "alexnet": {"width": 8}}
-DROPPATH = {"resnet10", "resnet18", "resnet34", "resnet50", "vgg11", "alexnet"}
+        "resnet34": {"width": 4}, "resnet50": {"width": 4}, "vgg11": {"width": 4}, "alexnet": {"width": 8},
+        "vit": {"width": 32, "depth": 1}}
+DROPPATH = {"resnet10", "resnet18", "resnet34", "resnet50", "vgg11", "alexnet", "vit"}
 
 
 def images(shape, seed=0):

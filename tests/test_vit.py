@@ -57,3 +57,12 @@ def test_keep_rate_zero_drops_every_branch_exactly():
 def test_image_sides_must_fit_the_patches():
     with pytest.raises(ValueError, match="multiples of the patch size 4"):
         _init(ViT(num_classes=3, width=32, depth=1), jnp.zeros((1, 30, 30, 3)))
+
+
+def test_vit_is_in_the_registry_with_its_options():
+    from distill_jax import models
+    from distill_jax.evaluation import reproduce
+
+    assert models.model_options("vit") == {"width", "depth", "droppath", "weight_init"}
+    assert isinstance(models.build_model("vit", 10, width=32, droppath=True), ViT)
+    assert reproduce.network_label("vit", 64, None) == "vit (width 64, layer norm)"

@@ -100,7 +100,8 @@ def _seed_configs(config, split: bool):
 
 def network_label(name: str, width, norm) -> str:
     """'resnet18 (width 16, batch norm)': every table row names its network's norm."""
-    norm = norm or models.default_option(name, "norm")
+    if not norm:
+        norm = models.default_option(name, "norm") if "norm" in models.model_options(name) else "layer"
     return f"{name} ({f'width {width}, ' if width else ''}{norm} norm)"
 
 

@@ -13,6 +13,7 @@ from distill_jax.models.convnet import ConvNet, ConvNetFRePo
 from distill_jax.models.layers import INIT_KINDS, NORM_KINDS, TEST_NETWORK_NORM
 from distill_jax.models.plain import AlexNet, VGG11
 from distill_jax.models.resnet import ResNet
+from distill_jax.models.vit import ViT
 
 # name -> (module class, arguments fixed by the name and therefore not options)
 _REGISTRY = {
@@ -24,6 +25,7 @@ _REGISTRY = {
     "resnet50": (ResNet, {"stage_sizes": (3, 4, 6, 3), "bottleneck": True}),
     "vgg11": (VGG11, {}),
     "alexnet": (AlexNet, {}),
+    "vit": (ViT, {}),  # an extension beyond the paper (docs/method.md §3)
 }
 MODEL_NAMES = tuple(_REGISTRY)
 
@@ -87,4 +89,4 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
     return cls(num_classes=num_classes, **fixed, **options)
 
 
-__all__ = ["MODEL_NAMES", "SET_SOURCE_NORMS", "build_model", "default_option", "model_options", "norm_for_set", "ConvNet", "ConvNetFRePo", "ResNet", "VGG11", "AlexNet"]
+__all__ = ["MODEL_NAMES", "SET_SOURCE_NORMS", "build_model", "default_option", "model_options", "norm_for_set", "ConvNet", "ConvNetFRePo", "ResNet", "VGG11", "AlexNet", "ViT"]

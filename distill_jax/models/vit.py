@@ -53,7 +53,7 @@ class ViT(nn.Module):
         b, h, w, c = x.shape
         if h % PATCH or w % PATCH:
             raise ValueError(f"ViT: image sides {h}x{w} must be multiples of the patch size {PATCH}")
-        patches = x.reshape(b, h // PATCH, PATCH, w // PATCH, PATCH, c).transpose(0, 1, 3, 2, 4, 5)
+        patches = jax.lax.transpose(jax.lax.reshape(x, (b, h // PATCH, PATCH, w // PATCH, PATCH, c)), (0, 1, 3, 2, 4, 5))
         tokens = dense(self.width, weight_init=self.weight_init, name="patch_embed")(
             patches.reshape(b, (h // PATCH) * (w // PATCH), PATCH * PATCH * c))
         position = self.param("position", nn.initializers.normal(0.02), tokens.shape[1:])
