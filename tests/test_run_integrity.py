@@ -236,3 +236,16 @@ def test_fuzzed_checkpoint_bytes_restore_exactly_or_are_refused(tmp_path):
             target.write_bytes(saved)
     print("checkpoint fuzz:", outcomes)
     assert sum(outcomes.values()) == 40 and outcomes["refused"] > 0, outcomes
+
+
+def test_an_imported_teacher_cell_never_conflicts(tmp_path):
+    from distill_jax.evaluation import experiments, reproduce
+
+    config = _config()
+    config.seed = 3
+    (tmp_path / "teacher").mkdir()
+    rundir.write_json(tmp_path / "teacher" / "config.json", {**config.to_dict(), "seed": 0})  # as import_teacher writes it
+    cell = experiments.Cell("teacher", "Teacher (published)", config, "import")
+    assert reproduce.cell_conflicts(cell, tmp_path / "teacher", False) == []
+    trained = experiments.Cell("teacher", "Teacher", config, "teacher")
+    assert reproduce.cell_conflicts(trained, tmp_path / "teacher", False) == ["teacher: seed: 0 -> 3"]

@@ -60,7 +60,10 @@ def _run_dirs(cell: experiments.Cell, cell_dir: pathlib.Path, split_seeds: bool)
 
 def cell_conflicts(cell: experiments.Cell, cell_dir: pathlib.Path, split_seeds: bool) -> list[str]:
     """How the runs already in `cell_dir` differ from this cell's config ([] when they do not,
-    or when there are none)."""
+    or when there are none). An imported published network is no run of a config: it is
+    re-imported, never trained, so it has nothing to conflict with."""
+    if cell.role == "import":
+        return []
     defaults = config_lib.default_config()
     lines = []
     for run_dir, config in _run_dirs(cell, cell_dir, split_seeds):
