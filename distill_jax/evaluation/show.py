@@ -48,7 +48,7 @@ def show_set(path, out, *, dataset: Optional[str] = None, data_dir: Optional[str
     recipe = preprocessing or dset.preprocessing
     stored = (path if path.is_dir() else path.parent) / PREPROCESSING_NAME
     class_names = None
-    if dataset or recipe != "none" and not stored.is_file():
+    if dataset or (recipe != "none" and not stored.is_file()):  # class names, or the split to fit on
         dataset = dataset or matching_dataset(dset, path)
         real = datasets.load_dataset(dataset, "train", data_dir=data_dir)
         class_names = real.info.class_names

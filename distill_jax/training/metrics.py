@@ -16,16 +16,10 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from distill_jax.training import rundir
+
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
-
-
-def _plain(value):
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 class MetricsWriter:
@@ -60,8 +54,8 @@ class MetricsWriter:
     def write(self, step: int, scalars: Mapping[str, float], per_seed: Optional[Mapping[str, Sequence[float]]] = None):
         if not self.enabled:
             return
-        per_seed = {k: [_plain(float(x)) for x in v] for k, v in (per_seed or {}).items()}
-        record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}, **per_seed}
+        per_seed = {k: [rundir.finite(float(x)) for x in v] for k, v in (per_seed or {}).items()}
+        record = {"step": int(step), **{k: rundir.finite(v) for k, v in scalars.items()}, **per_seed}
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         for name, value in scalars.items():

@@ -121,18 +121,21 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
-def _finite(obj):
-    """NaN and infinities as None: results files are strict JSON that any tool reads."""
+def finite(obj):
+    """NaN and infinities as None, numpy scalars as Python numbers: results and metrics files
+    are strict JSON that any tool reads."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
-    if isinstance(obj, (np.floating,)):
-        return _finite(float(obj))
+    if isinstance(obj, np.floating):
+        return finite(float(obj))
+    if isinstance(obj, np.integer):
+        return int(obj)
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _finite(obj.tolist())
+        return finite(obj.tolist())
     return obj
 
 
@@ -152,7 +155,7 @@ def write_text(path, text: str) -> None:
 
 def write_json(path, obj) -> None:
     """Strict JSON (NaN -> null), written atomically with mode 0644."""
-    write_text(path, json.dumps(_finite(json.loads(json.dumps(obj, default=_json_default))), indent=1,
+    write_text(path, json.dumps(finite(json.loads(json.dumps(obj, default=_json_default))), indent=1,
                                 allow_nan=False))
 
 
