@@ -2,7 +2,8 @@
 [--config.field=value ...]`, or `distill-jax run` with the same flags from a pip install.
 
 Logs the devices and a summary of the config, validates it, hands over to the mode
-(`distill_jax.run`), and turns user errors into one line with exit code 2.
+(`distill_jax.run`), and turns user errors into one line with exit code 2. With
+`--distributed`, process 0 logs and prints the run; the others log only warnings and errors.
 """
 import logging
 import os
@@ -15,6 +16,7 @@ from ml_collections import config_flags
 from distill_jax import errors
 from distill_jax.config import ConfigError, validate
 from distill_jax.run import run
+from distill_jax.training.rundir import is_writer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -37,6 +39,8 @@ def main(argv):
         jax.distributed.initialize()
     logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
                  jax.process_count(), jax.devices())
+    if not is_writer():  # every process runs the same run: its lines once, from process 0
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         try:
             loaded = FLAGS.config
@@ -64,6 +68,8 @@ def main(argv):
         print(f"diverged at step {d['step']} (epoch {d['epoch']}), seed(s) {d['seeds']}: non-finite loss or "
               f"parameters; no final accuracy (see {FLAGS.workdir}/results.json)", file=sys.stderr)
         sys.exit(errors.DIVERGED_EXIT)
+    if not is_writer():
+        return
     if "summary" in results:
         print(results["summary"])
     elif results.get("final_accuracy") is None:

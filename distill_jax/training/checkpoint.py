@@ -33,7 +33,11 @@ def array_digests(state: Any) -> list[str]:
 
 
 class Checkpointer:
-    """Periodic save, keep-N, restore-latest (verified) over `workdir/checkpoints`."""
+    """Periodic save, keep-N, restore-latest (verified) over `workdir/checkpoints`.
+
+    In a multi-process run every process saves and restores (Orbax meets them and lets the
+    primary process, 0, write the host arrays and the record); only the writer renames.
+    """
 
     def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2):
         self.directory = pathlib.Path(directory).resolve()
@@ -107,8 +111,10 @@ class Checkpointer:
     def _set_aside(self, steps: list[int]) -> None:
         """Renames damaged checkpoints to damaged_<step> (kept for inspection, never restored), so
         the resumed run can save those steps again."""
-        for step in steps:
-            self.directory.joinpath(str(step)).rename(self.directory / f"damaged_{step}")
+        if rundir.is_writer():
+            for step in steps:
+                self.directory.joinpath(str(step)).rename(self.directory / f"damaged_{step}")
+        rundir.wait_for_writer("checkpoints set aside")
         self._manager.reload()
 
     def close(self) -> None:

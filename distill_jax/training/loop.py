@@ -108,6 +108,13 @@ def load_teacher(config):
                                 allow_unfinished=bool(config.train.kd.allow_unfinished_teacher))
 
 
+def report(message: str, *args) -> None:
+    """Logs a line of the run's progress or results on the writer process only (`rundir.is_writer`):
+    the other processes compute the same numbers, and their lines would only repeat its own."""
+    if rundir.is_writer():
+        logging.info(message, *args, stacklevel=2)
+
+
 @jax.jit
 def _all_finite(tree) -> jax.Array:
     """Per seed: are all of this seed's arrays finite? (leading axis = seed)"""
@@ -160,8 +167,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
     sample = jnp.asarray(data.train_images[:1])
     init = jax.jit(jax.vmap(lambda k: steps.init_state(model, optimizer, k, sample)))
     repl = sharding.replicated(mesh)
-    state = jax.device_put(init(init_keys), repl)
-    step_keys = jax.device_put(step_keys, repl)
+    state = sharding.replicate(init(init_keys), mesh)
+    step_keys = sharding.replicate(step_keys, mesh)
 
     def seeded_step(state, batch, key_data, keep_rate, teacher_vars):
         return train_step(state, batch, jax.random.wrap_key_data(key_data), keep_rate, teacher_vars)
@@ -177,21 +184,21 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
     restored = checkpointer.restore_latest(jax.eval_shape(lambda: jax.device_get(state)), identity, defaults)
     if restored is not None:
         step, state, saved_meta = restored
-        state = jax.device_put(state, repl)
+        state = sharding.replicate(state, mesh)
         start_epoch = step // steps_per_epoch
         history = [h for h in saved_meta.get("history", []) if h["epoch"] <= start_epoch]
-        logging.info("resuming at epoch %d (step %d)", start_epoch, step)
+        report("resuming at epoch %d (step %d)", start_epoch, step)
     # accepted: only now does the run write into its workdir
     rundir.write_json(workdir / "config.json", config.to_dict())
     rundir.write_json(workdir / "model.json", {"name": config.model.name, "num_classes": data.num_classes,
                                                "options": config_lib.model_options_from_config(config)})
-    if not (workdir / TRAIN_SET_GRID).exists():  # what this run trains on, as a picture (once)
+    if rundir.is_writer() and not (workdir / TRAIN_SET_GRID).exists():  # what this run trains on (once)
         image_grid.save_set_grid(workdir / TRAIN_SET_GRID, data.train_images, data.train_labels, data.preprocessing,
                                  data.num_classes)
     diverged = None
 
-    logging.info("training %s x %d seeds on %d devices: %d images, batch %d, %d epochs (%d steps)",
-                 config.model.name, len(seeds), mesh.size, num_train, batch_size, t.epochs, total_steps)
+    report("training %s x %d seeds on %d devices: %d images, batch %d, %d epochs (%d steps)",
+           config.model.name, len(seeds), mesh.size, num_train, batch_size, t.epochs, total_steps)
     end_epoch = min(t.epochs, t.stop_after_epochs) if t.stop_after_epochs else t.epochs
     writer = metrics_lib.MetricsWriter(workdir, seeds, start_step=start_epoch * steps_per_epoch)
     progress = metrics_lib.Progress(end_epoch * steps_per_epoch, start_epoch * steps_per_epoch)
@@ -213,7 +220,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
             if progress.timed_since is None:  # the first step compiles: timed apart, not in images/s
                 jax.block_until_ready(state)
                 progress.started(global_step)
-                logging.info("compiled and ran the first step in %.1f s", progress.compile_seconds)
+                report("compiled and ran the first step in %.1f s", progress.compile_seconds)
                 last_log = time.perf_counter()
             else:
                 images_since_log += batch_size * len(seeds)
@@ -237,9 +244,9 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
                     scalars["keep_rate_used"] = float(np.asarray(used).mean())
                 writer.write(global_step, scalars, {"loss": losses, "train_accuracy": accs})
                 extra = f" keep_rate_used {scalars['keep_rate_used']:.3f}" if used is not None else ""
-                logging.info("step %d/%d epoch %d loss %.4f train_acc %.1f%% lr %.3g keep_rate %.2f%s %s images/s %s",
-                             global_step, total_steps, epoch + 1, losses.mean(), accs.mean(), scalars["lr"],
-                             keep_rate, extra, f"{speed:.1f}" if speed else "-", progress.line())
+                report("step %d/%d epoch %d loss %.4f train_acc %.1f%% lr %.3g keep_rate %.2f%s %s images/s %s",
+                       global_step, total_steps, epoch + 1, losses.mean(), accs.mean(), scalars["lr"],
+                       keep_rate, extra, f"{speed:.1f}" if speed else "-", progress.line())
                 last_log, images_since_log = now, 0
         if diverged:
             break
@@ -254,8 +261,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
             history.append(entry)
             writer.write(done * steps_per_epoch, {"epoch": done, "test_accuracy_mean": float(np.mean(acc))},
                          {"test_accuracy": acc})
-            logging.info("epoch %d test accuracy %s (mean %.2f%%) %s", done,
-                         " ".join(f"{a:.2f}" for a in acc), float(np.mean(acc)), progress.line())
+            report("epoch %d test accuracy %s (mean %.2f%%) %s", done,
+                   " ".join(f"{a:.2f}" for a in acc), float(np.mean(acc)), progress.line())
         if done % config.checkpoint_every_epochs == 0 or done == end_epoch:
             checkpointer.save(done * steps_per_epoch, state, {"identity": identity, "epoch": done, "history": history})
     checkpointer.close()
@@ -280,8 +287,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
     if diverged:
         logging.error("diverged: no final accuracy (results.json records where)")
     elif fa is None:
-        logging.info("stopped at epoch %d of %d (train.stop_after_epochs); rerun with the same workdir to resume",
-                     end_epoch, t.epochs)
+        report("stopped at epoch %d of %d (train.stop_after_epochs); rerun with the same workdir to resume",
+               end_epoch, t.epochs)
     else:
-        logging.info("final test accuracy (last epoch, %d seeds): %.2f ± %.2f%%", len(seeds), fa["mean"], fa["std"])
+        report("final test accuracy (last epoch, %d seeds): %.2f ± %.2f%%", len(seeds), fa["mean"], fa["std"])
     return results

@@ -28,13 +28,14 @@ class MetricsWriter:
     and as TensorBoard scalars (`tb/` for the scalars, `tb/seed_<s>/` for each seed's value).
 
     On resume, `start_step` drops the lines a killed run wrote after its last checkpoint, so
-    the file holds each step once. `enabled=False` (processes other than 0) writes nothing.
+    the file holds each step once. Only the writer process writes (`rundir.is_writer`, the
+    default of `enabled`); on the others every method does nothing.
     """
 
-    def __init__(self, workdir, seeds: Sequence[int], *, start_step: int = 0, enabled: bool = True):
-        self.enabled = enabled
+    def __init__(self, workdir, seeds: Sequence[int], *, start_step: int = 0, enabled: Optional[bool] = None):
+        self.enabled = rundir.is_writer() if enabled is None else enabled
         self.seeds = list(seeds)
-        if not enabled:
+        if not self.enabled:
             return
         workdir = pathlib.Path(workdir)
         self.path = workdir / METRICS_FILE

@@ -3,9 +3,13 @@
 A workdir belongs to one config. Resuming it with another learning rate, augmentation,
 schedule or teacher would silently mix two experiments in one set of checkpoints and
 results, so every field counts except the short list in `SAFE_TO_CHANGE`, and the check runs
-before anything is written. Only one process may use a workdir at a time (`WorkdirLock`).
+before anything is written. Only one run may use a workdir at a time (`WorkdirLock`).
 Files are written through a temporary name and a rename, readable by others (0644), and as
 strict JSON (NaN and infinities become null).
+
+A run of several processes (`jax.distributed`) has one writer, process 0 (`is_writer`): the
+others compute the same results, and their files would only repeat or race with its own.
+`write_text`, `write_json` and `WorkdirLock` do nothing on the other processes.
 """
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ import os
 import pathlib
 import tempfile
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from distill_jax.errors import UserError
 
@@ -38,6 +44,20 @@ class RunConfigError(UserError):
 
 class WorkdirInUseError(UserError):
     """Another live process holds the workdir."""
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's files and logs its results: process 0 of a
+    multi-process run, the only process of any other. (A run without `jax.distributed` is
+    answered without starting JAX's backends.)"""
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+def wait_for_writer(name: str) -> None:
+    """All processes meet here, so that what the writer has just changed on disk is there for
+    the others to read; returns at once in a one-process run."""
+    if jax.distributed.is_initialized() and jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -140,7 +160,10 @@ def finite(obj):
 
 
 def write_text(path, text: str) -> None:
-    """Writes a file through a temporary name and a rename (never half-written), mode 0644."""
+    """Writes a file through a temporary name and a rename (never half-written), mode 0644;
+    on processes other than the writer (`is_writer`), nothing."""
+    if not is_writer():
+        return
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -154,7 +177,7 @@ def write_text(path, text: str) -> None:
 
 
 def write_json(path, obj) -> None:
-    """Strict JSON (NaN -> null), written atomically with mode 0644."""
+    """Strict JSON (NaN -> null), written atomically with mode 0644 (by the writer process only)."""
     write_text(path, json.dumps(finite(json.loads(json.dumps(obj, default=_json_default))), indent=1,
                                 allow_nan=False))
 
@@ -170,14 +193,17 @@ def _alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-    """`with WorkdirLock(workdir):` one process per workdir. A lock whose PID is dead (a killed
-    run) is taken over; a live one stops this run at once, naming the holder."""
+    """`with WorkdirLock(workdir):` one run per workdir. A lock whose PID is dead (a killed
+    run) is taken over; a live one stops this run at once, naming the holder. In a
+    multi-process run the writer holds it for all (the others' PIDs would find it taken)."""
 
     def __init__(self, workdir):
         self.path = pathlib.Path(workdir) / LOCK_FILE
         self.held = False
 
     def __enter__(self):
+        if not is_writer():
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:

@@ -3,7 +3,8 @@ mesh, parameters and optimiser state are replicated.
 
 The same code runs on one device, on several local devices, and on several hosts after
 `jax.distributed.initialize()`: every host holds the same (small) global batch and
-`make_array_from_callback` lets each one contribute only its own shards.
+`make_array_from_callback` lets each one contribute only its own shards, to its own devices
+(the mesh takes the same number from every host).
 """
 from __future__ import annotations
 
@@ -13,23 +14,46 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from distill_jax.errors import UserError
+
 DATA_AXIS = "data"
 
 
-def make_mesh(batch_size: int | None = None, devices=None) -> Mesh:
-    """A 1-D mesh over the largest number of devices that divides `batch_size`.
+class MeshError(UserError, ValueError):
+    """The batch cannot be split so that every process holds an equal part."""
 
-    Distilled sets are tiny (IPC 1 gives 10 images), so the batch may not split over
-    every device; using fewer devices beats padding, which would bias batch norm.
+
+def mesh_devices(devices, batch_size: int | None) -> list:
+    """The devices of the data mesh: the most that divide `batch_size`, the same number from
+    every process, in process order.
+
+    Distilled sets are tiny (IPC 1 gives 10 images), so the batch may not split over every
+    device; using fewer devices beats padding, which would bias batch norm. With several
+    processes (`jax.distributed`) each one must keep devices in the mesh: a process runs the
+    same program as the others and feeds its own devices, so it cannot sit one out.
     """
-    devices = list(jax.devices() if devices is None else devices)
-    n = len(devices)
+    by_process: dict[int, list] = {}
+    for d in devices:
+        by_process.setdefault(d.process_index, []).append(d)
+    processes = len(by_process)
+    per_process = min(len(ds) for ds in by_process.values())
     if batch_size is not None:
-        while batch_size % n:
-            n -= 1
-        if n < len(devices):
-            logging.info("batch %d does not split over %d devices: using %d", batch_size, len(devices), n)
-    return Mesh(np.array(devices[:n]), (DATA_AXIS,))
+        while per_process and batch_size % (processes * per_process):
+            per_process -= 1
+        if not per_process:
+            raise MeshError(f"batch {batch_size} does not split over {processes} processes (each feeds an "
+                            f"equal part of it): use a batch size divisible by {processes}, or fewer processes")
+    chosen = [d for p in sorted(by_process) for d in by_process[p][:per_process]]
+    if len(chosen) < len(devices):
+        logging.info("using %d of %d devices (%d per process; batch %s)", len(chosen), len(devices), per_process,
+                     batch_size)
+    return chosen
+
+
+def make_mesh(batch_size: int | None = None, devices=None) -> Mesh:
+    """A 1-D data mesh over `mesh_devices` of all processes' devices (`jax.devices()`)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.array(mesh_devices(devices, batch_size)), (DATA_AXIS,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
