@@ -3,7 +3,7 @@
 One builder for every dataset and IPC: `get_config("<dataset>,<ipc>")`, for example
 `--config configs/distill.py:cifar10_jpeg,50`; the files `configs/distill_<dataset>_ipc<n>.py`
 are this builder with the argument fixed (no argument: Fashion-MNIST at IPC 10). The
-settings live in `distill_jax.evaluation.experiments.distill_config`, shared with the
+settings live in `distill_jax.experiments.recipes.distill_config`, shared with the
 pipeline experiments of mode 'reproduce':
 
 * Fashion-MNIST (Debian's `dataset-fashion-mnist`, offline) is sized for a 2-core CPU:
@@ -16,9 +16,9 @@ pipeline experiments of mode 'reproduce':
   the original through tensorflow-datasets. On a CPU lower the budget on the command line
   (docs/results.md lists the commands used for the measured sets).
 """
-from distill_jax.evaluation import experiments
+from distill_jax.experiments import recipes
 
-DATASETS = experiments.DISTILL_DATASETS
+DATASETS = recipes.DISTILL_DATASETS
 
 
 def get_config(arg: str = "fashion_mnist,10"):
@@ -26,4 +26,4 @@ def get_config(arg: str = "fashion_mnist,10"):
     if dataset not in DATASETS or not ipc.isdigit() or int(ipc) < 1:
         raise ValueError(f"configs/distill.py: argument must be '<dataset>,<images per class>' with dataset in "
                          f"{DATASETS}, got {arg!r}")
-    return experiments.distill_config(dataset, int(ipc))
+    return recipes.distill_config(dataset, int(ipc))

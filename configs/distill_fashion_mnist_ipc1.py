@@ -2,7 +2,7 @@
 
 DM by default; --config.distill.method=frepo for FRePo. Settings: configs/distill.py.
 """
-from distill_jax.evaluation.experiments import distill_config
+from distill_jax.experiments.recipes import distill_config
 
 
 def get_config():

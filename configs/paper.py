@@ -8,7 +8,7 @@ cifar10_jpeg | cifar100 | tiny_imagenet; ipc 1 | 10 | 50; variant baseline | no_
 no_kd | full. The KD teacher is read from train.kd.teacher_path (default ./teachers/<set>, or
 the shared MTT teacher when it exists); train one with configs/teacher.py first.
 """
-from distill_jax.evaluation import experiments
+from distill_jax.experiments import recipes
 
 DEFAULT = "resnet18,frepo,cifar10,10,full"
 
@@ -19,4 +19,4 @@ def get_config(arg: str = DEFAULT):
         raise ValueError(f"configs/paper.py: argument {arg!r} must be '<network>,<method>,<dataset>,<ipc>,<variant>', "
                          f"e.g. {DEFAULT!r}")
     model, method, dataset, ipc, variant = parts
-    return experiments.paper_config(model, method, dataset, int(ipc), variant)
+    return recipes.paper_config(model, method, dataset, int(ipc), variant)

@@ -18,7 +18,7 @@ scaling on an accelerator: --config.reproduce.epoch_divisor=1 --config.reproduce
 Other datasets: --config.reproduce.experiment=pipeline_<dm|frepo>_<dataset>_<ipc>_<network>.
 """
 from distill_jax.config import default_config
-from distill_jax.evaluation.experiments import DISTILLERS
+from distill_jax.experiments.recipes import DISTILLERS
 
 
 def get_config(arg: str = "dm"):

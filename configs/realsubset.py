@@ -7,7 +7,7 @@ The argument is "<dataset>,<per_class>,<variant>[,<network>]": variant convnet (
 network, also the KD teacher), baseline, or dp_kd (DropPath schedule + KD from the ConvNet,
 read from train.kd.teacher_path, default ./teachers/<dataset>_real<per_class>).
 """
-from distill_jax.evaluation import experiments
+from distill_jax.experiments import recipes
 
 DEFAULT = "fashion_mnist,10,dp_kd,resnet18"
 
@@ -19,4 +19,4 @@ def get_config(arg: str = DEFAULT):
                          f"e.g. {DEFAULT!r}")
     dataset, per_class, variant = parts[:3]
     model = parts[3] if len(parts) == 4 else "resnet18"
-    return experiments.realsubset_config(dataset, int(per_class), variant, model=model)
+    return recipes.realsubset_config(dataset, int(per_class), variant, model=model)

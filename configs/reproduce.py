@@ -2,7 +2,7 @@
 
     python launch/main.py --config configs/reproduce.py:frepo_cifar10_10_resnet18 --workdir runs/frepo10
 
-Names: see distill_jax.evaluation.experiments.experiment_names(). Shrink for a small machine
+Names: see distill_jax.experiments.recipes.experiment_names(). Shrink for a small machine
 with --config.reproduce.epoch_divisor, .lr_multiplier, .width, .teacher_width (docs/results.md).
 """
 from distill_jax.config import default_config

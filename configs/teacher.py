@@ -5,7 +5,7 @@
 The argument is "<method>,<dataset>,<ipc>" (see configs/paper.py). ConvNet-FRePo (batch norm)
 for FRePo sets, the instance-norm ConvNet for MTT sets; depth 4 on Tiny-ImageNet.
 """
-from distill_jax.evaluation import experiments
+from distill_jax.experiments import recipes
 
 DEFAULT = "frepo,cifar10,10"
 
@@ -15,4 +15,4 @@ def get_config(arg: str = DEFAULT):
     if len(parts) != 3:
         raise ValueError(f"configs/teacher.py: argument {arg!r} must be '<method>,<dataset>,<ipc>', e.g. {DEFAULT!r}")
     method, dataset, ipc = parts
-    return experiments.teacher_config(method, dataset, int(ipc))
+    return recipes.teacher_config(method, dataset, int(ipc))

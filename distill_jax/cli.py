@@ -14,8 +14,8 @@ import sys
 from typing import Callable, Sequence
 
 from distill_jax import errors, launcher
-from distill_jax.evaluation import show
-from distill_jax.data.distilled import FORMATS, PREPROCESSING, load_distilled, save_distilled, summarize_distilled
+from distill_jax.report import show
+from distill_jax.formats.distilled import FORMATS, PREPROCESSING, load_distilled, save_distilled, summarize_distilled
 
 PROG = "distill-jax"
 

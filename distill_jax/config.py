@@ -13,25 +13,29 @@ import pathlib
 
 import ml_collections
 
+from distill_jax import models, run
+from distill_jax.data import augment, pipeline, preprocess
 from distill_jax.defaults import default_config
+from distill_jax.distillation import common as distill_common
+from distill_jax.distillation import frepo
 from distill_jax.errors import UserError
+from distill_jax.optim import OPTIMIZER_NAMES, schedules
 
 
-# Enumerated fields: dotted name -> allowed values.
+# Enumerated fields: dotted name -> allowed values, each taken from the module that owns the rule.
 CHOICES = {
-    "mode": ("train", "teacher", "student", "distill", "evaluate", "reproduce"),
-    "data.source": ("real", "distilled"),
-    "data.preprocessing": ("auto", "none", "standardize", "zca_mtt", "zca_frepo", "zca_kip"),
-    "model.norm": (None, "batch", "instance", "none"),
-    "model.weight_init": (None, "torch", "flax"),
-    "train.optimizer": ("lion", "adamw", "sgd"),
-    "train.lr_schedule": ("constant", "step", "warmup_cosine", "periodic"),
-    "reproduce.teacher": ("auto", "trained"),
-    "distill.method": ("dm", "frepo"),
-    "distill.init": ("real", "noise"),
-    "distill.model": ("auto", "convnet", "convnet_frepo"),
-    "distill.norm": (None, "batch", "instance", "none"),
-    "distill.frepo.optimizer": ("lamb", "adam"),
+    "mode": tuple(run.MODES),
+    "data.source": pipeline.SOURCES,
+    "data.preprocessing": ("auto",) + preprocess.RECIPES,
+    "model.norm": (None,) + models.NORM_KINDS,
+    "model.weight_init": (None,) + models.INIT_KINDS,
+    "train.optimizer": OPTIMIZER_NAMES,
+    "train.lr_schedule": schedules.LR_SCHEDULE_KINDS,
+    "distill.method": distill_common.METHODS,
+    "distill.init": distill_common.INITS,
+    "distill.model": ("auto",) + tuple(sorted(set(distill_common.DEFAULT_MODEL.values()))),
+    "distill.norm": (None,) + models.NORM_KINDS,
+    "distill.frepo.optimizer": frepo.META_OPTIMIZERS,
     "distill.frepo.flip_double": (None, True, False),
 }
 
@@ -143,30 +147,19 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
-def model_options_from_config(config) -> dict:
-    """The network options that the config sets (None fields mean the network's default)."""
-    names = ("width", "depth", "norm", "droppath", "improved_shortcut", "weight_init")
-    return {n: config.model[n] for n in names if config.model.get(n) is not None}
-
-
 def _validate_model(config):
-    from distill_jax import models
-
     if config.model.name not in models.MODEL_NAMES:
         raise ConfigError(f"config field 'model.name' = {config.model.name!r}; allowed values: {models.MODEL_NAMES}")
-    allowed = models.model_options(config.model.name)
-    for option in model_options_from_config(config):
-        if option not in allowed:
-            raise ConfigError(
-                f"config field 'model.{option}' is set but network '{config.model.name}' takes no such option; "
-                f"its options: {sorted(allowed)}")
+    for option, value in models.options_from_config(config.model).items():
+        try:
+            models.check_options(config.model.name, {option: value})
+        except ValueError as err:
+            raise ConfigError(f"config field 'model.{option}' = {value!r}: {err}") from None
 
 
 def _validate_schedules(config):
     """The keep-rate phases must fit the epochs and the lr schedule must be buildable: both are
     known from the config alone, so they are checked before any data is loaded."""
-    from distill_jax.optim import schedules
-
     t = config.train
     if t.keep_rate.enabled:
         kr = t.keep_rate
@@ -198,8 +191,6 @@ def _validate_combinations(config):
         raise ConfigError("config field 'train.kd.teacher_path' is empty but train.kd.enabled = True; "
                           "train a teacher first (mode 'train' with the teacher's config) and give its workdir")
     ops = [o for o in config.train.augment.ops.split(",") if o]
-    from distill_jax.data import augment
-
     for op in ops:
         if op not in augment.DSA_OPS:
             raise ConfigError(f"config field 'train.augment.ops' names '{op}'; allowed ops: {augment.DSA_OPS}")

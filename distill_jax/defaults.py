@@ -67,7 +67,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.kd.enabled = False
     c.train.kd.teacher_path = ""           # Orbax teacher directory or reference-code .pth
     c.train.kd.allow_unfinished_teacher = False  # True: accept a teacher run that stopped before its last epoch
-    c.train.kd.teacher_model = "convnet"
     c.train.kd.alpha = 0.5
     c.train.kd.temperature = 1.5
 
@@ -101,13 +100,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.distill.frepo.flip_double = ml_collections.config_dict.placeholder(bool)  # None: on at IPC 1
     c.distill.frepo.learn_labels = True
 
-    # Mode "evaluate" (distill_jax.evaluation): test accuracy of a saved network.
+    # Mode "evaluate" (distill_jax.evaluate): test accuracy of a saved network.
     c.evaluate = ml_collections.ConfigDict()
     c.evaluate.path = ""                   # a run's workdir (all its seeds) or a reference-code .pth ConvNet
 
-    # Mode "reproduce" (distill_jax.evaluation.reproduce): every cell of a named experiment.
+    # Mode "reproduce" (distill_jax.experiments.reproduce): every cell of a named experiment.
     c.reproduce = ml_collections.ConfigDict()
-    c.reproduce.experiment = ""            # e.g. "frepo_cifar10_10_resnet18"; see evaluation.experiments.experiment_names()
+    c.reproduce.experiment = ""            # e.g. "frepo_cifar10_10_resnet18"; see experiments.registry.experiment_names()
     c.reproduce.epoch_divisor = 1          # shorten every schedule by this factor (same phase structure)
     c.reproduce.lr_multiplier = 1.0        # scale peak learning rates (keeps lr x steps when schedules shrink)
     c.reproduce.width = 0                  # >0: width of the test networks (depth kept)

@@ -12,9 +12,9 @@ MODES = {
     "train": "distill_jax.training.loop:train_and_evaluate",      # any network on real or distilled data
     "teacher": "distill_jax.training.loop:train_and_evaluate",    # the training network (ConvNet) of a distilled set
     "student": "distill_jax.training.loop:train_and_evaluate",    # a test network with the method's parts
-    "distill": "distill_jax.distillation:run_distillation",       # produce a distilled set (FRePo, DM)
-    "evaluate": "distill_jax.evaluation:run_evaluation",          # accuracy of saved networks on a test split
-    "reproduce": "distill_jax.evaluation.reproduce:run_reproduction",  # every cell of an experiment, and its table
+    "distill": "distill_jax.distillation.runner:run_distillation", # produce a distilled set (FRePo, DM)
+    "evaluate": "distill_jax.evaluate:run_evaluation",            # accuracy of saved networks on a test split
+    "reproduce": "distill_jax.experiments.reproduce:run_reproduction",  # every cell of an experiment, and its table
 }
 
 

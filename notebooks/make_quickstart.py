@@ -53,12 +53,13 @@ import jax
 from IPython.display import Image, Markdown, display
 
 from distill_jax import config as config_lib
-from distill_jax.data.distilled import load_distilled, save_distilled
-from distill_jax.evaluation import experiments, reproduce, show
+from distill_jax.formats.distilled import load_distilled, save_distilled
+from distill_jax.experiments import registry, reproduce
+from distill_jax.report import show
 
 print("JAX", jax.__version__, "on", jax.devices())
 workdir = pathlib.Path(WORKDIR)
-scale = experiments.Scale(epoch_divisor=EPOCH_DIVISOR, lr_multiplier=float(EPOCH_DIVISOR), width=WIDTH,
+scale = registry.Scale(epoch_divisor=EPOCH_DIVISOR, lr_multiplier=float(EPOCH_DIVISOR), width=WIDTH,
                           teacher_width=TEACHER_WIDTH, evals=EVALS)"""
 
 SET_MD = """## The distilled set
@@ -75,12 +76,12 @@ if SET_PATH:
     distiller = "frepo" if given.provenance.get("source") == "frepo" else "dm"
     set_file.parent.mkdir(parents=True, exist_ok=True)
     save_distilled(given, set_file)
-cells = experiments.get_experiment(f"pipeline_{distiller}_{DATASET}_{IPC}_resnet18", workdir, scale, num_seeds=SEEDS)
+cells = registry.get_experiment(f"pipeline_{distiller}_{DATASET}_{IPC}_resnet18", workdir, scale, num_seeds=SEEDS)
 cells = [c for c in cells if c.name != "real_subset" and not (SET_PATH and c.role == "distill")]
 for cell in cells:
     if cell.role == "distill":
         cell.config.distill.steps = DISTILL_STEPS
-experiments.register_experiment("quickstart", lambda *args, **kwargs: cells)
+registry.register_experiment("quickstart", lambda *args, **kwargs: cells)
 for cell in cells:
     print(f"{cell.name:8s} {cell.label}: " + (f"{cell.config.distill.steps} distillation steps" if cell.role == "distill"
           else f"{cell.config.num_seeds} seeds x {cell.config.train.epochs} epochs"))"""

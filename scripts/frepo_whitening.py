@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp  # noqa: E402
 
 from distill_jax import config as config_lib  # noqa: E402
 from distill_jax.data import datasets, pipeline  # noqa: E402
-from distill_jax.training import loop, rundir, sharding, steps  # noqa: E402
+from distill_jax.training import loop, metrics, rundir, sharding, steps  # noqa: E402
 
 CANDIDATES = ("zca_frepo", "zca_kip", "zca_mtt", "standardize", "none")
 
@@ -72,7 +72,7 @@ def main():
         prep = pipeline.fitted_preprocessing(recipe, real_train.images)
         test = np.asarray(prep.apply(datasets.to_float(real_test.images)), np.float32)
         acc = loop.evaluate(evaluate, state, test, real_test.labels, 500, mesh)
-        table[recipe] = loop.summarize(acc)
+        table[recipe] = metrics.summarize(acc)
         logging.info("%-12s test accuracy %.2f ± %.2f  (per seed %s)", recipe, table[recipe]["mean"],
                      table[recipe]["std"], " ".join(f"{a:.2f}" for a in acc))
     out = {"set": args.set, "dataset": args.dataset, "model": f"convnet_frepo width {args.width}",

@@ -11,10 +11,11 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from distill_jax.evaluation import experiments, records, reproduce, tables  # noqa: E402
+from distill_jax.experiments import recipes, reproduce  # noqa: E402
+from distill_jax.report import records, tables  # noqa: E402
 
-ORDER = ("teacher", *experiments.VARIANTS, "dp_kd")
-LABELS = {**experiments.VARIANT_LABELS, "teacher": "Teacher / ConvNet", "dp_kd": "DropPath + KD"}
+ORDER = ("teacher", *recipes.VARIANTS, "dp_kd")
+LABELS = {**recipes.VARIANT_LABELS, "teacher": "Teacher / ConvNet", "dp_kd": "DropPath + KD"}
 
 
 def cell_record(cell_dir: pathlib.Path):

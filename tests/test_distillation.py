@@ -10,7 +10,7 @@ import pytest
 
 from distill_jax import config as config_lib
 from distill_jax import models
-from distill_jax.data import distilled as distilled_lib
+from distill_jax.formats import distilled as distilled_lib
 from distill_jax.data import preprocess
 from distill_jax.data import grid as image_grid
 from distill_jax.distillation import common, dm, frepo, runner

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from distill_jax.data.distilled import (
+from distill_jax.formats.distilled import (
     DEFAULT_PREPROCESSING,
     DistilledFormatError,
     DistilledSet,
@@ -345,7 +345,7 @@ def test_unsafe_pickle_in_a_distilled_file_is_reported(tmp_path):
     ],
 )
 def test_shared_sets(shared_data, name, count, label_kind, source, preprocessing):
-    from distill_jax.data.torch_pickle import load_torch_file
+    from distill_jax.formats.torch_pickle import load_torch_file
 
     folder = shared_data / "distilled" / name
     dset = load_distilled(folder)
@@ -464,7 +464,7 @@ def test_msgpack_prototypes_must_be_arrays(tmp_path):
 
 
 def test_memory_error_becomes_distilled_format_error(tmp_path, monkeypatch):
-    from distill_jax.data import distilled
+    from distill_jax.formats import distilled
 
     np.savez(tmp_path / "k.npz", images=np.zeros((2, 4, 4, 3), np.float32), labels=np.eye(2, dtype=np.float32))
 
@@ -483,7 +483,7 @@ def test_restore_msgpack_reads_what_flax_writes(monkeypatch):
     import jax
     import ml_dtypes
 
-    from distill_jax.data.distilled import restore_msgpack
+    from distill_jax.formats.distilled import restore_msgpack
 
     tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, ml_dtypes.bfloat16), "c": np.float64(1.5),
             "d": 3, "e": "text", "f": [1, 2, [3, 4]], "g": complex(1, 2),

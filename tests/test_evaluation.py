@@ -8,8 +8,10 @@ import pytest
 
 from distill_jax import config as config_lib
 from distill_jax.data import pipeline, preprocess
-from distill_jax.evaluation import EvaluationError, experiments, plots, records, reproduce, run_evaluation, tables
-from distill_jax.training import loop
+from distill_jax.evaluate import EvaluationError, run_evaluation
+from distill_jax.experiments import recipes, registry, reproduce
+from distill_jax.report import plots, records, tables
+from distill_jax.training import loop, metrics, runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -40,16 +42,16 @@ def _tiny_experiment(workdir, scale, *, split_seeds, num_seeds, seed):
     teacher = _tiny_config("teacher", num_seeds)
     student = _tiny_config("student", num_seeds)
     student.train.kd.enabled = True
-    student.train.kd.teacher_path = experiments.teacher_dir(workdir, split_seeds, seed)
-    return [experiments.Cell("teacher", "Teacher", teacher, "teacher"),
-            experiments.Cell("student", "Student + KD", student, "student")]
+    student.train.kd.teacher_path = registry.teacher_dir(workdir, split_seeds, seed)
+    return [registry.Cell("teacher", "Teacher", teacher, "teacher"),
+            registry.Cell("student", "Student + KD", student, "student")]
 
 
 @pytest.fixture
 def tiny_experiment():
-    experiments.register_experiment("tiny_test", _tiny_experiment)
+    registry.register_experiment("tiny_test", _tiny_experiment)
     yield "tiny_test"
-    experiments._REGISTERED.pop("tiny_test")
+    registry._REGISTERED.pop("tiny_test")
 
 
 def _reproduce_config(name, **reproduce):
@@ -63,7 +65,7 @@ def _reproduce_config(name, **reproduce):
 
 
 def _cache(config, workdir, data):
-    cells = experiments.get_experiment(config.reproduce.experiment, workdir, split_seeds=config.reproduce.split_seeds,
+    cells = registry.get_experiment(config.reproduce.experiment, workdir, split_seeds=config.reproduce.split_seeds,
                                        num_seeds=config.num_seeds)
     return {reproduce._data_key(c.config.data): data for c in cells}
 
@@ -152,12 +154,12 @@ def test_reproduce_rejects_unknown_cells(tmp_path, tiny_experiment):
 
 
 def test_summary_mean_and_sample_std():
-    s = records.summarize([60.0, 62.0, 67.0])
+    s = metrics.summarize([60.0, 62.0, 67.0])
     assert s["mean"] == pytest.approx(63.0)
     assert s["std"] == pytest.approx(np.sqrt(((3.0 ** 2) + 1.0 + 16.0) / 2))  # ddof=1 by hand
-    assert records.summarize([50.0])["std"] == 0.0
+    assert metrics.summarize([50.0])["std"] == 0.0
     with pytest.raises(ValueError, match="no accuracies"):
-        records.summarize([])
+        metrics.summarize([])
 
 
 def test_best_over_training_is_per_seed_max_and_labelled():
@@ -168,7 +170,7 @@ def test_best_over_training_is_per_seed_max_and_labelled():
 
 
 def test_merge_keeps_common_epochs_and_requires_every_seed_finished():
-    a = {"finished": True, "seeds": [0], "final_accuracy": records.summarize([50.0]),
+    a = {"finished": True, "seeds": [0], "final_accuracy": metrics.summarize([50.0]),
          "history": [{"epoch": 1, "train_loss": 1.0, "test_accuracy": [40.0]}, {"epoch": 2, "train_loss": 0.5, "test_accuracy": [50.0]}]}
     b = {"finished": False, "seeds": [1], "final_accuracy": None,
          "history": [{"epoch": 1, "train_loss": 3.0, "test_accuracy": [30.0]}]}
@@ -187,7 +189,7 @@ def test_mean_std_formatting_and_markdown_table():
 
 
 def test_schedule_curves_of_the_full_configuration():
-    c = experiments.scale_config(experiments.paper_config("resnet18", "frepo", "cifar10", 10, "full"), epoch_divisor=100)
+    c = recipes.scale_config(recipes.paper_config("resnet18", "frepo", "cifar10", 10, "full"), epoch_divisor=100)
     epochs, lrs, keeps = plots.schedule_curves(c, steps_per_epoch=2)
     assert len(epochs) == 80  # 40 epochs x 2 steps
     np.testing.assert_allclose(keeps[::10], [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.8, 0.8], rtol=1e-6)
@@ -198,7 +200,7 @@ def test_schedule_curves_of_the_full_configuration():
 
 
 def test_plots_write_png_files(tmp_path):
-    c = experiments.paper_config("resnet18", "frepo", "cifar10", 10, "baseline")
+    c = recipes.paper_config("resnet18", "frepo", "cifar10", 10, "baseline")
     assert plots.plot_schedules(c, tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC
     run = {"seeds": [0, 1], "history": [{"epoch": 1, "test_accuracy": [10.0, 20.0]}, {"epoch": 2, "test_accuracy": [30.0, 35.0]}]}
     assert plots.plot_accuracy(run, tmp_path / "a.png").read_bytes()[:8] == PNG_MAGIC
@@ -267,7 +269,7 @@ def teacher_pth(request, tmp_path):
         path = write_torch_file(tmp_path / "checkpoint_best.pth", {"state_dict": {k: tensor(v) for k, v in sd.items()},
                                                                    "epoch": 200})
         return path, sd
-    from distill_jax.data.torch_pickle import load_torch_file
+    from distill_jax.formats.torch_pickle import load_torch_file
 
     path = request.getfixturevalue("shared_data") / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth"
     return path, load_torch_file(path)["state_dict"]
@@ -276,7 +278,6 @@ def teacher_pth(request, tmp_path):
 def test_published_teacher_logits_match_numpy_on_both_routes(tmp_path, teacher_pth):
     """The .pth read directly as a KD teacher and the .pth imported as a run (one converter) both give the
     reference network's logits; mode 'evaluate' scores either with exactly the accuracy those logits imply."""
-    from distill_jax.evaluation import import_teacher
     from distill_jax.training import teacher as teacher_lib
 
     pth, state_dict = teacher_pth
@@ -284,9 +285,9 @@ def test_published_teacher_logits_match_numpy_on_both_routes(tmp_path, teacher_p
     expected = _reference_convnet_logits(state_dict, images)
     assert np.ptp(expected) > 0.1  # logits that vary: a dropped or transposed weight shows
 
-    c = experiments.teacher_config("mtt", "cifar10_jpeg", 1)
-    import_teacher(pth, tmp_path / "teacher", c)
-    import_teacher(pth, tmp_path / "teacher", c)  # again, as a resumed reproduction does: no error
+    c = recipes.teacher_config("mtt", "cifar10_jpeg", 1)
+    runs.import_reference(pth, tmp_path / "teacher", c)
+    runs.import_reference(pth, tmp_path / "teacher", c)  # again, as a resumed reproduction does: no error
     assert json.loads((tmp_path / "teacher" / "model.json").read_text())["name"] == "convnet"
     for route in (pth, tmp_path / "teacher"):  # the .pth as a KD teacher; the imported run as a KD teacher
         module, variables = teacher_lib.load_teacher(route)

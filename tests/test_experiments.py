@@ -10,8 +10,9 @@ from configs import pipeline as pipeline_configs
 from distill_jax import config as config_lib
 from distill_jax import models
 from distill_jax.data import pipeline, preprocess
-from distill_jax.evaluation import experiments as ex
-from distill_jax.evaluation import reproduce
+from distill_jax.experiments import recipes, registry
+from distill_jax.optim import schedules
+from distill_jax.experiments import reproduce
 from distill_jax.training import loop
 from distill_jax.training import teacher as teacher_lib
 
@@ -27,9 +28,9 @@ METHOD_TABLE = {
 }
 
 
-@pytest.mark.parametrize("variant", ex.VARIANTS)
+@pytest.mark.parametrize("variant", recipes.VARIANTS)
 def test_five_configurations_match_the_spec_table(variant):
-    c = ex.paper_config("resnet18", "frepo", "cifar10", 10, variant)
+    c = recipes.paper_config("resnet18", "frepo", "cifar10", 10, variant)
     t = c.train
     got = (t.optimizer, t.learning_rate, t.weight_decay, t.lr_schedule, t.augment.k, t.kd.enabled,
            bool(c.model.droppath) and t.keep_rate.enabled, t.epochs)
@@ -49,10 +50,10 @@ def test_five_configurations_match_the_spec_table(variant):
 
 def test_every_paper_configuration_validates_with_its_dataset_sizes():
     count = 0
-    for model, method, dataset, ipc, variant in itertools.product(ex.TEST_NETWORKS, ex.METHODS,
+    for model, method, dataset, ipc, variant in itertools.product(recipes.TEST_NETWORKS, recipes.METHODS,
                                                                   ("cifar10", "cifar100", "tiny_imagenet"),
-                                                                  ex.IPCS, ("baseline", "full")):
-        c = config_lib.validate(ex.paper_config(model, method, dataset, ipc, variant))
+                                                                  recipes.IPCS, ("baseline", "full")):
+        c = config_lib.validate(recipes.paper_config(model, method, dataset, ipc, variant))
         prefix = {"cifar10": "cifar10", "cifar100": "cifar100", "tiny_imagenet": "tiny_imagenet"}[dataset]
         assert c.data.distilled_path.endswith(f"distilled/{prefix}_{ipc}_{method}")
         assert c.data.dataset == dataset
@@ -64,52 +65,52 @@ def test_every_paper_configuration_validates_with_its_dataset_sizes():
 
 
 def test_resnet50_uses_its_own_keep_rate_steps():
-    t = ex.paper_config("resnet50", "mtt", "cifar10", 10, "full").train
+    t = recipes.paper_config("resnet50", "mtt", "cifar10", 10, "full").train
     assert (t.keep_rate.step, t.keep_rate.min, t.keep_rate.final) == (0.13, 0.35, 0.8)
 
 
 def test_teacher_networks_follow_the_distiller_and_image_size():
-    frepo = ex.teacher_config("frepo", "cifar100", 10)
+    frepo = recipes.teacher_config("frepo", "cifar100", 10)
     assert (frepo.model.name, frepo.model.get("depth")) == ("convnet_frepo", None)  # default depth 3 on 32 px
-    tiny = ex.teacher_config("mtt", "tiny_imagenet", 50)
+    tiny = recipes.teacher_config("mtt", "tiny_imagenet", 50)
     assert (tiny.model.name, tiny.model.depth, tiny.model.norm) == ("convnet", 4, "instance")
     assert tiny.mode == "teacher"
     config_lib.validate(tiny)
 
 
 def test_unknown_names_are_rejected_with_the_allowed_values():
-    with pytest.raises(ex.ExperimentError, match=r"test network 'resnet19'.*resnet18"):
-        ex.paper_config("resnet19", "frepo", "cifar10", 10, "full")
-    with pytest.raises(ex.ExperimentError, match=r"variant 'fast'.*baseline"):
-        ex.paper_config("resnet18", "frepo", "cifar10", 10, "fast")
-    with pytest.raises(ex.ExperimentError, match=r"images per class 20"):
-        ex.teacher_config("frepo", "cifar10", 20)
-    with pytest.raises(ex.ExperimentError, match=r"per_class must be a positive int"):
-        ex.realsubset_config("fashion_mnist", 0, "convnet")
+    with pytest.raises(recipes.ExperimentError, match=r"test network 'resnet19'.*resnet18"):
+        recipes.paper_config("resnet19", "frepo", "cifar10", 10, "full")
+    with pytest.raises(recipes.ExperimentError, match=r"variant 'fast'.*baseline"):
+        recipes.paper_config("resnet18", "frepo", "cifar10", 10, "fast")
+    with pytest.raises(recipes.ExperimentError, match=r"images per class 20"):
+        recipes.teacher_config("frepo", "cifar10", 20)
+    with pytest.raises(recipes.ExperimentError, match=r"per_class must be a positive int"):
+        recipes.realsubset_config("fashion_mnist", 0, "convnet")
 
 
 def test_scaling_divides_every_epoch_count_and_keeps_the_phases():
-    c = ex.scale_config(ex.paper_config("resnet18", "frepo", "cifar10", 10, "full"),
+    c = recipes.scale_config(recipes.paper_config("resnet18", "frepo", "cifar10", 10, "full"),
                         epoch_divisor=20, lr_multiplier=20.0, width=8, evals=2)
     t = c.train
     assert (t.epochs, t.keep_rate.period_epochs, t.cycle_epochs, t.warmup_epochs) == (200, 25, 50, 5)
     np.testing.assert_allclose(t.learning_rate, 1e-3)
     assert c.model.width == 8 and c.eval_every_epochs == 100
     # same phase structure: keep rates 1, .9, .8, .7, .6, .5 then .8 over the last quarter
-    _, keep = loop.build_schedules(c, steps_per_epoch=1)
+    _, keep = schedules.from_config(c.train, steps_per_epoch=1)
     np.testing.assert_allclose([float(keep(e)) for e in range(0, 200, 25)], [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.8, 0.8],
                                rtol=1e-6)
 
 
 def test_scaling_refuses_a_divisor_that_would_shift_phases():
-    with pytest.raises(ex.ExperimentError, match=r"train.epochs = 1000 is not divisible by epoch_divisor 3"):
-        ex.scale_config(ex.paper_config("resnet18", "frepo", "cifar10", 10, "baseline"), epoch_divisor=3)
+    with pytest.raises(recipes.ExperimentError, match=r"train.epochs = 1000 is not divisible by epoch_divisor 3"):
+        recipes.scale_config(recipes.paper_config("resnet18", "frepo", "cifar10", 10, "baseline"), epoch_divisor=3)
 
 
 def test_paper_experiment_trains_its_teacher_first_and_points_students_at_it(tmp_path):
-    cells = ex.get_experiment("frepo_cifar10_10_resnet18", tmp_path, ex.Scale(epoch_divisor=20, width=8),
+    cells = registry.get_experiment("frepo_cifar10_10_resnet18", tmp_path, registry.Scale(epoch_divisor=20, width=8),
                               split_seeds=True, num_seeds=3, seed=4)
-    assert [c.name for c in cells] == ["teacher", *ex.VARIANTS]
+    assert [c.name for c in cells] == ["teacher", *recipes.VARIANTS]
     assert cells[0].role == "teacher" and cells[0].config.model.name == "convnet_frepo"
     for cell in cells[1:]:
         assert cell.config.seed == 4 and cell.config.num_seeds == 3 and cell.config.model.width == 8
@@ -119,7 +120,7 @@ def test_paper_experiment_trains_its_teacher_first_and_points_students_at_it(tmp
 
 
 def test_realsubset_experiment_cells(tmp_path):
-    cells = ex.get_experiment("realsubset_fashion_mnist_10_resnet18", tmp_path)
+    cells = registry.get_experiment("realsubset_fashion_mnist_10_resnet18", tmp_path)
     assert [c.label for c in cells] == ["ConvNet", "resnet18 Baseline", "resnet18 DropPath + KD"]
     convnet, baseline, dp_kd = (c.config for c in cells)
     assert convnet.data.source == "real" and convnet.data.per_class == 10 and convnet.model.name == "convnet"
@@ -128,7 +129,7 @@ def test_realsubset_experiment_cells(tmp_path):
 
 
 def test_published_mtt_teacher_is_evaluated_not_trained(tmp_path, shared_data):
-    cells = ex.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path)
+    cells = registry.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path)
     assert cells[0].role == "import"
     assert cells[0].config.evaluate.path == str(shared_data / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth")
     assert cells[-1].config.train.kd.teacher_path == str(tmp_path / "teacher")  # where it is imported
@@ -137,25 +138,25 @@ def test_published_mtt_teacher_is_evaluated_not_trained(tmp_path, shared_data):
 @pytest.mark.parametrize("name", ["frepo_cifar10_10", "dc_cifar10_10_resnet18", "frepo_cifar10_x_resnet18",
                                   "realsubset_cifar10_ten_resnet18", "frepo_svhn_10_resnet18"])
 def test_bad_experiment_names(name, tmp_path):
-    with pytest.raises(ex.ExperimentError):
-        ex.get_experiment(name, tmp_path)
+    with pytest.raises(recipes.ExperimentError):
+        registry.get_experiment(name, tmp_path)
 
 
 def test_every_listed_experiment_builds(tmp_path):
-    names = ex.experiment_names()
+    names = registry.experiment_names()
     assert "frepo_cifar10_10_resnet18" in names and "realsubset_fashion_mnist_10_resnet18" in names
     for name in names:
-        assert ex.get_experiment(name, tmp_path)
+        assert registry.get_experiment(name, tmp_path)
 
 
 def test_registered_experiment_takes_precedence(tmp_path):
-    cell = ex.Cell("only", "Only", ex.teacher_config("frepo", "cifar10", 1), "teacher")
-    ex.register_experiment("my_experiment", lambda workdir, scale, **kw: [cell])
+    cell = registry.Cell("only", "Only", recipes.teacher_config("frepo", "cifar10", 1), "teacher")
+    registry.register_experiment("my_experiment", lambda workdir, scale, **kw: [cell])
     try:
-        assert ex.get_experiment("my_experiment", tmp_path, seed=7)[0].config.seed == 7
-        assert "my_experiment" in ex.experiment_names()
+        assert registry.get_experiment("my_experiment", tmp_path, seed=7)[0].config.seed == 7
+        assert "my_experiment" in registry.experiment_names()
     finally:
-        ex._REGISTERED.pop("my_experiment")
+        registry._REGISTERED.pop("my_experiment")
 
 
 @pytest.mark.parametrize("spec, model, epochs", [
@@ -180,16 +181,16 @@ def test_student_with_missing_teacher_says_how_to_train_one(tmp_path):
     images = rng.normal(size=(20, 8, 8, 3)).astype(np.float32)
     labels = np.repeat(np.arange(10), 2)
     data = pipeline.TrainingData(images, labels, images, labels, 10, preprocess.fit("none", np.zeros((2, 8, 8, images.shape[-1]), np.float32)), "synthetic")
-    c = ex.paper_config("resnet18", "frepo", "cifar10", 10, "full", teacher_path=str(tmp_path / "no_teacher"))
+    c = recipes.paper_config("resnet18", "frepo", "cifar10", 10, "full", teacher_path=str(tmp_path / "no_teacher"))
     with pytest.raises(teacher_lib.TeacherError, match=r"train one with .*launch/main.py"):
         loop.train_and_evaluate(c, tmp_path / "run", data=data)
 
 
-@pytest.mark.parametrize("method", ex.METHODS)
+@pytest.mark.parametrize("method", recipes.METHODS)
 def test_reference_code_sets_are_read_in_the_mtt_zca_space(method):
     # measured on training statistics only (docs/results.md): the published FRePo sets too
-    assert ex.paper_config("resnet18", method, "cifar10", 10, "full").data.preprocessing == "zca_mtt"
-    assert ex.teacher_config(method, "cifar10", 10).data.preprocessing == "zca_mtt"
+    assert recipes.paper_config("resnet18", method, "cifar10", 10, "full").data.preprocessing == "zca_mtt"
+    assert recipes.teacher_config(method, "cifar10", 10).data.preprocessing == "zca_mtt"
 
 
 def _expected_norm(name: str) -> str:
@@ -205,14 +206,14 @@ def test_every_named_experiment_cell_names_its_norm(tmp_path):
     """Every cell of every built-in experiment (paper tables, real subsets, pipelines) sets its
     network's norm explicitly, as the set's source requires; the paper.py config files agree."""
     checked = 0
-    for name in ex.experiment_names():
-        for cell in ex.get_experiment(name, tmp_path):
+    for name in registry.experiment_names():
+        for cell in registry.get_experiment(name, tmp_path):
             if cell.role == "distill":
                 continue
             assert cell.config.model.get("norm") == _expected_norm(name), (name, cell.name)
             checked += 1
     assert checked == 996  # 96 paper experiments x 6 cells, 12 real-subset x 3, 96 pipelines x 4
-    for variant in ex.VARIANTS:
+    for variant in recipes.VARIANTS:
         assert paper_configs.get_config(f"resnet18,frepo,cifar10,10,{variant}").model.norm == "batch"
         assert paper_configs.get_config(f"vgg11,mtt,cifar10,1,{variant}").model.norm == "instance"
     assert pipeline_configs.get_config("frepo").reproduce.experiment.startswith("pipeline_frepo_")
@@ -234,16 +235,16 @@ def test_mtt_teacher_is_published_and_labelled_as_test_selected_or_trained_here(
     published.parent.mkdir(parents=True)
     published.write_bytes(b"")  # only its existence is looked at when building cells
     monkeypatch.setenv("DISTILL_JAX_DATA", str(tmp_path))
-    cells = ex.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run")
+    cells = registry.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run")
     assert (cells[0].role, cells[0].config.evaluate.path) == ("import", str(published))
     assert "selected on the test set" in cells[0].label
-    own = ex.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run", teacher="trained")
+    own = registry.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run", teacher="trained")
     assert own[0].role == "teacher" and "trained here, final epoch" in own[0].label
     assert (own[0].config.mode, own[0].config.model.name, own[0].config.model.norm) == ("teacher", "convnet", "instance")
     full = {c.name: c for c in own}["full"]
     assert full.config.train.kd.teacher_path == str(tmp_path / "run" / "teacher")
-    with pytest.raises(ex.ExperimentError, match=r"teacher source 'best'.*'auto', 'trained'"):
-        ex.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run", teacher="best")
+    with pytest.raises(recipes.ExperimentError, match=r"teacher source 'best'.*'auto', 'trained'"):
+        registry.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run", teacher="best")
 
 
 def test_a_table_with_an_imported_teacher_says_it_was_selected_on_the_test_set():

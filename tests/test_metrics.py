@@ -83,12 +83,12 @@ def test_a_distillation_writes_its_loss_and_image_grid_as_events(tmp_path):
 
 
 def test_experiment_eta_from_the_cells_trained_so_far(monkeypatch):
-    from distill_jax.evaluation import experiments, reproduce
+    from distill_jax.experiments import registry, reproduce
 
     def cell(epochs, seeds, role="student"):
         c = config_lib.default_config()
         c.train.epochs, c.num_seeds = epochs, seeds
-        return experiments.Cell("x", "x", c, role)
+        return registry.Cell("x", "x", c, role)
 
     eta = reproduce.ExperimentETA()
     assert eta.line([cell(10, 3)]).endswith("experiment eta ~?")  # nothing measured yet

@@ -1,6 +1,6 @@
 """The whole pipeline as one 'reproduce' experiment: distil, teacher, real yardstick, students.
 
-The cells are the ones `configs/pipeline.py` runs (built by `experiments.pipeline_experiment`),
+The cells are the ones `configs/pipeline.py` runs (built by `registry.pipeline_experiment`),
 shrunk to toy sizes and pointed at a tiny on-disk dataset so that every mode loads its data
 the way it does in real use.
 """
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from distill_jax import config as config_lib
-from distill_jax.data import distilled as distilled_lib
-from distill_jax.evaluation import experiments, reproduce
+from distill_jax.formats import distilled as distilled_lib
+from distill_jax.experiments import recipes, registry, reproduce
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import distill as distill_configs  # noqa: E402
@@ -64,13 +64,13 @@ def toy_pipeline(tmp_path):
     data_dir = _write_toy_dataset(tmp_path / "data")
 
     def builder(workdir, scale, *, split_seeds, num_seeds, seed):
-        cells = experiments.pipeline_experiment("dm", "fashion_mnist", 10, "resnet18", workdir, scale,
+        cells = registry.pipeline_experiment("dm", "fashion_mnist", 10, "resnet18", workdir, scale,
                                                 split_seeds=split_seeds, num_seeds=num_seeds, seed=seed)
         return _shrink(cells, data_dir)
 
-    experiments.register_experiment("toy_pipeline", builder)
+    registry.register_experiment("toy_pipeline", builder)
     yield "toy_pipeline"
-    experiments._REGISTERED.pop("toy_pipeline")
+    registry._REGISTERED.pop("toy_pipeline")
 
 
 def test_pipeline_distils_then_trains_every_cell_on_that_set_and_resumes(tmp_path, toy_pipeline):
@@ -115,7 +115,7 @@ def test_unfinished_distillation_stops_the_pipeline_with_how_to_continue(tmp_pat
     config = config_lib.default_config()
     config.mode, config.num_seeds = "reproduce", 1
     config.reproduce.experiment = toy_pipeline
-    cells = experiments.get_experiment(toy_pipeline, tmp_path)
+    cells = registry.get_experiment(toy_pipeline, tmp_path)
     cells[0].config.distill.stop_after_steps = 1
     with pytest.raises(reproduce.ReproductionError, match=r"stopped at step 1 of 2.*rerun the same command"):
         reproduce.run_cell(cells[0], tmp_path / "distill", None, split_seeds=False)
@@ -133,8 +133,8 @@ def test_pipeline_config_names_the_experiment_and_scale():
 @pytest.mark.parametrize("distiller,model_name,student_norm,recipe", [
     ("dm", "convnet", "instance", "standardize"), ("frepo", "convnet_frepo", "batch", "zca_frepo")])
 def test_pipeline_cells_follow_the_distiller(tmp_path, distiller, model_name, student_norm, recipe):
-    scale = experiments.Scale(epoch_divisor=20, lr_multiplier=20.0, width=16, teacher_width=32)
-    cells = experiments.get_experiment(f"pipeline_{distiller}_fashion_mnist_10_resnet18", tmp_path, scale)
+    scale = registry.Scale(epoch_divisor=20, lr_multiplier=20.0, width=16, teacher_width=32)
+    cells = registry.get_experiment(f"pipeline_{distiller}_fashion_mnist_10_resnet18", tmp_path, scale)
     by_name = {c.name: c for c in cells}
     assert by_name["distill"].config.distill.method == distiller and by_name["distill"].config.distill.steps == 300
     assert by_name["teacher"].config.model.name == model_name and by_name["teacher"].config.model.width == 32
@@ -148,11 +148,11 @@ def test_pipeline_cells_follow_the_distiller(tmp_path, distiller, model_name, st
 
 
 def test_distill_config_file_and_library_builder_agree():
-    assert distill_configs.get_config("cifar10_jpeg,50").to_dict() == experiments.distill_config("cifar10_jpeg", 50).to_dict()
-    with pytest.raises(experiments.ExperimentError, match=r"distillation method 'kip' is not known"):
-        experiments.distill_config("fashion_mnist", 10, "kip")
-    with pytest.raises(experiments.ExperimentError, match=r"dataset 'svhn' is not known"):
-        experiments.get_experiment("pipeline_dm_svhn_10_resnet18", "/tmp/unused")
+    assert distill_configs.get_config("cifar10_jpeg,50").to_dict() == recipes.distill_config("cifar10_jpeg", 50).to_dict()
+    with pytest.raises(recipes.ExperimentError, match=r"distillation method 'kip' is not known"):
+        recipes.distill_config("fashion_mnist", 10, "kip")
+    with pytest.raises(recipes.ExperimentError, match=r"dataset 'svhn' is not known"):
+        registry.get_experiment("pipeline_dm_svhn_10_resnet18", "/tmp/unused")
 
 
 def test_distill_cell_alone_writes_the_set_and_an_empty_table(tmp_path, toy_pipeline):

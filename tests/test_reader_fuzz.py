@@ -69,14 +69,14 @@ SHARED_COUNTS = {
 
 def _load(fmt: str, path: str):
     if fmt in ("teacher_pth", "shared_teacher_pth"):
-        from distill_jax.models.torch_import import load_reference_convnet
+        from distill_jax.formats.torch_import import load_reference_convnet
 
         return load_reference_convnet(path)
     if fmt.startswith("dataset_npz"):
         from distill_jax.data import datasets
 
         return datasets.load_dataset("npz", "train", data_dir=path)
-    from distill_jax.data.distilled import load_distilled
+    from distill_jax.formats.distilled import load_distilled
 
     return load_distilled(path)
 
@@ -144,7 +144,7 @@ def _seed_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
     """One small valid file of each format; pt pairs are folders (the mutated file is inside)."""
     from flax import serialization
 
-    from distill_jax.data.distilled import DistilledSet, save_distilled
+    from distill_jax.formats.distilled import DistilledSet, save_distilled
     from test_torch_import import synthetic_state_dict
     from test_torch_pickle import tensor, write_torch_file
 

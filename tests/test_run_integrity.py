@@ -169,18 +169,18 @@ def test_a_diverging_run_is_marked_diverged_not_finished(tmp_path):
 # ---------------------------------------------------------------- reproduce
 
 def _tiny_cells(workdir, lr):
-    from distill_jax.evaluation import experiments
+    from distill_jax.experiments import registry
 
     teacher = _config(**{"train.learning_rate": lr, "num_seeds": 1})
     teacher.mode = "teacher"
     student = _config(**{"train.kd.enabled": True, "num_seeds": 1})
     student.train.kd.teacher_path = str(workdir / "teacher")
-    return [experiments.Cell("teacher", "Teacher", teacher, "teacher"),
-            experiments.Cell("student", "Student", student, "student")]
+    return [registry.Cell("teacher", "Teacher", teacher, "teacher"),
+            registry.Cell("student", "Student", student, "student")]
 
 
 def test_reproduce_stops_on_a_changed_cell_or_runs_it_afresh_beside_the_old_one(tmp_path):
-    from distill_jax.evaluation import reproduce
+    from distill_jax.experiments import reproduce
 
     loop.train_and_evaluate(_tiny_cells(tmp_path, 1e-3)[0].config, tmp_path / "teacher", data=_data())
     changed = _tiny_cells(tmp_path, 2e-3)
@@ -196,7 +196,7 @@ def test_reproduce_stops_on_a_changed_cell_or_runs_it_afresh_beside_the_old_one(
 
 
 def test_a_diverged_cell_is_shown_as_diverged():
-    from distill_jax.evaluation import tables
+    from distill_jax.report import tables
 
     table = tables.experiment_table([{"label": "Full", "network": "resnet18", "seeds": [0, 1], "epochs": 4,
                                       "final_accuracy": None, "diverged": {"epoch": 3, "step": 6, "seeds": [1]}}])
@@ -239,13 +239,13 @@ def test_fuzzed_checkpoint_bytes_restore_exactly_or_are_refused(tmp_path):
 
 
 def test_an_imported_teacher_cell_never_conflicts(tmp_path):
-    from distill_jax.evaluation import experiments, reproduce
+    from distill_jax.experiments import registry, reproduce
 
     config = _config()
     config.seed = 3
     (tmp_path / "teacher").mkdir()
     rundir.write_json(tmp_path / "teacher" / "config.json", {**config.to_dict(), "seed": 0})  # as import_teacher writes it
-    cell = experiments.Cell("teacher", "Teacher (published)", config, "import")
+    cell = registry.Cell("teacher", "Teacher (published)", config, "import")
     assert reproduce.cell_conflicts(cell, tmp_path / "teacher", False) == []
-    trained = experiments.Cell("teacher", "Teacher", config, "teacher")
+    trained = registry.Cell("teacher", "Teacher", config, "teacher")
     assert reproduce.cell_conflicts(trained, tmp_path / "teacher", False) == ["teacher: seed: 0 -> 3"]

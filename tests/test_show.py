@@ -6,8 +6,8 @@ from PIL import Image
 
 from distill_jax import cli
 from distill_jax.data import datasets, grid, preprocess
-from distill_jax.data.distilled import DistilledSet, save_distilled
-from distill_jax.evaluation import show
+from distill_jax.formats.distilled import DistilledSet, save_distilled
+from distill_jax.report import show
 
 
 def _real_npz(folder, n_per_class=6, classes=3, side=6):

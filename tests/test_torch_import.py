@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from distill_jax.models import build_model
-from distill_jax.models.torch_import import CheckpointFormatError, convert_reference_convnet, load_reference_convnet
+from distill_jax.formats.torch_import import CheckpointFormatError, convert_reference_convnet, load_reference_convnet
 from test_torch_pickle import tensor, write_torch_file
 
 # --------------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def test_not_a_state_dict(tmp_path):
 
 
 def test_shared_teacher_logits_match_numpy_reference(shared_data):
-    from distill_jax.data.torch_pickle import load_torch_file
+    from distill_jax.formats.torch_pickle import load_torch_file
 
     path = shared_data / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth"
     variables, meta = load_reference_convnet(path)
@@ -206,7 +206,7 @@ def test_malformed_state_dicts(edit, message):
 
 
 def test_memory_error_becomes_checkpoint_format_error(tmp_path, monkeypatch):
-    from distill_jax.models import torch_import
+    from distill_jax.formats import torch_import
 
     sd = synthetic_state_dict(np.random.default_rng(7))
     path = write_torch_file(tmp_path / "t.pth", collections.OrderedDict((k, tensor(v)) for k, v in sd.items()))

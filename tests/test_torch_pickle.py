@@ -1,4 +1,4 @@
-"""Safe reading of torch.save zip files (distill_jax.data.torch_pickle).
+"""Safe reading of torch.save zip files (distill_jax.formats.torch_pickle).
 
 torch is not installed: ``write_torch_file`` below builds torch-format archives by hand
 (protocol-2 pickle with GLOBAL opcodes naming torch's rebuild functions and storage
@@ -19,8 +19,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from distill_jax.data import torch_pickle
-from distill_jax.data.torch_pickle import TorchFileError, UnsafePickleError, load_torch_file
+from distill_jax.formats import torch_pickle
+from distill_jax.formats.torch_pickle import TorchFileError, UnsafePickleError, load_torch_file
 
 # --------------------------------------------------------------------------------------
 # A hand-made torch.save writer (test side only)
@@ -466,7 +466,7 @@ def test_stride0_huge_tensor_is_refused_quickly_naming_the_file(tmp_path, size, 
     # one-element storage: today's reader copied the view (2.4 GB) or died in MemoryError.
     path = write_torch_file(tmp_path / "bomb.pt", FakeTensor(FakeStorage(np.zeros(1, np.float32)), 0, size, (0, 0)))
     assert path.stat().st_size < 1024
-    result = load_in_limited_process("distill_jax.data.torch_pickle:load_torch_file", path)
+    result = load_in_limited_process("distill_jax.formats.torch_pickle:load_torch_file", path)
     assert result["outcome"] == "refused", result
     assert result["message"].startswith(f"TorchFileError: {path}: storage ") and rule in result["message"]
     assert result["seconds"] < 1.0
@@ -513,7 +513,7 @@ def test_pickle_memo_index_bomb_is_refused(tmp_path):
     # LONG_BINPUT 2**28: CPython's unpickler zero-fills a memo of 2 x 2**28 slots (4 GiB) for
     # these 8 bytes. The pre-scan refuses it before the unpickler runs.
     path = write_torch_file(tmp_path / "memo.pt", {}, payload=b"\x80\x02]r\x00\x00\x00\x10.")
-    result = load_in_limited_process("distill_jax.data.torch_pickle:load_torch_file", path)
+    result = load_in_limited_process("distill_jax.formats.torch_pickle:load_torch_file", path)
     assert result["outcome"] == "refused", result
     assert f"{path}: data.pkl opcode LONG_BINPUT" in result["message"] and result["seconds"] < 1.0
 
@@ -543,7 +543,7 @@ def test_memory_error_becomes_torch_file_error(tmp_path):
     # A valid 24 MB tensor, under the cap, in a process allowed 24 MB more: the MemoryError
     # names the file instead of escaping.
     path = write_torch_file(tmp_path / "large.pt", tensor(np.zeros(6 << 20, np.float32)))
-    result = load_in_limited_process("distill_jax.data.torch_pickle:load_torch_file", path, headroom=24 << 20)
+    result = load_in_limited_process("distill_jax.formats.torch_pickle:load_torch_file", path, headroom=24 << 20)
     assert result["outcome"] == "refused", result
     assert result["message"].startswith(f"TorchFileError: {path}: ") and "out of memory (MemoryError)" in result["message"]
 

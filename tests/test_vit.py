@@ -61,7 +61,7 @@ def test_image_sides_must_fit_the_patches():
 
 def test_vit_is_in_the_registry_with_its_options():
     from distill_jax import models
-    from distill_jax.evaluation import reproduce
+    from distill_jax.experiments import reproduce
 
     assert models.model_options("vit") == {"width", "depth", "droppath", "weight_init"}
     assert isinstance(models.build_model("vit", 10, width=32, droppath=True), ViT)

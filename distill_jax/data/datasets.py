@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from distill_jax.data import cifar
-from distill_jax.data.torch_pickle import MALFORMED_ERRORS, describe_error, npz_keys, read_npz
+from distill_jax.formats.torch_pickle import MALFORMED_ERRORS, describe_error, npz_keys, read_npz
 from distill_jax.errors import InputFileError, max_array_bytes
 
 PathLike = str | pathlib.Path

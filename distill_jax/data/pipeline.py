@@ -16,6 +16,9 @@ import numpy as np
 
 from distill_jax import losses
 from distill_jax.data import datasets, preprocess
+from distill_jax.formats import distilled
+
+SOURCES = ("real", "distilled")  # config.data.source: a (subset of a) real split, or a distilled set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +75,6 @@ def load_training_data(data_cfg) -> TrainingData:
         train_labels = subset.labels.astype(np.int64)
         what = f"{data_cfg.dataset} real subset, {data_cfg.per_class or 'all'} per class"
     else:
-        from distill_jax.data import distilled
-
         kwargs = {"format": data_cfg.distilled_format} if data_cfg.distilled_format else {}
         dset = distilled.load_distilled(data_cfg.distilled_path, **kwargs)
         recipe = dset.preprocessing if data_cfg.preprocessing == "auto" else data_cfg.preprocessing

@@ -19,6 +19,10 @@ import numpy as np
 from distill_jax.data import datasets, preprocess
 from distill_jax.errors import UserError
 
+METHODS = ("dm", "frepo")
+DEFAULT_MODEL = {"dm": "convnet", "frepo": "convnet_frepo"}  # the network each method distils with
+INITS = ("real", "noise")  # how the synthetic images start: real images of the class, or noise
+
 
 class DistillationError(UserError, ValueError):
     """Bad input to a distiller: the message names what was given and what was expected."""

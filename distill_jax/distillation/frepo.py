@@ -29,6 +29,8 @@ import optax
 from distill_jax.data import augment
 from distill_jax.distillation.common import centred_one_hot, features_and_logits, tree_index, tree_set
 
+META_OPTIMIZERS = ("lamb", "adam")  # the optimisers of the distilled images (FRePo uses LAMB)
+
 
 @dataclasses.dataclass(frozen=True)
 class FRePoSettings:
@@ -84,7 +86,7 @@ def make_label_image_optimizer(name: str, learning_rate: float) -> optax.Gradien
         return optax.lamb(learning_rate)
     if name == "adam":
         return optax.adam(learning_rate)
-    raise ValueError(f"frepo.py: optimizer must be 'lamb' or 'adam', got {name!r}")
+    raise ValueError(f"frepo.py: optimizer must be one of {META_OPTIMIZERS}, got {name!r}")
 
 
 def make_online_optimizer(learning_rate: float) -> optax.GradientTransformation:

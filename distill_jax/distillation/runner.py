@@ -26,15 +26,14 @@ from distill_jax import config as config_lib
 from distill_jax import models
 from distill_jax.data import augment
 from distill_jax.data import grid as image_grid
-from distill_jax.data.distilled import DistilledSet, save_distilled
+from distill_jax.formats.distilled import DistilledSet, save_distilled
 from distill_jax.distillation import common, dm, frepo
+from distill_jax.distillation.common import DEFAULT_MODEL, METHODS
 from distill_jax.training import checkpoint as ckpt_lib
 from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import rundir
 from distill_jax.training.rundir import write_json
 
-METHODS = ("dm", "frepo")
-DEFAULT_MODEL = {"dm": "convnet", "frepo": "convnet_frepo"}
 DEFAULT_PREPROCESSING = {"dm": "standardize", "frepo": "zca_frepo"}
 DISPLAY_NAME = {"dm": "DM", "frepo": "FRePo"}
 SOURCE_NAME = {"dm": "dc", "frepo": "frepo"}  # the distilled-set 'source' ('dc' covers DC, DSA and DM)

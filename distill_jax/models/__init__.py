@@ -67,6 +67,24 @@ def _check_value(name: str, option: str, value) -> None:
         raise ValueError(f"models: option 'weight_init' of {name!r} must be one of {INIT_KINDS}, got {value!r}")
 
 
+# The config fields (`config.model.*`) that are network options; None means the network's default.
+CONFIG_OPTIONS = ("width", "depth", "norm", "droppath", "improved_shortcut", "weight_init")
+
+
+def options_from_config(model_cfg) -> dict:
+    """The network options a config's `model` section sets (unset fields: the network's default)."""
+    return {n: model_cfg[n] for n in CONFIG_OPTIONS if model_cfg.get(n) is not None}
+
+
+def check_options(name: str, options: dict) -> None:
+    """Raises ValueError naming the first option `name` does not take or whose value is wrong."""
+    allowed = model_options(name)
+    for option, value in options.items():
+        if option not in allowed:
+            raise ValueError(f"models: unknown option {option!r} for {name!r}; allowed: {sorted(allowed)}")
+        _check_value(name, option, value)
+
+
 def default_option(name: str, option: str):
     """The value network `name` uses for `option` when none is given (e.g. its norm)."""
     cls, _ = _lookup(name)
@@ -79,14 +97,11 @@ def default_option(name: str, option: str):
 def build_model(name: str, num_classes: int, **options) -> nn.Module:
     """The network called `name` (one of MODEL_NAMES) with `num_classes` outputs."""
     cls, fixed = _lookup(name)
-    allowed = model_options(name)
-    for option, value in options.items():
-        if option not in allowed:
-            raise ValueError(f"models: unknown option {option!r} for {name!r}; allowed: {sorted(allowed)}")
-        _check_value(name, option, value)
+    check_options(name, options)
     if not (isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes > 0):
         raise ValueError(f"models: num_classes must be a positive int, got {num_classes!r}")
     return cls(num_classes=num_classes, **fixed, **options)
 
 
-__all__ = ["MODEL_NAMES", "SET_SOURCE_NORMS", "build_model", "default_option", "model_options", "norm_for_set", "ConvNet", "ConvNetFRePo", "ResNet", "VGG11", "AlexNet", "ViT"]
+__all__ = ["CONFIG_OPTIONS", "INIT_KINDS", "MODEL_NAMES", "NORM_KINDS", "SET_SOURCE_NORMS", "build_model", "check_options",
+           "default_option", "model_options", "norm_for_set", "options_from_config", "ConvNet", "ConvNetFRePo", "ResNet", "VGG11", "AlexNet", "ViT"]

@@ -287,3 +287,25 @@ def make_lr_schedule(
     if "phase_start_epochs" not in used:
         _fail(func, "kind 'periodic' needs phase_start_epochs (see keep_rate_phase_starts)")
     return periodic_warmup_cosine(peak, steps_per_epoch, total_epochs=total_epochs, **used)
+
+
+def from_config(t, steps_per_epoch: int):
+    """The learning-rate schedule (of the step) and keep-rate schedule (of the epoch, None without
+    DropPath) that the config section `train` (`t`) describes."""
+    keep = None
+    phase_starts = [0]
+    if t.keep_rate.enabled:
+        kr = t.keep_rate
+        keep = keep_rate_schedule(t.epochs, period_epochs=kr.period_epochs, keep_step=kr.step,
+                                            min_keep=kr.min, final_keep=kr.final)
+        phase_starts = keep_rate_phase_starts(t.epochs, period_epochs=kr.period_epochs, keep_step=kr.step,
+                                                        min_keep=kr.min, final_keep=kr.final)
+    options = {
+        "constant": {},
+        "step": {"decay_at_fraction": t.decay_at_fraction},
+        "warmup_cosine": {"warmup_fraction": t.warmup_fraction},
+        "periodic": {"phase_start_epochs": phase_starts, "cycle_epochs": t.cycle_epochs,
+                     "warmup_epochs": t.warmup_epochs},
+    }[t.lr_schedule]
+    lr = make_lr_schedule(t.lr_schedule, t.learning_rate, steps_per_epoch, t.epochs, **options)
+    return lr, keep

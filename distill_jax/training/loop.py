@@ -19,42 +19,19 @@ import numpy as np
 
 from distill_jax import config as config_lib
 from distill_jax import models
+from distill_jax.data import augment
 from distill_jax.data import grid as image_grid
 from distill_jax.data import pipeline
 from distill_jax.optim import make_optimizer, schedules
 from distill_jax.training import checkpoint as ckpt_lib
 from distill_jax.training import metrics as metrics_lib
-from distill_jax.training import rundir, sharding, steps
+from distill_jax.training import rundir, sharding, steps, teacher
 
 
 TRAIN_SET_GRID = "train_set.png"
 
 
-def build_schedules(config, steps_per_epoch: int):
-    """The learning-rate schedule (of the step) and keep-rate schedule (of the epoch)."""
-    t = config.train
-    keep = None
-    phase_starts = [0]
-    if t.keep_rate.enabled:
-        kr = t.keep_rate
-        keep = schedules.keep_rate_schedule(t.epochs, period_epochs=kr.period_epochs, keep_step=kr.step,
-                                            min_keep=kr.min, final_keep=kr.final)
-        phase_starts = schedules.keep_rate_phase_starts(t.epochs, period_epochs=kr.period_epochs, keep_step=kr.step,
-                                                        min_keep=kr.min, final_keep=kr.final)
-    options = {
-        "constant": {},
-        "step": {"decay_at_fraction": t.decay_at_fraction},
-        "warmup_cosine": {"warmup_fraction": t.warmup_fraction},
-        "periodic": {"phase_start_epochs": phase_starts, "cycle_epochs": t.cycle_epochs,
-                     "warmup_epochs": t.warmup_epochs},
-    }[t.lr_schedule]
-    lr = schedules.make_lr_schedule(t.lr_schedule, t.learning_rate, steps_per_epoch, t.epochs, **options)
-    return lr, keep
-
-
 def build_augment(config):
-    from distill_jax.data import augment
-
     ops = tuple(o for o in config.train.augment.ops.split(",") if o)
     k = config.train.augment.k
     if k == 0 or not ops:
@@ -64,7 +41,7 @@ def build_augment(config):
 
 def build_model(config, num_classes: int):
     return models.build_model(config.model.name, num_classes=num_classes,
-                              **config_lib.model_options_from_config(config))
+                              **models.options_from_config(config.model))
 
 
 def evaluate(eval_fn, state, images, labels, batch_size: int, mesh) -> np.ndarray:
@@ -93,17 +70,8 @@ def epoch_orders(seeds, epoch: int, num_train: int) -> np.ndarray:
     return np.stack([np.random.default_rng((seed, epoch)).permutation(num_train) for seed in seeds])
 
 
-def summarize(per_seed) -> dict:
-    """Mean and sample standard deviation (ddof=1; 0 for one seed) of final accuracies in percent."""
-    per_seed = [float(a) for a in per_seed]
-    std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
-    return {"mean": float(np.mean(per_seed)), "std": std, "std_ddof": 1, "per_seed": per_seed}
-
-
 def load_teacher(config):
     """The KD teacher: a workdir of a finished run (its first seed) or a reference-code .pth."""
-    from distill_jax.training import teacher
-
     return teacher.load_teacher(config.train.kd.teacher_path,
                                 allow_unfinished=bool(config.train.kd.allow_unfinished_teacher))
 
@@ -149,7 +117,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
     eval_batch = int(math.ceil(config.data.eval_batch_size / mesh.size) * mesh.size)
 
     model = build_model(config, data.num_classes)
-    lr_schedule, keep_schedule = build_schedules(config, steps_per_epoch)
+    lr_schedule, keep_schedule = schedules.from_config(config.train, steps_per_epoch)
     optimizer = make_optimizer(t.optimizer, lr_schedule, t.weight_decay)
     kd = None
     teacher_variables = None
@@ -191,7 +159,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
     # accepted: only now does the run write into its workdir
     rundir.write_json(workdir / "config.json", config.to_dict())
     rundir.write_json(workdir / "model.json", {"name": config.model.name, "num_classes": data.num_classes,
-                                               "options": config_lib.model_options_from_config(config)})
+                                               "options": models.options_from_config(config.model)})
     if rundir.is_writer() and not (workdir / TRAIN_SET_GRID).exists():  # what this run trains on (once)
         image_grid.save_set_grid(workdir / TRAIN_SET_GRID, data.train_images, data.train_labels, data.preprocessing,
                                  data.num_classes)
@@ -278,7 +246,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
         "preprocessing": data.preprocessing.recipe if hasattr(data.preprocessing, "recipe") else str(data.preprocessing),
         "seeds": seeds,
         "history": history,
-        "final_accuracy": summarize(final) if finished else None,
+        "final_accuracy": metrics_lib.summarize(final) if finished else None,
         "software": {"jax": jax.__version__, "python": platform.python_version()},
         "devices": [str(d) for d in mesh.devices.flat],
     }

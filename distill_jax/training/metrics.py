@@ -123,3 +123,12 @@ class Progress:
 
     def line(self) -> str:
         return f"elapsed {format_duration(self.elapsed())} eta {format_duration(self.eta())}"
+
+
+def summarize(per_seed) -> dict:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) of accuracies in percent."""
+    values = [float(a) for a in per_seed]
+    if not values:
+        raise ValueError("metrics.summarize: no accuracies to summarise")
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(np.mean(values)), "std": std, "std_ddof": 1, "per_seed": values}

@@ -10,10 +10,9 @@ import pathlib
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
-from distill_jax import models
 from distill_jax.errors import UserError
+from distill_jax.training import runs
 
 
 class TeacherError(UserError, RuntimeError):
@@ -22,13 +21,6 @@ class TeacherError(UserError, RuntimeError):
 
 HOW_TO_TRAIN = ("train one with `python launch/main.py --config <teacher config> --workdir <dir>` "
                 "and set train.kd.teacher_path to that dir")
-
-
-def _checkpoint_record(manager, step: int) -> dict:
-    try:
-        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {}
-    except Exception:  # noqa: BLE001 - the state restore reports unreadable checkpoints
-        return {}
 
 
 def _reached_epoch(path: pathlib.Path, record: dict) -> str:
@@ -42,11 +34,11 @@ def _reached_epoch(path: pathlib.Path, record: dict) -> str:
         return "unknown"
 
 
-def check_finished(path: pathlib.Path, manager, step: int) -> None:
+def check_finished(path: pathlib.Path, record: dict) -> None:
     """A KD teacher must have trained all its epochs: a run that stopped early (preempted, or
     `train.stop_after_epochs`) would silently hand its students a weaker teacher. A published
-    network imported by `evaluation.import_teacher` counts as finished."""
-    record = _checkpoint_record(manager, step)
+    network imported by `runs.import_reference` counts as finished; `record` is the meta saved
+    with the run's latest checkpoint."""
     if record.get("imported_from"):
         return
     try:
@@ -67,30 +59,20 @@ def load_teacher(path: str | pathlib.Path, *, allow_unfinished: bool = False):
     """Returns (module, variables) of the teacher in inference form; a run of this project must
     have finished unless `allow_unfinished`."""
     path = pathlib.Path(path)
-    if path.suffix in (".pth", ".pt") and path.is_file():
-        from distill_jax.models import torch_import
-
-        variables, meta = torch_import.load_reference_convnet(path)
-        module = models.build_model(meta["model_name"], num_classes=meta["num_classes"], **meta["model_options"])
+    if runs.is_reference_file(path) and path.is_file():
+        module, variables, _ = runs.load_reference(path)
         return module, variables
-    model_file = path / "model.json"
-    if not model_file.is_file():
-        raise TeacherError(f"teacher {path}: no model.json (not a run of this project, nor a .pth file); "
+    if not (path / runs.MODEL_FILE).is_file():
+        raise TeacherError(f"teacher {path}: no {runs.MODEL_FILE} (not a run of this project, nor a .pth file); "
                            + HOW_TO_TRAIN)
-    spec = json.loads(model_file.read_text())
-    manager = ocp.CheckpointManager(path.resolve() / "checkpoints", item_names=("state", "meta"))
-    step = manager.latest_step()
-    if step is None:
-        raise TeacherError(f"teacher {path}: no checkpoint under {path / 'checkpoints'}; " + HOW_TO_TRAIN)
-    if not allow_unfinished:
-        check_finished(path, manager, step)
     try:
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    except Exception as err:
-        raise TeacherError(f"teacher {path}: checkpoint at step {step} cannot be read: {err}") from err
+        saved = runs.load_run(path)
+    except runs.RunReadError as err:
+        raise TeacherError(f"teacher {path}: {err}; " + HOW_TO_TRAIN) from err
+    if not allow_unfinished:
+        check_finished(path, saved.meta)
     first_seed = lambda x: np.asarray(x)[0]  # noqa: E731
-    variables = {"params": jax.tree.map(first_seed, state["params"])}
-    if state.get("batch_stats"):
-        variables["batch_stats"] = jax.tree.map(first_seed, state["batch_stats"])
-    module = models.build_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
-    return module, variables
+    variables = {"params": jax.tree.map(first_seed, saved.variables["params"])}
+    if saved.variables.get("batch_stats"):
+        variables["batch_stats"] = jax.tree.map(first_seed, saved.variables["batch_stats"])
+    return saved.module, variables

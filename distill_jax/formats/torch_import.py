@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from distill_jax.data.torch_pickle import describe_error, load_torch_file
+from distill_jax.formats.torch_pickle import describe_error, load_torch_file
 from distill_jax.errors import InputFileError
 
 __all__ = ["CheckpointFormatError", "convert_reference_convnet", "load_reference_convnet"]

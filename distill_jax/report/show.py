@@ -14,10 +14,10 @@ import numpy as np
 
 from distill_jax import losses
 from distill_jax.data import datasets, grid, pipeline, preprocess
-from distill_jax.data.distilled import load_distilled
+from distill_jax.formats.distilled import load_distilled
 from distill_jax.distillation.runner import PREPROCESSING_NAME
 from distill_jax.errors import UserError
-from distill_jax.evaluation import plots
+from distill_jax.report import plots
 
 # (height, width, channels, classes) -> the real dataset a set of that shape comes from
 SHAPE_TO_DATASET = {(28, 28, 1, 10): "fashion_mnist", (32, 32, 3, 10): "cifar10_jpeg", (32, 32, 3, 100): "cifar100",

@@ -10,6 +10,8 @@ import platform
 
 import numpy as np
 
+from distill_jax.training import metrics
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy", "ml-collections")
 
 
@@ -34,22 +36,13 @@ def device_description() -> dict:
             "host": platform.machine(), "processor": platform.processor() or "unknown"}
 
 
-def summarize(per_seed) -> dict:
-    """Mean and sample standard deviation (ddof=1; 0 for one value) of accuracies in percent."""
-    values = [float(a) for a in per_seed]
-    if not values:
-        raise ValueError("records.summarize: no accuracies to summarise")
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return {"mean": float(np.mean(values)), "std": std, "std_ddof": 1, "per_seed": values}
-
-
 def best_over_training(history: list[dict]) -> dict | None:
     """Per-seed maximum test accuracy over all evaluations: model selection ON THE TEST SET,
     as the reference code reports it. Only for comparison with such numbers, labelled so."""
     if not history:
         return None
     curves = np.asarray([h["test_accuracy"] for h in history], dtype=np.float64)  # (evals, seeds)
-    out = summarize(curves.max(axis=0))
+    out = metrics.summarize(curves.max(axis=0))
     out["selection"] = "selected on the test set"
     return out
 
@@ -73,7 +66,7 @@ def merge_seed_results(results: list[dict]) -> dict:
     finals = [a for r in results for a in (r["final_accuracy"]["per_seed"] if r.get("final_accuracy") else [])]
     diverged = [r["diverged"] for r in results if r.get("diverged")]
     return {"finished": finished, "seeds": [s for r in results for s in r["seeds"]], "history": history,
-            "final_accuracy": summarize(finals) if finished else None,
+            "final_accuracy": metrics.summarize(finals) if finished else None,
             "diverged": {"epoch": min(d["epoch"] for d in diverged), "step": min(d["step"] for d in diverged),
                          "seeds": [s for d in diverged for s in d["seeds"]]} if diverged else None,
             "data": results[0].get("data"), "preprocessing": results[0].get("preprocessing")}

@@ -29,8 +29,8 @@ code's own ZCA space (``zca_mtt``) whatever their source: measured on the shared
 
 Every reader bounds what it allocates (issue 11.6) and raises :class:`DistilledFormatError`
 (an :class:`~distill_jax.errors.InputFileError`) naming the file for anything malformed:
-``.pt`` files through :mod:`distill_jax.data.torch_pickle`; npz files through its
-:func:`~distill_jax.data.torch_pickle.read_npz` (each member's size, compression ratio and npy
+``.pt`` files through :mod:`distill_jax.formats.torch_pickle`; npz files through its
+:func:`~distill_jax.formats.torch_pickle.read_npz` (each member's size, compression ratio and npy
 header checked against the array cap before reading); msgpack checkpoints through
 :func:`restore_msgpack`, which limits container lengths so nested headers cannot preallocate
 more than the cap, and refuses any array declared over the cap or not matching its bytes.
@@ -50,7 +50,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from distill_jax.data.torch_pickle import (
+from distill_jax.formats.torch_pickle import (
     MALFORMED_ERRORS,
     TorchFileError,
     describe_error,

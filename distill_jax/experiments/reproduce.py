@@ -22,11 +22,14 @@ import time
 from typing import Optional
 
 from distill_jax import config as config_lib
-from distill_jax import models
-from distill_jax.evaluation import experiments, plots, records, tables
+from distill_jax import evaluate, models
+from distill_jax.data import pipeline
+from distill_jax.distillation import runner
+from distill_jax.experiments import recipes, registry
+from distill_jax.report import plots, records, tables
 from distill_jax.errors import UserError
 from distill_jax.training import metrics as metrics_lib
-from distill_jax.training import rundir
+from distill_jax.training import loop, rundir, runs
 
 
 class ReproductionError(UserError, ValueError):
@@ -53,12 +56,12 @@ def _finished_results(run_dir: pathlib.Path, config) -> Optional[dict]:
     return None
 
 
-def _run_dirs(cell: experiments.Cell, cell_dir: pathlib.Path, split_seeds: bool):
+def _run_dirs(cell: registry.Cell, cell_dir: pathlib.Path, split_seeds: bool):
     return [(cell_dir if seed is None else cell_dir / f"seed_{seed}", c)
             for seed, c in _seed_configs(cell.config, split_seeds and cell.role in ("teacher", "student"))]
 
 
-def cell_conflicts(cell: experiments.Cell, cell_dir: pathlib.Path, split_seeds: bool) -> list[str]:
+def cell_conflicts(cell: registry.Cell, cell_dir: pathlib.Path, split_seeds: bool) -> list[str]:
     """How the runs already in `cell_dir` differ from this cell's config ([] when they do not,
     or when there are none). An imported published network is no run of a config: it is
     re-imported, never trained, so it has nothing to conflict with."""
@@ -80,8 +83,6 @@ def fresh_cell_dir(cell_dir: pathlib.Path, config) -> pathlib.Path:
 
 
 def _train(config, run_dir: pathlib.Path, data) -> dict:
-    from distill_jax.training import loop
-
     done = _finished_results(run_dir, config)
     if done is not None:
         logging.info("reproduce: %s already finished, skipped", run_dir)
@@ -108,12 +109,10 @@ def network_label(name: str, width, norm) -> str:
     return f"{name} ({f'width {width}, ' if width else ''}{norm} norm)"
 
 
-def _distill(cell: experiments.Cell, cell_dir: pathlib.Path) -> dict:
+def _distill(cell: registry.Cell, cell_dir: pathlib.Path) -> dict:
     """A 'distill' cell: produce the set (skipped when it already finished with this config) and
     record what it cost; its accuracy is what the cells trained on it measure."""
-    from distill_jax.distillation import run_distillation
-
-    results = _finished_results(cell_dir, cell.config) or run_distillation(cell.config, cell_dir)
+    results = _finished_results(cell_dir, cell.config) or runner.run_distillation(cell.config, cell_dir)
     if not results.get("finished"):
         raise ReproductionError(f"reproduce: the distillation in {cell_dir} stopped at step {results.get('steps')} "
                                 f"of {results.get('steps_planned')}; rerun the same command to continue it")
@@ -130,9 +129,7 @@ def _distill(cell: experiments.Cell, cell_dir: pathlib.Path) -> dict:
         "config": cell.config.to_dict(), "seeds": [], "history": [], "final_accuracy": None,
         "best_over_training": None, "software": records.software_versions(), "device": records.device_description(),
     }
-    from distill_jax.training.rundir import write_json
-
-    write_json(cell_dir / "record.json", record)
+    rundir.write_json(cell_dir / "record.json", record)
     return record
 
 
@@ -141,24 +138,22 @@ def describe_distill_record(record: dict) -> str:
     speed = f"{record['seconds_per_step']:.3f} s/step" if record.get("seconds_per_step") else "speed not measured"
     loss = (f", loss {record['loss_first']:.4g} -> {record['loss_last']:.4g}"
             if record.get("loss_first") is not None and record.get("loss_last") is not None else "")
-    return (f"Distilled set: {experiments.DISTILLER_LABELS.get(record['method'], record['method'])}, "
+    return (f"Distilled set: {recipes.DISTILLER_LABELS.get(record['method'], record['method'])}, "
             f"{record['ipc']} image(s) per class, "
             f"{record['steps']} steps of {record['network']} ({speed}{loss}), pixel space "
             f"{record.get('preprocessing')}: `{record.get('distilled_path')}`.")
 
 
-def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seeds: bool) -> dict:
+def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: bool) -> dict:
     """Runs one cell (all its seeds) and returns its record (also written to record.json)."""
     config_lib.validate(cell.config)
     if cell.role == "distill":
         return _distill(cell, cell_dir)
     if cell.role == "import":
-        from distill_jax.evaluation import import_teacher, run_evaluation
-
-        import_teacher(cell.config.evaluate.path, cell_dir, cell.config)
+        runs.import_reference(cell.config.evaluate.path, cell_dir, cell.config)
         scored = copy.deepcopy(cell.config)
         scored.evaluate.path = str(cell_dir)
-        ev = run_evaluation(scored, cell_dir, data=data)
+        ev = evaluate.run_evaluation(scored, cell_dir, data=data)
         merged = {"finished": True, "seeds": ev["seeds"], "history": [], "final_accuracy": ev["accuracy"],
                   "data": ev["data"], "preprocessing": ev["preprocessing"]}
     else:
@@ -175,9 +170,7 @@ def run_cell(cell: experiments.Cell, cell_dir: pathlib.Path, data, *, split_seed
         "data": merged.get("data"), "preprocessing": merged.get("preprocessing"),
         "software": records.software_versions(), "device": records.device_description(),
     }
-    from distill_jax.training.rundir import write_json
-
-    write_json(cell_dir / "record.json", record)
+    rundir.write_json(cell_dir / "record.json", record)
     if cell.role != "import":
         plots.plot_schedules(cell.config, cell_dir / "schedules.png", steps_per_epoch=_steps_per_epoch(cell.config, data))
         if record["history"]:
@@ -217,7 +210,7 @@ def _place_cells(cells: list, workdir: pathlib.Path, split_seeds: bool, fresh: b
     return placed
 
 
-def seed_epochs(cell: experiments.Cell) -> int:
+def seed_epochs(cell: registry.Cell) -> int:
     """A cell's training work in seed-epochs (0 for cells that do not train)."""
     if cell.role not in ("teacher", "student"):
         return 0
@@ -233,7 +226,7 @@ class ExperimentETA:
         self.progress = metrics_lib.Progress(total=0)
         self.seconds, self.units = 0.0, 0
 
-    def done(self, cell: experiments.Cell, seconds: float) -> None:
+    def done(self, cell: registry.Cell, seconds: float) -> None:
         if seed_epochs(cell):
             self.seconds, self.units = self.seconds + seconds, self.units + seed_epochs(cell)
 
@@ -256,15 +249,13 @@ def teacher_note(cell_records) -> str:
 
 def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> dict:
     """Runs the cells of `config.reproduce.experiment` in order (teachers first) and writes the table."""
-    from distill_jax.data import pipeline
-
     r = config.reproduce
     if not r.experiment:
         raise ReproductionError("config field 'reproduce.experiment' is empty; name one of "
-                                "distill_jax.evaluation.experiments.experiment_names(), e.g. frepo_cifar10_10_resnet18")
+                                "distill_jax.experiments.registry.experiment_names(), e.g. frepo_cifar10_10_resnet18")
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cells = experiments.get_experiment(r.experiment, workdir, experiments.Scale.from_config(config),
+    cells = registry.get_experiment(r.experiment, workdir, registry.Scale.from_config(config),
                                        split_seeds=bool(r.split_seeds), num_seeds=config.num_seeds, seed=config.seed,
                                        teacher=r.teacher)
     wanted = [n for n in r.cells.split(",") if n]
@@ -304,8 +295,6 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
     heading = (f"### {r.experiment}\n\n{sets}Final-epoch test accuracy, mean ± std (ddof=1) over seeds. "
                f"Scale: epochs / {r.epoch_divisor}, lr x {r.lr_multiplier}, test-network width "
                f"{r.width or 'paper'}, teacher width {r.teacher_width or 'paper'}.\n\n")
-    from distill_jax.training.rundir import write_json
-
     if any(rec.get("history") or rec.get("final_accuracy") for rec in trained):  # not for a distill-only run
         plots.plot_experiment(trained, workdir / "accuracy_by_cell.png", title=r.experiment)
     (workdir / "table.md.tmp").write_text(heading + table)
@@ -314,5 +303,5 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
                "cells": [{k: rec[k] for k in ("cell", "label", "role", "network", "epochs", "seeds", "final_accuracy",
                                               "best_over_training")} for rec in cell_records],
                "software": records.software_versions(), "device": records.device_description()}
-    write_json(workdir / "reproduction.json", summary)
+    rundir.write_json(workdir / "reproduction.json", summary)
     return {**summary, "table": table, "summary": heading + table}

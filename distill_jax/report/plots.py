@@ -11,6 +11,8 @@ import tempfile
 
 import numpy as np
 
+from distill_jax.optim import schedules
+
 
 def _pyplot():
     import matplotlib
@@ -34,11 +36,9 @@ def _save(fig, path) -> pathlib.Path:
 
 def schedule_curves(config, steps_per_epoch: int = 1, points: int = 2000):
     """(epochs, learning rates, keep rates) sampled over the run; keep rate 1 without DropPath."""
-    from distill_jax.training.loop import build_schedules
-
     if steps_per_epoch < 1:
         raise ValueError(f"plots.schedule_curves: steps_per_epoch must be >= 1, got {steps_per_epoch}")
-    lr, keep = build_schedules(config, steps_per_epoch)
+    lr, keep = schedules.from_config(config.train, steps_per_epoch)
     total = config.train.epochs * steps_per_epoch
     steps = np.unique(np.linspace(0, total - 1, min(points, total)).astype(np.int64))
     epochs = steps / steps_per_epoch

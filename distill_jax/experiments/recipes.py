@@ -1,4 +1,4 @@
-"""The paper's configurations and named experiments (lists of cells).
+"""The paper's configurations: plain functions from a few names to a complete config.
 
 A *cell* is one training (or evaluation) run: one row of an experiment's table. The
 builders here are plain functions from a few names to a complete config, so that the
@@ -48,7 +48,7 @@ class ExperimentError(UserError, ValueError):
     """An experiment or configuration name is not known, or its parts do not fit together."""
 
 
-def _check(value, allowed, what: str, where: str):
+def check_choice(value, allowed, what: str, where: str):
     if value not in allowed:
         raise ExperimentError(f"{where}: {what} {value!r} is not known; allowed: {tuple(allowed)}")
 
@@ -74,7 +74,7 @@ def default_teacher_path(method: str, dataset: str, ipc: int) -> str:
     return str(TEACHER_ROOT / name)
 
 
-def _base(dataset: str, num_seeds: int = 3) -> ml_collections.ConfigDict:
+def base_config(dataset: str, num_seeds: int = 3) -> ml_collections.ConfigDict:
     c = config_lib.default_config()
     c.num_seeds = num_seeds
     c.data.dataset = dataset
@@ -114,7 +114,7 @@ def _lion_cosine(c, epochs: int = 1000):
 
 def apply_variant(c, variant: str, model: str, teacher_path: str):
     """Sets the optimiser, schedules, augmentation, KD and DropPath of one docs/method.md §2.7 column."""
-    _check(variant, VARIANTS, "variant", "experiments.apply_variant")
+    check_choice(variant, VARIANTS, "variant", "experiments.apply_variant")
     t = c.train
     if model.startswith("resnet"):
         c.model.improved_shortcut = True
@@ -142,18 +142,18 @@ def apply_variant(c, variant: str, model: str, teacher_path: str):
 
 
 def _check_published_set(method: str, dataset: str, ipc: int, where: str) -> None:
-    _check(method, METHODS, "distillation method", where)
-    _check(dataset, DATASETS, "dataset", where)
-    _check(ipc, IPCS, "images per class", where)
+    check_choice(method, METHODS, "distillation method", where)
+    check_choice(dataset, DATASETS, "dataset", where)
+    check_choice(ipc, IPCS, "images per class", where)
 
 
 def paper_config(model: str, method: str, dataset: str, ipc: int, variant: str, *,
                  teacher_path: Optional[str] = None, num_seeds: int = 3) -> ml_collections.ConfigDict:
     """A test network trained on a distilled set as one column of the paper's main table."""
     where = "experiments.paper_config"
-    _check(model, TEST_NETWORKS, "test network", where)
+    check_choice(model, TEST_NETWORKS, "test network", where)
     _check_published_set(method, dataset, ipc, where)
-    c = _base(dataset, num_seeds)
+    c = base_config(dataset, num_seeds)
     c.mode = "student"
     _distilled_data(c, method, dataset, ipc)
     c.model.name = model
@@ -166,12 +166,12 @@ def teacher_config(method: str, dataset: str, ipc: int, *, num_seeds: int = 1) -
     """The distiller's ConvNet trained on its own set (KD teacher), with the recipe of
     'w/o DP & KD' (Lion, warm-up + cosine, 2 DSA ops, 1000 epochs)."""
     _check_published_set(method, dataset, ipc, "experiments.teacher_config")
-    c = _base(dataset, num_seeds)
+    c = base_config(dataset, num_seeds)
     _distilled_data(c, method, dataset, ipc)
-    return _teacher_recipe(c, method, dataset)
+    return teacher_recipe(c, method, dataset)
 
 
-def _teacher_recipe(c, family: str, dataset: str):
+def teacher_recipe(c, family: str, dataset: str):
     """Mode 'teacher' with the distiller's network (`family` 'frepo' or 'mtt') and the recipe of
     'w/o DP & KD' (Lion, warm-up + cosine, 2 DSA ops, 1000 epochs, evaluated every 100)."""
     c.mode = "teacher"
@@ -194,11 +194,11 @@ def realsubset_config(dataset: str, per_class: int, variant: str, *, model: str 
     (DropPath schedule + KD from the ConvNet of the same subset).
     """
     where = "experiments.realsubset_config"
-    _check(variant, REALSUBSET_VARIANTS, "real-subset variant", where)
-    _check(dataset, DATASETS, "dataset", where)
+    check_choice(variant, REALSUBSET_VARIANTS, "real-subset variant", where)
+    check_choice(dataset, DATASETS, "dataset", where)
     if not (isinstance(per_class, int) and per_class > 0):
         raise ExperimentError(f"{where}: per_class must be a positive int, got {per_class!r}")
-    c = _base(dataset, num_seeds)
+    c = base_config(dataset, num_seeds)
     c.data.source = "real"
     c.data.per_class = per_class
     c.model.norm = models.norm_for_set("real")  # every network of a real subset: batch norm
@@ -272,8 +272,8 @@ def distill_config(dataset: str, ipc: int, method: str = "dm") -> ml_collections
     FRePo batches of 1024, LAMB 3e-4, a pool of 10 models reset after 100 updates).
     """
     where = "experiments.distill_config"
-    _check(dataset, DISTILL_DATASETS, "dataset", where)
-    _check(method, DISTILLERS, "distillation method", where)
+    check_choice(dataset, DISTILL_DATASETS, "dataset", where)
+    check_choice(method, DISTILLERS, "distillation method", where)
     if not (isinstance(ipc, int) and ipc >= 1):
         raise ExperimentError(f"{where}: images per class must be an int >= 1, got {ipc!r}")
     c = config_lib.default_config()
@@ -292,191 +292,9 @@ def distill_config(dataset: str, ipc: int, method: str = "dm") -> ml_collections
     return c
 
 
-def _own_set_data(c, dataset: str, set_path: str):
+def use_own_set(c, dataset: str, set_path: str):
     c.data.dataset = dataset
     c.data.source = "distilled"
     c.data.per_class = 0
     c.data.distilled_path = set_path
     c.data.preprocessing = "auto"  # the recipe the distiller stored with the set
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    """One run of an experiment: `name` is its sub-workdir, `label` its table row."""
-    name: str
-    label: str
-    config: ml_collections.ConfigDict
-    role: str  # 'teacher' (trained; students distil from it), 'student', or 'import' (a published .pth, imported and scored)
-
-
-@dataclasses.dataclass(frozen=True)
-class Scale:
-    """How `reproduce` shrinks an experiment for a small machine (1 / 1.0 / 0 = the paper's)."""
-    epoch_divisor: int = 1
-    lr_multiplier: float = 1.0
-    width: int = 0
-    teacher_width: int = 0
-    evals: int = 0
-
-    @classmethod
-    def from_config(cls, config) -> "Scale":
-        r = config.reproduce
-        return cls(int(r.epoch_divisor), float(r.lr_multiplier), int(r.width), int(r.teacher_width), int(r.evals))
-
-
-def _scaled(c, scale: Scale, teacher: bool):
-    return scale_config(c, epoch_divisor=scale.epoch_divisor, lr_multiplier=scale.lr_multiplier,
-                        width=scale.teacher_width if teacher else scale.width, evals=scale.evals)
-
-
-def teacher_dir(workdir, split_seeds: bool, seed: int) -> str:
-    """The workdir a student's KD reads: the teacher cell (its first seed is used)."""
-    base = pathlib.Path(workdir) / "teacher"
-    return str(base / f"seed_{seed}") if split_seeds else str(base)
-
-
-# Where a paper experiment's KD teacher comes from: 'auto' imports the published one where it
-# exists (MTT), else trains it; 'trained' always trains it here (mode 'teacher', final epoch).
-TEACHER_SOURCES = ("auto", "trained")
-# The published teachers were kept by the reference code at their best test accuracy.
-PUBLISHED_TEACHER_LABEL = "Teacher (published ConvNet, kept at its best test accuracy: selected on the test set)"
-
-
-def paper_experiment(model: str, method: str, dataset: str, ipc: int, workdir, scale: Scale = Scale(), *,
-                     split_seeds: bool = False, num_seeds: int = 3, seed: int = 0,
-                     teacher: str = "auto") -> list[Cell]:
-    """Teacher (the published .pth imported and scored, or trained here) then the five columns."""
-    _check(teacher, TEACHER_SOURCES, "teacher source", "experiments.paper_experiment")
-    shared = default_teacher_path(method, dataset, ipc)
-    cells = []
-    if shared.endswith(".pth") and teacher == "auto":
-        c = teacher_config(method, dataset, ipc, num_seeds=1)
-        c.mode = "evaluate"
-        c.evaluate.path = shared
-        cells.append(Cell("teacher", PUBLISHED_TEACHER_LABEL, c, "import"))
-        teacher_path = str(pathlib.Path(workdir) / "teacher")  # imported there as a run of this project
-    else:
-        c = _scaled(teacher_config(method, dataset, ipc, num_seeds=num_seeds), scale, teacher=True)
-        cells.append(Cell("teacher", f"Teacher ({c.model.name}, trained here, final epoch)", c, "teacher"))
-        teacher_path = teacher_dir(workdir, split_seeds, seed)
-    for variant in VARIANTS:
-        c = paper_config(model, method, dataset, ipc, variant, teacher_path=teacher_path, num_seeds=num_seeds)
-        cells.append(Cell(variant, f"{model} {VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), "student"))
-    return cells
-
-
-def realsubset_experiment(dataset: str, per_class: int, workdir, scale: Scale = Scale(), *, model: str = "resnet18",
-                          split_seeds: bool = False, num_seeds: int = 3, seed: int = 0) -> list[Cell]:
-    """ConvNet, then the test network as Baseline and with DropPath + KD from that ConvNet."""
-    teacher_path = teacher_dir(workdir, split_seeds, seed)
-    cells = [Cell("teacher", "ConvNet", _scaled(realsubset_config(dataset, per_class, "convnet", num_seeds=num_seeds),
-                                                 scale, teacher=True), "teacher")]
-    for variant in ("baseline", "dp_kd"):
-        c = realsubset_config(dataset, per_class, variant, model=model, teacher_path=teacher_path, num_seeds=num_seeds)
-        cells.append(Cell(variant, f"{model} {REALSUBSET_LABELS[variant]}", _scaled(c, scale, teacher=False), "student"))
-    return cells
-
-
-def pipeline_experiment(distiller: str, dataset: str, ipc: int, model: str, workdir, scale: Scale = Scale(), *,
-                        split_seeds: bool = False, num_seeds: int = 3, seed: int = 0) -> list[Cell]:
-    """The whole pipeline on one dataset: distil a set (DM or FRePo), train the distiller's
-    ConvNet on it (the KD teacher), then the test network as Baseline and Full, with a ConvNet
-    on a random real subset of the same size as the yardstick for the set itself.
-
-    The distillation keeps its own step budget (`distill_config`); `scale` shortens the
-    trainings as in the paper's experiments.
-    """
-    where = f"experiment pipeline_{distiller}_{dataset}_{ipc}_{model}"
-    _check(distiller, DISTILLERS, "distillation method", where)
-    _check(model, TEST_NETWORKS, "test network", where)
-    workdir = pathlib.Path(workdir)
-    dc = distill_config(dataset, ipc, distiller)
-    set_path = str(workdir / "distill" / "distilled.npz")
-    cells = [Cell("distill", f"{DISTILLER_LABELS[distiller]} set", dc, "distill")]
-    # The distiller's own network family: the instance-norm ConvNet of DM (as for MTT sets),
-    # ConvNet-FRePo for FRePo; students take the norm of the set's source (docs/method.md §3).
-    family = "frepo" if distiller == "frepo" else "mtt"
-    teacher = _base(dataset, num_seeds)
-    _own_set_data(teacher, dataset, set_path)
-    teacher = _scaled(_teacher_recipe(teacher, family, dataset), scale, teacher=True)
-    cells.append(Cell("teacher", f"{teacher.model.name} on the {DISTILLER_LABELS[distiller]} set (KD teacher)",
-                      teacher, "teacher"))
-    real = copy.deepcopy(teacher)  # the distiller's network and norm: a yardstick for the set, not the norm
-    real.mode = "train"
-    real.data.source, real.data.per_class, real.data.distilled_path = "real", ipc, ""
-    real.data.preprocessing = distill_runner.pixel_space(dc)  # the set's own pixel space
-    cells.append(Cell("real_subset", f"{teacher.model.name} on {ipc} random real images/class", real, "student"))
-    teacher_path = teacher_dir(workdir, split_seeds, seed)
-    for variant in ("baseline", "full"):
-        c = _base(dataset, num_seeds)
-        c.mode = "student"
-        _own_set_data(c, dataset, set_path)
-        c.model.name = model
-        c.model.norm = models.norm_for_set(distiller)
-        apply_variant(c, variant, model, teacher_path)
-        cells.append(Cell(variant, f"{model} {VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), "student"))
-    return cells
-
-
-# name -> builder(workdir, scale, *, split_seeds, num_seeds, seed) -> list[Cell]
-_REGISTERED: dict = {}
-
-
-def register_experiment(name: str, builder) -> None:
-    """Adds an experiment of one's own; `builder(workdir, scale, *, split_seeds, num_seeds, seed)`
-    returns its cells (teachers first). Registered names take precedence over the built-in ones."""
-    if not name or "/" in name:
-        raise ExperimentError(f"experiments.register_experiment: bad name {name!r}")
-    _REGISTERED[name] = builder
-
-
-def experiment_names() -> list[str]:
-    """Every named experiment: '<method>_<dataset>_<ipc>_<model>' (published sets),
-    'realsubset_<dataset>_<n>_<model>' and 'pipeline_<dm|frepo>_<dataset>_<ipc>_<model>' (sets made here)."""
-    names = sorted(_REGISTERED) + [f"{m}_{d}_{i}_{n}" for m in METHODS for d in ("cifar10", "cifar10_jpeg", "cifar100", "tiny_imagenet")
-             for i in IPCS for n in TEST_NETWORKS]
-    names += [f"realsubset_{d}_{n}_{m}" for d in ("fashion_mnist", "cifar10", "cifar10_jpeg") for n in (10, 100)
-              for m in ("resnet18", "resnet50")]
-    names += [f"pipeline_{m}_{d}_{i}_{n}" for m in DISTILLERS for d in DISTILL_DATASETS for i in IPCS
-              for n in TEST_NETWORKS]
-    return names
-
-
-def get_experiment(name: str, workdir, scale: Scale = Scale(), *, split_seeds: bool = False,
-                   num_seeds: int = 3, seed: int = 0, teacher: str = "auto") -> list[Cell]:
-    """The cells of experiment `name` (see `experiment_names()`), with teacher paths inside `workdir`;
-    `teacher` ('auto' or 'trained') says where a paper experiment's KD teacher comes from."""
-    if name in _REGISTERED:
-        cells = _REGISTERED[name](workdir, scale, split_seeds=split_seeds, num_seeds=num_seeds, seed=seed)
-        return _with_seed(cells, seed)
-    parts = name.split("_")
-    kind = parts[0] if parts[0] in ("realsubset", "pipeline") else "paper"
-    first = 2 if kind == "pipeline" else 1  # index of the dataset's first part
-    try:
-        model, number, dataset = parts[-1], int(parts[-2]), "_".join(parts[first:-2])
-    except (IndexError, ValueError):
-        dataset = ""
-    if not dataset:
-        raise ExperimentError(f"experiment name {name!r} is not of the form <method>_<dataset>_<ipc>_<model>, "
-                              f"realsubset_<dataset>_<per_class>_<model> or pipeline_<dm|frepo>_<dataset>_<ipc>_<model>, "
-                              f"e.g. frepo_cifar10_10_resnet18")
-    where = f"experiment {name!r}"
-    common = dict(split_seeds=split_seeds, num_seeds=num_seeds, seed=seed)
-    if kind == "realsubset":
-        _check(dataset, DATASETS, "dataset", where)
-        _check(model, TEST_NETWORKS, "test network", where)
-        cells = realsubset_experiment(dataset, number, workdir, scale, model=model, **common)
-    elif kind == "pipeline":
-        _check(dataset, DISTILL_DATASETS, "dataset", where)
-        cells = pipeline_experiment(parts[1], dataset, number, model, workdir, scale, **common)
-    else:
-        _check(parts[0], METHODS, "distillation method", where)
-        _check(dataset, DATASETS, "dataset", where)
-        cells = paper_experiment(model, parts[0], dataset, number, workdir, scale, teacher=teacher, **common)
-    return _with_seed(cells, seed)
-
-
-def _with_seed(cells: list[Cell], seed: int) -> list[Cell]:
-    for cell in cells:
-        cell.config.seed = seed
-    return cells

@@ -1,0 +1,119 @@
+"""Reading a run of this project back, and turning a reference-code `.pth` into one.
+
+A run's workdir holds what it trained (model.json: network name, classes, options), how
+(config.json) and its Orbax checkpoints, each with a leading seed axis. Evaluation and KD
+teachers read runs through here, so there is one way to rebuild a saved network.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from distill_jax import models
+from distill_jax.errors import UserError
+from distill_jax.formats import torch_import
+from distill_jax.training import checkpoint as ckpt_lib
+from distill_jax.training import rundir
+
+MODEL_FILE = "model.json"
+REFERENCE_SUFFIXES = (".pth", ".pt")
+
+
+class RunReadError(UserError, ValueError):
+    """A workdir is not a readable run of this project (or a `.pth` file is missing)."""
+
+
+def is_reference_file(path) -> bool:
+    return pathlib.Path(path).suffix in REFERENCE_SUFFIXES
+
+
+def _read_json(path: pathlib.Path, what: str) -> dict:
+    if not path.is_file():
+        raise RunReadError(f"{path.parent} has no {path.name} ({what}); give the workdir of a run of this "
+                           "project or a reference-code .pth file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunReadError(f"{path}: not valid JSON ({err})") from err
+
+
+def build_saved_model(spec: dict):
+    """The network a model.json (or a converted .pth's meta) describes."""
+    return models.build_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
+
+
+def latest_state(path) -> tuple[int, dict, dict]:
+    """(step, state, meta) of the newest checkpoint of the run in `path`."""
+    path = pathlib.Path(path)
+    manager = ocp.CheckpointManager(path.resolve() / "checkpoints", item_names=("state", "meta"))
+    step = manager.latest_step()
+    if step is None:
+        raise RunReadError(f"{path}: no checkpoint under {path / 'checkpoints'}")
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                 meta=ocp.args.JsonRestore()))
+    except Exception as err:  # orbax raises many types for unreadable files
+        raise RunReadError(f"checkpoint {path / 'checkpoints' / str(step)} cannot be read: {err}") from err
+    return int(step), restored["state"], restored["meta"] or {}
+
+
+class SavedRun(NamedTuple):
+    module: Any
+    variables: dict  # params and batch_stats, each leaf with a leading seed axis
+    config: ml_collections.ConfigDict  # the config it ran with
+    step: int  # of its latest checkpoint
+    meta: dict  # saved with that checkpoint (epoch, identity, 'imported_from' for an import)
+
+
+def load_run(path) -> SavedRun:
+    """A run's network, config and latest checkpoint."""
+    path = pathlib.Path(path)
+    spec = _read_json(path / MODEL_FILE, "the network it trained")
+    recorded = ml_collections.ConfigDict(_read_json(path / rundir.CONFIG_FILE, "the config it ran with"))
+    step, state, meta = latest_state(path)
+    variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+    return SavedRun(build_saved_model(spec), variables, recorded, step, meta)
+
+
+def load_reference(pth_path):
+    """(module, variables without a seed axis, meta) of a reference-code `.pth` ConvNet."""
+    pth_path = pathlib.Path(pth_path)
+    if not pth_path.is_file():
+        raise RunReadError(f"{pth_path} does not exist")
+    variables, meta = torch_import.load_reference_convnet(pth_path)
+    spec = {"name": meta.get("model_name", "convnet"), "num_classes": meta["num_classes"],
+            "options": meta["model_options"]}
+    return build_saved_model(spec), variables, {**meta, "spec": spec}
+
+
+def with_seed_axis(variables: dict) -> dict:
+    """One network's variables as a run holds them: a leading seed axis of 1."""
+    return jax.tree.map(lambda x: np.asarray(x)[None], variables)
+
+
+def import_reference(pth_path, workdir, config) -> pathlib.Path:
+    """Saves a reference-code `.pth` ConvNet as a run of this project in `workdir` (model.json,
+    config.json and an Orbax checkpoint holding one seed), so that KD (`train.kd.teacher_path`)
+    and mode 'evaluate' read it like a network trained here; `config.data` records its pixel space.
+    An existing import (of a resumed reproduction) is kept."""
+    _, variables, meta = load_reference(pth_path)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = {"params": with_seed_axis(variables["params"])}
+    if variables.get("batch_stats"):
+        state["batch_stats"] = with_seed_axis(variables["batch_stats"])
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=1)
+    if checkpointer.latest_step() is None:
+        checkpointer.save(0, state, {"imported_from": str(pathlib.Path(pth_path).resolve()), "epoch": meta.get("epoch")})
+    checkpointer.close()
+    recorded = config.to_dict()
+    recorded["num_seeds"], recorded["seed"] = 1, 0
+    rundir.write_json(workdir / rundir.CONFIG_FILE, recorded)
+    rundir.write_json(workdir / MODEL_FILE, meta["spec"])
+    return workdir
