@@ -14,11 +14,11 @@ import sys
 from typing import Callable, Sequence
 
 from distill_jax import errors, launcher
+from distill_jax.experiments import registry, transfer
 from distill_jax.report import show
 from distill_jax.formats.distilled import FORMATS, PREPROCESSING, load_distilled, save_distilled, summarize_distilled
 
 PROG = "distill-jax"
-
 
 
 def _format_text(summary: dict) -> str:
@@ -135,8 +135,61 @@ def register_run(subparsers) -> None:
                     "[--distributed] [--verbose]", add_help=False)
 
 
+def run_transfer(args: argparse.Namespace) -> int:
+    """Builds mode 'transfer''s config from the arguments and launches it like `distill-jax run`."""
+    scale = registry.Scale(args.epoch_divisor, args.lr_multiplier, args.width, args.teacher_width, args.evals)
+    if args.set_path.startswith("published:"):
+        build = lambda: transfer.published_transfer_config(  # noqa: E731
+            args.set_path.split(":", 1)[1], networks=args.networks, num_seeds=args.seeds, widths=args.widths,
+            scale=scale, **({"teacher": args.teacher} if args.teacher is not None else {}))
+    else:
+        if not args.dataset:
+            print(f"{PROG} transfer: error: --dataset is required (the real test split the set is scored on)",
+                  file=sys.stderr)
+            return errors.USER_ERROR_EXIT
+        build = lambda: transfer.transfer_config(  # noqa: E731
+            args.set_path, args.dataset, networks=args.networks, num_seeds=args.seeds, teacher=args.teacher or "",
+            widths=args.widths, set_source=args.source or "", scale=scale)
+
+    def config():
+        c = build()
+        c.reproduce.split_seeds = args.split_seeds
+        if args.data_dir:
+            c.data.data_dir = args.data_dir
+        return c
+
+    launcher.setup_logging()
+    return launcher.launch(config, args.workdir, verbose=args.verbose)
+
+
+def register_transfer(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "transfer", help="train a pool of networks on a set, Baseline vs the method",
+        description="Cross-architecture report for one distilled set: its training network (the KD teacher), then "
+                    "every network of the pool with the Baseline and the Full recipe; writes transfer.md and "
+                    "transfer.png in the workdir. Resumable: rerun the same command.")
+    parser.add_argument("set_path", metavar="SET", help="a distilled set (file or folder), or published:<method>_<dataset>_<ipc> "
+                        "for a set of the paper in the data root")
+    parser.add_argument("--workdir", required=True, help="where the cells and the report go")
+    parser.add_argument("--dataset", default="", help="the real dataset whose test split scores the networks")
+    parser.add_argument("--networks", default=",".join(transfer.DEFAULT_POOL), help="comma-separated pool")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell")
+    parser.add_argument("--teacher", default=None, help="the training network: a .pth or a run's workdir "
+                        "(default: trained here on the set; a published MTT set uses its published teacher)")
+    parser.add_argument("--source", default=None, help="the method that made the set, where its record cannot tell")
+    parser.add_argument("--widths", default="", help="per-network widths, e.g. resnet18:16,vit:64")
+    parser.add_argument("--width", type=int, default=0, help="width of the other test networks (0: the paper's)")
+    parser.add_argument("--teacher-width", type=int, default=0, help="width of a teacher trained here (0: the paper's)")
+    parser.add_argument("--epoch-divisor", type=int, default=1, help="divide every schedule's epochs (same phases)")
+    parser.add_argument("--lr-multiplier", type=float, default=1.0, help="multiply the peak learning rates")
+    parser.add_argument("--evals", type=int, default=0, help="evaluations per run (0: every 100 epochs / divisor)")
+    parser.add_argument("--split-seeds", action="store_true", help="one program per seed (faster on CPU)")
+    parser.add_argument("--data-dir", default="", help="the data root (default: $DISTILL_JAX_DATA, else the user cache)")
+    parser.set_defaults(handler=run_transfer)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_inspect, register_convert, register_show,
-                                                                register_run]
+                                                                register_run, register_transfer]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ CHOICES = {
     "mode": tuple(run.MODES),
     "data.source": pipeline.SOURCES,
     "data.preprocessing": ("auto",) + preprocess.RECIPES,
+    "transfer.preprocessing": ("auto",) + preprocess.RECIPES,
     "model.norm": (None,) + models.NORM_KINDS,
     "model.weight_init": (None,) + models.INIT_KINDS,
     "train.optimizer": OPTIMIZER_NAMES,
@@ -184,6 +185,9 @@ def _validate_schedules(config):
 def _validate_combinations(config):
     if config.data.source == "distilled" and not config.data.distilled_path:
         raise ConfigError("config field 'data.distilled_path' is empty but data.source = 'distilled'; give the set's path")
+    if config.data.get("preprocessing_path") and not pathlib.Path(config.data.preprocessing_path).is_file():
+        raise ConfigError(f"config field 'data.preprocessing_path' = {config.data.preprocessing_path!r}: no such file "
+                          "(a fitted transform saved by distill_jax.data.preprocess; \"\" fits one on the training split)")
     if config.train.keep_rate.enabled and not config.model.get("droppath"):
         raise ConfigError("config field 'train.keep_rate.enabled' is True but 'model.droppath' is not: "
                           "the keep-rate schedule needs a network with DropPath blocks")

@@ -24,6 +24,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.distilled_path = ""   # for source="distilled"
     c.data.distilled_format = "" # "" = detect from the file
     c.data.preprocessing = "auto"  # auto: the distilled set's own recipe, "standardize" for real data
+    c.data.preprocessing_path = ""  # "" = fit on data.dataset's training split (cached); else a saved fitted
+                                    # transform (.npz, preprocess.Preprocessing.save), checked against the run
     c.data.label_temperature = 0.3 # soft targets softmax(y / tau) for learned label vectors
     c.data.test_split = "test"
     c.data.eval_batch_size = 500
@@ -117,6 +119,18 @@ def default_config() -> ml_collections.ConfigDict:
     c.reproduce.teacher = "auto"           # "auto": import a published teacher where one exists (MTT); "trained": train it here
     c.reproduce.fresh_on_change = False    # True: a cell whose config changed runs afresh in <cell>.<hash>, beside the old one
     c.reproduce.cells = ""                 # "" = every cell; else comma-separated cell names
+
+    # Mode "transfer" (distill_jax.experiments.transfer): a pool of networks trained on one set with
+    # the Baseline and the Full recipe; scale, seeds and cells as in reproduce.*, test split of data.dataset.
+    c.transfer = ml_collections.ConfigDict()
+    c.transfer.set_path = ""               # the distilled set: any file or folder `distill-jax inspect` reads
+    c.transfer.set_format = ""             # "" = detect from the file
+    c.transfer.set_source = ""             # method that made it (frepo, mtt, dc, dsa, dm, ...): "" = the set's record
+    c.transfer.preprocessing = "auto"      # the set's pixel space; "auto" = what the set records
+    c.transfer.networks = "convnet,resnet18,resnet50,vgg11,alexnet,vit"
+    c.transfer.widths = ""                 # "name:width,..."; others take reproduce.width (ConvNet, ViT: their default)
+    c.transfer.teacher = ""                # training network: "" = train it on the set; a .pth; or a run's workdir
+    c.transfer.name = ""                   # the report's title ("" = the set's file name)
 
     c.eval_every_epochs = 50
     c.log_every_steps = 50

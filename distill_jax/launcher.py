@@ -28,6 +28,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    exit_code = launch(lambda: FLAGS.config, FLAGS.workdir, verbose=FLAGS.verbose, distributed=FLAGS.distributed)
+    if exit_code:
+        sys.exit(exit_code)
+
+
+def launch(get_config, workdir, *, verbose: bool = False, distributed: bool = False) -> int:
+    """Validates the config that `get_config()` returns and runs its mode in `workdir`; prints the
+    result (process 0) and returns the exit code: 0, 2 for a user error (one line on stderr, a
+    traceback with `verbose`), 3 for a diverged run. `launch/main.py`, `distill-jax run` and
+    `distill-jax transfer` all launch through here."""
     # Orbax and other libraries log every checkpoint step through absl at INFO; keep ours.
     logging.getLogger("absl").setLevel(logging.WARNING)
 
@@ -35,7 +45,7 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", os.environ.get(
         "DISTILL_JAX_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "distill_jax", "xla")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    if FLAGS.distributed:
+    if distributed:
         jax.distributed.initialize()
     logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
                  jax.process_count(), jax.devices())
@@ -43,33 +53,33 @@ def main(argv):
         logging.getLogger().setLevel(logging.WARNING)
     try:
         try:
-            loaded = FLAGS.config
+            loaded = get_config()
             loaded.keys()  # a lazily loaded config raises its loading error on first use
         except Exception as err:  # noqa: BLE001 - a missing file, a syntax error, a bad get_config argument
             raise ConfigError(f"cannot load the config given by --config: {err}") from err
         config = validate(loaded)
-        if FLAGS.verbose:
+        if verbose:
             logging.info("config:\n%s", config)
-        elif config.mode == "reproduce":  # the cells build their own configs (each cell's config.json)
-            logging.info("config (mode reproduce, seed %d, %d seeds):\n%s", config.seed, config.num_seeds,
-                         config.reproduce)
+        elif config.mode in ("reproduce", "transfer"):  # the cells build their own configs (each cell's config.json)
+            logging.info("config (mode %s, seed %d, %d seeds):\n%s", config.mode, config.seed, config.num_seeds,
+                         config[config.mode] if config.mode == "transfer" else config.reproduce)
         else:
             logging.info("mode %s, %s on %s; the whole config goes to %s/config.json (--verbose logs it)",
-                         config.mode, config.model.name, config.data.dataset, FLAGS.workdir)
-        results = run(config, FLAGS.workdir)
+                         config.mode, config.model.name, config.data.dataset, workdir)
+        results = run(config, workdir)
     except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
         message = errors.user_error_message(err)
-        if message is None or FLAGS.verbose:
+        if message is None or verbose:
             raise
         print(f"error: {message}", file=sys.stderr)
-        sys.exit(errors.USER_ERROR_EXIT)
+        return errors.USER_ERROR_EXIT
     if results.get("diverged"):
         d = results["diverged"]
         print(f"diverged at step {d['step']} (epoch {d['epoch']}), seed(s) {d['seeds']}: non-finite loss or "
-              f"parameters; no final accuracy (see {FLAGS.workdir}/results.json)", file=sys.stderr)
-        sys.exit(errors.DIVERGED_EXIT)
+              f"parameters; no final accuracy (see {workdir}/results.json)", file=sys.stderr)
+        return errors.DIVERGED_EXIT
     if not is_writer():
-        return
+        return 0
     if "summary" in results:
         print(results["summary"])
     elif results.get("final_accuracy") is None:
@@ -77,7 +87,8 @@ def main(argv):
     else:
         fa = results["final_accuracy"]
         print(f"final test accuracy (last epoch, {len(fa['per_seed'])} seeds): {fa['mean']:.2f} ± {fa['std']:.2f} %")
-    print(f"results in {FLAGS.workdir}")
+    print(f"results in {workdir}")
+    return 0
 
 
 def parse_flags(argv):
@@ -105,7 +116,11 @@ def parse_flags(argv):
         sys.exit(errors.USER_ERROR_EXIT)
 
 
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+
 def run_main(argv=None) -> None:
     """Runs a launch as `python launch/main.py ...` or `distill-jax run ...` does (exits)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     app.run(main, argv=argv, flags_parser=parse_flags)

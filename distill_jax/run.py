@@ -15,6 +15,7 @@ MODES = {
     "distill": "distill_jax.distillation.runner:run_distillation", # produce a distilled set (FRePo, DM)
     "evaluate": "distill_jax.evaluate:run_evaluation",            # accuracy of saved networks on a test split
     "reproduce": "distill_jax.experiments.reproduce:run_reproduction",  # every cell of an experiment, and its table
+    "transfer": "distill_jax.experiments.transfer:run_transfer",  # a pool of networks on one set: Baseline vs Full
 }
 
 

@@ -41,36 +41,95 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("DISTILL_JAX_CACHE", pathlib.Path.home() / ".cache" / "distill_jax"))
 
 
-def fitted_preprocessing(recipe: str, train_images_uint8: np.ndarray) -> preprocess.Preprocessing:
-    """`preprocess.fit` on the real training split, cached on disk by recipe and image content.
+def fitted_on(dataset: str, train_images_uint8: np.ndarray) -> dict:
+    """The provenance a transform fitted on `dataset`'s training split records (`Preprocessing.fitted_on`)."""
+    digest = hashlib.sha256(np.ascontiguousarray(train_images_uint8).data).hexdigest()
+    return {"dataset": dataset, "split": "train", "images_sha256": digest}
+
+
+def fitted_preprocessing(recipe: str, train_images_uint8: np.ndarray, *, dataset: str = "") -> preprocess.Preprocessing:
+    """`preprocess.fit` on the real training split, cached on disk by recipe and image content;
+    with `dataset`, the result records what it was fitted on (`fitted_on`).
 
     A ZCA fit on 50,000 CIFAR images takes minutes (a 3072x3072 eigendecomposition); every
     cell of a reproduction needs the same one.
     """
-    digest = hashlib.sha256(np.ascontiguousarray(train_images_uint8).data).hexdigest()[:20]
-    path = cache_dir() / "preprocessing" / f"{recipe}-{digest}.npz"
+    provenance = fitted_on(dataset, train_images_uint8)
+    path = cache_dir() / "preprocessing" / f"{recipe}-{provenance['images_sha256'][:20]}.npz"
+    prep = None
     if path.is_file():
         try:
-            return preprocess.load(path)
+            prep = preprocess.load(path)
         except Exception as err:  # a damaged cache entry is refitted, never trusted
             logging.warning("ignoring unreadable cached preprocessing %s: %s", path, err)
-    prep = preprocess.fit(recipe, datasets.to_float(train_images_uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prep.save(path)
+    if prep is None:
+        prep = preprocess.fit(recipe, datasets.to_float(train_images_uint8))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prep.save(path)
+    return dataclasses.replace(prep, fitted_on=provenance) if dataset else prep
+
+
+def saved_preprocessing(data_cfg, recipe: str, image_shape, train_images_uint8=None) -> preprocess.Preprocessing:
+    """The fitted transform saved at `data_cfg.preprocessing_path` (`Preprocessing.save`), checked
+    against this run: its recipe must be `recipe`, its images of `image_shape`, and what it records
+    having been fitted on (`fitted_on`, if anything) `data_cfg.dataset`'s training split, the very
+    images when `train_images_uint8` is given. Every mismatch names the file."""
+    path = pathlib.Path(data_cfg.preprocessing_path)
+    where = f"config field 'data.preprocessing_path' = {str(path)!r}"
+    if not path.is_file():
+        raise preprocess.PreprocessingError(f"{where}: no such file (expected a fitted transform saved by "
+                                            "distill_jax.data.preprocess, e.g. a distiller's distilled.preprocessing.npz)")
+    prep = preprocess.load(path)
+    needed = f"data.preprocessing = {data_cfg.preprocessing!r}" + (
+        f", the distilled set's own recipe" if data_cfg.preprocessing == "auto" else "")
+    if prep.recipe != recipe:
+        raise preprocess.PreprocessingError(f"{where}: holds a {prep.recipe!r} transform, but this run needs "
+                                            f"{recipe!r} ({needed})")
+    if tuple(prep.image_shape) != tuple(image_shape):
+        raise preprocess.PreprocessingError(f"{where}: fitted on images of shape {tuple(prep.image_shape)}, but "
+                                            f"data.dataset {data_cfg.dataset!r} has {tuple(image_shape)}")
+    origin = prep.fitted_on or {}
+    if not origin:
+        logging.warning("%s records no dataset it was fitted on; used as %s's %r transform unchecked",
+                        where, data_cfg.dataset, recipe)
+    elif origin.get("dataset") != data_cfg.dataset or origin.get("split", "train") != "train":
+        raise preprocess.PreprocessingError(f"{where}: fitted on dataset {origin.get('dataset')!r} split "
+                                            f"{origin.get('split')!r}, but this run needs data.dataset "
+                                            f"{data_cfg.dataset!r} split 'train'")
+    elif train_images_uint8 is not None and origin.get("images_sha256") and (
+            origin["images_sha256"] != fitted_on(data_cfg.dataset, train_images_uint8)["images_sha256"]):
+        raise preprocess.PreprocessingError(f"{where}: fitted on other images than the training split of "
+                                            f"data.dataset {data_cfg.dataset!r} found here (sha256 differs)")
     return prep
 
 
 def load_training_data(data_cfg) -> TrainingData:
-    """Builds the arrays a run trains and evaluates on, as `data_cfg` (config.data) says."""
-    real_train = _real_split(data_cfg.dataset, "train", data_cfg.data_dir)
+    """Builds the arrays a run trains and evaluates on, as `data_cfg` (config.data) says.
+
+    With `data.preprocessing_path` the fitted transform is read from that file instead of being
+    fitted on the real training split, and a distilled set's run then never loads that split (a
+    machine can carry the test split and the transform without it).
+    """
+    use_saved = bool(data_cfg.get("preprocessing_path"))
+    real_train = None
+    if data_cfg.source == "real" or not use_saved:
+        real_train = _real_split(data_cfg.dataset, "train", data_cfg.data_dir)
     real_test = _real_split(data_cfg.dataset, data_cfg.test_split, data_cfg.data_dir)
-    num_classes = real_train.info.num_classes
+    num_classes = (real_train if real_train is not None else real_test).info.num_classes
+    image_shape = tuple(real_test.images.shape[1:])
+
+    def transform(recipe):
+        if use_saved:
+            return saved_preprocessing(data_cfg, recipe, image_shape,
+                                       real_train.images if real_train is not None else None)
+        return fitted_preprocessing(recipe, real_train.images, dataset=data_cfg.dataset)
+
     if data_cfg.source == "real":
         recipe = "standardize" if data_cfg.preprocessing == "auto" else data_cfg.preprocessing
         subset = real_train
         if data_cfg.per_class:
             subset = datasets.class_balanced_subset(real_train, per_class=data_cfg.per_class, seed=data_cfg.subset_seed)
-        prep = fitted_preprocessing(recipe, real_train.images)
+        prep = transform(recipe)
         train_images = prep.apply(datasets.to_float(subset.images))
         train_labels = subset.labels.astype(np.int64)
         what = f"{data_cfg.dataset} real subset, {data_cfg.per_class or 'all'} per class"
@@ -81,16 +140,17 @@ def load_training_data(data_cfg) -> TrainingData:
         if dset.num_classes != num_classes:
             raise ValueError(f"distilled set {data_cfg.distilled_path}: num_classes {dset.num_classes} but "
                              f"data.dataset {data_cfg.dataset!r} has {num_classes}")
-        if tuple(dset.images.shape[1:]) != tuple(real_test.images.shape[1:]):
+        if tuple(dset.images.shape[1:]) != image_shape:
             raise ValueError(f"distilled set {data_cfg.distilled_path}: images of shape {dset.images.shape[1:]} but "
-                             f"data.dataset {data_cfg.dataset!r} has {real_test.images.shape[1:]}")
-        prep = fitted_preprocessing(recipe, real_train.images)
+                             f"data.dataset {data_cfg.dataset!r} has {image_shape}")
+        prep = transform(recipe)
         train_images = np.asarray(dset.images, np.float32)
         labels = np.asarray(dset.labels)
         train_labels = np.asarray(losses.label_temperature(labels, data_cfg.label_temperature), np.float32) if labels.ndim == 2 else labels.astype(np.int64)
         what = f"distilled set {data_cfg.distilled_path} ({dset.provenance.get('format', '?')})"
     test_images = prep.apply(datasets.to_float(real_test.images))
-    logging.info("data: %s; %d training images, %d test images, preprocessing %s",
-                 what, len(train_images), len(test_images), recipe)
+    logging.info("data: %s; %d training images, %d test images, preprocessing %s%s",
+                 what, len(train_images), len(test_images), recipe,
+                 f" (saved: {data_cfg.preprocessing_path})" if use_saved else "")
     return TrainingData(np.asarray(train_images, np.float32), train_labels, np.asarray(test_images, np.float32),
                         real_test.labels.astype(np.int64), num_classes, prep, what)

@@ -49,6 +49,7 @@ FORMAT_VERSION = 1
 _STANDARDISED = ("standardize", "zca_frepo", "zca_kip")
 _WHITENED = ("zca_mtt", "zca_frepo", "zca_kip")
 _ARRAY_FIELDS = ("channel_mean", "channel_std", "zca_mean", "zca_matrix")
+FITTED_ON_KEYS = ("dataset", "split", "images_sha256")  # the provenance `fitted_on` records
 _CHUNK = 2048  # images per float64 chunk while fitting: bounds memory on 50k-image splits
 
 
@@ -100,6 +101,9 @@ class Preprocessing:
     zca_matrix: (D, D) symmetric whitening matrix acting on rows flattened in `flatten_order`.
     image_norm: zca_kip only: mean L2 norm of the centred training images, used by
         `inverse` in place of each image's own (discarded) norm.
+    fitted_on: optional provenance, {'dataset', 'split', 'images_sha256'} (strings): what the
+        transform was fitted on, so that a saved one can be checked against the data it is used
+        with (`pipeline.load_training_data`, config field `data.preprocessing_path`).
     """
 
     recipe: str
@@ -111,6 +115,7 @@ class Preprocessing:
     flatten_order: str = "nchw"
     zca_reg: float = 0.0
     image_norm: float = 1.0
+    fitted_on: Optional[Mapping[str, str]] = None
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -149,6 +154,12 @@ class Preprocessing:
             raise PreprocessingError(f"Preprocessing.channel_std: must be positive, got {self.channel_std}")
         object.__setattr__(self, "zca_reg", float(self.zca_reg))
         object.__setattr__(self, "image_norm", float(self.image_norm))
+        if self.fitted_on is not None:
+            if not isinstance(self.fitted_on, Mapping) or not all(
+                    k in FITTED_ON_KEYS and isinstance(v, str) for k, v in self.fitted_on.items()):
+                raise PreprocessingError(f"Preprocessing.fitted_on: expected a mapping of strings "
+                                         f"({', '.join(FITTED_ON_KEYS)}), got {self.fitted_on!r}")
+            object.__setattr__(self, "fitted_on", dict(self.fitted_on))
 
     # ---- transform
 
@@ -205,6 +216,8 @@ class Preprocessing:
         meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "recipe": self.recipe,
                 "image_shape": list(self.image_shape), "flatten_order": self.flatten_order,
                 "zca_reg": self.zca_reg, "image_norm": self.image_norm}
+        if self.fitted_on is not None:
+            meta["fitted_on"] = dict(self.fitted_on)
         arrays = {f: getattr(self, f) for f in _ARRAY_FIELDS if getattr(self, f) is not None}
         return {"meta": meta, "arrays": arrays}
 
@@ -229,7 +242,7 @@ class Preprocessing:
         try:
             return cls(recipe=meta["recipe"], image_shape=tuple(meta["image_shape"]),
                        flatten_order=meta.get("flatten_order", "nchw"), zca_reg=meta.get("zca_reg", 0.0),
-                       image_norm=meta.get("image_norm", 1.0),
+                       image_norm=meta.get("image_norm", 1.0), fitted_on=meta.get("fitted_on"),
                        **{f: np.asarray(arrays[f]) for f in _ARRAY_FIELDS if f in arrays})
         except PreprocessingError as exc:
             raise PreprocessingError(f"{where}: {exc}") from None

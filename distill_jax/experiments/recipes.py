@@ -96,12 +96,17 @@ def _distilled_data(c, method: str, dataset: str, ipc: int):
     c.data.preprocessing = REFERENCE_SET_PREPROCESSING[method]
 
 
+def convnet_depth(dataset: str) -> int:
+    """The ConvNets' depth on `dataset`: 4 on 64-px images (Tiny-ImageNet), else 3."""
+    return DATASETS.get(dataset, {}).get("convnet_depth", 3)
+
+
 def teacher_model(c, method: str, dataset: str):
     """The distiller's training network: ConvNet-FRePo (batch norm) for FRePo sets, the
     instance-norm ConvNet for MTT (and DM) sets; depth 4 on 64 px images."""
     c.model.name = "convnet_frepo" if method == "frepo" else "convnet"
-    if DATASETS[dataset]["convnet_depth"] != 3:  # 3 is the networks' default
-        c.model.depth = DATASETS[dataset]["convnet_depth"]
+    if convnet_depth(dataset) != 3:  # 3 is the networks' default
+        c.model.depth = convnet_depth(dataset)
     c.model.norm = models.norm_for_set(method)
 
 

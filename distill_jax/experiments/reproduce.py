@@ -149,16 +149,17 @@ def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: 
     config_lib.validate(cell.config)
     if cell.role == "distill":
         return _distill(cell, cell_dir)
-    if cell.role == "import":
-        runs.import_reference(cell.config.evaluate.path, cell_dir, cell.config)
+    if cell.role == "import":  # a .pth is imported as a run here; a run elsewhere is scored where it is
         scored = copy.deepcopy(cell.config)
-        scored.evaluate.path = str(cell_dir)
+        if runs.is_reference_file(cell.config.evaluate.path):
+            runs.import_reference(cell.config.evaluate.path, cell_dir, cell.config)
+            scored.evaluate.path = str(cell_dir)
         ev = evaluate.run_evaluation(scored, cell_dir, data=data)
         merged = {"finished": True, "seeds": ev["seeds"], "history": [], "final_accuracy": ev["accuracy"],
                   "data": ev["data"], "preprocessing": ev["preprocessing"]}
     else:
-        runs = [_train(c, run_dir, data) for run_dir, c in _run_dirs(cell, cell_dir, split_seeds)]
-        merged = runs[0] if len(runs) == 1 else records.merge_seed_results(runs)
+        per_run = [_train(c, run_dir, data) for run_dir, c in _run_dirs(cell, cell_dir, split_seeds)]
+        merged = per_run[0] if len(per_run) == 1 else records.merge_seed_results(per_run)
     record = {
         "cell": cell.name, "label": cell.label, "role": cell.role,
         "network": network_label(cell.config.model.name, cell.config.model.get("width"), cell.config.model.get("norm")),
@@ -240,40 +241,53 @@ class ExperimentETA:
 def teacher_note(cell_records) -> str:
     """The line a table needs when its teacher was imported: the published teachers were kept at
     their best test accuracy, and students that learn from one inherit that selection."""
-    if not any(rec["role"] == "import" for rec in cell_records):
+    if not any(rec["role"] == "import" and runs.is_reference_file(rec["config"]["evaluate"]["path"])
+               for rec in cell_records):
         return ""
     return ("\nThe published teacher (`checkpoint_best.pth`) was kept by the reference code at its best test "
             "accuracy: its row, and the students that learn from it by KD, carry that test-set selection. "
             "`--config.reproduce.teacher=trained` trains the teacher here instead (final epoch).\n")
 
 
-def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> dict:
-    """Runs the cells of `config.reproduce.experiment` in order (teachers first) and writes the table."""
-    r = config.reproduce
-    if not r.experiment:
-        raise ReproductionError("config field 'reproduce.experiment' is empty; name one of "
-                                "distill_jax.experiments.registry.experiment_names(), e.g. frepo_cifar10_10_resnet18")
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    cells = registry.get_experiment(r.experiment, workdir, registry.Scale.from_config(config),
-                                       split_seeds=bool(r.split_seeds), num_seeds=config.num_seeds, seed=config.seed,
-                                       teacher=r.teacher)
+# Fields of the launched config that every cell takes: where the data lives and how big a test
+# batch is (both safe to change: they are not part of a run's identity).
+INHERITED_FIELDS = ("data.data_dir", "data.eval_batch_size")
+
+
+def inherit_fields(cells: list, config) -> list:
+    """Gives every cell the launched config's `INHERITED_FIELDS` where it sets them."""
+    defaults = config_lib.default_config()
+    for field in INHERITED_FIELDS:
+        section, name = field.split(".")
+        value = config[section][name]
+        if value != defaults[section][name]:
+            for cell in cells:
+                cell.config[section][name] = value
+    return cells
+
+
+def select_cells(cells: list, r, experiment: str) -> list:
+    """The cells `reproduce.cells` names (all when empty), in the experiment's order."""
     wanted = [n for n in r.cells.split(",") if n]
     unknown = set(wanted) - {c.name for c in cells}
     if unknown:
         raise ReproductionError(f"config field 'reproduce.cells' names {sorted(unknown)}; cells of "
-                                f"{r.experiment}: {[c.name for c in cells]}")
-    if wanted:
-        cells = [c for c in cells if c.name in wanted]
+                                f"{experiment}: {[c.name for c in cells]}")
+    return [c for c in cells if c.name in wanted] if wanted else cells
+
+
+def run_cells(cells: list, workdir: pathlib.Path, r, experiment: str, data_cache: Optional[dict] = None) -> list[dict]:
+    """Runs `cells` in order (teachers first) in `workdir/<cell>`, skipping finished runs, and
+    returns their records; `r` is the config's `reproduce` section (seeds split, fresh cells)."""
     data_cache = {} if data_cache is None else data_cache
     cells = _place_cells(cells, workdir, bool(r.split_seeds), bool(r.fresh_on_change))
-    logging.info("reproduce %s: %d cells in %s: %s", r.experiment, len(cells), workdir, "; ".join(
+    logging.info("%s: %d cells in %s: %s", experiment, len(cells), workdir, "; ".join(
         f"{c.name} ({c.label}, " + (f"{c.config.distill.steps} steps)" if c.role == "distill" else
                                      f"{c.config.num_seeds} seed(s) x {c.config.train.epochs} epochs)")
         for c in cells))
     cell_records, eta = [], ExperimentETA()
     for i, cell in enumerate(cells, 1):
-        logging.info("reproduce %s: cell %d/%d %s (%s); %s", r.experiment, i, len(cells), cell.name, cell.label,
+        logging.info("%s: cell %d/%d %s (%s); %s", experiment, i, len(cells), cell.name, cell.label,
                      eta.line(cells[i - 1:]))
         started = time.perf_counter()
         trains = cell.role in ("teacher", "student") and any(
@@ -288,20 +302,42 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
         if trains:
             eta.done(cell, time.perf_counter() - started)
         if cell_records[-1].get("diverged"):
-            logging.error("reproduce %s: cell %s diverged (%s)", r.experiment, cell.name, cell_records[-1]["diverged"])
+            logging.error("%s: cell %s diverged (%s)", experiment, cell.name, cell_records[-1]["diverged"])
+    return cell_records
+
+
+def scale_line(r) -> str:
+    return (f"Scale: epochs / {r.epoch_divisor}, lr x {r.lr_multiplier}, test-network width "
+            f"{r.width or 'paper'}, teacher width {r.teacher_width or 'paper'}.")
+
+
+def cell_summaries(cell_records) -> list[dict]:
+    return [{k: rec[k] for k in ("cell", "label", "role", "network", "epochs", "seeds", "final_accuracy",
+                                 "best_over_training")} for rec in cell_records]
+
+
+def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> dict:
+    """Runs the cells of `config.reproduce.experiment` in order (teachers first) and writes the table."""
+    r = config.reproduce
+    if not r.experiment:
+        raise ReproductionError("config field 'reproduce.experiment' is empty; name one of "
+                                "distill_jax.experiments.registry.experiment_names(), e.g. frepo_cifar10_10_resnet18")
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cells = registry.get_experiment(r.experiment, workdir, registry.Scale.from_config(config),
+                                    split_seeds=bool(r.split_seeds), num_seeds=config.num_seeds, seed=config.seed,
+                                    teacher=r.teacher)
+    cells = select_cells(inherit_fields(cells, config), r, r.experiment)
+    cell_records = run_cells(cells, workdir, r, f"reproduce {r.experiment}", data_cache)
     trained = [rec for rec in cell_records if rec["role"] != "distill"]
     table = tables.experiment_table(trained, show_best=bool(r.show_best)) + teacher_note(trained)
     sets = "".join(describe_distill_record(rec) + "\n\n" for rec in cell_records if rec["role"] == "distill")
     heading = (f"### {r.experiment}\n\n{sets}Final-epoch test accuracy, mean ± std (ddof=1) over seeds. "
-               f"Scale: epochs / {r.epoch_divisor}, lr x {r.lr_multiplier}, test-network width "
-               f"{r.width or 'paper'}, teacher width {r.teacher_width or 'paper'}.\n\n")
+               f"{scale_line(r)}\n\n")
     if any(rec.get("history") or rec.get("final_accuracy") for rec in trained):  # not for a distill-only run
         plots.plot_experiment(trained, workdir / "accuracy_by_cell.png", title=r.experiment)
-    (workdir / "table.md.tmp").write_text(heading + table)
-    (workdir / "table.md.tmp").replace(workdir / "table.md")
-    summary = {"experiment": r.experiment, "config": config.to_dict(),
-               "cells": [{k: rec[k] for k in ("cell", "label", "role", "network", "epochs", "seeds", "final_accuracy",
-                                              "best_over_training")} for rec in cell_records],
+    rundir.write_text(workdir / "table.md", heading + table)
+    summary = {"experiment": r.experiment, "config": config.to_dict(), "cells": cell_summaries(cell_records),
                "software": records.software_versions(), "device": records.device_description()}
     rundir.write_json(workdir / "reproduction.json", summary)
     return {**summary, "table": table, "summary": heading + table}

@@ -12,6 +12,7 @@ import tempfile
 import numpy as np
 
 from distill_jax.optim import schedules
+from distill_jax.training import rundir
 
 
 def _pyplot():
@@ -25,6 +26,8 @@ def _pyplot():
 
 def _save(fig, path) -> pathlib.Path:
     path = pathlib.Path(path)
+    if not rundir.is_writer():  # one set of files per run, from process 0
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
@@ -115,6 +118,36 @@ def plot_experiment(cell_records, path, title: str = "") -> pathlib.Path:
         plt.close(fig)
         raise ValueError("plots.plot_experiment: no cell has evaluations to draw")
     return _finish_accuracy_plot(plt, fig, ax, title or "test accuracy, mean ± std over seeds", path)
+
+
+def plot_grouped_bars(groups, series: dict, path, *, reference=None, ylabel: str = "", title: str = "") -> pathlib.Path:
+    """Bars of each series (name -> [(mean, std)] per group) side by side in every group, with ± std
+    error bars; `reference` = (value, label) draws a horizontal line (a NaN mean draws no bar)."""
+    if not groups or not series:
+        raise ValueError("plots.plot_grouped_bars: nothing to draw")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) + 2), 4))
+    x = np.arange(len(groups))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        if len(values) != len(groups):
+            plt.close(fig)
+            raise ValueError(f"plots.plot_grouped_bars: series {name!r} has {len(values)} values for {len(groups)} groups")
+        means = np.array([v[0] for v in values], dtype=np.float64)
+        stds = np.array([v[1] for v in values], dtype=np.float64)
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=name)
+    if reference is not None:
+        ax.axhline(reference[0], ls="--", color="black", label=reference[1])
+    ax.set_xticks(x)
+    ax.set_xticklabels(groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
 
 
 def plot_label_distribution(probabilities: np.ndarray, class_names, path, title: str = "") -> pathlib.Path:
