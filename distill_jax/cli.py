@@ -158,7 +158,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             c.data.data_dir = args.data_dir
         return c
 
-    launcher.setup_logging()
+    launcher.setup_logging(replace=True)
     return launcher.launch(config, args.workdir, verbose=args.verbose)
 
 

@@ -116,8 +116,11 @@ def parse_flags(argv):
         sys.exit(errors.USER_ERROR_EXIT)
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+def setup_logging(*, replace: bool = False) -> None:
+    """INFO lines with the time. `replace`: for launches outside absl's `app.run` (the
+    `distill-jax` subcommands), whose root logger may hold absl's pre-flag-parsing handler,
+    which drops INFO."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=replace)
 
 
 def run_main(argv=None) -> None:

@@ -44,6 +44,7 @@ class PoolSpec:
     source: str
     preprocessing: str
     set_format: str
+    preprocessing_field: str  # transfer.preprocessing as configured ('auto' or a recipe)
     networks: tuple
     widths: dict
     teacher: str
@@ -130,13 +131,15 @@ def pool_spec(config) -> PoolSpec:
     unknown = sorted(set(widths) - set(networks))
     if unknown:
         raise TransferError(f"config field 'transfer.widths' sets {unknown}, which 'transfer.networks' does not name")
-    return PoolSpec(str(t.set_path), config.data.dataset, source, preprocessing, t.set_format, networks, widths,
-                    str(t.teacher))
+    return PoolSpec(str(t.set_path), config.data.dataset, source, preprocessing, t.set_format, t.preprocessing,
+                    networks, widths, str(t.teacher))
 
 
-def _set_data(c, spec: PoolSpec):
+def _set_data(c, spec: PoolSpec, preprocessing: str):
+    """The set as every cell reads it; 'auto' stays 'auto' (the set's record decides when the run
+    loads it), so a cell equals the same run made by other experiments."""
     recipes.use_own_set(c, spec.dataset, spec.set_path)
-    c.data.preprocessing = spec.preprocessing
+    c.data.preprocessing = preprocessing
     c.data.distilled_format = spec.set_format
 
 
@@ -154,7 +157,7 @@ def network_cell(spec: PoolSpec, name: str, recipe: str, teacher_path: str, scal
     """One network of the pool with the Baseline or Full recipe, norm by the set's source."""
     c = recipes.base_config(spec.dataset, num_seeds)
     c.mode = "student"
-    _set_data(c, spec)
+    _set_data(c, spec, spec.preprocessing_field)
     c.model.name = name
     options = models.model_options(name)
     if "norm" in options:
@@ -182,7 +185,7 @@ def network_cell(spec: PoolSpec, name: str, recipe: str, teacher_path: str, scal
 def teacher_cell(spec: PoolSpec, workdir: pathlib.Path, scale: registry.Scale, num_seeds: int):
     """(cell, the path students read as KD teacher) for the set's training network."""
     c = recipes.base_config(spec.dataset, num_seeds)
-    _set_data(c, spec)
+    _set_data(c, spec, spec.preprocessing_field)
     c = recipes.teacher_recipe(c, _family(spec.source), spec.dataset)
     if not spec.teacher:
         c = recipes.scale_config(c, epoch_divisor=scale.epoch_divisor, lr_multiplier=scale.lr_multiplier,
