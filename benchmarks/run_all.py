@@ -2,6 +2,7 @@
 
     python benchmarks/run_all.py                   # CPU preset (this machine, about 10-15 min)
     python benchmarks/run_all.py --preset gpu      # accelerator preset: MFU, 5 seeds vmapped vs 5 PyTorch runs
+    python benchmarks/run_all.py --preset gpu_device  # the same for ResNet-18 b100 only, in ~2 min (device run)
     python benchmarks/run_all.py --preset layers   # one layer's forward + backward, JAX beside PyTorch (5 min)
     python benchmarks/run_all.py --preset smoke    # a few tiny cells: checks the machinery
     python benchmarks/run_all.py --groups convnet_b100 --repeats 5 --out my.json
@@ -89,8 +90,17 @@ class Worker:
                                      env={**WORKER_ENV, **os.environ, **(env or {})})
 
     def ask(self, request: dict) -> dict:
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
+        self.send(request)
+        return self.receive()
+
+    def send(self, request: dict) -> None:
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # the worker died: receive() reports it
+            pass
+
+    def receive(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
             return {"ok": False, "error": f"worker exited (code {self.proc.poll()}); see the worker log"}
@@ -126,6 +136,7 @@ class Group:
     scaling: tuple | None = None
     skip: str = ""
     warmup: int = 1  # untimed rounds first (0 only where one step costs minutes)
+    parallel_build: bool = False  # build (compile) every cell at once: less wall time, compile_s inflated
 
 
 def _jax(label, model, batch, **kw):
@@ -191,6 +202,24 @@ def gpu_plan(repeats: int | None = None) -> list[Group]:
     return groups
 
 
+def gpu_device_plan(repeats: int | None = None, *, toy: bool = False) -> list[Group]:
+    """The device run's benchmark (scripts/gpu_device_run.sh), sized for a 15-minute lease: ResNet-18 at
+    the paper's batch (100) only, 1, 3 (the table's) and 5 seeds vmapped, 5 seeds one after another in
+    JAX and in PyTorch, all cells compiled at once. `toy`: the same cells as a tiny ConvNet on the CPU
+    (the dry run that tests the machinery)."""
+    if toy:
+        model, batch, extra, device = "convnet", 4, {"width": 4, "size": 8}, "cpu"
+    else:
+        model, batch, extra, device = "resnet18", 100, {"norm": "batch"}, "cuda"
+    cells = [_jax("jax", model, batch, **extra), _torch("torch", model, batch, device=device, **extra)]
+    cells += [_jax(f"jax_s{n}", model, batch, seeds=n, **extra) for n in (3, 5)]
+    cells += [_jax("jax_seq5", model, batch, seeds=5, sequential=True, **extra),
+              _torch("torch_seq5", model, batch, seeds=5, device=device, **extra)]
+    return [Group(f"{model}_b{batch}", cells, repeats or (2 if toy else 20), parallel_build=True,
+                  compare=[("jax", "torch"), ("jax_s5", "torch_seq5")],
+                  scaling=("jax", ["jax_s3", "jax_s5"], "torch"))]
+
+
 def smoke_plan(repeats: int | None = None) -> list[Group]:
     """Tiny cells (width 4, batch 4, 8 px) that exercise every path in seconds."""
     tiny = {"width": 4, "size": 8}
@@ -227,7 +256,8 @@ def layers_plan(repeats: int | None = None) -> list[Group]:
     return groups
 
 
-PLANS = {"cpu": cpu_plan, "gpu": gpu_plan, "smoke": smoke_plan, "layers": layers_plan}
+PLANS = {"cpu": cpu_plan, "gpu": gpu_plan, "smoke": smoke_plan, "layers": layers_plan, "gpu_device": gpu_device_plan,
+         "gpu_device_toy": lambda repeats=None: gpu_device_plan(repeats, toy=True)}
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -238,9 +268,16 @@ def run_group(group: Group, log) -> dict:
               "load_before": list(os.getloadavg())}
     t0 = time.perf_counter()
     live = {}
-    for cell in group.cells:
-        worker = Worker(log, cell.env)
-        reply = worker.ask({"op": "setup", "lib": cell.lib, "config": cell.config})
+    workers = [Worker(log, cell.env) for cell in group.cells] if group.parallel_build else []
+    for worker, cell in zip(workers, group.cells):
+        worker.send({"op": "setup", "lib": cell.lib, "config": cell.config})
+    for i, cell in enumerate(group.cells):
+        if workers:
+            worker = workers[i]
+            reply = worker.receive()
+        else:
+            worker = Worker(log, cell.env)
+            reply = worker.ask({"op": "setup", "lib": cell.lib, "config": cell.config})
         entry = {"lib": cell.lib, "config": cell.config, "env": cell.env, "walls": [], "cpus": []}
         if reply["ok"]:
             entry["info"] = reply["info"]

@@ -255,3 +255,16 @@ def test_load_file_without_meta_raises(tmp_path):
     np.savez(path, image=np.zeros(3))
     with pytest.raises(PreprocessingError, match=r"other.npz: no entry 'meta'"):
         preprocess.load(path)
+
+
+def test_fitted_on_provenance_round_trips_and_is_checked(tmp_path):
+    x = np.random.default_rng(0).random((20, 4, 4, 3)).astype(np.float32)
+    origin = {"dataset": "cifar10_jpeg", "split": "train", "images_sha256": "ab" * 32}
+    prep = dataclasses.replace(preprocess.fit("standardize", x), fitted_on=origin)
+    assert preprocess.load(prep.save(tmp_path / "p.npz")).fitted_on == origin
+    assert preprocess.Preprocessing.from_dict(prep.to_dict()).fitted_on == origin
+    assert "fitted_on" not in preprocess.fit("standardize", x).to_dict()["meta"]  # older files stay as they were
+    with pytest.raises(preprocess.PreprocessingError, match="fitted_on"):
+        dataclasses.replace(prep, fitted_on={"datasett": "x"})
+    with pytest.raises(preprocess.PreprocessingError, match="fitted_on"):
+        dataclasses.replace(prep, fitted_on={"dataset": 3})

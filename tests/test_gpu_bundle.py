@@ -1,0 +1,176 @@
+"""The device run, on CPU: the bundle scripts/gpu_bundle.sh builds, and a dry run of
+scripts/gpu_device_run.sh at toy size (GPU_RUN_TOY=1), so that the command works the first
+time a device is lent. No test here needs an accelerator.
+
+The bundle and the dry run need the real data (skipped without it, as elsewhere); the dry run
+takes ~2 min on a loaded 2-core machine with the suite's XLA cache warm, ~3.5 min cold.
+"""
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import gpu_run  # noqa: E402
+import run_all  # noqa: E402
+
+from distill_jax.data import preprocess  # noqa: E402
+
+OUT_FILES = {"progress.txt", "bench.txt", "bench.json", "table_log.txt", "table.md", "table.json", "summary.md",
+             "runs.tar.gz"}
+
+
+def _env(**extra) -> dict:
+    """The scripts' environment: this interpreter, one CPU device (not the suite's 8 fake ones), and the
+    suite's persistent XLA cache, so repeated dry runs load their programs instead of compiling them."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update({"PYTHON": sys.executable, "JAX_PLATFORMS": "cpu",
+                "JAX_COMPILATION_CACHE_DIR": os.environ.get(
+                    "DISTILL_JAX_TEST_XLA_CACHE", os.path.join(tempfile.gettempdir(), "distill_jax_test_xla_cache")),
+                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """scripts/gpu_bundle.sh run into a temporary folder from the real data root."""
+    root = os.environ.get("DISTILL_JAX_DATA", "")
+    needed = ("cifar10_jpeg_test.npz", "cifar10_jpeg_train.npz", "distilled/cifar10_10_frepo/images_best.pt")
+    if not root or not all((pathlib.Path(root) / f).is_file() for f in needed):
+        pytest.skip(f"real data folder not available: set DISTILL_JAX_DATA to the folder holding "
+                    f"cifar10_jpeg_*.npz and distilled/cifar10_10_frepo (now {root!r})")
+    folder = tmp_path_factory.mktemp("device") / "gpu_bundle"
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_bundle.sh"), str(folder)], env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode == 3:
+        pytest.skip(f"no package index to download the wheels from: {done.stderr.strip()[-300:]}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return folder
+
+
+def test_bundle_holds_what_the_device_run_needs_under_the_limit(bundle):
+    files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
+    assert {"data/cifar10_jpeg_test.npz", "data/distilled/cifar10_10_frepo/images_best.pt",
+            "data/distilled/cifar10_10_frepo/labels_best.pt", "zca_mtt.packed.npz", "MANIFEST.txt",
+            "SHA256SUMS"} <= files
+    wheels = sorted(f for f in files if f.startswith("wheels/"))
+    assert [re.sub(r"-.*", "", w[len("wheels/"):]).lower() for w in wheels] == ["ml_collections", "tensorboardx"]
+    assert all(w.endswith("-py3-none-any.whl") for w in wheels)  # pure Python: any interpreter, any CPU
+    assert not any("train" in f for f in files)  # the training split stays here
+    size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    assert size < 60 * 2 ** 20
+    subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=bundle, check=True)
+    prep = gpu_run.unpack_transform(bundle / "zca_mtt.packed.npz")  # rebuilt bit for bit (sha256 checked)
+    assert prep.recipe == "zca_mtt" and prep.image_shape == (32, 32, 3) and prep.zca_reg == 0.1
+    assert prep.fitted_on["dataset"] == "cifar10_jpeg" and prep.fitted_on["split"] == "train"
+    assert prep.fitted_on["images_sha256"] in (bundle / "MANIFEST.txt").read_text()
+
+
+def test_size_check_refuses_a_bundle_over_the_limit(tmp_path):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    (folder / "blob").write_bytes(b"\0" * (2 * 2 ** 20 + 1))
+    check = [str(REPO / "scripts" / "gpu_bundle.sh"), "--check", str(folder)]
+    over = subprocess.run(["bash", *check], env=_env(GPU_BUNDLE_MAX_MIB="2"), capture_output=True, text=True)
+    assert over.returncode == 2
+    assert "over the limit of 2 MiB" in over.stderr and str(folder) in over.stderr
+    under = subprocess.run(["bash", *check], env=_env(GPU_BUNDLE_MAX_MIB="3"), capture_output=True, text=True)
+    assert under.returncode == 0, under.stderr
+    assert "2.0 MiB (limit 3)" in under.stdout
+
+
+def test_packed_transform_rebuilds_the_fitted_one_exactly(tmp_path):
+    x = np.random.default_rng(0).random((64, 4, 4, 3)).astype(np.float32)
+    prep = preprocess.fit("zca_mtt", x)
+    matrix = prep.zca_matrix.copy()
+    matrix[7, 2] = np.nextafter(matrix[2, 7], np.float32(1))  # a rounding asymmetry, as real fits have
+    origin = {"dataset": "toy", "split": "train", "images_sha256": "0" * 64}
+    prep = preprocess.Preprocessing("zca_mtt", prep.image_shape, zca_mean=prep.zca_mean, zca_matrix=matrix,
+                                    zca_reg=prep.zca_reg, fitted_on=origin)
+    meta = gpu_run.pack_transform(prep, tmp_path / "packed.npz")
+    assert meta["packing"]["dim"] == 48
+    back = gpu_run.unpack_transform(tmp_path / "packed.npz")
+    assert back.zca_matrix.tobytes() == matrix.tobytes()
+    assert back.zca_mean.tobytes() == prep.zca_mean.tobytes()
+    assert back.fitted_on == origin and back.recipe == "zca_mtt"
+    with np.load(tmp_path / "packed.npz") as npz:  # a damaged copy is refused, never used
+        entries = {k: npz[k] for k in npz.files}
+    entries["packed.upper"][3] += 1
+    np.savez(tmp_path / "damaged.npz", **entries)
+    with pytest.raises(gpu_run.GpuRunError, match="sha256"):
+        gpu_run.unpack_transform(tmp_path / "damaged.npz")
+    with pytest.raises(gpu_run.GpuRunError, match="not found"):
+        gpu_run.unpack_transform(tmp_path / "absent.npz")
+
+
+def test_device_benchmark_plan_measures_the_goals():
+    group, = run_all.PLANS["gpu_device"]()
+    cells = {c.label: c for c in group.cells}
+    assert set(cells) == {"jax", "torch", "jax_s3", "jax_s5", "jax_seq5", "torch_seq5"}
+    assert all(c.config["model"] == "resnet18" and c.config["batch"] == 100 for c in cells.values())
+    assert cells["torch_seq5"].config == {"model": "resnet18", "batch": 100, "seeds": 5, "device": "cuda", "norm": "batch"}
+    assert cells["jax_seq5"].config["sequential"] and group.parallel_build
+    assert ("jax_s5", "torch_seq5") in group.compare
+    toy, = run_all.PLANS["gpu_device_toy"]()
+    assert {c.label for c in toy.cells} == set(cells)  # the dry run steps the same cells
+
+
+def test_partial_table_says_which_cells_are_missing(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "teacher").mkdir(parents=True)
+    (work / "teacher" / "results.json").write_text(json.dumps({"finished": True}))
+    (work / "teacher" / "config.json").write_text(json.dumps({"train": {"epochs": 1000}}))
+    (work / "teacher" / "metrics.jsonl").write_text(json.dumps({"step": 1000, "epoch": 1000, "images_per_s": 9e4}))
+    (work / "baseline").mkdir()
+    (work / "baseline" / "config.json").write_text(json.dumps({"train": {"epochs": 1000}}))
+    (work / "baseline" / "metrics.jsonl").write_text(
+        json.dumps({"step": 350, "epoch": 350, "images_per_s": 5e4}) + "\n" + '{"step": 40')  # cut by the kill
+    (work / "table.md").write_text("| cell |\n|---|\n| Teacher |\n")
+    text = gpu_run.write_summary(work, out, toy=False)
+    table = (out / "table.md").read_text()
+    assert "| Teacher |" in table and "Partial table" in table
+    assert "baseline (epoch 350 of 1000)" in table and "full (epoch 0 of ?)" in table
+    assert "- baseline: NOT finished, epoch 350 of 1000, 50000 images/s" in text
+    assert "Benchmark: no results" in text
+    assert json.loads((out / "table.json").read_text())["progress"][0]["finished"]
+
+
+def test_device_command_dry_run_on_cpu(bundle, tmp_path):
+    """The device command at toy size: every phase, every out file, the carried wheels and transform
+    used, and no training split or cached transform anywhere in reach."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = _env(OUT=str(out), GPU_RUN_TOY="1", GPU_RUN_WORKDIR=str(work), DISTILL_JAX_CACHE=str(tmp_path / "no_cache"))
+    env.pop("DISTILL_JAX_DATA", None)  # the device has no data root but the bundle
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_device_run.sh"), str(bundle)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == OUT_FILES  # 8 files: all that a device call brings back
+    assert all(p.stat().st_size < 16 * 2 ** 20 for p in out.iterdir())
+    progress = (out / "progress.txt").read_text()
+    assert f"ml_collections from {work}/site" in progress and f"tensorboardX from {work}/site" in progress
+    assert "benchmark: exit 0" in progress and "table: exit 0" in progress
+    summary = (out / "summary.md").read_text()
+    assert summary.strip() in done.stdout  # printed at the end too
+    assert "TOY DRY RUN" in summary and "5 seeds vmapped vs one after another" in summary
+    table = (out / "table.md").read_text()
+    for row in ("Teacher (convnet_frepo", "resnet18 Baseline", "resnet18 w/o DP", "resnet18 Full"):
+        assert row in table
+    assert "Partial table" not in table and "TOY DRY RUN" in table
+    bench = json.loads((out / "bench.json").read_text())
+    assert {r["cell"] for r in bench["cells"]} == {"jax", "torch", "jax_s3", "jax_s5", "jax_seq5", "torch_seq5"}
+    records = json.loads((out / "table.json").read_text())["records"]
+    assert set(records) == set(gpu_run.CELLS)
+    assert all(r["preprocessing"] == "zca_mtt" and r["final_accuracy"] for r in records.values())
+    assert (work / "table" / "full" / "config.json").is_file()
+    saved = json.loads((work / "table" / "full" / "config.json").read_text())["data"]["preprocessing_path"]
+    assert pathlib.Path(saved) == (work / "table" / gpu_run.TRANSFORM_NAME).resolve()
+    assert not (tmp_path / "no_cache").exists()  # nothing was fitted
