@@ -171,7 +171,7 @@ def test_teacher_run_is_used_where_it_is(toy, tmp_path):
                                                 "options": {"width": 4, "norm": "instance"}}))
     toy.transfer.teacher = str(run)
     _, cells = transfer.transfer_cells(toy, tmp_path / "w")
-    assert cells[0].role == "import" and cells[0].config.evaluate.path == str(run)
+    assert cells[0].role == "score" and cells[0].config.evaluate.path == str(run)
     assert cells[0].config.model.width == 4
     assert all(c.config.train.kd.teacher_path == str(run) for c in cells if c.config.train.kd.enabled)
 

@@ -205,9 +205,10 @@ class Preprocessing:
 
     @functools.cached_property
     def _zca_inverse(self) -> np.ndarray:
-        # W is symmetric positive definite: invert through its eigendecomposition, in float64.
-        s, u = np.linalg.eigh(self.zca_matrix.astype(np.float64))
-        return ((u / s) @ u.T).astype(np.float32)
+        # W is symmetric positive definite (regularised): an LU inverse in float64 is exact enough
+        # and several times cheaper than an eigendecomposition of a 3072 x 3072 matrix.
+        inverse = np.linalg.inv(self.zca_matrix.astype(np.float64))
+        return ((inverse + inverse.T) / 2).astype(np.float32)
 
     # ---- storage
 

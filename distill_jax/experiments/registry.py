@@ -23,7 +23,8 @@ class Cell:
     name: str
     label: str
     config: ml_collections.ConfigDict
-    role: str  # 'teacher' (trained; students distil from it), 'student', or 'import' (a published .pth, imported and scored)
+    role: str  # 'teacher' (trained; students distil from it), 'student', 'import' (a published .pth, imported and
+    # scored), 'score' (a finished run of this package, scored where it is) or 'distill' (a set made here)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,7 +65,7 @@ def cell_conflicts(cell: registry.Cell, cell_dir: pathlib.Path, split_seeds: boo
     """How the runs already in `cell_dir` differ from this cell's config ([] when they do not,
     or when there are none). An imported published network is no run of a config: it is
     re-imported, never trained, so it has nothing to conflict with."""
-    if cell.role == "import":
+    if cell.role in ("import", "score"):
         return []
     defaults = config_lib.default_config()
     lines = []
@@ -149,9 +149,9 @@ def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: 
     config_lib.validate(cell.config)
     if cell.role == "distill":
         return _distill(cell, cell_dir)
-    if cell.role == "import":  # a .pth is imported as a run here; a run elsewhere is scored where it is
+    if cell.role in ("import", "score"):  # a .pth is imported as a run here; a run elsewhere is scored where it is
         scored = copy.deepcopy(cell.config)
-        if runs.is_reference_file(cell.config.evaluate.path):
+        if cell.role == "import":
             runs.import_reference(cell.config.evaluate.path, cell_dir, cell.config)
             scored.evaluate.path = str(cell_dir)
         ev = evaluate.run_evaluation(scored, cell_dir, data=data)
@@ -163,7 +163,7 @@ def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: 
     record = {
         "cell": cell.name, "label": cell.label, "role": cell.role,
         "network": network_label(cell.config.model.name, cell.config.model.get("width"), cell.config.model.get("norm")),
-        "epochs": cell.config.train.epochs if cell.role != "import" else "",
+        "epochs": cell.config.train.epochs if cell.role not in ("import", "score") else "",
         "config": cell.config.to_dict(), "split_seeds": bool(split_seeds),
         "seeds": merged["seeds"], "history": merged["history"],
         "final_accuracy": merged["final_accuracy"], "diverged": merged.get("diverged"),
@@ -172,7 +172,7 @@ def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: 
         "software": records.software_versions(), "device": records.device_description(),
     }
     rundir.write_json(cell_dir / "record.json", record)
-    if cell.role != "import":
+    if cell.role not in ("import", "score"):
         plots.plot_schedules(cell.config, cell_dir / "schedules.png", steps_per_epoch=_steps_per_epoch(cell.config, data))
         if record["history"]:
             plots.plot_accuracy(record, cell_dir / "accuracy.png", title=cell.label)
@@ -241,8 +241,7 @@ class ExperimentETA:
 def teacher_note(cell_records) -> str:
     """The line a table needs when its teacher was imported: the published teachers were kept at
     their best test accuracy, and students that learn from one inherit that selection."""
-    if not any(rec["role"] == "import" and runs.is_reference_file(rec["config"]["evaluate"]["path"])
-               for rec in cell_records):
+    if not any(rec["role"] == "import" for rec in cell_records):
         return ""
     return ("\nThe published teacher (`checkpoint_best.pth`) was kept by the reference code at its best test "
             "accuracy: its row, and the students that learn from it by KD, carry that test-set selection. "

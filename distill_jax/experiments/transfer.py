@@ -206,7 +206,7 @@ def teacher_cell(spec: PoolSpec, workdir: pathlib.Path, scale: registry.Scale, n
     c.model.name = saved["name"]
     for option, value in saved.get("options", {}).items():
         c.model[option] = value
-    return registry.Cell("teacher", f"Training network (run {source})", c, "import"), str(source)
+    return registry.Cell("teacher", f"Training network (run {source})", c, "score"), str(source)
 
 
 def transfer_cells(config, workdir) -> tuple[PoolSpec, list]:
