@@ -176,6 +176,14 @@ def test_teacher_run_is_used_where_it_is(toy, tmp_path):
     assert all(c.config.train.kd.teacher_path == str(run) for c in cells if c.config.train.kd.enabled)
 
 
+def test_students_of_a_teacher_trained_with_split_seeds_read_its_first_seed(toy, tmp_path):
+    toy.reproduce.split_seeds, toy.seed = True, 7
+    _, cells = transfer.transfer_cells(toy, tmp_path / "w")
+    assert cells[0].role == "teacher"
+    readers = {c.config.train.kd.teacher_path for c in cells if c.config.train.kd.enabled}
+    assert readers == {str(tmp_path / "w" / "teacher" / "seed_7")}
+
+
 def test_cli_builds_the_config_and_launches(monkeypatch, tmp_path):
     seen = {}
 

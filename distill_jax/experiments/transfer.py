@@ -182,8 +182,10 @@ def network_cell(spec: PoolSpec, name: str, recipe: str, teacher_path: str, scal
     return registry.Cell(f"{name}_{recipe}", label, c, "student")
 
 
-def teacher_cell(spec: PoolSpec, workdir: pathlib.Path, scale: registry.Scale, num_seeds: int):
-    """(cell, the path students read as KD teacher) for the set's training network."""
+def teacher_cell(spec: PoolSpec, workdir: pathlib.Path, scale: registry.Scale, num_seeds: int, *,
+                 split_seeds: bool = False, seed: int = 0):
+    """(cell, the path students read as KD teacher) for the set's training network; a teacher
+    trained here with split seeds is read from its first seed's run, as in `registry`."""
     c = recipes.base_config(spec.dataset, num_seeds)
     _set_data(c, spec, spec.preprocessing_field)
     c = recipes.teacher_recipe(c, _family(spec.source), spec.dataset)
@@ -191,7 +193,7 @@ def teacher_cell(spec: PoolSpec, workdir: pathlib.Path, scale: registry.Scale, n
         c = recipes.scale_config(c, epoch_divisor=scale.epoch_divisor, lr_multiplier=scale.lr_multiplier,
                                  width=spec.widths.get(c.model.name, scale.teacher_width), evals=scale.evals)
         label = f"Training network ({c.model.name}, trained here on the set, final epoch)"
-        return registry.Cell("teacher", label, c, "teacher"), str(workdir / "teacher")
+        return registry.Cell("teacher", label, c, "teacher"), registry.teacher_dir(workdir, split_seeds, seed)
     source = pathlib.Path(spec.teacher)
     c.mode, c.num_seeds = "evaluate", 1
     c.evaluate.path = spec.teacher
@@ -214,7 +216,8 @@ def transfer_cells(config, workdir) -> tuple[PoolSpec, list]:
     spec = pool_spec(config)
     scale = registry.Scale.from_config(config)
     workdir = pathlib.Path(workdir)
-    teacher, teacher_path = teacher_cell(spec, workdir, scale, config.num_seeds)
+    teacher, teacher_path = teacher_cell(spec, workdir, scale, config.num_seeds,
+                                         split_seeds=bool(config.reproduce.split_seeds), seed=config.seed)
     cells = [teacher]
     for name in spec.networks:
         for recipe in RECIPES:
