@@ -1,6 +1,8 @@
-"""Table of a reproduction that is still running: every finished run so far, nothing trained.
+"""Table of a reproduction or transfer pool that is still running: every finished run so far,
+nothing trained.
 
     python scripts/partial_table.py <experiment workdir>
+    python scripts/partial_table.py <transfer workdir> --transfer convnet,resnet18,vgg11
 
 Cells are read from record.json when the cell is complete, else from the finished
 seed_*/results.json runs under it (the 'seeds' column then says how many have finished).
@@ -11,7 +13,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from distill_jax.experiments import recipes, reproduce  # noqa: E402
+from distill_jax.experiments import recipes, reproduce, transfer  # noqa: E402
 from distill_jax.report import records, tables  # noqa: E402
 
 ORDER = ("teacher", *recipes.VARIANTS, "dp_kd")
@@ -27,18 +29,24 @@ def cell_record(cell_dir: pathlib.Path):
         return None
     merged = records.merge_seed_results(runs)
     config = runs[0]["config"]
-    return {"label": LABELS.get(cell_dir.name, cell_dir.name) + " (partial)",
+    return {"cell": cell_dir.name, "label": LABELS.get(cell_dir.name, cell_dir.name) + " (partial)",
             "network": reproduce.network_label(config["model"]["name"], config["model"].get("width"),
                                                config["model"].get("norm")),
             "epochs": config["train"]["epochs"], **merged}
 
 
-def main(workdir: str) -> None:
+def main(workdir: str, pool: str = "") -> None:
     root = pathlib.Path(workdir)
+    if pool:
+        networks = transfer.parse_networks(pool, "--transfer")
+        names = ["teacher"] + [f"{n}_{r}" for n in networks for r in transfer.RECIPES]
+        recs = [r for r in (cell_record(root / c) for c in names if (root / c).is_dir()) if r is not None]
+        print(transfer.transfer_table(recs, networks))
+        return
     cells = [c for c in ORDER if (root / c).is_dir()]
     recs = [r for r in (cell_record(root / c) for c in cells) if r is not None]
     print(tables.experiment_table(recs))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--transfer" else "")

@@ -246,6 +246,8 @@ def transfer_table(cell_records: list[dict], networks: tuple) -> str:
         b_acc = base["final_accuracy"] if base else None
         f_acc = full["final_accuracy"] if full else None
         label = (full or base or {}).get("network", name)
+        if any("(partial)" in (rec or {}).get("label", "") for rec in (base, full)):
+            label += " (partial: seeds still training)"
         if full and "no DropPath" in full["label"]:
             label += "; Full without DropPath"
         if name in EXTENSIONS:
