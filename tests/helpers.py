@@ -1,4 +1,7 @@
-"""Small builders the tests share: synthetic labelled data and dotted config overrides."""
+"""Small builders the tests share: synthetic labelled data, a toy on-disk dataset and dotted
+config overrides."""
+import pathlib
+
 import numpy as np
 
 from distill_jax import config as config_lib
@@ -40,3 +43,17 @@ def tiny_run_config(**fields):
     c.train.epochs, c.train.batch_size, c.train.augment.k = 3, 8, 1
     c.eval_every_epochs = c.checkpoint_every_epochs = c.log_every_steps = 1
     return override(c, **fields)
+
+
+def write_toy_npz_dataset(folder, classes: int = 4, size: int = 8) -> pathlib.Path:
+    """Separable size x size grey images as the 'npz' dataset (train.npz: 12 a class, test.npz: 6):
+    class-dependent brightness and a bright column, so a tiny network learns them in a few steps."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True)
+    for split, seed, per_class in (("train", 0, 12), ("test", 1, 6)):
+        rng = np.random.default_rng(seed)
+        labels = np.repeat(np.arange(classes), per_class)
+        pixels = rng.uniform(0.0, 0.4, size=(len(labels), size, size, 1)) + 0.15 * labels[:, None, None, None]
+        pixels[np.arange(len(labels)), :, 2 * labels + 1, 0] += 0.3
+        np.savez(folder / f"{split}.npz", image=np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8), label=labels)
+    return folder

@@ -14,24 +14,13 @@ import pytest
 from distill_jax import config as config_lib
 from distill_jax.formats import distilled as distilled_lib
 from distill_jax.experiments import recipes, registry, reproduce
+from helpers import write_toy_npz_dataset
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import distill as distill_configs  # noqa: E402
 from configs import pipeline as pipeline_configs  # noqa: E402
 
 CLASSES, SIZE = 4, 8
-
-
-def _write_toy_dataset(folder: pathlib.Path) -> pathlib.Path:
-    """Separable 8x8 grey images: class-dependent brightness and a bright column."""
-    folder.mkdir(parents=True)
-    for split, seed, per_class in (("train", 0, 12), ("test", 1, 6)):
-        rng = np.random.default_rng(seed)
-        labels = np.repeat(np.arange(CLASSES), per_class)
-        pixels = rng.uniform(0.0, 0.4, size=(len(labels), SIZE, SIZE, 1)) + 0.15 * labels[:, None, None, None]
-        pixels[np.arange(len(labels)), :, 2 * labels + 1, 0] += 0.3
-        np.savez(folder / f"{split}.npz", image=np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8), label=labels)
-    return folder
 
 
 def _shrink(cells, data_dir):
@@ -61,7 +50,7 @@ def _shrink(cells, data_dir):
 
 @pytest.fixture
 def toy_pipeline(tmp_path):
-    data_dir = _write_toy_dataset(tmp_path / "data")
+    data_dir = write_toy_npz_dataset(tmp_path / "data", CLASSES, SIZE)
 
     def builder(workdir, scale, *, split_seeds, num_seeds, seed):
         cells = registry.pipeline_experiment("dm", "fashion_mnist", 10, "resnet18", workdir, scale,

@@ -10,23 +10,12 @@ from distill_jax import config as config_lib
 from distill_jax import launcher
 from distill_jax.experiments import recipes, registry, transfer
 from distill_jax.formats import distilled as distilled_lib
+from helpers import write_toy_npz_dataset
 from distill_jax.report import plots
 
 CLASSES, SIZE = 4, 8
 # Shortest schedules that keep every phase whole: 1000 -> 10 epochs, 4000 -> 40, keep-rate period 5.
 TOY_SCALE = registry.Scale(epoch_divisor=100, lr_multiplier=10.0, width=2, teacher_width=4, evals=2)
-
-
-def _write_toy_dataset(folder: pathlib.Path) -> pathlib.Path:
-    """Separable 8x8 grey images as the 'npz' dataset (train.npz / test.npz)."""
-    folder.mkdir(parents=True)
-    for split, seed, per_class in (("train", 0, 12), ("test", 1, 6)):
-        rng = np.random.default_rng(seed)
-        labels = np.repeat(np.arange(CLASSES), per_class)
-        pixels = rng.uniform(0.0, 0.4, size=(len(labels), SIZE, SIZE, 1)) + 0.15 * labels[:, None, None, None]
-        pixels[np.arange(len(labels)), :, 2 * labels + 1, 0] += 0.3
-        np.savez(folder / f"{split}.npz", image=np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8), label=labels)
-    return folder
 
 
 def _write_toy_set(path: pathlib.Path, source: str = "dm") -> pathlib.Path:
@@ -40,7 +29,7 @@ def _write_toy_set(path: pathlib.Path, source: str = "dm") -> pathlib.Path:
 
 @pytest.fixture
 def toy(tmp_path):
-    data_dir = _write_toy_dataset(tmp_path / "data")
+    data_dir = write_toy_npz_dataset(tmp_path / "data", CLASSES, SIZE)
     set_path = _write_toy_set(tmp_path / "set.npz")
     config = transfer.transfer_config(set_path, "npz", networks="convnet,resnet10", num_seeds=2,
                                       widths="convnet:4", scale=TOY_SCALE, name="toy")
