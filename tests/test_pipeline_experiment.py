@@ -8,7 +8,6 @@ import json
 import sys
 import pathlib
 
-import numpy as np
 import pytest
 
 from distill_jax import config as config_lib

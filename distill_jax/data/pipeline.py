@@ -81,7 +81,7 @@ def saved_preprocessing(data_cfg, recipe: str, image_shape, train_images_uint8=N
                                             "distill_jax.data.preprocess, e.g. a distiller's distilled.preprocessing.npz)")
     prep = preprocess.load(path)
     needed = f"data.preprocessing = {data_cfg.preprocessing!r}" + (
-        f", the distilled set's own recipe" if data_cfg.preprocessing == "auto" else "")
+        ", the distilled set's own recipe" if data_cfg.preprocessing == "auto" else "")
     if prep.recipe != recipe:
         raise preprocess.PreprocessingError(f"{where}: holds a {prep.recipe!r} transform, but this run needs "
                                             f"{recipe!r} ({needed})")

@@ -158,6 +158,6 @@ def optional(value, default):
     return default if value is None else value
 
 
-__all__ = ["DistillationError", "RealData", "centred_one_hot", "features_and_logits", "image_grid",
+__all__ = ["DistillationError", "RealData", "centred_one_hot", "features_and_logits",
            "initial_images", "load_real_data", "real_data_from_arrays", "sample_per_class",
            "tree_index", "tree_set", "optional"]

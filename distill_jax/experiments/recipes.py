@@ -11,8 +11,6 @@ cannot run 4000 epochs.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import pathlib
 from typing import Optional
 
