@@ -227,6 +227,11 @@ def transfer_cells(config, workdir) -> tuple[PoolSpec, list]:
     return spec, cells
 
 
+def _records_by_cell(cell_records: list[dict]) -> dict:
+    """Records by cell name; a cell run afresh in `<cell>.<hash>` (reproduce.fresh_cell_dir) counts as `<cell>`."""
+    return {rec["cell"].split(".")[0]: rec for rec in cell_records}
+
+
 def _per_seed(acc: Optional[dict]) -> str:
     return ", ".join(f"{a:.2f}" for a in acc["per_seed"]) if acc else "not finished"
 
@@ -237,7 +242,7 @@ def _difference(a: Optional[dict], b: Optional[dict]) -> str:
 
 def transfer_table(cell_records: list[dict], networks: tuple) -> str:
     """Per network: Baseline, Full, gain (Full - Baseline), and each one's gap to the training network."""
-    by_cell = {rec["cell"].split(".")[0]: rec for rec in cell_records}
+    by_cell = _records_by_cell(cell_records)
     teacher = by_cell.get("teacher")
     t_acc = teacher["final_accuracy"] if teacher else None
     rows = []
@@ -263,7 +268,7 @@ def transfer_table(cell_records: list[dict], networks: tuple) -> str:
 
 def plot_transfer(cell_records: list[dict], networks: tuple, path, title: str = "") -> pathlib.Path:
     """Grouped bars (Baseline, Full) with ± std error bars per network; the training network as a line."""
-    by_cell = {rec["cell"].split(".")[0]: rec for rec in cell_records}
+    by_cell = _records_by_cell(cell_records)
 
     def stat(cell: str):
         acc = (by_cell.get(cell) or {}).get("final_accuracy")
