@@ -33,11 +33,13 @@ def main(argv):
         sys.exit(exit_code)
 
 
-def launch(get_config, workdir, *, verbose: bool = False, distributed: bool = False) -> int:
+def launch(get_config, workdir, *, verbose: bool = False, distributed: bool = False,
+           config_source: str = "the config given by --config") -> int:
     """Validates the config that `get_config()` returns and runs its mode in `workdir`; prints the
     result (process 0) and returns the exit code: 0, 2 for a user error (one line on stderr, a
     traceback with `verbose`), 3 for a diverged run. `launch/main.py`, `distill-jax run` and
-    `distill-jax transfer` all launch through here."""
+    `distill-jax transfer` all launch through here; `config_source` names where the config came
+    from in a loading error."""
     # Orbax and other libraries log every checkpoint step through absl at INFO; keep ours.
     logging.getLogger("absl").setLevel(logging.WARNING)
 
@@ -56,7 +58,7 @@ def launch(get_config, workdir, *, verbose: bool = False, distributed: bool = Fa
             loaded = get_config()
             loaded.keys()  # a lazily loaded config raises its loading error on first use
         except Exception as err:  # noqa: BLE001 - a missing file, a syntax error, a bad get_config argument
-            raise ConfigError(f"cannot load the config given by --config: {err}") from err
+            raise ConfigError(f"cannot load {config_source}: {err}") from err
         config = validate(loaded)
         if verbose:
             logging.info("config:\n%s", config)

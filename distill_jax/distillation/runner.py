@@ -204,9 +204,10 @@ def _distill(config, workdir: pathlib.Path, real, defaults) -> dict:
         if done % d.checkpoint_every_steps == 0 or done == end:
             paused = time.perf_counter()
             checkpointer.save(done, state, {"identity": identity, "history": history})
-            grid = image_grid.save_set_grid(workdir / "images" / f"step_{done:07d}.png", np.asarray(state["images"]),
-                                            classes, real.preprocessing, real.num_classes)
-            writer.image("distilled_images", grid, done)
+            if rundir.is_writer():  # only process 0 writes
+                grid = image_grid.save_set_grid(workdir / "images" / f"step_{done:07d}.png", np.asarray(state["images"]),
+                                                classes, real.preprocessing, real.num_classes)
+                writer.image("distilled_images", grid, done)
             window_start += time.perf_counter() - paused  # checkpoint time is not step time
     checkpointer.close()
     writer.close()

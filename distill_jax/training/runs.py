@@ -52,14 +52,17 @@ def latest_state(path) -> tuple[int, dict, dict]:
     """(step, state, meta) of the newest checkpoint of the run in `path`."""
     path = pathlib.Path(path)
     manager = ocp.CheckpointManager(path.resolve() / "checkpoints", item_names=("state", "meta"))
-    step = manager.latest_step()
-    if step is None:
-        raise RunReadError(f"{path}: no checkpoint under {path / 'checkpoints'}")
-    try:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                 meta=ocp.args.JsonRestore()))
-    except Exception as err:  # orbax raises many types for unreadable files
-        raise RunReadError(f"checkpoint {path / 'checkpoints' / str(step)} cannot be read: {err}") from err
+    try:  # closed on every path: a manager holds threads and file handles
+        step = manager.latest_step()
+        if step is None:
+            raise RunReadError(f"{path}: no checkpoint under {path / 'checkpoints'}")
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                     meta=ocp.args.JsonRestore()))
+        except Exception as err:  # orbax raises many types for unreadable files
+            raise RunReadError(f"checkpoint {path / 'checkpoints' / str(step)} cannot be read: {err}") from err
+    finally:
+        manager.close()
     return int(step), restored["state"], restored["meta"] or {}
 
 
