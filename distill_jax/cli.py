@@ -14,7 +14,7 @@ import sys
 from typing import Callable, Sequence
 
 from distill_jax import errors, launcher
-from distill_jax.experiments import registry, transfer
+from distill_jax.experiments import compare, registry, transfer
 from distill_jax.report import show
 from distill_jax.formats.distilled import FORMATS, PREPROCESSING, load_distilled, save_distilled, summarize_distilled
 
@@ -188,8 +188,32 @@ def register_transfer(subparsers) -> None:
     parser.set_defaults(handler=run_transfer)
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    labels = None if args.labels is None else args.labels.split(",")
+    done = compare.write_comparison(args.workdirs, args.out, labels=labels, paper=args.paper)
+    print(done["markdown"])
+    print(f"wrote {done['files']['md']}, {done['files']['png']} and {done['files']['json']}")
+    return 0
+
+
+def register_compare(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="one experiment run at several scales, side by side (table, orderings, curves)",
+        description="Read experiment workdirs of `reproduce` (the folders holding the cell dirs), one per scale, as "
+                    "they stand (unfinished cells from their finished seeds), and write compare.md (final test "
+                    "accuracy and last-step training accuracy per cell and scale, the ablation's orderings with "
+                    "their seed spreads), compare.png (test accuracy against epoch / epochs) and compare.json.")
+    parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="an experiment workdir, one per scale")
+    parser.add_argument("--labels", default=None, help="comma-separated column labels, one per workdir "
+                        "(default: the scale, e.g. 'epochs/5, lr ×5, width 16')")
+    parser.add_argument("--out", required=True, help="folder for compare.md, compare.png and compare.json")
+    parser.add_argument("--paper", default=None, metavar="KEY", help="add the paper's published numbers of this "
+                        f"experiment (docs/method.md §7): one of {', '.join(sorted(compare.PAPER))}")
+    parser.set_defaults(handler=run_compare)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_inspect, register_convert, register_show,
-                                                                register_run, register_transfer]
+                                                                register_run, register_transfer, register_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

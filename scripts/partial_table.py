@@ -5,34 +5,19 @@ nothing trained.
     python scripts/partial_table.py <transfer workdir> --transfer convnet,resnet18,vgg11
 
 Cells are read from record.json when the cell is complete, else from the finished
-seed_*/results.json runs under it (the 'seeds' column then says how many have finished).
+seed_*/results.json runs under it (the 'seeds' column then says how many have finished):
+`distill_jax.experiments.compare.cell_record`, which `distill-jax compare` reads with too.
 """
-import json
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from distill_jax.experiments import recipes, reproduce, transfer  # noqa: E402
-from distill_jax.report import records, tables  # noqa: E402
+from distill_jax.experiments import recipes, transfer  # noqa: E402
+from distill_jax.experiments.compare import cell_record  # noqa: E402
+from distill_jax.report import tables  # noqa: E402
 
 ORDER = ("teacher", *recipes.VARIANTS, "dp_kd")
-LABELS = {**recipes.VARIANT_LABELS, "teacher": "Teacher / ConvNet", "dp_kd": "DropPath + KD"}
-
-
-def cell_record(cell_dir: pathlib.Path):
-    if (cell_dir / "record.json").is_file():
-        return json.loads((cell_dir / "record.json").read_text())
-    runs = [json.loads(p.read_text()) for p in sorted(cell_dir.glob("seed_*/results.json"))]
-    runs = [r for r in runs if r.get("finished")]
-    if not runs:
-        return None
-    merged = records.merge_seed_results(runs)
-    config = runs[0]["config"]
-    return {"cell": cell_dir.name, "label": LABELS.get(cell_dir.name, cell_dir.name) + " (partial)",
-            "network": reproduce.network_label(config["model"]["name"], config["model"].get("width"),
-                                               config["model"].get("norm")),
-            "epochs": config["train"]["epochs"], **merged}
 
 
 def main(workdir: str, pool: str = "") -> None:

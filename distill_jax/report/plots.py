@@ -168,3 +168,58 @@ def plot_label_distribution(probabilities: np.ndarray, class_names, path, title:
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def plot_scale_curves(panels: dict, path, *, title: str = "", xlabel: str = "fraction of the schedule (epoch / epochs)",
+                      ylabel: str = "test accuracy (%)", empty_note: str = "no evaluations",
+                      references: dict | None = None) -> pathlib.Path:
+    """One panel per entry of `panels` (panel title -> {series label: (x, curves)}), one line per
+    series: the mean over seeds of `curves` (evaluations, seeds) against `x`, shaded from the
+    lowest to the highest seed. `x` None draws a final-only series (a network scored once) as a
+    dashed horizontal line at its mean. A panel without series says `empty_note`. Series keep one
+    colour across panels, so a scale reads the same everywhere. `references` (panel title ->
+    (value, label)) draws a dotted black line in that panel (e.g. a published number)."""
+    if not panels:
+        raise ValueError("plots.plot_scale_curves: no panels to draw")
+    plt = _pyplot()
+    names = list(dict.fromkeys(label for series in panels.values() for label in series))
+    colours = {label: f"C{i % 10}" for i, label in enumerate(names)}
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    for ax, (panel, series) in zip(axes.flat, panels.items()):
+        for label, (x, curves) in series.items():
+            curves = np.asarray(curves, dtype=np.float64).reshape(len(curves), -1) if len(curves) else np.zeros((0, 1))
+            if x is None:
+                ax.axhline(float(curves.mean()), ls="--", color=colours[label], label=label)
+                continue
+            x = np.asarray(x, dtype=np.float64)
+            if len(x) != len(curves):
+                plt.close(fig)
+                raise ValueError(f"plots.plot_scale_curves: panel {panel!r}, series {label!r}: {len(x)} x values "
+                                 f"for {len(curves)} evaluations")
+            ax.plot(x, curves.mean(axis=1), marker="o", ms=3, color=colours[label], label=label)
+            ax.fill_between(x, curves.min(axis=1), curves.max(axis=1), color=colours[label], alpha=0.2, lw=0)
+        if panel in (references or {}):
+            value, ref_label = references[panel]
+            ax.axhline(value, ls=":", color="black", label=ref_label)
+        if not series:
+            ax.text(0.5, 0.5, empty_note, ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlim(0, 1.02)
+        ax.grid(alpha=0.3)
+        if series or panel in (references or {}):
+            ax.legend(fontsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for i, ax in enumerate(axes.flat[:len(panels)]):
+        if i + cols >= len(panels):  # the lowest panel of its column
+            ax.set_xlabel(xlabel, fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
