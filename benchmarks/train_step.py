@@ -172,8 +172,10 @@ def build_network(config: StepConfig):
     options = {"width": config.width} if config.width else {}
     if config.norm:
         options["norm"] = config.norm
-    if config.model.startswith("resnet"):
-        options.update(droppath=config.droppath, improved_shortcut=config.improved_shortcut)
+    accepted = models.model_options(config.model)  # DropPath: ResNets, VGG-11, AlexNet; the shortcut: ResNets
+    options.update({name: value for name, value in (("droppath", config.droppath),
+                                                    ("improved_shortcut", config.improved_shortcut))
+                    if name in accepted})
     return models.build_model(config.model, num_classes=10, **options)
 
 
@@ -196,10 +198,15 @@ def _conv_implementation(choice: str):
             os.environ["DISTILL_JAX_CONV"] = before
 
 
-def _flops(cost) -> float | None:
+def _cost_value(cost, key: str) -> float | None:
+    """One entry of XLA's cost analysis ('flops', 'bytes accessed'); None where absent or zero."""
     cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-    value = float((cost or {}).get("flops", 0.0))
+    value = float((cost or {}).get(key, 0.0))
     return value if value > 0 else None
+
+
+def _flops(cost) -> float | None:
+    return _cost_value(cost, "flops")
 
 
 @dataclasses.dataclass
@@ -244,8 +251,16 @@ def model_flops(step: Callable, args: tuple) -> float | None:
     Not the compiled CPU program's own count: fast_conv walks batch chunks and seeds in loops, whose
     bodies cost analysis counts once. `args` may be abstract (jax.ShapeDtypeStruct): nothing is compiled.
     """
+    return model_cost(step, args)["flops"]
+
+
+def model_cost(step: Callable, args: tuple) -> dict:
+    """{'flops', 'bytes_accessed'} of one call of the vmapped step, from the same cost analysis as
+    model_flops. The bytes are summed over the ops of the lowered, unfused program (each op's operands
+    and results): an upper bound on memory traffic, since fusion keeps intermediates in registers."""
     with _conv_implementation("xla"):
-        return _flops(jax.jit(vmapped(step)).lower(*args).cost_analysis())
+        cost = jax.jit(vmapped(step)).lower(*args).cost_analysis()
+    return {"flops": _cost_value(cost, "flops"), "bytes_accessed": _cost_value(cost, "bytes accessed")}
 
 
 class PreparedStep:
@@ -275,10 +290,11 @@ class PreparedStep:
             self.compiled_flops = None
         self.memory_analysis = self._memory_analysis()
         try:
-            one_call = model_flops(self.step, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args))
+            one_call = model_cost(self.step, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args))
         except Exception:
-            one_call = None
-        self.flops = one_call * len(self.keys) if one_call else None
+            one_call = {"flops": None, "bytes_accessed": None}
+        self.flops = one_call["flops"] * len(self.keys) if one_call["flops"] else None
+        self.bytes_accessed = one_call["bytes_accessed"] * len(self.keys) if one_call["bytes_accessed"] else None
         program_seeds = 1 if config.sequential else config.seeds
         self.num_parameters = sum(x.size for x in jax.tree.leaves(self.states[0]["params"])) // program_seeds
 
@@ -444,7 +460,7 @@ def main(argv=None) -> dict:
     p.add_argument("--width", type=int, default=0, help="0 = the network's default width")
     p.add_argument("--norm", default="", help="instance|batch|none; default: the network's own")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "lion"))
-    p.add_argument("--droppath", action="store_true", help="ResNets: per-sample DropPath (keep rate 0.8)")
+    p.add_argument("--droppath", action="store_true", help="DropPath, keep 0.8 (ResNets, VGG-11, AlexNet)")
     p.add_argument("--improved-shortcut", action="store_true")
     p.add_argument("--kd", action="store_true", help="include the ConvNet teacher's forward")
     p.add_argument("--augment", type=int, default=0, help="k DSA ops per batch (0 = none)")
