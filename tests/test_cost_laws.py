@@ -57,6 +57,12 @@ def test_toy_run_end_to_end(tmp_path):
     assert all(r["hours"] > 0 and r["seeds"] == 1 for r in mtt_teacher)  # the ConvNet was measured
     assert all(r["hours"] is None for r in table["rows"] if r["network"] == "resnet50")
 
+    # --report: the same laws, table and files again from the JSON alone, nothing measured
+    md.unlink()
+    again = cost_laws.main(["--report", str(out), "--markdown", str(md), "--plot", str(png)])
+    assert again["laws"] == json.loads(json.dumps(laws)) and again["extrapolation"] == json.loads(json.dumps(table))
+    assert md.is_file() and json.loads(out.read_text())["cells"] == json.loads(json.dumps(cells))
+
     text = md.read_text()
     for needed in (record["cpu"]["model_name"], "family", "jax " + record["environment"]["jax"], "Load average",
                    "extrapolations from measured steps", "roofline estimate"):
@@ -115,6 +121,10 @@ def test_predictions_from_hand_made_laws():
     step, notes = cost_laws.predict_step(laws, "vgg11", 10, 1, kd=True)
     assert step == pytest.approx(1.6 * 0.5 / 3.2) and "resnet18's batch law" in notes
     assert cost_laws.predict_step(laws, "resnet50", 100, 3, kd=True) == (None, "resnet50 not measured")
+    # a ConvNet teacher trains without KD: only the ConvNet's forward leaves its step, 1.0 s / 10000 images
+    # x 100 images = 0.01 s, not the students' KD difference (0.1 s at batch 100, one seed)
+    step, notes = cost_laws.predict_step(laws, "convnet", 100, 1, kd=False)
+    assert step == pytest.approx(0.4 - 0.01) and "teacher's forward" in notes
     assert cost_laws.predict_eval(laws, "resnet18", 3) == 30.0  # no eval seed law: linear
     assert cost_laws.predict_eval(_laws(seeds_eval={"a": 5.0, "b": 5.0}), "resnet18", 3) == 20.0
 
@@ -154,6 +164,13 @@ def test_paper_table_rows_follow_the_recipes():
     assert {r["epochs"] for r in rows if r["variant"] == "baseline"} == {1000}
     teachers = [r for r in rows if r["variant"] == "teacher"]
     assert {r["network"] for r in teachers} == {"convnet", "convnet_frepo"} and not any(r["kd"] for r in teachers)
+
+
+def test_report_of_an_unfinished_run_is_refused(tmp_path):
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"partial": True, "cells": []}))
+    with pytest.raises(SystemExit, match="partial.json: not a finished cost-laws run"):
+        cost_laws.main(["--report", str(partial)])
 
 
 def test_cpu_description_and_plan_errors(tmp_path):
