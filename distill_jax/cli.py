@@ -159,7 +159,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         return c
 
     launcher.setup_logging(replace=True)
-    return launcher.launch(config, args.workdir, verbose=args.verbose)
+    return launcher.launch(config, args.workdir, verbose=args.verbose,
+                           config_source="the config built from the transfer arguments")
 
 
 def register_transfer(subparsers) -> None:

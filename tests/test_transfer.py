@@ -176,8 +176,9 @@ def test_students_of_a_teacher_trained_with_split_seeds_read_its_first_seed(toy,
 def test_cli_builds_the_config_and_launches(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_launch(get_config, workdir, *, verbose=False, distributed=False):
+    def fake_launch(get_config, workdir, *, verbose=False, distributed=False, config_source=""):
         seen["config"], seen["workdir"] = config_lib.validate(get_config()), workdir
+        seen["source"] = config_source
         return 0
 
     monkeypatch.setattr(launcher, "launch", fake_launch)
@@ -189,6 +190,14 @@ def test_cli_builds_the_config_and_launches(monkeypatch, tmp_path):
     assert c.mode == "transfer" and c.transfer.networks == "resnet18,vit" and c.num_seeds == 2
     assert c.transfer.widths == "vit:64" and c.reproduce.width == 16 and c.reproduce.epoch_divisor == 5
     assert c.reproduce.split_seeds and seen["workdir"] == str(tmp_path / "w")
+    assert seen["source"] == "the config built from the transfer arguments"
+
+
+def test_cli_names_the_transfer_arguments_when_the_config_cannot_be_built(tmp_path, capsys):
+    code = cli.main(["transfer", "published:frepo_cifar10_7", "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot load the config built from the transfer arguments" in err and "images per class" in err
+    assert "--config" not in err and not (tmp_path / "w").exists()
 
 
 def test_cli_needs_a_dataset_for_a_set_file(tmp_path, capsys):
