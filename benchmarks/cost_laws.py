@@ -26,7 +26,9 @@ those of the unfused program, an upper bound). A cell keeping fewer than 1.3 cor
 
 The full-length table is an extrapolation from measured steps, never a measurement: steps x
 the predicted step time (the network's batch law, the base cell's seed law, the KD cost
-measured once) + evaluations x the measured evaluation time.
+measured once; a ConvNet teacher's own step loses only its KD teacher's forward, taken from that
+network's evaluation time) + evaluations x the measured evaluation time. `--report` redoes the
+laws and the table from a saved JSON.
 """
 from __future__ import annotations
 
