@@ -610,13 +610,6 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _value_ticks(ax, values) -> None:
     """Ticks at the measured values, written plainly (log axes would print 2 x 10^0)."""
     import matplotlib.ticker
@@ -698,7 +691,7 @@ def rerender(path: str, md_path: str = "", png_path: str = "") -> dict:
     stem = path[:-5] if path.endswith(".json") else path
     md_path, png_path = md_path or stem + ".md", png_path or stem + ".png"
     ts.write_json(path, record)
-    _write_text(md_path, markdown(record))
+    ts.write_text(md_path, markdown(record))
     plot(record, png_path)
     print(f"JSON: {path}  Markdown: {md_path}  plot: {png_path}  (re-rendered, nothing measured)")
     return record
@@ -754,7 +747,7 @@ def main(argv=None) -> dict:
     record = {**head, "partial": False, "cells": cells, "laws": laws, "extrapolation": extrapolate(laws, table_rows()),
               "load_after": list(os.getloadavg()), "total_s": time.perf_counter() - start}
     ts.write_json(out, record)
-    _write_text(md_path, markdown(record))
+    ts.write_text(md_path, markdown(record))
     plot(record, png_path)
     print_summary(record)
     print(f"\nJSON: {out}  Markdown: {md_path}  plot: {png_path}  ({record['total_s'] / 60:.1f} wall min)")

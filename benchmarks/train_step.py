@@ -437,11 +437,16 @@ def environment() -> dict:
             "distill_jax_conv": os.environ.get("DISTILL_JAX_CONV", ""), "load_average": list(os.getloadavg())}
 
 
-def write_json(path: str, record: dict) -> None:
+def write_text(path: str, text: str) -> None:
+    """Written to a temporary file, then renamed: a reader never sees half a file."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str, record: dict) -> None:
+    write_text(path, json.dumps(record, indent=1))
 
 
 def _fmt(value, spec: str, missing: str = "?") -> str:

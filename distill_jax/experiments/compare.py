@@ -433,7 +433,7 @@ def _seed_order_text(o: dict) -> str:
 
 def _mean_std(values: Sequence[float]) -> str:
     s = metrics_lib.summarize(values)
-    return f"{s['mean']:.2f} ± {s['std']:.2f}" if len(values) > 1 else f"{s['mean']:.2f}"
+    return tables.format_mean_std(s) if len(values) > 1 else f"{s['mean']:.2f}"
 
 
 def orderings_table(scales: Sequence[dict], paper: Optional[dict] = None) -> str:
