@@ -201,26 +201,36 @@ def _vmap_friendly(fn: Callable, foldable: tuple[bool, ...]) -> Callable:
     return wrapped
 
 
-def make_conv2d(kernel_grad_fn: Callable = kernel_grad_by_taps) -> Callable:
-    """conv(x, kernel, strides, pads): XLA forward and input gradient, `kernel_grad_fn` for dL/dkernel.
+def xla_input_grad(x: jax.Array, kernel: jax.Array, grad_out: jax.Array, strides, pads) -> jax.Array:
+    """dL/dx through XLA's own transposed convolution."""
+    _, input_vjp = jax.vjp(lambda x_: xla_conv2d(x_, kernel, strides, pads), x)
+    return input_vjp(grad_out)[0]
 
-    strides and pads are static hashable tuples (nondiff_argnums). Every piece is
-    wrapped by _vmap_friendly, so vmapping over seeds of kernels stays fast.
+
+def make_conv2d(
+    kernel_grad_fn: Callable = kernel_grad_by_taps,
+    conv_fn: Callable = xla_conv2d,
+    input_grad_fn: Callable = xla_input_grad,
+) -> Callable:
+    """conv(x, kernel, strides, pads) from three pieces: forward, dL/dx and dL/dkernel.
+
+    Defaults: XLA's forward and input gradient, the tap-by-tap kernel gradient.
+    conv_fn(x, kernel, strides, pads); input_grad_fn(x, kernel, grad_out, strides, pads);
+    kernel_grad_fn(x, grad_out, kernel_hw, strides, pads). strides and pads are static
+    hashable tuples (nondiff_argnums). Every piece is wrapped by _vmap_friendly, so
+    vmapping over seeds of kernels stays fast.
     """
 
     def conv_value(x, kernel, strides, pads):
-        return _vmap_friendly(lambda x_, k_: xla_conv2d(x_, k_, strides, pads), (True, False))(x, kernel)
+        return _vmap_friendly(lambda x_, k_: conv_fn(x_, k_, strides, pads), (True, False))(x, kernel)
 
     def forward(x, kernel, strides, pads):
         return conv_value(x, kernel, strides, pads), (x, kernel)
 
-    def input_grad(x, kernel, grad_out, strides, pads):
-        _, input_vjp = jax.vjp(lambda x_: xla_conv2d(x_, kernel, strides, pads), x)
-        return input_vjp(grad_out)[0]
-
     def backward(strides, pads, residuals, grad_out):
         x, kernel = residuals
-        grad_x = _vmap_friendly(lambda x_, k_, g_: input_grad(x_, k_, g_, strides, pads), (True, False, True))(x, kernel, grad_out)
+        grad_x = _vmap_friendly(lambda x_, k_, g_: input_grad_fn(x_, k_, g_, strides, pads), (True, False, True))(
+            x, kernel, grad_out)
         grad_kernel = _vmap_friendly(
             lambda x_, g_: kernel_grad_fn(x_, g_, kernel.shape[-4:-2], strides, pads), (False, False)
         )(x, grad_out)
@@ -245,13 +255,18 @@ def conv2d(
     Same result as lax.conv_general_dilated with NHWC/HWIO/NHWC; its kernel
     gradient is computed tap by tap (see module docstring).
     """
+    strides, pads = check_conv_args(x, kernel, strides, padding)
+    return _fast_conv(x, kernel, strides, pads)
+
+
+def check_conv_args(x: jax.Array, kernel: jax.Array, strides, padding: PaddingLike):
+    """Checks ranks and channels; returns (strides pair, explicit pads) for a conv2d."""
     if x.ndim != 4 or kernel.ndim != 4:
         raise ValueError(f"{_WHERE}: conv2d expects x of rank 4 (N, H, W, C) and kernel of rank 4 (kh, kw, C, F), got shapes {x.shape} and {kernel.shape}")
     if x.shape[-1] != kernel.shape[2]:
         raise ValueError(f"{_WHERE}: conv2d input channels {x.shape[-1]} do not match kernel input channels {kernel.shape[2]} (kernel shape {kernel.shape})")
     strides = _pair(strides, "strides")
-    pads = explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
-    return _fast_conv(x, kernel, strides, pads)
+    return strides, explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
 
 
 class Conv(nn.Module):

@@ -6,6 +6,8 @@ symmetric padding k // 2, and (weight_init='torch') torch's default U(-1/sqrt(fa
 1/sqrt(fan_in)) for weights and biases, or (weight_init='flax') Flax's lecun-normal / zeros.
 The option is not called `init` because a linen field of that name would hide Module.init.
 """
+import functools
+import logging
 import math
 import os
 from typing import Callable
@@ -14,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from distill_jax.models import fast_conv
+from distill_jax.models import fast_conv, onednn_conv
 
 NORM_KINDS = ("batch", "instance", "none")
 # The test networks' norm when nothing says otherwise: batch norm, as the reference code trains
@@ -77,26 +79,47 @@ class Conv(nn.Module):
         return conv2d(x, kernel, self.strides, pad) + bias
 
 
-def conv_implementation() -> str:
-    """'taps' (fast_conv) on CPU, 'xla' elsewhere; DISTILL_JAX_CONV=xla|taps overrides.
+CONV_IMPLEMENTATIONS = ("xla", "taps", "onednn")
 
-    On CPU, XLA's kernel gradient is slow and vmapping per-seed kernels becomes a slow
-    grouped convolution; fast_conv fixes both (benchmarks/README.md). On GPU/TPU XLA's
-    own convolution is the fast one. fast_conv has no second derivatives, so code that
-    needs grad-of-grad through a network sets DISTILL_JAX_CONV=xla.
+
+def conv_implementation() -> str:
+    """Which convolution the networks use: DISTILL_JAX_CONV=xla|taps|onednn, else the platform's fastest.
+
+    On CPU: 'onednn' (oneDNN kernels that use every core; onednn_conv) where it can be built,
+    else 'taps' (fast_conv: XLA's forward and a fast kernel gradient), with the reason logged
+    once. XLA alone is slow on CPU: it runs narrow convolutions on one thread, computes the
+    kernel gradient slowly and turns per-seed kernels under vmap into a slow grouped
+    convolution (benchmarks/README.md). On GPU/TPU XLA's own convolution is the fast one.
+    Neither 'onednn' nor 'taps' has second derivatives, so code that needs grad-of-grad
+    through a network sets DISTILL_JAX_CONV=xla.
     """
     choice = os.environ.get("DISTILL_JAX_CONV", "")
     if choice:
-        if choice not in ("xla", "taps"):
-            raise ValueError(f"environment variable DISTILL_JAX_CONV={choice!r}; expected 'xla' or 'taps'")
+        if choice not in CONV_IMPLEMENTATIONS:
+            raise ValueError(f"environment variable DISTILL_JAX_CONV={choice!r}; expected one of {CONV_IMPLEMENTATIONS}")
+        if choice == "onednn":
+            onednn_conv.require()
         return choice
-    return "taps" if jax.default_backend() == "cpu" else "xla"
+    if jax.default_backend() != "cpu":
+        return "xla"
+    if onednn_conv.unavailable_reason() is None:
+        return "onednn"
+    _log_fallback_once(onednn_conv.unavailable_reason())
+    return "taps"
+
+
+@functools.cache
+def _log_fallback_once(reason: str) -> None:
+    logging.warning("convolutions: oneDNN unavailable, using fast_conv (slower on CPU): %s", reason)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: int, pad: int) -> jax.Array:
     """The one convolution every network uses (symmetric padding `pad`, NHWC/HWIO)."""
     pads = ((pad, pad), (pad, pad))
-    if conv_implementation() == "taps":
+    implementation = conv_implementation()
+    if implementation == "onednn" and x.dtype == jnp.float32 and kernel.dtype == jnp.float32:
+        return onednn_conv.conv2d(x, kernel, strides, pads)
+    if implementation != "xla":
         return fast_conv.conv2d(x, kernel, strides, pads)
     return jax.lax.conv_general_dilated(x, kernel, window_strides=(strides, strides), padding=pads,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))

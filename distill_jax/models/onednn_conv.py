@@ -1,0 +1,169 @@
+"""2-D convolutions computed by oneDNN inside XLA's CPU programs (FFI custom calls).
+
+Why: XLA:CPU runs every convolution with fewer than 128 output channels on one thread,
+and the narrow first stages of ResNet-18 (and every stage of the width-16 networks) are
+such convolutions. oneDNN's kernels keep all cores busy and use the CPU's vector
+extensions: on a 2-core AVX-512 Xeon, (100, 32, 32, 64) 3x3 64->64 takes 40 ms forward
+against XLA's 117 ms (benchmarks/README.md, "oneDNN convolutions").
+
+The C++ source ships as distill_jax/models/kernels/onednn_conv.cc. On first use it is
+compiled with the system C++ compiler ($CXX, else g++) against oneDNN (Debian's
+libdnnl-dev, which launch/setup.sh installs) and JAX's FFI headers, into a cache folder
+($DISTILL_JAX_KERNEL_CACHE, else ~/.cache/distill_jax) under a name keyed by the source,
+jaxlib's version and the compiler; it is written under a temporary name and renamed, so
+concurrent processes never load a half-written library.
+
+`conv2d` has the fast_conv interface and limits (float32, first-order reverse mode; see
+fast_conv's docstring) and the same vmap handling of per-seed kernels.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+from distill_jax.models import fast_conv
+
+SOURCE = Path(__file__).resolve().parent / "kernels" / "onednn_conv.cc"
+CACHE_ENV = "DISTILL_JAX_KERNEL_CACHE"
+# FFI target name -> the C++ handler symbol.
+_TARGETS = {
+    "distill_onednn_conv_forward": "DistillOnednnConvForward",
+    "distill_onednn_conv_input_grad": "DistillOnednnConvInputGrad",
+    "distill_onednn_conv_kernel_grad": "DistillOnednnConvKernelGrad",
+}
+_WHERE = "distill_jax/models/onednn_conv.py"
+
+
+class OnednnUnavailable(RuntimeError):
+    """The oneDNN convolution library cannot be built or loaded here (the message says why)."""
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX") or "g++"
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels live: $DISTILL_JAX_KERNEL_CACHE, else $XDG_CACHE_HOME (or ~/.cache)/distill_jax."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distill_jax"
+
+
+def library_path() -> Path:
+    """The compiled library's path, keyed by the source, jaxlib's version and the compiler."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + f"|{jaxlib.__version__}|{_compiler()}".encode()).hexdigest()[:16]
+    return cache_dir() / f"onednn_conv-{digest}.so"
+
+
+def build(path: Path | None = None) -> Path:
+    """Compiles the kernels to `path` (default library_path()) unless already there; returns the path."""
+    path = library_path() if path is None else Path(path)
+    if path.exists():
+        return path
+    compiler = _compiler()
+    if shutil.which(compiler) is None:
+        raise OnednnUnavailable(
+            f"{_WHERE}: C++ compiler {compiler!r} not found (set $CXX, or install g++ and libdnnl-dev: launch/setup.sh does)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
+               str(SOURCE), "-o", tmp, "-ldnnl"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise OnednnUnavailable(
+                f"{_WHERE}: compiling {SOURCE.name} failed (is oneDNN installed? Debian: apt-get install libdnnl-dev):\n"
+                f"{' '.join(command)}\n{result.stderr[-2000:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+@functools.cache
+def _load() -> None:
+    """Builds (if needed) and loads the library, then registers its FFI targets once per process."""
+    path = build()
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as error:
+        raise OnednnUnavailable(f"{_WHERE}: cannot load {path}: {error}") from error
+    for target, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """None when the oneDNN convolutions work in this process, else why not (cached)."""
+    try:
+        _load()
+    except OnednnUnavailable as error:
+        return str(error)
+    return None
+
+
+def require() -> None:
+    """Raises OnednnUnavailable (with the reason) unless the oneDNN convolutions can run."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise OnednnUnavailable(reason)
+
+
+def _attrs(strides, pads) -> dict:
+    (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
+    return {name: np.int64(value) for name, value in zip(("sh", "sw", "pt", "pb", "pl", "pr"), (sh, sw, pt, pb, pl, pr))}
+
+
+def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, strides, pads) -> jax.Array:
+    require()
+    out = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
+        a.astype(jnp.float32), b.astype(jnp.float32), **_attrs(strides, pads))
+
+
+def _out_hw(x_shape, kernel_shape, strides, pads) -> tuple[int, int]:
+    return tuple((x_shape[1 + i] + sum(pads[i]) - kernel_shape[i]) // strides[i] + 1 for i in range(2))
+
+
+def forward(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+    """y (N, Ho, Wo, F) = conv(x (N, H, W, C), kernel (kh, kw, C, F))."""
+    shape = (x.shape[0], *_out_hw(x.shape, kernel.shape, strides, pads), kernel.shape[3])
+    return _call("distill_onednn_conv_forward", shape, x, kernel, strides, pads)
+
+
+def input_grad(x: jax.Array, kernel: jax.Array, grad_out: jax.Array, strides, pads) -> jax.Array:
+    """dL/dx from dL/dy (only x's shape is read)."""
+    return _call("distill_onednn_conv_input_grad", x.shape, grad_out, kernel, strides, pads)
+
+
+def kernel_grad(x: jax.Array, grad_out: jax.Array, kernel_hw, strides, pads) -> jax.Array:
+    """dL/dkernel (kh, kw, C, F) from x and dL/dy."""
+    return _call("distill_onednn_conv_kernel_grad", tuple(kernel_hw) + (x.shape[3], grad_out.shape[3]),
+                 x, grad_out, strides, pads)
+
+
+_onednn_conv = fast_conv.make_conv2d(kernel_grad, conv_fn=forward, input_grad_fn=input_grad)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, strides=1, padding: fast_conv.PaddingLike = "SAME") -> jax.Array:
+    """fast_conv.conv2d's interface and result, every piece computed by oneDNN (float32)."""
+    strides, pads = fast_conv.check_conv_args(x, kernel, strides, padding)
+    return _onednn_conv(x, kernel, strides, pads)
+
+
+if __name__ == "__main__":  # python -m distill_jax.models.onednn_conv: build now (launch/setup.sh)
+    reason = unavailable_reason()
+    print(f"oneDNN convolutions: {'ready, ' + str(library_path()) if reason is None else 'unavailable: ' + reason}")
