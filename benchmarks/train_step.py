@@ -13,8 +13,9 @@ no DropPath, the network's default norm (--norm batch for the ResNets of the com
 Per cell: compile time (trace + lower + XLA compile), the median wall time and the median
 process CPU time (all threads) of a step after one warm-up step, images/s, FLOPs per step,
 model FLOPs utilisation (MFU) and peak memory. FLOPs are XLA's cost analysis of the step
-written with XLA's own convolution (DISTILL_JAX_CONV=xla): the CPU default, fast_conv, walks
-batch chunks and seeds in loops, whose bodies cost analysis counts once. The peak FLOP/s of a
+written with XLA's own convolution (DISTILL_JAX_CONV=xla): cost analysis cannot see inside the
+CPU default's oneDNN custom calls, and fast_conv walks batch chunks and seeds in loops, whose
+bodies it counts once. The peak FLOP/s of a
 device comes from PEAK_FLOPS (accelerators, dense, per compute precision) or, on CPU, from
 cores x clock x FLOPs per cycle: an estimate, labelled as such. On CPU under load the wall MFU
 is mostly the share of the cores this process got; `mfu_cpu` divides by CPU seconds instead.
@@ -248,8 +249,8 @@ def vmapped(step: Callable) -> Callable:
 def model_flops(step: Callable, args: tuple) -> float | None:
     """FLOPs of one call of the vmapped step, from XLA's cost analysis of its XLA-convolution form.
 
-    Not the compiled CPU program's own count: fast_conv walks batch chunks and seeds in loops, whose
-    bodies cost analysis counts once. `args` may be abstract (jax.ShapeDtypeStruct): nothing is compiled.
+    Not the compiled CPU program's own count: oneDNN custom calls are opaque to cost analysis, and
+    fast_conv walks batch chunks and seeds in loops, whose bodies it counts once. `args` may be abstract (jax.ShapeDtypeStruct): nothing is compiled.
     """
     return model_cost(step, args)["flops"]
 
