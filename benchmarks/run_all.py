@@ -215,9 +215,12 @@ def gpu_device_plan(repeats: int | None = None, *, toy: bool = False) -> list[Gr
     cells += [_jax(f"jax_s{n}", model, batch, seeds=n, **extra) for n in (3, 5)]
     cells += [_jax("jax_seq5", model, batch, seeds=5, sequential=True, **extra),
               _torch("torch_seq5", model, batch, seeds=5, device=device, **extra)]
+    # XLA's own convolutions, one per seed under vmap instead of a grouped convolution
+    cells += [Cell(f"jax_s{n}_per_seed", "jax", {"model": model, "batch": batch, "seeds": n, **extra},
+                   {"DISTILL_JAX_CONV": "xla_per_seed"}) for n in (3, 5)]
     return [Group(f"{model}_b{batch}", cells, repeats or (2 if toy else 20), parallel_build=True,
-                  compare=[("jax", "torch"), ("jax_s5", "torch_seq5")],
-                  scaling=("jax", ["jax_s3", "jax_s5"], "torch"))]
+                  compare=[("jax", "torch"), ("jax_s5", "torch_seq5"), ("jax_s5_per_seed", "torch_seq5")],
+                  scaling=("jax", ["jax_s3", "jax_s5", "jax_s3_per_seed", "jax_s5_per_seed"], "torch"))]
 
 
 def smoke_plan(repeats: int | None = None) -> list[Group]:
@@ -380,7 +383,7 @@ def scaling_rows(group: dict, scaling) -> list[dict]:
             seq_walls, seq_cpus, how = seq["walls"], seq["cpus"], "measured"
         else:
             seq_walls, seq_cpus, how = [n * w for w in base["walls"]], [n * c for c in base["cpus"]], f"{n} x 1-seed step"
-        row = {"group": group["name"], "seeds": n, "vmapped_wall_s": _median(cell["walls"]),
+        row = {"group": group["name"], "cell": label, "seeds": n, "vmapped_wall_s": _median(cell["walls"]),
                "vmapped_cpu_s": _median(cell["cpus"]), "sequential_wall_s": _median(seq_walls),
                "sequential_cpu_s": _median(seq_cpus), "sequential_is": how,
                "speedup_wall": paired_ratio(seq_walls, cell["walls"]), "speedup_cpu": paired_ratio(seq_cpus, cell["cpus"]),
@@ -424,10 +427,10 @@ def format_tables(cells: list[dict], compares: list[dict], scalings: list[dict])
                      f"{_f(r['torch_cpu_s'], '8.3f')} {_f(r['cpu_ratio'], '6.2f')}")
     if scalings:
         lines += ["", "Seeds per program: N vmapped in one program vs N one after another (speed-up > 1: vmap wins)",
-                  f"{'group':14s} {'N':>3s} {'vmap wall':>9s} {'seq wall':>9s} {'speedup':>7s} {'vmap CPU':>9s} "
+                  f"{'group':14s} {'cell':16s} {'N':>3s} {'vmap wall':>9s} {'seq wall':>9s} {'speedup':>7s} {'vmap CPU':>9s} "
                   f"{'seq CPU':>9s} {'speedup':>7s} {'vs PT seq (wall/CPU)':>21s}  sequential is"]
         for r in scalings:
-            lines.append(f"{r['group']:14s} {r['seeds']:3d} {_f(r['vmapped_wall_s'], '9.3f')} "
+            lines.append(f"{r['group']:14s} {r['cell']:16s} {r['seeds']:3d} {_f(r['vmapped_wall_s'], '9.3f')} "
                          f"{_f(r['sequential_wall_s'], '9.3f')} {_f(r['speedup_wall'], '7.2f')} "
                          f"{_f(r['vmapped_cpu_s'], '9.3f')} {_f(r['sequential_cpu_s'], '9.3f')} "
                          f"{_f(r['speedup_cpu'], '7.2f')} {_f(r['vs_torch_sequential_wall'], '10.2f')} "

@@ -207,6 +207,13 @@ def xla_input_grad(x: jax.Array, kernel: jax.Array, grad_out: jax.Array, strides
     return input_vjp(grad_out)[0]
 
 
+def xla_kernel_grad(x: jax.Array, grad_out: jax.Array, kernel_hw, strides, pads) -> jax.Array:
+    """dL/dkernel (HWIO) through XLA's own kernel-gradient convolution."""
+    kernel = jnp.zeros(tuple(kernel_hw) + (x.shape[-1], grad_out.shape[-1]), x.dtype)
+    _, kernel_vjp = jax.vjp(lambda k_: xla_conv2d(x, k_, strides, pads), kernel)
+    return kernel_vjp(grad_out)[0]
+
+
 def make_conv2d(
     kernel_grad_fn: Callable = kernel_grad_by_taps,
     conv_fn: Callable = xla_conv2d,
@@ -242,6 +249,9 @@ def make_conv2d(
 
 
 _fast_conv = make_conv2d(kernel_grad_by_taps)
+# XLA's three convolutions, only wrapped so that per-seed kernels under vmap stay one
+# convolution per seed (on GPU, XLA's grouped convolution is slow: benchmarks/README.md, "GPU run").
+_per_seed_xla_conv = make_conv2d(xla_kernel_grad)
 
 
 def conv2d(
@@ -257,6 +267,13 @@ def conv2d(
     """
     strides, pads = check_conv_args(x, kernel, strides, padding)
     return _fast_conv(x, kernel, strides, pads)
+
+
+def per_seed_xla_conv2d(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int] = 1,
+                        padding: PaddingLike = "SAME") -> jax.Array:
+    """conv2d's interface; every piece is XLA's own convolution, one per seed under vmap."""
+    strides, pads = check_conv_args(x, kernel, strides, padding)
+    return _per_seed_xla_conv(x, kernel, strides, pads)
 
 
 def check_conv_args(x: jax.Array, kernel: jax.Array, strides, padding: PaddingLike):

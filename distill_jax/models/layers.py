@@ -79,17 +79,19 @@ class Conv(nn.Module):
         return conv2d(x, kernel, self.strides, pad) + bias
 
 
-CONV_IMPLEMENTATIONS = ("xla", "taps", "onednn")
+CONV_IMPLEMENTATIONS = ("xla", "taps", "onednn", "xla_per_seed")
 
 
 def conv_implementation() -> str:
-    """Which convolution the networks use: DISTILL_JAX_CONV=xla|taps|onednn, else the platform's fastest.
+    """Which convolution the networks use: DISTILL_JAX_CONV=xla|taps|onednn|xla_per_seed, else the platform's fastest.
 
     On CPU: 'onednn' (oneDNN kernels that use every core; onednn_conv) where it can be built,
     else 'taps' (fast_conv: XLA's forward and a fast kernel gradient), with the reason logged
     once. XLA alone is slow on CPU: it runs narrow convolutions on one thread, computes the
     kernel gradient slowly and turns per-seed kernels under vmap into a slow grouped
-    convolution (benchmarks/README.md). On GPU/TPU XLA's own convolution is the fast one.
+    convolution (benchmarks/README.md). On GPU/TPU XLA's own convolution is the fast one;
+    'xla_per_seed' keeps it but runs per-seed kernels under vmap as one convolution per seed
+    rather than XLA's grouped convolution.
     Neither 'onednn' nor 'taps' has second derivatives, so code that needs grad-of-grad
     through a network sets DISTILL_JAX_CONV=xla.
     """
@@ -119,6 +121,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: int, pad: int) -> jax.Array
     implementation = conv_implementation()
     if implementation == "onednn" and x.dtype == jnp.float32 and kernel.dtype == jnp.float32:
         return onednn_conv.conv2d(x, kernel, strides, pads)
+    if implementation == "xla_per_seed":
+        return fast_conv.per_seed_xla_conv2d(x, kernel, strides, pads)
     if implementation != "xla":
         return fast_conv.conv2d(x, kernel, strides, pads)
     return jax.lax.conv_general_dilated(x, kernel, window_strides=(strides, strides), padding=pads,
