@@ -259,3 +259,28 @@ def test_seed_vmap_unrolled_and_looped_paths_agree_with_xla(monkeypatch, unroll)
     ours = jax.vmap(jax.value_and_grad(lambda k: loss(lambda a, b: fast_conv.conv2d(a, b, 1, pads), k)))(kernels)
     ref = jax.vmap(jax.value_and_grad(lambda k: loss(lambda a, b: fast_conv.xla_conv2d(a, b, (1, 1), pads), k)))(kernels)
     chex.assert_trees_all_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_per_seed_xla_conv_equals_xla_under_vmap_over_seed_kernels():
+    """xla_per_seed (the GPU default): XLA's own convolutions, one per seed under vmap."""
+    xs, kernels = normal((3, 4, 9, 9, 5), 0), normal((3, 3, 3, 5, 6), 1)
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(jnp.sin(conv(x, k, (2, 2), ((1, 1), (1, 1)))))
+
+    got = jax.jit(jax.vmap(jax.value_and_grad(loss(fast_conv.per_seed_xla_conv2d), argnums=(0, 1))))(xs, kernels)
+    want = jax.vmap(jax.value_and_grad(loss(lax_conv), argnums=(0, 1)))(xs, kernels)
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-4)
+    # one convolution per seed, no grouped convolution
+    hlo = jax.jit(jax.vmap(loss(fast_conv.per_seed_xla_conv2d))).lower(xs, kernels).as_text()
+    assert "feature_group_count = 3" not in hlo and hlo.count("stablehlo.convolution") == 3
+
+
+def test_gpu_default_is_per_seed_xla(monkeypatch):
+    from distill_jax.models import layers
+
+    monkeypatch.delenv("DISTILL_JAX_CONV", raising=False)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert layers.conv_implementation() == "xla_per_seed"
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    assert layers.conv_implementation() == "xla"
