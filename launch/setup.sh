@@ -18,4 +18,4 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
 # Compile the oneDNN convolutions now rather than in the first run; says why if it cannot.
-.venv/bin/python -m distill_jax.models.onednn_conv
+.venv/bin/python -c 'from distill_jax.models import onednn_conv; print(onednn_conv.status())'

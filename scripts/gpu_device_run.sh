@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The device run: one command for a lent accelerator (one H200), everything written under $OUT.
-# NOT RUN ON A DEVICE YET: written and dry-run on CPU only (tests/test_gpu_bundle.py).
+# Ran as written on a lent H200 (2026-11-28: benchmarks/README.md, "GPU run"); dry-run on CPU by tests/test_gpu_bundle.py.
 #
 #   1. checks the bundle (scripts/gpu_bundle.sh) against its SHA256SUMS and installs its wheels
 #      (ml-collections, tensorboardX) with pip --no-index into $WORK/site;

@@ -147,3 +147,7 @@ def test_concurrent_calls_from_xla_threads_do_not_hang(tmp_path):
     env = dict(os.environ, XLA_FLAGS="")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_status_line_names_the_library():
+    assert onednn_conv.status() == f"oneDNN convolutions: ready, {onednn_conv.library_path()}"

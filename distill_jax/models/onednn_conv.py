@@ -169,6 +169,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides=1, padding: fast_conv.Paddin
     return _onednn_conv(x, kernel, strides, pads)
 
 
-if __name__ == "__main__":  # python -m distill_jax.models.onednn_conv: build now (launch/setup.sh)
+
+def status() -> str:
+    """One line for setup scripts: where the compiled library is, or why it cannot be built."""
     reason = unavailable_reason()
-    print(f"oneDNN convolutions: {'ready, ' + str(library_path()) if reason is None else 'unavailable: ' + reason}")
+    return f"oneDNN convolutions: {'ready, ' + str(library_path()) if reason is None else 'unavailable: ' + reason}"
