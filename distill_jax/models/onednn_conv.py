@@ -4,13 +4,13 @@ Why: XLA:CPU runs every convolution with fewer than 128 output channels on one t
 and the narrow first stages of ResNet-18 (and every stage of the width-16 networks) are
 such convolutions. oneDNN's kernels keep all cores busy and use the CPU's vector
 extensions: on a 2-core AVX-512 Xeon, (100, 32, 32, 64) 3x3 64->64 takes 40 ms forward
-against XLA's 117 ms (benchmarks/README.md, "oneDNN convolutions").
+against XLA's 117 ms (benchmarks/README.md, "The CPU default since the fourth session").
 
 The C++ source ships as distill_jax/models/kernels/onednn_conv.cc. On first use it is
 compiled with the system C++ compiler ($CXX, else g++) against oneDNN (Debian's
 libdnnl-dev, which launch/setup.sh installs) and JAX's FFI headers, into a cache folder
 ($DISTILL_JAX_KERNEL_CACHE, else ~/.cache/distill_jax) under a name keyed by the source,
-jaxlib's version and the compiler; it is written under a temporary name and renamed, so
+jaxlib's version, the compiler and oneDNN's version; it is written under a temporary name and renamed, so
 concurrent processes never load a half-written library.
 
 `conv2d` has the fast_conv interface and limits (float32, first-order reverse mode; see
@@ -60,9 +60,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distill_jax"
 
 
+# oneDNN's version header (Debian's libdnnl-dev): part of the cache key, so an upgraded oneDNN
+# gets a freshly compiled library.
+_ONEDNN_VERSION_HEADER = Path("/usr/include/oneapi/dnnl/dnnl_version.h")
+
+
 def library_path() -> Path:
-    """The compiled library's path, keyed by the source, jaxlib's version and the compiler."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + f"|{jaxlib.__version__}|{_compiler()}".encode()).hexdigest()[:16]
+    """The compiled library's path, keyed by the source, jaxlib's version, the compiler and oneDNN's version."""
+    onednn = _ONEDNN_VERSION_HEADER.read_bytes() if _ONEDNN_VERSION_HEADER.is_file() else b""
+    digest = hashlib.sha256(SOURCE.read_bytes() + f"|{jaxlib.__version__}|{_compiler()}|".encode() + onednn).hexdigest()[:16]
     return cache_dir() / f"onednn_conv-{digest}.so"
 
 

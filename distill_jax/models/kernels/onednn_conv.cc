@@ -1,7 +1,7 @@
 // 2-D convolution pieces (NHWC activations, HWIO kernels, float32) for XLA's CPU backend,
 // computed by oneDNN. Why: XLA:CPU runs convolutions with fewer than 128 output channels on
 // one thread, and oneDNN's kernels use every core and the CPU's vector extensions
-// (benchmarks/README.md, "oneDNN convolutions"). Built and loaded by
+// (benchmarks/README.md, "The CPU default since the fourth session"). Built and loaded by
 // distill_jax/models/onednn_conv.py; each handler is an XLA FFI custom call.
 //
 //   forward:      a = x (N,H,W,C),   b = kernel (kh,kw,C,F) -> y  (N,Ho,Wo,F)
