@@ -289,20 +289,21 @@ def _bench_lines(path: pathlib.Path) -> list[str]:
     lines.append(f"Device: {info.get('device_kind', '?')} (backend {info.get('backend', '?')}); peak {peak} "
                  f"({info.get('source', '?')}, {info.get('precision', '?')}); {torch_state}.")
     rows = {r["cell"]: r for r in bench.get("cells", [])}
-    for label in ("jax", "jax_s3", "jax_s5", "jax_seq5", "torch", "torch_seq5"):
+    for label in ("jax", "jax_s3", "jax_s5", "jax_s3_grouped", "jax_s5_grouped", "jax_seq5", "torch", "torch_seq5"):
         r = rows.get(label)
         if not r:
             continue
         if r.get("wall_s") is None:
-            lines.append(f"  {label:10s} failed: {(r.get('error') or '?')[:120]}")
+            lines.append(f"  {label:14s} failed: {(r.get('error') or '?')[:120]}")
             continue
         mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") else "-"
-        lines.append(f"  {label:10s} {r['model']} batch {r['batch']} x {r['seeds']} seed(s): {1e3 * r['wall_s']:.2f} ms "
+        lines.append(f"  {label:14s} {r['model']} batch {r['batch']} x {r['seeds']} seed(s): {1e3 * r['wall_s']:.2f} ms "
                      f"a step, {r['images_per_s']:.0f} images/s, MFU {mfu}, compile {r.get('compile_s') or 0:.1f} s")
     lines.append("  (compile times: the preset compiles its cells at once, so each is longer than alone)")
     for s in bench.get("scaling", []):
         vs_jax, vs_torch = s.get("speedup_wall"), s.get("vs_torch_sequential_wall")
-        lines.append(f"  {s['seeds']} seeds vmapped vs one after another: "
+        how = " (XLA's grouped convolution)" if s.get("cell", "").endswith("_grouped") else ""
+        lines.append(f"  {s['seeds']} seeds vmapped{how} vs one after another: "
                      + (f"{vs_jax:.2f}x faster than JAX ({s['sequential_is']})" if vs_jax else "JAX not measured")
                      + (f", {vs_torch:.2f}x faster than PyTorch" if vs_torch else ", PyTorch not measured"))
     return lines

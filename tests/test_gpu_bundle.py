@@ -115,7 +115,10 @@ def test_packed_transform_rebuilds_the_fitted_one_exactly(tmp_path):
 def test_device_benchmark_plan_measures_the_goals():
     group, = run_all.PLANS["gpu_device"]()
     cells = {c.label: c for c in group.cells}
-    assert set(cells) == {"jax", "torch", "jax_s3", "jax_s5", "jax_seq5", "torch_seq5"}
+    assert set(cells) == {"jax", "torch", "jax_s3", "jax_s5", "jax_seq5", "torch_seq5", "jax_s3_grouped", "jax_s5_grouped"}
+    # the grouped cells force XLA's grouped convolution; the others run the GPU default (xla_per_seed)
+    assert cells["jax_s5_grouped"].env == {"DISTILL_JAX_CONV": "xla"} and not cells["jax_s5"].env
+    assert ("jax_s5_grouped", "torch_seq5") in group.compare
     assert all(c.config["model"] == "resnet18" and c.config["batch"] == 100 for c in cells.values())
     assert cells["torch_seq5"].config == {"model": "resnet18", "batch": 100, "seeds": 5, "device": "cuda", "norm": "batch"}
     assert cells["jax_seq5"].config["sequential"] and group.parallel_build
@@ -166,7 +169,9 @@ def test_device_command_dry_run_on_cpu(bundle, tmp_path):
         assert row in table
     assert "Partial table" not in table and "TOY DRY RUN" in table
     bench = json.loads((out / "bench.json").read_text())
-    assert {r["cell"] for r in bench["cells"]} == {"jax", "torch", "jax_s3", "jax_s5", "jax_seq5", "torch_seq5"}
+    assert {r["cell"] for r in bench["cells"]} == {"jax", "torch", "jax_s3", "jax_s5", "jax_seq5", "torch_seq5",
+                                                    "jax_s3_grouped", "jax_s5_grouped"}
+    assert "5 seeds vmapped (XLA's grouped convolution) vs one after another" in summary
     records = json.loads((out / "table.json").read_text())["records"]
     assert set(records) == set(gpu_run.CELLS)
     assert all(r["preprocessing"] == "zca_mtt" and r["final_accuracy"] for r in records.values())
