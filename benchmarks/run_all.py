@@ -139,8 +139,8 @@ class Group:
     parallel_build: bool = False  # build (compile) every cell at once: less wall time, compile_s inflated
 
 
-def _jax(label, model, batch, **kw):
-    return Cell(label, "jax", {"model": model, "batch": batch, **kw})
+def _jax(label, model, batch, env=None, **kw):
+    return Cell(label, "jax", {"model": model, "batch": batch, **kw}, env or {})
 
 
 def _torch(label, model, batch, env=None, **kw):
@@ -217,8 +217,8 @@ def gpu_device_plan(repeats: int | None = None, *, toy: bool = False) -> list[Gr
               _torch("torch_seq5", model, batch, seeds=5, device=device, **extra)]
     # XLA's grouped convolution for per-seed kernels under vmap, against the GPU default (one
     # convolution per seed, 'xla_per_seed'): the comparison that made the default
-    cells += [Cell(f"jax_s{n}_grouped", "jax", {"model": model, "batch": batch, "seeds": n, **extra},
-                   {"DISTILL_JAX_CONV": "xla"}) for n in (3, 5)]
+    cells += [_jax(f"jax_s{n}_grouped", model, batch, seeds=n, env={"DISTILL_JAX_CONV": "xla"}, **extra)
+              for n in (3, 5)]
     return [Group(f"{model}_b{batch}", cells, repeats or (2 if toy else 20), parallel_build=True,
                   compare=[("jax", "torch"), ("jax_s5", "torch_seq5"), ("jax_s5_grouped", "torch_seq5")],
                   scaling=("jax", ["jax_s3", "jax_s5", "jax_s3_grouped", "jax_s5_grouped"], "torch"))]

@@ -38,6 +38,7 @@ using Key = std::array<int64_t, 16>;
 // A primitive built once per shape: building one costs far more than running it.
 struct Plan {
   dnnl::primitive primitive;
+  memory::desc src, dst;     // x and y (or their gradients), NHWC
   memory::desc kernel;       // the kernel layout the primitive wants
   memory::desc user_kernel;  // HWIO, as JAX holds it
   memory::desc scratchpad;
@@ -52,10 +53,12 @@ dnnl::engine& Engine() {
 std::shared_ptr<Plan> MakePlan(const Key& k) {
   const Shape s{k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8], k[9]};
   const memory::dims strides = {k[10], k[11]}, pad_l = {k[12], k[14]}, pad_r = {k[13], k[15]};
-  const memory::desc src({s.n, s.c, s.h, s.w}, dt::f32, tag::nhwc);
-  const memory::desc dst({s.n, s.f, s.ho, s.wo}, dt::f32, tag::nhwc);
-  const memory::desc any_kernel({s.f, s.c, s.kh, s.kw}, dt::f32, tag::any);
   auto plan = std::make_shared<Plan>();
+  plan->src = memory::desc({s.n, s.c, s.h, s.w}, dt::f32, tag::nhwc);
+  plan->dst = memory::desc({s.n, s.f, s.ho, s.wo}, dt::f32, tag::nhwc);
+  const memory::desc& src = plan->src;
+  const memory::desc& dst = plan->dst;
+  const memory::desc any_kernel({s.f, s.c, s.kh, s.kw}, dt::f32, tag::any);
   plan->user_kernel = memory::desc({s.f, s.c, s.kh, s.kw}, dt::f32, tag::hwio);
   auto& engine = Engine();
   // XLA may run two custom calls at once on its threads; oneDNN's default (library-owned)
@@ -127,8 +130,8 @@ ffi::Error Run(Op op, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::Res
     auto plan = GetPlan(key);
     auto& engine = Engine();
     dnnl::stream stream(engine);
-    const memory::desc src({x[0], x[3], x[1], x[2]}, dt::f32, tag::nhwc);
-    const memory::desc dst({y[0], y[3], y[1], y[2]}, dt::f32, tag::nhwc);
+    const memory::desc& src = plan->src;
+    const memory::desc& dst = plan->dst;
     void* kernel_data = op == kKernelGrad ? out->untyped_data() : b.untyped_data();
     memory user_kernel(plan->user_kernel, engine, kernel_data);
     memory kernel_mem = plan->reorder ? memory(plan->kernel, engine) : user_kernel;
