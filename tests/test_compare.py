@@ -161,6 +161,27 @@ def test_partial_and_unfinished_cells_are_marked(scales):
     assert "inferred from cell" in comparison["markdown"] and "not finished (no reproduction.json yet)" in comparison["markdown"]
 
 
+def test_plan_json_gives_seeds_not_yet_started_and_the_scale(tmp_path):
+    """A split-seed cell whose third seed has not started: its seed dirs alone would say 2 of 2,
+    so the plan written at the start of the reproduction says how many seeds it plans."""
+    running = tmp_path / "running"
+    cells = _configs(running, 5, 16)
+    for s in (0, 1):
+        c = {**cells["no_dp"].config.to_dict(), "seed": s, "num_seeds": 1}
+        _write_run(running / "no_dp" / f"seed_{s}", c, [s], [48.0 + 2 * s])
+    config = {"num_seeds": 3, "seed": 0, "reproduce": {"experiment": EXPERIMENT, "epoch_divisor": 5,
+                                                       "lr_multiplier": 5.0, "width": 16, "teacher_width": 0}}
+    (running / reproduce.PLAN_FILE).write_text(json.dumps({"experiment": EXPERIMENT, "config": config,
+                                                            "cells": ["no_dp"]}))
+    workdir = compare.read_workdir(running)
+    assert workdir["num_seeds"] == 3 and not workdir["finished"] and workdir["experiment"] == EXPERIMENT
+    assert workdir["cells"]["no_dp"]["status"] == "partial"
+    assert compare.test_text(workdir["cells"]["no_dp"]).endswith("partial (2 of 3 seeds)")
+    comparison = compare.build_comparison([running], ["full length"])
+    assert "epochs/5, lr ×5, width 16, teacher width paper" in comparison["markdown"]
+    assert "inferred from cell" not in comparison["markdown"]
+
+
 def test_orderings_differences_and_seed_separation(scales):
     div20, div5 = scales
     comparison = compare.build_comparison([div20, div5], ["a", "b"])
@@ -298,6 +319,8 @@ def test_a_real_toy_reproduction_reads_back(tmp_path):
         reproduce.run_reproduction(config, tmp_path / "w", data_cache=_cache(config, tmp_path / "w", _tiny_data()))
     finally:
         registry._REGISTERED.pop("tiny_compare")
+    plan = json.loads((tmp_path / "w" / reproduce.PLAN_FILE).read_text())
+    assert plan["cells"] == ["teacher"] and plan["config"]["num_seeds"] == 2
     workdir = compare.read_workdir(tmp_path / "w")
     assert workdir["experiment"] == "tiny_compare" and workdir["num_seeds"] == 2 and workdir["finished"]
     teacher = workdir["cells"]["teacher"]

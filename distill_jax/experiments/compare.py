@@ -1,7 +1,8 @@
 """`distill-jax compare`: one experiment run at several scales, side by side.
 
 Reads each experiment workdir of mode `reproduce` (the folder that holds the cell dirs) as it
-stands, and writes nothing there:
+stands, and writes nothing there (its reproduction.json, else the plan.json written when it
+started, gives the experiment, its scale and the seeds each cell plans):
 - a cell with a record.json is complete (or diverged, as the record says);
 - an unfinished cell is read from its finished runs (`seed_*/results.json`, or the cell's own
   results.json), marked "partial (k of n seeds)";
@@ -197,9 +198,11 @@ def _field(config: dict, dotted: str):
     return value
 
 
-def _planned_seeds(root: pathlib.Path, reproduction: Optional[dict], cell_names) -> Optional[int]:
-    if reproduction and reproduction.get("config", {}).get("num_seeds"):
-        return int(reproduction["config"]["num_seeds"])
+def _planned_seeds(root: pathlib.Path, plan: Optional[dict], cell_names) -> Optional[int]:
+    """Seeds per cell: the reproduction's config (reproduction.json, else plan.json), else the most
+    any cell shows (a workdir from before plan.json: seed dirs not yet started are not counted)."""
+    if plan and plan.get("config", {}).get("num_seeds"):
+        return int(plan["config"]["num_seeds"])
     counts = []
     for name in cell_names:
         config = _read_json(root / name / rundir.CONFIG_FILE)  # a cell that trains its seeds together
@@ -311,13 +314,14 @@ def read_workdir(path) -> dict:
         hint = f"; experiment workdirs inside it: {', '.join(str(root / n) for n in inside)}" if inside else ""
         raise CompareError(f"workdir {root} holds no cell of an experiment (no reproduction.json, no "
                            f"{'/'.join(CELLS)} dir): give the workdir that holds the cell dirs{hint}")
-    planned = _planned_seeds(root, reproduction, names)
+    plan = reproduction or _read_json(root / reproduce.PLAN_FILE)  # plan.json: written when it started
+    planned = _planned_seeds(root, plan, names)
     cells = {name: read_cell(root / name, planned) for name in names}
     scale = None
-    if reproduction:
-        r = reproduction.get("config", {}).get("reproduce", {})
+    if plan:
+        r = plan.get("config", {}).get("reproduce", {})
         scale = {k: r[k] for k in ("epoch_divisor", "lr_multiplier", "width", "teacher_width") if k in r}
-    return {"path": str(root), "experiment": (reproduction or {}).get("experiment"),
+    return {"path": str(root), "experiment": (plan or {}).get("experiment"),
             "recorded_cells": [c.get("cell") for c in (reproduction or {}).get("cells", []) if c.get("cell")],
             "finished": reproduction is not None, "scale": scale, "num_seeds": planned, "cells": cells,
             "signature": {name: {f: _signature_value(config, f) for f in SIGNATURE_FIELDS}

@@ -5,8 +5,10 @@ Each cell trains in its own sub-workdir (`<workdir>/<cell>`, or `<cell>/seed_<s>
 cells are skipped, a half-trained one restarts from its last checkpoint. Cells that share a
 data config share one loaded (and ZCA-fitted) copy of the data.
 
-Outputs in `<workdir>`: `table.md` (final-epoch mean ± std; best-over-training only with
-`reproduce.show_best`, labelled as test-set selection), `reproduction.json`, and per cell
+Outputs in `<workdir>`: `plan.json` at the start (the config and the cells it will run, so that
+a reader of an unfinished workdir knows how many seeds each cell plans), then `table.md`
+(final-epoch mean ± std; best-over-training only with `reproduce.show_best`, labelled as
+test-set selection), `reproduction.json` when every cell has finished, and per cell
 `record.json` (config, per-seed curves, final numbers, software versions, device),
 `accuracy.png` and `schedules.png`; `accuracy_by_cell.png` draws every cell's mean curve.
 """
@@ -34,6 +36,9 @@ from distill_jax.training import loop, rundir, runs
 
 class ReproductionError(UserError, ValueError):
     """The reproduce config does not name a runnable experiment."""
+
+
+PLAN_FILE = "plan.json"
 
 
 def _data_key(data_cfg) -> str:
@@ -327,6 +332,8 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
                                     split_seeds=bool(r.split_seeds), num_seeds=config.num_seeds, seed=config.seed,
                                     teacher=r.teacher)
     cells = select_cells(inherit_fields(cells, config), r, r.experiment)
+    rundir.write_json(workdir / PLAN_FILE, {"experiment": r.experiment, "config": config.to_dict(),
+                                            "cells": [c.name for c in cells]})
     cell_records = run_cells(cells, workdir, r, f"reproduce {r.experiment}", data_cache)
     trained = [rec for rec in cell_records if rec["role"] != "distill"]
     table = tables.experiment_table(trained, show_best=bool(r.show_best)) + teacher_note(trained)
