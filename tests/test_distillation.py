@@ -349,3 +349,13 @@ def test_non_finite_loss_stops_the_run(tmp_path):
     real = common.real_data_from_arrays(broken, real.labels, CLASSES, real.preprocessing, "broken")
     with pytest.raises(common.DistillationError, match=r"loss is nan at step 2"):
         runner.run_distillation(_config(**{"distill.init": "noise"}), tmp_path, real=real)
+
+
+def test_only_the_writer_process_writes_the_set(tmp_path, monkeypatch):
+    """A process other than process 0 of a multi-process run (`rundir.is_writer` False) leaves the
+    set, its preprocessing and the records to process 0: it writes none of them."""
+    monkeypatch.setattr(rundir, "is_writer", lambda: False)
+    results = runner.run_distillation(_config(**{"distill.steps": 2}), tmp_path, real=_real("standardize"))
+    assert results["finished"] and results["distilled_path"] == str(tmp_path / runner.OUTPUT_NAME)
+    for name in (runner.OUTPUT_NAME, runner.PREPROCESSING_NAME, "results.json", "config.json", "images"):
+        assert not (tmp_path / name).exists(), name

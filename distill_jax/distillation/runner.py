@@ -242,8 +242,10 @@ def _finish(config, workdir, state, classes, real, recipe, model_name, options, 
         "model": model_name, "model_options": options, "preprocessing_file": PREPROCESSING_NAME,
         "notes": f"distilled by distill_jax ({d.method}) from {real.description}",
     }
-    save_distilled(DistilledSet(np.asarray(state["images"]), labels, real.num_classes, recipe, provenance), output)
-    real.preprocessing.save(workdir / PREPROCESSING_NAME)
+    if rundir.is_writer():  # only process 0 writes; the others wait, since a later cell may read the set at once
+        save_distilled(DistilledSet(np.asarray(state["images"]), labels, real.num_classes, recipe, provenance), output)
+        real.preprocessing.save(workdir / PREPROCESSING_NAME)
+    rundir.wait_for_writer("distilled set written")
     results.update({"distilled_path": str(output), "preprocessing_path": str(workdir / PREPROCESSING_NAME)})
     speed = f"{seconds_per_step:.3f} s/step" if seconds_per_step is not None else "speed not measured"
     results["summary"] = (
