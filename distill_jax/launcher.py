@@ -4,10 +4,13 @@
 Logs the devices and a summary of the config, validates it, hands over to the mode
 (`distill_jax.run`), and turns user errors into one line with exit code 2. With
 `--distributed`, process 0 logs and prints the run; the others log only warnings and errors.
+Where no cluster environment (TPU pod, SLURM, Open MPI) tells JAX who is who, pass
+`--coordinator_address`, `--num_processes` and `--process_id` with it.
 """
 import logging
 import os
 import sys
+from typing import Optional
 
 import jax
 from absl import app, flags
@@ -22,24 +25,54 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
+flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0 (default: from the "
+                    "cluster environment or JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "With --distributed: how many processes take part (default: from the "
+                     "cluster environment).")
+flags.DEFINE_integer("process_id", None, "With --distributed: this process's index, 0 to num_processes - 1 "
+                     "(default: from the cluster environment).")
 flags.DEFINE_bool("verbose", False, "Log the whole config, and show tracebacks of user errors.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id")
+
+
+def distributed_settings(values: dict, distributed: bool) -> dict:
+    """The arguments of `jax.distributed.initialize` that the flags give (None: JAX finds them);
+    a user error if they are given without --distributed, or the process id is out of range."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if given and not distributed:
+        raise errors.UserError(f"flags --{' --'.join(given)} need --distributed")
+    n, i = given.get("num_processes"), given.get("process_id")
+    if n is not None and n < 1:
+        raise errors.UserError(f"flag --num_processes = {n}; expected at least 1")
+    if i is not None and (i < 0 or (n is not None and i >= n)):
+        raise errors.UserError(f"flag --process_id = {i}; expected 0 to {'num_processes - 1' if n is None else n - 1}")
+    return given
+
+
 def main(argv):
     del argv
-    exit_code = launch(lambda: FLAGS.config, FLAGS.workdir, verbose=FLAGS.verbose, distributed=FLAGS.distributed)
+    try:
+        settings = distributed_settings({k: FLAGS[k].value for k in DISTRIBUTED_FLAGS}, FLAGS.distributed)
+    except errors.UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(errors.USER_ERROR_EXIT)
+    exit_code = launch(lambda: FLAGS.config, FLAGS.workdir, verbose=FLAGS.verbose, distributed=FLAGS.distributed,
+                       distributed_settings=settings)
     if exit_code:
         sys.exit(exit_code)
 
 
 def launch(get_config, workdir, *, verbose: bool = False, distributed: bool = False,
-           config_source: str = "the config given by --config") -> int:
+           distributed_settings: Optional[dict] = None, config_source: str = "the config given by --config") -> int:
     """Validates the config that `get_config()` returns and runs its mode in `workdir`; prints the
     result (process 0) and returns the exit code: 0, 2 for a user error (one line on stderr, a
     traceback with `verbose`), 3 for a diverged run. `launch/main.py`, `distill-jax run` and
     `distill-jax transfer` all launch through here; `config_source` names where the config came
-    from in a loading error."""
+    from in a loading error; `distributed_settings` (`distributed_settings()`) go to
+    `jax.distributed.initialize`."""
     # Orbax and other libraries log every checkpoint step through absl at INFO; keep ours.
     logging.getLogger("absl").setLevel(logging.WARNING)
 
@@ -48,7 +81,7 @@ def launch(get_config, workdir, *, verbose: bool = False, distributed: bool = Fa
         "DISTILL_JAX_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "distill_jax", "xla")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if distributed:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**(distributed_settings or {}))
     logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
                  jax.process_count(), jax.devices())
     if not is_writer():  # every process runs the same run: its lines once, from process 0

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from distill_jax import errors
+from distill_jax import errors, launcher
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,12 @@ def error_lines(result):
     (["--config=configs/reproduce.py:nope_cifar10_10_resnet18"], "distillation method 'nope' is not known"),
     (["--config=configs/fashion_mnist_ipc10.py", "--config.data.dataset=cifar10_jpeg",
       "--config.data.data_dir=/nonexistent"], "/nonexistent/cifar10_jpeg_train.npz not found"),
+    (["--config=configs/fashion_mnist_ipc10.py", "--num_processes=2", "--process_id=1"],
+     "flags --num_processes --process_id need --distributed"),
+    (["--config=configs/fashion_mnist_ipc10.py", "--distributed", "--num_processes=2", "--process_id=2"],
+     "flag --process_id = 2; expected 0 to 1"),
+    (["--config=configs/fashion_mnist_ipc10.py", "--distributed", "--num_processes=0"],
+     "flag --num_processes = 0; expected at least 1"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, expected):
     result = launch(*args, workdir=tmp_path / "run")
@@ -92,3 +98,26 @@ def test_a_missing_flag_is_named_in_one_line(tmp_path):
                             env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
     assert result.returncode == errors.USER_ERROR_EXIT and "Traceback" not in result.stderr
     assert error_lines(result) == ["error: flags: flag --workdir=None: Flag --workdir must have a value other than None."]
+
+
+def test_distributed_flags_reach_jax_distributed_initialize(monkeypatch, tmp_path):
+    """--coordinator_address, --num_processes and --process_id are passed on as given; the ones
+    not given are left for JAX to find in the cluster environment."""
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_initialize(**kwargs):
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(launcher.jax.distributed, "initialize", fake_initialize)
+    settings = launcher.distributed_settings(
+        {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": None}, True)
+    with pytest.raises(Stop):
+        launcher.launch(lambda: None, tmp_path, distributed=True, distributed_settings=settings)
+    assert seen == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 4}]
+    with pytest.raises(Stop):
+        launcher.launch(lambda: None, tmp_path, distributed=True)
+    assert seen[-1] == {}
