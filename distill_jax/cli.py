@@ -132,7 +132,8 @@ def register_run(subparsers) -> None:
     subparsers.add_parser(
         "run", help="train, distil, evaluate or reproduce from a config file (as launch/main.py)",
         description="distill-jax run --config FILE.py[:arg] --workdir DIR [--config.field=value ...] "
-                    "[--distributed] [--verbose]", add_help=False)
+                    "[--distributed [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]] [--verbose]",
+        add_help=False)
 
 
 def run_transfer(args: argparse.Namespace) -> int:
