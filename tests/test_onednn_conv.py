@@ -151,3 +151,29 @@ def test_concurrent_calls_from_xla_threads_do_not_hang(tmp_path):
 
 def test_status_line_names_the_library():
     assert onednn_conv.status() == f"oneDNN convolutions: ready, {onednn_conv.library_path()}"
+
+
+def test_wait_policy_warning_only_when_libgomp_came_first():
+    maps = "7f00-7f10 r-xp 00000000 08:01 42 /usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0\n"
+    assert "OMP_WAIT_POLICY=PASSIVE" in onednn_conv.wait_policy_warning({}, maps)
+    assert onednn_conv.wait_policy_warning({"OMP_WAIT_POLICY": "ACTIVE"}, maps) is None  # the user chose
+    assert onednn_conv.wait_policy_warning({}, "7f00-7f10 r-xp 0 08:01 42 /usr/lib/libc.so.6\n") is None
+
+
+@pytest.mark.parametrize("gomp_first", [True, False])
+def test_loading_after_another_openmp_user_is_logged(gomp_first):
+    """A process that loaded libgomp before distill_jax (as torch does) is told that the passive
+    wait policy could not take effect; one that did not is not."""
+    script = textwrap.dedent(f"""
+        import ctypes, os
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        if {gomp_first}:
+            ctypes.CDLL("libgomp.so.1")
+        from distill_jax.models import onednn_conv
+        onednn_conv.require()
+        print("policy", os.environ["OMP_WAIT_POLICY"])
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0 and "policy PASSIVE" in result.stdout, result.stderr[-2000:]
+    assert ("was loaded before distill_jax set OMP_WAIT_POLICY" in result.stderr) == gomp_first, result.stderr[-2000:]

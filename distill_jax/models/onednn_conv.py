@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -99,6 +100,23 @@ def build(path: Path | None = None) -> Path:
     return path
 
 
+def wait_policy_warning(environ, loaded_maps: str) -> str | None:
+    """Why OpenMP will spin-wait here (libgomp, already loaded by another library such as torch,
+    read its settings then, without the passive policy), or None. `loaded_maps`: /proc/self/maps."""
+    if "OMP_WAIT_POLICY" in environ or "libgomp" not in loaded_maps:
+        return None
+    return ("libgomp (OpenMP) was loaded before distill_jax set OMP_WAIT_POLICY=PASSIVE, so oneDNN's threads "
+            "spin while they wait: small convolutions may take milliseconds beside other work; set "
+            "OMP_WAIT_POLICY=PASSIVE before starting Python (or import distill_jax first)")
+
+
+def _loaded_maps() -> str:
+    try:
+        return Path("/proc/self/maps").read_text()
+    except OSError:
+        return ""
+
+
 @functools.cache
 def _load() -> None:
     """Builds (if needed) and loads the library, then registers its FFI targets once per process."""
@@ -107,6 +125,9 @@ def _load() -> None:
     # call cost milliseconds beside other work, and passive waiting was as fast on the ResNet-18
     # step idle (2.16-2.31 s vs 2.27-2.39 s, less CPU): the default unless the user set one.
     # libgomp reads it when it loads, so it has no effect if something loaded libgomp before.
+    warning = wait_policy_warning(os.environ, _loaded_maps())
+    if warning:
+        logging.warning("%s", warning)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         library = ctypes.CDLL(str(path))
