@@ -247,8 +247,9 @@ def write_table_outputs(workdir: pathlib.Path, out: pathlib.Path, *, toy: bool) 
     if toy:
         lines.append("**TOY DRY RUN on CPU (schedules / 100, widths 4 and 8, 1 seed, 200 test images): "
                      "checks the machinery, not a result.**\n")
-    table = workdir / "table.md"
-    lines.append(table.read_text() if table.is_file() else "(no cell finished)\n")
+    # a run of some cells names its table after them (table.teacher+baseline.md): the newest is the widest
+    tables = sorted(workdir.glob("table*.md"), key=lambda path: path.stat().st_mtime)
+    lines.append(tables[-1].read_text() if tables else "(no cell finished)\n")
     if missing:
         lines.append("\n**Partial table**: not finished within the time limit: " + "; ".join(
             f"{p['cell']} (epoch {p.get('epoch', 0)} of {p.get('epochs') or '?'})" for p in missing)

@@ -21,5 +21,5 @@ CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1
   echo
   echo "Command: \`scripts/gpu_frepo10_full_length.sh $WORKDIR\` (paper widths and epochs, 3 seeds)."
   echo
-  cat "$WORKDIR/table.md"
+  cat "$WORKDIR/table.teacher+baseline+no_dp+full.md"  # a run of some cells (reproduce.cells) names its table so
 } >> docs/results.md

@@ -322,7 +322,9 @@ def test_a_real_toy_reproduction_reads_back(tmp_path):
     plan = json.loads((tmp_path / "w" / reproduce.PLAN_FILE).read_text())
     assert plan["cells"] == ["teacher"] and plan["config"]["num_seeds"] == 2
     workdir = compare.read_workdir(tmp_path / "w")
-    assert workdir["experiment"] == "tiny_compare" and workdir["num_seeds"] == 2 and workdir["finished"]
+    assert workdir["experiment"] == "tiny_compare" and workdir["num_seeds"] == 2
+    assert not workdir["finished"]  # one cell of two: its files are reproduction.teacher.json, table.teacher.md
+    assert (tmp_path / "w" / "reproduction.teacher.json").is_file() and not (tmp_path / "w" / "reproduction.json").exists()
     teacher = workdir["cells"]["teacher"]
     record = json.loads((tmp_path / "w" / "teacher" / "record.json").read_text())
     assert teacher["status"] == "complete" and teacher["final_accuracy"] == record["final_accuracy"]
@@ -333,6 +335,6 @@ def test_a_real_toy_reproduction_reads_back(tmp_path):
     comparison = compare.build_comparison([tmp_path / "w"])
     assert comparison["scales"][0]["label"] == "epochs/1, lr ×1, width paper"
     table = compare.comparison_table(comparison["scales"], expected=comparison["cells"])
-    assert comparison["cells"] == ["teacher"]  # from reproduction.json: the experiment is not registered now
+    assert comparison["cells"] == ["teacher"]  # from plan.json: the experiment is not registered now
     assert [line.split(" |")[0] for line in table.splitlines()[2:]] == ["| Teacher (convnet)"]
     assert [o for o in comparison["scales"][0]["orderings"] if "missing" not in o] == []  # none of the five columns

@@ -322,7 +322,8 @@ def read_workdir(path) -> dict:
         r = plan.get("config", {}).get("reproduce", {})
         scale = {k: r[k] for k in ("epoch_divisor", "lr_multiplier", "width", "teacher_width") if k in r}
     return {"path": str(root), "experiment": (plan or {}).get("experiment"),
-            "recorded_cells": [c.get("cell") for c in (reproduction or {}).get("cells", []) if c.get("cell")],
+            "recorded_cells": [c.get("cell") if isinstance(c, dict) else c for c in (plan or {}).get("cells", [])
+                               if (c.get("cell") if isinstance(c, dict) else c)],
             "finished": reproduction is not None, "scale": scale, "num_seeds": planned, "cells": cells,
             "signature": {name: {f: _signature_value(config, f) for f in SIGNATURE_FIELDS}
                           for name in names if (config := recorded_config(root / name))}}
@@ -462,7 +463,7 @@ def orderings_table(scales: Sequence[dict], paper: Optional[dict] = None) -> str
 
 
 def expected_cells(experiment: Optional[str], scales: Sequence[dict]) -> Optional[list[str]]:
-    """The cells of the experiment (`registry`, else the reproduction.json of a finished scale);
+    """The cells of the experiment (`registry`, else a scale's reproduction.json or plan.json);
     None when nothing says (then every cell of a paper experiment is a row)."""
     if experiment:
         try:

@@ -8,7 +8,8 @@ data config share one loaded (and ZCA-fitted) copy of the data.
 Outputs in `<workdir>`: `plan.json` at the start (the config and the cells it will run, so that
 a reader of an unfinished workdir knows how many seeds each cell plans), then `table.md`
 (final-epoch mean ± std; best-over-training only with `reproduce.show_best`, labelled as
-test-set selection), `reproduction.json` when every cell has finished, and per cell
+test-set selection), `reproduction.json` when every cell has finished (a run of some cells,
+`reproduce.cells`, writes `table.<cells>.md` and `reproduction.<cells>.json`), and per cell
 `record.json` (config, per-seed curves, final numbers, software versions, device),
 `accuracy.png` and `schedules.png`; `accuracy_by_cell.png` draws every cell's mean curve.
 """
@@ -320,6 +321,13 @@ def cell_summaries(cell_records) -> list[dict]:
                                  "best_over_training")} for rec in cell_records]
 
 
+def subset_suffix(r, cells: list) -> str:
+    """'' for a run of the whole experiment; '.teacher+full' for one of some cells
+    (`reproduce.cells`), whose table and reproduction file must not pass for the whole
+    experiment's (reproduction.json is what says an experiment has finished)."""
+    return "." + "+".join(c.name for c in cells) if r.cells else ""
+
+
 def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> dict:
     """Runs the cells of `config.reproduce.experiment` in order (teachers first) and writes the table."""
     r = config.reproduce
@@ -340,10 +348,11 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
     sets = "".join(describe_distill_record(rec) + "\n\n" for rec in cell_records if rec["role"] == "distill")
     heading = (f"### {r.experiment}\n\n{sets}Final-epoch test accuracy, mean ± std (ddof=1) over seeds. "
                f"{scale_line(r)}\n\n")
+    suffix = subset_suffix(r, cells)
     if any(rec.get("history") or rec.get("final_accuracy") for rec in trained):  # not for a distill-only run
-        plots.plot_experiment(trained, workdir / "accuracy_by_cell.png", title=r.experiment)
-    rundir.write_text(workdir / "table.md", heading + table)
+        plots.plot_experiment(trained, workdir / f"accuracy_by_cell{suffix}.png", title=r.experiment)
+    rundir.write_text(workdir / f"table{suffix}.md", heading + table)
     summary = {"experiment": r.experiment, "config": config.to_dict(), "cells": cell_summaries(cell_records),
                "software": records.software_versions(), "device": records.device_description()}
-    rundir.write_json(workdir / "reproduction.json", summary)
+    rundir.write_json(workdir / f"reproduction{suffix}.json", summary)
     return {**summary, "table": table, "summary": heading + table}
