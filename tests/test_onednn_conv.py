@@ -158,6 +158,8 @@ def test_wait_policy_warning_only_when_libgomp_came_first():
     assert "OMP_WAIT_POLICY=PASSIVE" in onednn_conv.wait_policy_warning({}, maps)
     assert onednn_conv.wait_policy_warning({"OMP_WAIT_POLICY": "ACTIVE"}, maps) is None  # the user chose
     assert onednn_conv.wait_policy_warning({}, "7f00-7f10 r-xp 0 08:01 42 /usr/lib/libc.so.6\n") is None
+    torch_copy = "7f00-7f10 r-xp 0 08:01 42 /site-packages/torch/lib/libgomp-a34b3233.so.1\n"
+    assert onednn_conv.wait_policy_warning({}, torch_copy) is None  # not the copy oneDNN loads
 
 
 @pytest.mark.parametrize("gomp_first", [True, False])

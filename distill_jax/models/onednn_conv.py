@@ -101,13 +101,15 @@ def build(path: Path | None = None) -> Path:
 
 
 def wait_policy_warning(environ, loaded_maps: str) -> str | None:
-    """Why OpenMP will spin-wait here (libgomp, already loaded by another library such as torch,
-    read its settings then, without the passive policy), or None. `loaded_maps`: /proc/self/maps."""
-    if "OMP_WAIT_POLICY" in environ or "libgomp" not in loaded_maps:
+    """Why OpenMP will spin-wait here, or None: the system libgomp that oneDNN runs on was already
+    loaded (by another library) and read its settings then, without the passive policy.
+    `loaded_maps`: /proc/self/maps. (pip's torch brings its own copy, libgomp-<hash>.so.1, which
+    leaves the system one to load with oneDNN, after the policy is set.)"""
+    if "OMP_WAIT_POLICY" in environ or "/libgomp.so" not in loaded_maps:
         return None
     return ("libgomp (OpenMP) was loaded before distill_jax set OMP_WAIT_POLICY=PASSIVE, so oneDNN's threads "
             "spin while they wait: small convolutions may take milliseconds beside other work; set "
-            "OMP_WAIT_POLICY=PASSIVE before starting Python (or import distill_jax first)")
+            "OMP_WAIT_POLICY=PASSIVE in the environment before starting Python")
 
 
 def _loaded_maps() -> str:
