@@ -322,8 +322,8 @@ def read_workdir(path) -> dict:
         r = plan.get("config", {}).get("reproduce", {})
         scale = {k: r[k] for k in ("epoch_divisor", "lr_multiplier", "width", "teacher_width") if k in r}
     return {"path": str(root), "experiment": (plan or {}).get("experiment"),
-            "recorded_cells": [c.get("cell") if isinstance(c, dict) else c for c in (plan or {}).get("cells", [])
-                               if (c.get("cell") if isinstance(c, dict) else c)],
+            "recorded_cells": ([c["cell"] for c in reproduction.get("cells", []) if c.get("cell")] if reproduction
+                               else list((plan or {}).get("cells", []))),  # records in one, names in the other
             "finished": reproduction is not None, "scale": scale, "num_seeds": planned, "cells": cells,
             "signature": {name: {f: _signature_value(config, f) for f in SIGNATURE_FIELDS}
                           for name in names if (config := recorded_config(root / name))}}
