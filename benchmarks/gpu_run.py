@@ -8,8 +8,8 @@ Subcommands (the two scripts call them; each works alone too):
     bundle-transform PACKED.npz       zca_mtt fitted on the CIFAR-10 (JPEG) training split of the data
                                       root (cached: pipeline.fitted_preprocessing), packed
     unpack-transform PACKED.npz OUT.npz   back to a Preprocessing file (bit for bit: sha256 checked)
-    table --bundle B --workdir W --out O [--toy]   the FRePo IPC 10 ResNet-18 table, cell by cell
-    summary --workdir W --out O [--toy]            summary.md (and stdout) from what is under W and O
+    table --bundle B --workdir W --out O [--toy] [--cells C]   the FRePo IPC 10 ResNet-18 table, cell by cell
+    summary --workdir W --out O [--toy] [--cells C]            summary.md (and stdout) from what is under W and O
 
 Why packed: the fitted ZCA matrix is 3072 x 3072 float32 (37.7 MB) and the test split 28.4 MB,
 over the 60 MiB the bundle may hold together. The matrix is symmetric up to float rounding
@@ -46,7 +46,11 @@ from distill_jax.data import preprocess  # noqa: E402
 _WHERE = "benchmarks/gpu_run.py"
 EXPERIMENT = "frepo_cifar10_jpeg_10_resnet18"
 DEVICE_EXPERIMENT = "gpu_" + EXPERIMENT
-CELLS = ("teacher", "baseline", "full", "no_dp")  # run in this order (the teacher first: KD reads it)
+# The cells a device run trains by default, in this order (the teacher first: KD reads it; Full
+# before w/o DP, so that a lease cut short still has the table's main comparison). `--cells`
+# (GPU_RUN_CELLS in scripts/gpu_device_run.sh) picks others of the experiment, e.g. the two
+# without KD, which need no teacher: no_dp_kd,no_kd.
+CELLS = ("teacher", "baseline", "full", "no_dp")
 DATASET, RECIPE = "cifar10_jpeg", "zca_mtt"
 TRANSFORM_NAME = "zca_mtt.npz"
 PACKING = "symmetric_upper_v1"
@@ -62,7 +66,20 @@ SEEDS = 3
 
 
 class GpuRunError(RuntimeError):
-    """A bundle file is missing or not what it claims to be."""
+    """A bundle file is missing or not what it claims to be, or a cell name is not the experiment's."""
+
+
+def parse_cells(text: str) -> tuple:
+    """The comma-separated cell names of `--cells`, in the order given; each must be a cell of
+    EXPERIMENT, named once."""
+    from distill_jax.experiments import registry
+    known = [c.name for c in registry.get_experiment(EXPERIMENT, "unused")]
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in known]
+    if not names or unknown or len(set(names)) != len(names):
+        raise GpuRunError(f"{_WHERE}: --cells {text!r}: expected distinct names among {known}"
+                          + (f"; unknown: {unknown}" if unknown else ""))
+    return names
 
 
 def _sha256(array: np.ndarray) -> str:
@@ -183,7 +200,8 @@ def _write(path: pathlib.Path, text: str) -> None:
     tmp.replace(path)
 
 
-def run_table(bundle: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path, *, toy: bool) -> dict:
+def run_table(bundle: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path, *, toy: bool,
+              cells: tuple = CELLS) -> dict:
     from distill_jax.experiments import reproduce
     workdir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,13 +217,13 @@ def run_table(bundle: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path, *,
     config = table_config(toy)
     data_cache: dict = {}
     result = {}
-    for k in range(1, len(CELLS) + 1):
-        config.reproduce.cells = ",".join(CELLS[:k])
+    for k in range(1, len(cells) + 1):
+        config.reproduce.cells = ",".join(cells[:k])
         started = time.perf_counter()
-        _progress(out, f"table: cell {CELLS[k - 1]} starts")
+        _progress(out, f"table: cell {cells[k - 1]} starts")
         result = reproduce.run_reproduction(config, workdir, data_cache=data_cache)
-        _progress(out, f"table: cell {CELLS[k - 1]} done in {time.perf_counter() - started:.0f} s")
-        write_table_outputs(workdir, out, toy=toy)
+        _progress(out, f"table: cell {cells[k - 1]} done in {time.perf_counter() - started:.0f} s")
+        write_table_outputs(workdir, out, toy=toy, cells=cells)
     return result
 
 
@@ -239,9 +257,9 @@ def _cell_progress(workdir: pathlib.Path, cell: str) -> dict:
     return state
 
 
-def write_table_outputs(workdir: pathlib.Path, out: pathlib.Path, *, toy: bool) -> str:
+def write_table_outputs(workdir: pathlib.Path, out: pathlib.Path, *, toy: bool, cells: tuple = CELLS) -> str:
     """out/table.md (the table of the finished cells, with what is missing said) and out/table.json."""
-    progress = [_cell_progress(workdir, c) for c in CELLS]
+    progress = [_cell_progress(workdir, c) for c in cells]
     missing = [p for p in progress if not p["finished"]]
     lines = []
     if toy:
@@ -257,7 +275,7 @@ def write_table_outputs(workdir: pathlib.Path, out: pathlib.Path, *, toy: bool) 
     text = "\n".join(lines)
     _write(out / "table.md", text)
     records = {}
-    for cell in CELLS:
+    for cell in cells:
         path = workdir / cell / "record.json"
         if path.is_file():
             try:
@@ -310,13 +328,13 @@ def _bench_lines(path: pathlib.Path) -> list[str]:
     return lines
 
 
-def write_summary(workdir: pathlib.Path, out: pathlib.Path, *, toy: bool) -> str:
+def write_summary(workdir: pathlib.Path, out: pathlib.Path, *, toy: bool, cells: tuple = CELLS) -> str:
     out.mkdir(parents=True, exist_ok=True)
     head = "# GPU run summary" + (" (TOY DRY RUN on CPU: not results)" if toy else "")
     lines = [head, ""] + _bench_lines(out / "bench.json") + [""]
-    table = write_table_outputs(workdir, out, toy=toy) if workdir.is_dir() else "(the table did not start)"
+    table = write_table_outputs(workdir, out, toy=toy, cells=cells) if workdir.is_dir() else "(the table did not start)"
     lines += ["## FRePo IPC 10, ResNet-18 (CIFAR-10 (JPEG))", "", table]
-    progress = [_cell_progress(workdir, c) for c in CELLS] if workdir.is_dir() else []
+    progress = [_cell_progress(workdir, c) for c in cells] if workdir.is_dir() else []
     if progress:
         lines += ["Cells (training speed: images x seeds per second, last logged):"]
     for p in progress:
@@ -350,6 +368,8 @@ def main(argv=None) -> int:
         t.add_argument("--workdir", type=pathlib.Path, required=True)
         t.add_argument("--out", type=pathlib.Path, required=True)
         t.add_argument("--toy", action="store_true")
+        t.add_argument("--cells", default=",".join(CELLS),
+                       help=f"comma-separated cells of {EXPERIMENT}, run in this order (default: %(default)s)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
                         format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
@@ -359,9 +379,9 @@ def main(argv=None) -> int:
     elif args.command == "unpack-transform":
         unpack_transform(args.packed).save(args.out)
     elif args.command == "table":
-        run_table(args.bundle, args.workdir, args.out, toy=args.toy)
+        run_table(args.bundle, args.workdir, args.out, toy=args.toy, cells=parse_cells(args.cells))
     else:
-        print(write_summary(args.workdir, args.out, toy=args.toy))
+        print(write_summary(args.workdir, args.out, toy=args.toy, cells=parse_cells(args.cells)))
     return 0
 
 

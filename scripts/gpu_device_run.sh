@@ -38,7 +38,9 @@
 #
 # Usage (the device tool, from the repository root; bundle built by scripts/gpu_bundle.sh):
 #   bash scripts/gpu_device_run.sh gpu_bundle
-# Environment: OUT (required), GPU_RUN_BUDGET_S, GPU_RUN_BENCH_S, GPU_RUN_WORKDIR (default
+# Environment: OUT (required), GPU_RUN_BUDGET_S, GPU_RUN_BENCH_S (0 skips the benchmark),
+# GPU_RUN_CELLS (the table's cells, in order; default: benchmarks/gpu_run.py's CELLS; e.g.
+# no_dp_kd,no_kd for the two columns without KD, which need no teacher), GPU_RUN_WORKDIR (default
 # /tmp/distill_jax_gpu_run), PYTHON (default python3), GPU_RUN_TOY=1 (the CPU dry run: the same
 # phases at toy size, labelled so; what tests/test_gpu_bundle.py runs).
 set -uo pipefail
@@ -54,6 +56,8 @@ BUDGET=${GPU_RUN_BUDGET_S:-560}
 BENCH_S=${GPU_RUN_BENCH_S:-180}
 WORK=${GPU_RUN_WORKDIR:-/tmp/distill_jax_gpu_run}
 PYTHON=${PYTHON:-python3}
+CELLS=()  # benchmarks/gpu_run.py owns the default cells
+[ -n "${GPU_RUN_CELLS:-}" ] && CELLS=(--cells "$GPU_RUN_CELLS")
 mkdir -p "$WORK"
 START=$SECONDS
 export PYTHONUNBUFFERED=1
@@ -63,7 +67,7 @@ if [ "$TOY" = 1 ]; then PRESET=gpu_device_toy; TOY_FLAG=--toy; else PRESET=gpu_d
 log() { echo "[$(date -u +%H:%M:%S)] +$((SECONDS - START))s $*" | tee -a "$OUT/progress.txt"; }
 left() { echo $((BUDGET - (SECONDS - START))); }
 
-log "device run$([ "$TOY" = 1 ] && echo ' (TOY DRY RUN)'): bundle $BUNDLE, workdir $WORK, budget ${BUDGET}s"
+log "device run$([ "$TOY" = 1 ] && echo ' (TOY DRY RUN)'): bundle $BUNDLE, workdir $WORK, budget ${BUDGET}s, cells ${GPU_RUN_CELLS:-default}"
 if ! (cd "$BUNDLE" && sha256sum -c --quiet SHA256SUMS) >> "$OUT/progress.txt" 2>&1; then
   log "the bundle does not match its SHA256SUMS: rebuild it with scripts/gpu_bundle.sh"; exit 2
 fi
@@ -109,8 +113,10 @@ if [ -f "$WORK/bench.json" ]; then
   log "benchmark: finished in an earlier call, kept"
 else
   cap=$(( $(left) - 60 < BENCH_S ? $(left) - 60 : BENCH_S ))
-  log "benchmark: preset $PRESET, at most ${cap}s"
-  if [ "$cap" -gt 10 ]; then
+  if [ "$cap" -le 10 ]; then
+    log "benchmark: skipped (GPU_RUN_BENCH_S=$BENCH_S, ${cap}s left for it)"
+  else
+    log "benchmark: preset $PRESET, at most ${cap}s"
     timeout --kill-after=10 "$cap" "$PYTHON" benchmarks/run_all.py --preset "$PRESET" --out "$WORK/bench.partial.json" \
       --log "$WORK/bench_workers.log" > "$OUT/bench.txt" 2>&1
     rc=$?
@@ -130,14 +136,15 @@ cap=$(( $(left) - 25 ))
 log "table: at most ${cap}s"
 if [ "$cap" -gt 20 ]; then
   timeout --kill-after=15 "$cap" "$PYTHON" benchmarks/gpu_run.py table --bundle "$BUNDLE" --workdir "$WORK/table" \
-    --out "$OUT" $TOY_FLAG >> "$OUT/table_log.txt" 2>&1
+    --out "$OUT" "${CELLS[@]}" $TOY_FLAG >> "$OUT/table_log.txt" 2>&1
   rc=$?
   TABLE_RC=$rc
   log "table: exit $rc$([ $rc -eq 124 ] || [ $rc -eq 137 ] && echo ' (time budget reached: partial table; rerun to resume)')"
 fi
 
 # ---- what came of it
-"$PYTHON" benchmarks/gpu_run.py summary --workdir "$WORK/table" --out "$OUT" $TOY_FLAG > "$WORK/summary.txt" 2>&1
+"$PYTHON" benchmarks/gpu_run.py summary --workdir "$WORK/table" --out "$OUT" "${CELLS[@]}" $TOY_FLAG \
+  > "$WORK/summary.txt" 2>&1
 rc=$?
 tar -czf "$OUT/runs.tar.gz" -C "$WORK" --exclude=checkpoints --exclude='*.npz' --exclude=toy_data table 2>/dev/null
 log "done (summary exit $rc)"

@@ -179,3 +179,43 @@ def test_device_command_dry_run_on_cpu(bundle, tmp_path):
     saved = json.loads((work / "table" / "full" / "config.json").read_text())["data"]["preprocessing_path"]
     assert pathlib.Path(saved) == (work / "table" / gpu_run.TRANSFORM_NAME).resolve()
     assert not (tmp_path / "no_cache").exists()  # nothing was fitted
+
+
+def test_cells_option_takes_cells_of_the_experiment_in_the_order_given():
+    assert gpu_run.parse_cells("no_kd, no_dp_kd") == ("no_kd", "no_dp_kd")
+    assert gpu_run.parse_cells(",".join(gpu_run.CELLS)) == gpu_run.CELLS
+
+
+@pytest.mark.parametrize("text, says", [("no_dp,bogus", "unknown: ['bogus']"), ("", "expected distinct names"),
+                                        ("full,full", "expected distinct names")])
+def test_cells_option_refuses_unknown_empty_or_repeated_names(text, says):
+    with pytest.raises(gpu_run.GpuRunError, match="--cells") as error:
+        gpu_run.parse_cells(text)
+    assert says in str(error.value) and "'no_dp_kd'" in str(error.value)  # the known names are listed
+
+
+def test_summary_reports_the_chosen_cells_only(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "no_dp_kd").mkdir(parents=True)
+    (work / "no_dp_kd" / "results.json").write_text(json.dumps({"finished": True}))
+    (work / "no_dp_kd" / "config.json").write_text(json.dumps({"train": {"epochs": 1000}}))
+    (work / "table.no_dp_kd.md").write_text("| cell |\n|---|\n| w/o DP & KD |\n")
+    text = gpu_run.write_summary(work, out, toy=False, cells=("no_dp_kd", "no_kd"))
+    assert "- no_dp_kd: finished" in text and "- no_kd: NOT finished, epoch 0 of ?" in text
+    assert "teacher" not in text and "baseline" not in text
+    assert "Partial table**: not finished within the time limit: no_kd (epoch 0 of ?)" in (out / "table.md").read_text()
+
+
+def test_device_command_dry_run_of_chosen_cells_without_the_benchmark(bundle, tmp_path):
+    """GPU_RUN_CELLS=no_dp_kd and GPU_RUN_BENCH_S=0: that cell alone, no teacher, no benchmark."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = _env(OUT=str(out), GPU_RUN_TOY="1", GPU_RUN_WORKDIR=str(work), GPU_RUN_CELLS="no_dp_kd", GPU_RUN_BENCH_S="0")
+    env.pop("DISTILL_JAX_DATA", None)
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_device_run.sh"), str(bundle)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    progress = (out / "progress.txt").read_text()
+    assert "cells no_dp_kd" in progress and "table: exit 0" in progress and "benchmark: skipped (GPU_RUN_BENCH_S=0" in progress
+    assert "resnet18 w/o DP & KD" in (out / "table.md").read_text() and "Partial table" not in (out / "table.md").read_text()
+    assert set(json.loads((out / "table.json").read_text())["records"]) == {"no_dp_kd"}
+    assert not (work / "table" / "teacher").exists() and (work / "table" / "no_dp_kd" / "record.json").is_file()
