@@ -8,7 +8,7 @@ Subcommands (the two scripts call them; each works alone too):
     bundle-transform PACKED.npz       zca_mtt fitted on the CIFAR-10 (JPEG) training split of the data
                                       root (cached: pipeline.fitted_preprocessing), packed
     unpack-transform PACKED.npz OUT.npz   back to a Preprocessing file (bit for bit: sha256 checked)
-    table --bundle B --workdir W --out O [--toy] [--cells C]   the FRePo IPC 10 ResNet-18 table, cell by cell
+    table --bundle B --workdir W --out O [--toy] [--cells C] [--width N]   the FRePo IPC 10 ResNet-18 table, cell by cell
     summary --workdir W --out O [--toy] [--cells C]            summary.md (and stdout) from what is under W and O
 
 Why packed: the fitted ZCA matrix is 3072 x 3072 float32 (37.7 MB) and the test split 28.4 MB,
@@ -67,6 +67,13 @@ SEEDS = 3
 
 class GpuRunError(RuntimeError):
     """A bundle file is missing or not what it claims to be, or a cell name is not the experiment's."""
+
+
+def _width(text: str) -> int:
+    """`--width`: a whole number >= 0 (0: the paper's width)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"--width {text!r}: expected a whole number >= 0 (0: the paper's width)")
+    return int(text)
 
 
 def parse_cells(text: str) -> tuple:
@@ -174,7 +181,9 @@ def register_device_experiment(transform: pathlib.Path, checkpoints: int = CHECK
     return DEVICE_EXPERIMENT
 
 
-def table_config(toy: bool):
+def table_config(toy: bool, width: int = 0):
+    """The table's config; `width` (0: the paper's, or the toy's) sets the students' width, as
+    `reproduce.width` does on CPU: the same cells as a CPU run at that width, on the device."""
     from distill_jax import config as config_lib
     c = config_lib.default_config()
     c.mode = "reproduce"
@@ -184,6 +193,8 @@ def table_config(toy: bool):
         r = c.reproduce
         r.epoch_divisor, r.width, r.teacher_width, r.evals = (TOY["epoch_divisor"], TOY["width"], TOY["teacher_width"],
                                                               TOY["evals"])
+    if width:
+        c.reproduce.width = width
     return c
 
 
@@ -201,7 +212,7 @@ def _write(path: pathlib.Path, text: str) -> None:
 
 
 def run_table(bundle: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path, *, toy: bool,
-              cells: tuple = CELLS) -> dict:
+              cells: tuple = CELLS, width: int = 0) -> dict:
     from distill_jax.experiments import reproduce
     workdir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +225,7 @@ def run_table(bundle: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path, *,
     if not transform.is_file():
         unpack_transform(bundle / "zca_mtt.packed.npz").save(transform)
     register_device_experiment(transform.resolve(), 2 if toy else CHECKPOINTS_PER_CELL)
-    config = table_config(toy)
+    config = table_config(toy, width)
     data_cache: dict = {}
     result = {}
     for k in range(1, len(cells) + 1):
@@ -365,6 +376,8 @@ def main(argv=None) -> int:
         t = sub.add_parser(name)
         if name == "table":
             t.add_argument("--bundle", type=pathlib.Path, required=True)
+            t.add_argument("--width", type=_width, default=0,
+                           help="the students' width (ResNet-18's first stage; default 0: the paper's)")
         t.add_argument("--workdir", type=pathlib.Path, required=True)
         t.add_argument("--out", type=pathlib.Path, required=True)
         t.add_argument("--toy", action="store_true")
@@ -379,7 +392,7 @@ def main(argv=None) -> int:
     elif args.command == "unpack-transform":
         unpack_transform(args.packed).save(args.out)
     elif args.command == "table":
-        run_table(args.bundle, args.workdir, args.out, toy=args.toy, cells=parse_cells(args.cells))
+        run_table(args.bundle, args.workdir, args.out, toy=args.toy, cells=parse_cells(args.cells), width=args.width)
     else:
         print(write_summary(args.workdir, args.out, toy=args.toy, cells=parse_cells(args.cells)))
     return 0

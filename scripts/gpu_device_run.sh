@@ -40,7 +40,8 @@
 #   bash scripts/gpu_device_run.sh gpu_bundle
 # Environment: OUT (required), GPU_RUN_BUDGET_S, GPU_RUN_BENCH_S (0 skips the benchmark),
 # GPU_RUN_CELLS (the table's cells, in order; default: benchmarks/gpu_run.py's CELLS; e.g.
-# no_dp_kd,no_kd for the two columns without KD, which need no teacher), GPU_RUN_WORKDIR (default
+# no_dp_kd,no_kd for the two columns without KD, which need no teacher), GPU_RUN_WIDTH (the
+# students' width, default the paper's; 16 runs the CPU table of docs/results.md §1d), GPU_RUN_WORKDIR (default
 # /tmp/distill_jax_gpu_run), PYTHON (default python3), GPU_RUN_TOY=1 (the CPU dry run: the same
 # phases at toy size, labelled so; what tests/test_gpu_bundle.py runs).
 set -uo pipefail
@@ -58,6 +59,8 @@ WORK=${GPU_RUN_WORKDIR:-/tmp/distill_jax_gpu_run}
 PYTHON=${PYTHON:-python3}
 CELLS=()  # benchmarks/gpu_run.py owns the default cells
 [ -n "${GPU_RUN_CELLS:-}" ] && CELLS=(--cells "$GPU_RUN_CELLS")
+WIDTH=()
+[ -n "${GPU_RUN_WIDTH:-}" ] && WIDTH=(--width "$GPU_RUN_WIDTH")
 mkdir -p "$WORK"
 START=$SECONDS
 export PYTHONUNBUFFERED=1
@@ -67,7 +70,7 @@ if [ "$TOY" = 1 ]; then PRESET=gpu_device_toy; TOY_FLAG=--toy; else PRESET=gpu_d
 log() { echo "[$(date -u +%H:%M:%S)] +$((SECONDS - START))s $*" | tee -a "$OUT/progress.txt"; }
 left() { echo $((BUDGET - (SECONDS - START))); }
 
-log "device run$([ "$TOY" = 1 ] && echo ' (TOY DRY RUN)'): bundle $BUNDLE, workdir $WORK, budget ${BUDGET}s, cells ${GPU_RUN_CELLS:-default}"
+log "device run$([ "$TOY" = 1 ] && echo ' (TOY DRY RUN)'): bundle $BUNDLE, workdir $WORK, budget ${BUDGET}s, cells ${GPU_RUN_CELLS:-default}, width ${GPU_RUN_WIDTH:-paper}"
 if ! (cd "$BUNDLE" && sha256sum -c --quiet SHA256SUMS) >> "$OUT/progress.txt" 2>&1; then
   log "the bundle does not match its SHA256SUMS: rebuild it with scripts/gpu_bundle.sh"; exit 2
 fi
@@ -136,7 +139,7 @@ cap=$(( $(left) - 25 ))
 log "table: at most ${cap}s"
 if [ "$cap" -gt 20 ]; then
   timeout --kill-after=15 "$cap" "$PYTHON" benchmarks/gpu_run.py table --bundle "$BUNDLE" --workdir "$WORK/table" \
-    --out "$OUT" "${CELLS[@]}" $TOY_FLAG >> "$OUT/table_log.txt" 2>&1
+    --out "$OUT" "${CELLS[@]}" "${WIDTH[@]}" $TOY_FLAG >> "$OUT/table_log.txt" 2>&1
   rc=$?
   TABLE_RC=$rc
   log "table: exit $rc$([ $rc -eq 124 ] || [ $rc -eq 137 ] && echo ' (time budget reached: partial table; rerun to resume)')"

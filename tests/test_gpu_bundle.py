@@ -207,15 +207,32 @@ def test_summary_reports_the_chosen_cells_only(tmp_path):
 
 
 def test_device_command_dry_run_of_chosen_cells_without_the_benchmark(bundle, tmp_path):
-    """GPU_RUN_CELLS=no_dp_kd and GPU_RUN_BENCH_S=0: that cell alone, no teacher, no benchmark."""
+    """GPU_RUN_CELLS=no_dp_kd, GPU_RUN_WIDTH=2 and GPU_RUN_BENCH_S=0: that cell alone at width 2,
+    no teacher, no benchmark."""
     out, work = tmp_path / "out", tmp_path / "work"
-    env = _env(OUT=str(out), GPU_RUN_TOY="1", GPU_RUN_WORKDIR=str(work), GPU_RUN_CELLS="no_dp_kd", GPU_RUN_BENCH_S="0")
+    env = _env(OUT=str(out), GPU_RUN_TOY="1", GPU_RUN_WORKDIR=str(work), GPU_RUN_CELLS="no_dp_kd", GPU_RUN_BENCH_S="0",
+               GPU_RUN_WIDTH="2")
     env.pop("DISTILL_JAX_DATA", None)
     done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_device_run.sh"), str(bundle)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     progress = (out / "progress.txt").read_text()
-    assert "cells no_dp_kd" in progress and "table: exit 0" in progress and "benchmark: skipped (GPU_RUN_BENCH_S=0" in progress
+    assert "cells no_dp_kd, width 2" in progress and "table: exit 0" in progress and "benchmark: skipped (GPU_RUN_BENCH_S=0" in progress
     assert "resnet18 w/o DP & KD" in (out / "table.md").read_text() and "Partial table" not in (out / "table.md").read_text()
-    assert set(json.loads((out / "table.json").read_text())["records"]) == {"no_dp_kd"}
+    assert "test-network width 2," in (out / "table.md").read_text()
+    records = json.loads((out / "table.json").read_text())["records"]
+    assert set(records) == {"no_dp_kd"} and records["no_dp_kd"]["config"]["model"]["width"] == 2
     assert not (work / "table" / "teacher").exists() and (work / "table" / "no_dp_kd" / "record.json").is_file()
+
+
+@pytest.mark.parametrize("width", ["-1", "16px", ""])
+def test_width_option_refuses_what_is_not_a_whole_number(width, capsys):
+    with pytest.raises(SystemExit):
+        gpu_run.main(["table", "--bundle", "b", "--workdir", "w", "--out", "o", "--width", width])
+    assert f"--width {width!r}: expected a whole number >= 0" in capsys.readouterr().err
+
+
+def test_width_option_sets_the_students_width_only():
+    config = gpu_run.table_config(toy=False, width=16)
+    assert config.reproduce.width == 16 and config.reproduce.teacher_width == 0  # the teacher stays at the paper's
+    assert gpu_run.table_config(toy=False).reproduce.width == 0
