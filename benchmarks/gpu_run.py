@@ -89,6 +89,14 @@ def parse_cells(text: str) -> tuple:
     return names
 
 
+def _cells_argument(text: str) -> tuple:
+    """`--cells` for argparse: a bad list is a usage error, said without a traceback."""
+    try:
+        return parse_cells(text)
+    except GpuRunError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def _sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
@@ -381,8 +389,8 @@ def main(argv=None) -> int:
         t.add_argument("--workdir", type=pathlib.Path, required=True)
         t.add_argument("--out", type=pathlib.Path, required=True)
         t.add_argument("--toy", action="store_true")
-        t.add_argument("--cells", default=",".join(CELLS),
-                       help=f"comma-separated cells of {EXPERIMENT}, run in this order (default: %(default)s)")
+        t.add_argument("--cells", type=_cells_argument, default=CELLS,
+                       help=f"comma-separated cells of {EXPERIMENT}, run in this order (default: {','.join(CELLS)})")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
                         format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
@@ -392,9 +400,9 @@ def main(argv=None) -> int:
     elif args.command == "unpack-transform":
         unpack_transform(args.packed).save(args.out)
     elif args.command == "table":
-        run_table(args.bundle, args.workdir, args.out, toy=args.toy, cells=parse_cells(args.cells), width=args.width)
+        run_table(args.bundle, args.workdir, args.out, toy=args.toy, cells=args.cells, width=args.width)
     else:
-        print(write_summary(args.workdir, args.out, toy=args.toy, cells=parse_cells(args.cells)))
+        print(write_summary(args.workdir, args.out, toy=args.toy, cells=args.cells))
     return 0
 
 

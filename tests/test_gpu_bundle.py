@@ -194,6 +194,12 @@ def test_cells_option_refuses_unknown_empty_or_repeated_names(text, says):
     assert says in str(error.value) and "'no_dp_kd'" in str(error.value)  # the known names are listed
 
 
+def test_cells_option_on_the_command_line_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        gpu_run.main(["summary", "--workdir", "w", "--out", "o", "--cells", "no_dp,bogus"])
+    assert "unknown: ['bogus']" in capsys.readouterr().err
+
+
 def test_summary_reports_the_chosen_cells_only(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     (work / "no_dp_kd").mkdir(parents=True)
