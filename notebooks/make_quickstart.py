@@ -22,17 +22,34 @@ here with DM), draws it, then trains the distiller's ConvNet (the KD teacher) an
 paper's **Baseline** recipe and with the **Full** method on whatever accelerator the runtime has,
 several seeds in one vmapped program, and compares curves, schedules and final accuracies.
 Schedules are the paper's divided by `EPOCH_DIVISOR` (learning rates multiplied by it);
-`docs/method.md` describes every part."""
+`docs/method.md` describes every part.
 
-INSTALL = """# Colab: install the package once per runtime (skipped where it is installed already).
+**Installing the package.** The next cell installs `distill_jax` when the runtime does not have it,
+from `PACKAGE_SOURCE`, the one setting at its top. Set it to what you have:
+- a git repository the runtime can reach, e.g. `"git+https://github.com/<your-account>/distill_jax.git"`
+  (your fork or copy of this repository; append `@<branch-or-tag>` to pin a version);
+- or a wheel: build it in a checkout with `pip wheel --no-deps -w dist .`, upload
+  `dist/distill_jax-<version>-py3-none-any.whl` with Colab's Files panel, and give its file name,
+  e.g. `"distill_jax-0.1.0-py3-none-any.whl"`.
+
+Left empty on a runtime without the package, the cell stops and says so."""
+
+INSTALL = """# Where pip installs distill_jax from (see the first cell): a git URL you can reach, e.g.
+# "git+https://github.com/<your-account>/distill_jax.git", or an uploaded wheel's file name.
+PACKAGE_SOURCE = ""
+
+# Installs the package once per runtime (skipped where it is installed already).
 import importlib.util
 import subprocess
 import sys
 
 if importlib.util.find_spec("distill_jax") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/distill-jax/distill_jax"],
-                   check=True)
+    if not PACKAGE_SOURCE:
+        raise RuntimeError("distill_jax is not installed: set PACKAGE_SOURCE at the top of this cell to a git URL "
+                           "or an uploaded wheel (the first cell says how), then run the cell again")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE_SOURCE], check=True)
     # GPU runtime: pip install -U "jax[cuda12]"; TPU runtime: pip install -U "jax[tpu]".
+    # CPU runtime: apt-get install -y g++ libdnnl-dev for the fast (oneDNN) convolutions.
     # Fashion-MNIST comes from Debian's package: apt-get install -y dataset-fashion-mnist"""
 
 PARAMETERS = """# Parameters (tests/test_notebook.py replaces this cell to run the notebook at toy size).
