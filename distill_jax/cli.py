@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from distill_jax import errors, launcher
 from distill_jax.experiments import compare, registry, transfer
-from distill_jax.report import show
+from distill_jax.report import results_record, show
 from distill_jax.formats.distilled import FORMATS, PREPROCESSING, load_distilled, save_distilled, summarize_distilled
 
 PROG = "distill-jax"
@@ -214,8 +214,31 @@ def register_compare(subparsers) -> None:
     parser.set_defaults(handler=run_compare)
 
 
+def run_record(args: argparse.Namespace) -> int:
+    record = results_record.from_workdir(args.workdir, command=args.command)
+    written = results_record.write_record(args.out, record)
+    print(f"wrote {written}: {record['kind']} {record['experiment']}, {len(record['cells'])} cell(s), "
+          f"config digest {record['config_digest'][:12]}")
+    return 0
+
+
+def register_record(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "record", help="write the results record of a finished workdir (what results/ keeps)",
+        description="Read a finished workdir (a reproduce experiment, a transfer pool, or a single training run) "
+                    "and write its results record: per cell and seed the final test accuracy and the last step's "
+                    "training accuracy, the cells' networks and recipes, the config digest, software, hardware, "
+                    "wall time, date and command (distill_jax.report.results_record).")
+    parser.add_argument("workdir", metavar="WORKDIR", help="the finished workdir")
+    parser.add_argument("--out", required=True, help="the record file to write, e.g. results/NAME.json")
+    parser.add_argument("--command", default=None, help="the command that produced the workdir, where the workdir "
+                        "does not store one (a single training run)")
+    parser.set_defaults(handler=run_record)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_inspect, register_convert, register_show,
-                                                                register_run, register_transfer, register_compare]
+                                                                register_run, register_transfer, register_compare,
+                                                                register_record]
 
 
 def build_parser() -> argparse.ArgumentParser:

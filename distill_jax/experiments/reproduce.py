@@ -11,7 +11,9 @@ a reader of an unfinished workdir knows how many seeds each cell plans), then `t
 test-set selection), `reproduction.json` when every cell has finished (a run of some cells,
 `reproduce.cells`, writes `table.<cells>.md` and `reproduction.<cells>.json`), and per cell
 `record.json` (config, per-seed curves, final numbers, software versions, device),
-`accuracy.png` and `schedules.png`; `accuracy_by_cell.png` draws every cell's mean curve.
+`accuracy.png` and `schedules.png`; `accuracy_by_cell.png` draws every cell's mean curve;
+`results_record.json` (`results_record.<cells>.json` for a run of some cells) is the results
+record of the whole experiment (`distill_jax.report.results_record`), what `results/` keeps.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from distill_jax import evaluate, models
 from distill_jax.data import pipeline
 from distill_jax.distillation import runner
 from distill_jax.experiments import recipes, registry
-from distill_jax.report import plots, records, tables
+from distill_jax.report import plots, records, results_record, tables
 from distill_jax.errors import UserError
 from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import loop, rundir, runs
@@ -132,8 +134,9 @@ def _distill(cell: registry.Cell, cell_dir: pathlib.Path) -> dict:
         "compile_seconds": results.get("compile_seconds"),
         "loss_first": history[0]["loss"] if history else None, "loss_last": results.get("final_loss"),
         "distilled_path": results.get("distilled_path"), "preprocessing": results.get("preprocessing"),
-        "config": cell.config.to_dict(), "seeds": [], "history": [], "final_accuracy": None,
+        "model": results["model"], "config": cell.config.to_dict(), "seeds": [], "history": [], "final_accuracy": None,
         "best_over_training": None, "software": records.software_versions(), "device": records.device_description(),
+        "hardware": records.hardware_description(),
     }
     rundir.write_json(cell_dir / "record.json", record)
     return record
@@ -176,6 +179,7 @@ def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: 
         "best_over_training": records.best_over_training(merged["history"]) if merged["history"] else None,
         "data": merged.get("data"), "preprocessing": merged.get("preprocessing"),
         "software": records.software_versions(), "device": records.device_description(),
+        "hardware": records.hardware_description(),
     }
     rundir.write_json(cell_dir / "record.json", record)
     if cell.role not in ("import", "score"):
@@ -341,7 +345,7 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
                                     teacher=r.teacher)
     cells = select_cells(inherit_fields(cells, config), r, r.experiment)
     rundir.write_json(workdir / PLAN_FILE, {"experiment": r.experiment, "config": config.to_dict(),
-                                            "cells": [c.name for c in cells]})
+                                            "cells": [c.name for c in cells], "command": results_record.command_line()})
     cell_records = run_cells(cells, workdir, r, f"reproduce {r.experiment}", data_cache)
     trained = [rec for rec in cell_records if rec["role"] != "distill"]
     table = tables.experiment_table(trained, show_best=bool(r.show_best)) + teacher_note(trained)
@@ -355,4 +359,7 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
     summary = {"experiment": r.experiment, "config": config.to_dict(), "cells": cell_summaries(cell_records),
                "software": records.software_versions(), "device": records.device_description()}
     rundir.write_json(workdir / f"reproduction{suffix}.json", summary)
+    if rundir.is_writer():  # the record reads back the files only process 0 wrote
+        results_record.write_record(workdir / f"results_record{suffix}.json",
+                                    results_record.from_workdir(workdir, summary_file=f"reproduction{suffix}.json"))
     return {**summary, "table": table, "summary": heading + table}

@@ -6,7 +6,8 @@ the set with the teacher recipe, a reference-code `.pth`, or a run of this packa
 network of a pool trains on the set twice: with the Baseline recipe and with the Full recipe
 (docs/method.md §2.7). Each cell is an ordinary reproduce cell (resumable, skipped when finished,
 refused when its directory holds another config). The report is a table per network (Baseline,
-Full, gain, gap to the training network; mean ± std and per seed) and a grouped bar chart.
+Full, gain, gap to the training network; mean ± std and per seed) and a grouped bar chart; the
+workdir also gets the pool's results record (`results_record.json`, `distill_jax.report.results_record`).
 
 A network without DropPath blocks (the ConvNets) cannot take the Full recipe whole: its "Full"
 cell is the recipe without DropPath (w/o DP: Lion, KD, 1000 epochs), and the table says so.
@@ -24,7 +25,7 @@ import numpy as np
 from distill_jax import models
 from distill_jax.experiments import recipes, registry, reproduce
 from distill_jax.formats.distilled import load_distilled
-from distill_jax.report import plots, records, tables
+from distill_jax.report import plots, records, results_record, tables
 from distill_jax.training import rundir, runs
 
 DEFAULT_POOL = ("convnet", "resnet18", "resnet50", "vgg11", "alexnet", "vit")
@@ -298,7 +299,10 @@ def run_transfer(config, workdir, *, data_cache: Optional[dict] = None) -> dict:
     plot_transfer(cell_records, spec.networks, workdir / "transfer.png", title=title)
     rundir.write_text(workdir / "transfer.md", heading + table)
     summary = {"set": dataclasses.asdict(spec), "config": config.to_dict(),
-               "cells": reproduce.cell_summaries(cell_records),
+               "cells": reproduce.cell_summaries(cell_records), "command": results_record.command_line(),
                "software": records.software_versions(), "device": records.device_description()}
     rundir.write_json(workdir / "transfer.json", summary)
+    if rundir.is_writer():  # the record reads back the files only process 0 wrote
+        results_record.write_record(workdir / results_record.AUTO_FILE,
+                                    results_record.from_workdir(workdir, summary_file="transfer.json"))
     return {**summary, "table": table, "summary": heading + table}

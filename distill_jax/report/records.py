@@ -6,6 +6,7 @@ with another table later; these helpers make that record cheap to write everywhe
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 
 import numpy as np
@@ -34,6 +35,40 @@ def device_description() -> dict:
     kinds = sorted({d.device_kind for d in devices})
     return {"backend": jax.default_backend(), "device_kinds": kinds, "device_count": len(devices),
             "host": platform.machine(), "processor": platform.processor() or "unknown"}
+
+
+# /proc/cpuinfo flags that decide which kernels the numerical libraries run (vector units):
+# the record keeps these, not the whole list.
+CPU_FLAG_PREFIXES = ("sse", "ssse", "avx", "fma", "f16c", "amx")
+
+
+def cpu_description(cpuinfo: str) -> dict:
+    """The CPU as /proc/cpuinfo's text names it: model name, family and model numbers, and the
+    vector-unit flags (`CPU_FLAG_PREFIXES`) of its first processor entry."""
+    first = cpuinfo.split("\n\n", 1)[0]
+    fields = {}
+    for line in first.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    flags = sorted(f for f in fields.get("flags", "").split() if f.startswith(CPU_FLAG_PREFIXES))
+    return {"model": fields.get("model name", "unknown"), "family": fields.get("cpu family", "unknown"),
+            "model_number": fields.get("model", "unknown"), "flags": flags}
+
+
+def hardware_description() -> dict:
+    """What ran this process: the JAX backend and its device kinds (e.g. 'NVIDIA H200' x 1), and
+    the host's CPU (`cpu_description` of /proc/cpuinfo where the system has one) and core count."""
+    described = device_description()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = cpu_description(f.read())
+    except OSError:
+        cpu = {"model": platform.processor() or "unknown", "family": "unknown", "model_number": "unknown",
+               "flags": []}
+    return {"backend": described["backend"], "device_kinds": described["device_kinds"],
+            "device_count": described["device_count"], "cpu": cpu, "cpu_count": os.cpu_count() or 0,
+            "machine": described["host"]}
 
 
 def best_over_training(history: list[dict]) -> dict | None:
