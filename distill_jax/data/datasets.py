@@ -20,7 +20,7 @@ Sources (`load_dataset(name, split, data_dir=None, **opts)`):
 ``source=`` overrides a name's default source, e.g.
 ``load_dataset('mnist', 'train', source='tfds')``.
 
-File readers bound what they allocate (issue 11.6): an IDX file's dimensions, an npz member's
+File readers bound what they allocate: an IDX file's dimensions, an npz member's
 declared size, compression ratio and npy header, and an image's pixel count are checked
 against the array cap (`distill_jax.errors.max_array_bytes()`) before anything is read, and a
 malformed file raises `DataFormatError` naming it (an `InputFileError`), never another exception.

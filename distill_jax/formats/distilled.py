@@ -27,7 +27,7 @@ layout is also used to republish FRePo sets), anything else means MTT; pass
 code's own ZCA space (``zca_mtt``) whatever their source: measured on the shared FRePo sets
 (docs/results.md, "A finding on preprocessing"). FRePo's own formats default to ``zca_frepo``.
 
-Every reader bounds what it allocates (issue 11.6) and raises :class:`DistilledFormatError`
+Every reader bounds what it allocates and raises :class:`DistilledFormatError`
 (an :class:`~distill_jax.errors.InputFileError`) naming the file for anything malformed:
 ``.pt`` files through :mod:`distill_jax.formats.torch_pickle`; npz files through its
 :func:`~distill_jax.formats.torch_pickle.read_npz` (each member's size, compression ratio and npy

@@ -21,7 +21,7 @@ into numpy whatever device they were saved from (``cpu``, ``cuda:0``, ...).
 The result is the saved object with plain Python containers and numpy arrays in
 place of tensors.
 
-Bounds (issue 11.6): nothing a file declares is allocated before it is checked. Every archive
+Bounds: nothing a file declares is allocated before it is checked. Every archive
 member read is checked by :func:`check_zip_member` (its declared uncompressed size against the
 array cap, ``distill_jax.errors.max_array_bytes()``, and its compression ratio), and all members
 of one archive together may decompress to at most ``max(cap, 200 x the archive's size)``. A

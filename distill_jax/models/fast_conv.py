@@ -20,7 +20,7 @@ through training steps) must keep nn.Conv.
 
 `Conv` is a drop-in for `flax.linen.Conv` (2-D, NHWC): same parameter names and
 shapes ('kernel' HWIO, 'bias'), so checkpoints and imported weights are unchanged.
-See benchmarks/README.md ("Convolutions on CPU") for the measurements.
+benchmarks/conv_cpu.py times it against the other variants; benchmarks/README.md has the train step.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ PaddingLike = Union[str, int, Sequence[Union[int, tuple[int, int]]]]
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 _WHERE = "distill_jax/models/fast_conv.py"
 # Padded input bytes per batch chunk in the kernel gradient: small enough that a
-# chunk and its shifted taps stay in cache (256 KB measured best here, see benchmarks/README.md).
+# chunk and its shifted taps stay in cache (256 KB: the best chunk size in benchmarks/conv_cpu.py's sweep).
 DEFAULT_CHUNK_BYTES = 1 << 18
 # Seeds up to this many get one unrolled convolution each under vmap; more use lax.map
 # (compile time grows with the unrolled copies).
@@ -250,7 +250,7 @@ def make_conv2d(
 
 _fast_conv = make_conv2d(kernel_grad_by_taps)
 # XLA's three convolutions, only wrapped so that per-seed kernels under vmap stay one
-# convolution per seed (on GPU, XLA's grouped convolution is slow: benchmarks/README.md, "GPU run").
+# convolution per seed (on GPU, XLA's grouped convolution is slow: benchmarks/README.md, "GPU: one NVIDIA H200").
 _per_seed_xla_conv = make_conv2d(xla_kernel_grad)
 
 

@@ -92,7 +92,7 @@ def conv_implementation() -> str:
     convolution (benchmarks/README.md). On GPU/TPU XLA's own convolution is the fast one. On GPU
     the default is 'xla_per_seed': XLA's convolutions, but per-seed kernels under vmap run as one
     convolution per seed rather than XLA's grouped convolution (on an H200, 5 seeds of ResNet-18
-    at batch 100: 22 ms a step against 48 ms; benchmarks/README.md, "GPU run").
+    at batch 100: 22 ms a step against 48 ms; benchmarks/README.md, "GPU: one NVIDIA H200").
     Only 'xla' has second derivatives, so code that needs grad-of-grad
     through a network sets DISTILL_JAX_CONV=xla.
     """
@@ -162,8 +162,8 @@ def dense(features: int, *, weight_init: str = "torch", name: str | None = None)
 class InstanceNorm(nn.Module):
     """Per-sample, per-channel normalisation over (H, W) with an affine scale and bias: the
     reference code's GroupNorm(C, C). Same parameters ('scale', 'bias') and values as Flax's
-    `GroupNorm(group_size=1)`, written directly on the NHWC axes: 12 % less CPU time for
-    forward + backward than GroupNorm's grouped reshape (benchmarks/README.md)."""
+    `GroupNorm(group_size=1)`, written directly on the NHWC axes: less CPU time for forward +
+    backward than GroupNorm's grouped reshape (`benchmarks/run_all.py --preset layers` times it)."""
     epsilon: float = 1e-5
 
     @nn.compact

@@ -1,7 +1,7 @@
 // 2-D convolution pieces (NHWC activations, HWIO kernels, float32) for XLA's CPU backend,
 // computed by oneDNN. Why: XLA:CPU runs convolutions with fewer than 128 output channels on
 // one thread, and oneDNN's kernels use every core and the CPU's vector extensions
-// (benchmarks/README.md, "The CPU default since the fourth session"). Built and loaded by
+// (benchmarks/README.md, "CPU: JAX beside PyTorch"). Built and loaded by
 // distill_jax/models/onednn_conv.py; each handler is an XLA FFI custom call.
 //
 //   forward:      a = x (N,H,W,C),   b = kernel (kh,kw,C,F) -> y  (N,Ho,Wo,F)
@@ -62,7 +62,8 @@ std::shared_ptr<Plan> MakePlan(const Key& k) {
   plan->user_kernel = memory::desc({s.f, s.c, s.kh, s.kw}, dt::f32, tag::hwio);
   auto& engine = Engine();
   // XLA may run two custom calls at once on its threads; oneDNN's default (library-owned)
-  // scratchpad is shared between them (a hang was seen), so each call brings its own.
+  // scratchpad is shared between them (two concurrent calls corrupt it and can hang), so each
+  // call brings its own.
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   dnnl::convolution_forward::primitive_desc forward(
