@@ -31,6 +31,7 @@ import numpy as np
 
 from distill_jax.errors import UserError
 from distill_jax.experiments import recipes, registry, reproduce
+from distill_jax.report import paper as published
 from distill_jax.report import plots, records, tables
 from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import rundir
@@ -54,29 +55,11 @@ ORDERINGS = (
 )
 
 PAPER_HEADER = "paper (published, their selection)"
-_LION = "docs/method.md §7 gives 'Lion instead of AdamW alone (Baseline → w/o DP & KD): 61.9 → 64.8' without naming the set"
-_PROTOCOL = ("Zhong & Liu's numbers follow the reference code's protocol (best over training, i.e. selected on the "
-             "test set; docs/method.md §6), on real CIFAR-10 with full-width networks and the full schedule")
-# The paper's published CIFAR-10 test accuracies (%), as docs/method.md §7 lists them, by the
-# experiment name they belong to (`registry.experiment_names()`). cell -> (value, note or "").
-# These are what the papers published, with their own protocols and selection: not final-epoch
-# numbers, not this package's data (the JPEG CIFAR-10 experiments have none of their own).
-PAPER = {
-    "frepo_cifar10_10_resnet18": {
-        "source": "docs/method.md §7: FRePo sets, ResNet-18, IPC 10. " + _PROTOCOL,
-        "cells": {"teacher": (65.5, "FRePo's own ConvNet (its published number)"),
-                  "baseline": (61.9, _LION), "no_dp_kd": (64.8, _LION),
-                  "no_dp": (64.0, ""), "no_kd": (63.9, ""), "full": (66.6, "")}},
-    "frepo_cifar10_50_resnet18": {
-        "source": "docs/method.md §7: FRePo sets, ResNet-18, IPC 50. " + _PROTOCOL,
-        "cells": {"teacher": (71.7, "FRePo's own ConvNet (its published number)"), "full": (74.5, "")}},
-    **{f"mtt_cifar10_10_{net}": {
-        "source": f"docs/method.md §7: MTT sets, IPC 10, {label} Baseline → Full. " + _PROTOCOL,
-        "cells": {"teacher": (63.6, "the training ConvNet on the MTT set (MTT's own paper: 65.3)"),
-                  "baseline": (base, ""), "full": (full, "")}}
-       for net, label, base, full in (("resnet18", "ResNet-18", 48.9, 67.4), ("resnet50", "ResNet-50", 28.1, 63.8),
-                                      ("alexnet", "AlexNet", 56.9, 68.3), ("vgg11", "VGG-11", 52.6, 67.1))},
-}
+# The paper's published CIFAR-10 test accuracies (%) by the experiment name they belong to
+# (`registry.experiment_names()`): cell -> (value, note or ""). `distill_jax.report.paper` owns
+# them with their provenance (what the papers published, with their own protocols and
+# selection: not final-epoch numbers, not this package's data).
+PAPER = published.compare_view()
 
 # Fields of a cell's config that do not change with the scale: two workdirs whose cells differ
 # in one of them hold different experiments.
