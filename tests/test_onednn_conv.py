@@ -87,7 +87,7 @@ def test_unavailable_library_falls_back_to_taps_by_default_and_errors_when_asked
 
 def test_build_is_atomic_and_reused(tmp_path):
     path = onednn_conv.build(tmp_path / "conv.so")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["conv.so"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conv.so", "conv.so.sha256"]  # the library and its digest
     mtime = path.stat().st_mtime_ns
     assert onednn_conv.build(path) == path and path.stat().st_mtime_ns == mtime
 

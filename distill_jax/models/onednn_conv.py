@@ -10,8 +10,12 @@ The C++ source ships as distill_jax/models/kernels/onednn_conv.cc. On first use 
 compiled with the system C++ compiler ($CXX, else g++) against oneDNN (Debian's
 libdnnl-dev, which launch/setup.sh installs) and JAX's FFI headers, into a cache folder
 ($DISTILL_JAX_KERNEL_CACHE, else ~/.cache/distill_jax) under a name keyed by the source,
-jaxlib's version, the compiler and oneDNN's version; it is written under a temporary name and renamed, so
-concurrent processes never load a half-written library.
+jaxlib's version, the compiler and oneDNN's version. The library and its SHA-256 digest
+(`<name>.so.sha256`, beside it) are each written under a temporary name and renamed, so
+concurrent processes never load a half-written library; before loading, the library is checked
+against its digest, and a damaged one (truncated, changed bytes, no digest) is rebuilt, with one
+log line saying so, rather than loaded (a damaged library crashes the process: bus error or
+segmentation fault). Where it cannot be rebuilt, the networks fall back to fast_conv (`layers`).
 
 `conv2d` has the fast_conv interface and limits (float32, first-order reverse mode; see
 fast_conv's docstring) and the same vmap handling of per-seed kernels.
@@ -73,11 +77,54 @@ def library_path() -> Path:
     return cache_dir() / f"onednn_conv-{digest}.so"
 
 
+def digest_path(path: Path) -> Path:
+    """The file beside a compiled library that holds its SHA-256 (hex), written with it."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def verify(path: Path) -> str | None:
+    """None when the library at `path` matches the digest written beside it at build time, else
+    what is wrong with it (the end of a sentence that starts with the library's path)."""
+    path = Path(path)
+    try:
+        recorded = digest_path(path).read_text().strip()
+    except FileNotFoundError:
+        return f"has no digest file ({digest_path(path).name})"
+    except OSError as error:
+        return f"has an unreadable digest file ({error})"
+    try:
+        actual = _sha256(path)
+    except OSError as error:
+        return f"cannot be read ({error})"
+    if actual != recorded:
+        return f"does not match its digest ({digest_path(path).name}): the file is damaged"
+    return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def build(path: Path | None = None) -> Path:
-    """Compiles the kernels to `path` (default library_path()) unless already there; returns the path."""
+    """Compiles the kernels to `path` (default library_path()) unless a copy that matches its
+    digest is already there (one that does not is rebuilt, logged); returns the path."""
     path = library_path() if path is None else Path(path)
     if path.exists():
-        return path
+        problem = verify(path)
+        if problem is None:
+            return path
+        logging.warning("%s: the compiled library %s %s; rebuilding it", _WHERE, path, problem)
     compiler = _compiler()
     if shutil.which(compiler) is None:
         raise OnednnUnavailable(
@@ -93,10 +140,14 @@ def build(path: Path | None = None) -> Path:
             raise OnednnUnavailable(
                 f"{_WHERE}: compiling {SOURCE.name} failed (is oneDNN installed? Debian: apt-get install libdnnl-dev):\n"
                 f"{' '.join(command)}\n{result.stderr[-2000:]}")
+        digest = _sha256(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    # The library first, then its digest: a process that stops between the two leaves a library
+    # without a digest, which the next one rebuilds.
+    _write_atomically(digest_path(path), (digest + "\n").encode())
     return path
 
 
