@@ -6,7 +6,7 @@ networks on the real test split put through each candidate transform fitted on t
 training split. The candidate under which the networks score best is the set's space.
 (This picks a preprocessing by test accuracy; it is a format question, not a model choice.)
 
-    python scripts/frepo_whitening.py --set ../shared/data/distilled/cifar10_10_frepo --workdir /tmp/frepo_white
+    python scripts/frepo_whitening.py --set <data root>/distilled/cifar10_10_frepo --workdir runs/frepo_white
 """
 import argparse
 import json

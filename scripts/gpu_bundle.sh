@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the folder a device run carries (scripts/gpu_device_run.sh): the device machine has no
-# network and no ../shared, and only the working tree plus the ignored folders named in `carry`
-# travel (64 MiB in all). The folder (default gpu_bundle/, git-ignored) holds:
+# Builds the folder the accelerator run carries (scripts/gpu_device_run.sh): that machine has no
+# network and no data root, and only the working tree plus this folder are copied to it (64 MiB
+# in all). The folder (default gpu_bundle/, git-ignored) holds:
 #
 #   data/cifar10_jpeg_test.npz              the CIFAR-10 (JPEG) test split (28.4 MB), as in the data root
 #   data/distilled/cifar10_10_frepo/        the published FRePo IPC 10 set (1.2 MB)

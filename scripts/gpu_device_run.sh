@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The device run: one command for a lent accelerator (one H200), everything written under $OUT.
-# Ran as written on a lent H200 (2026-11-28: benchmarks/README.md, "GPU run"); dry-run on CPU by tests/test_gpu_bundle.py.
+# The accelerator run: one command for an offline GPU machine (e.g. one H200), everything written
+# under $OUT (benchmarks/README.md, "Running on an offline accelerator machine"); dry-run on CPU by
+# tests/test_gpu_bundle.py.
 #
 #   1. checks the bundle (scripts/gpu_bundle.sh) against its SHA256SUMS and installs its wheels
 #      (ml-collections, tensorboardX) with pip --no-index into $WORK/site;
@@ -12,12 +13,12 @@
 #      vmapped per cell, the carried zca_mtt transform (no training split on the device);
 #   4. summary.md (also printed) and runs.tar.gz (records, curves, plots; no checkpoints).
 #
-# Out files (8, the most a call brings back): progress.txt, bench.txt, bench.json, table_log.txt,
+# Out files (8): progress.txt, bench.txt, bench.json, table_log.txt,
 # table.md, table.json, summary.md, runs.tar.gz. Each is written as its phase goes, so a run cut
-# off at the tool's limit still brings back what it did.
+# off at a time limit still leaves what it did.
 #
-# Time (one `run` call may last 600 s; the whole lease is 15 min, a machine's start 1-2 of them).
-# The run keeps to GPU_RUN_BUDGET_S (default 560 s) and stops itself before the tool's limit:
+# Time (sized for a slot of 600 s per command): the run keeps to GPU_RUN_BUDGET_S (default 560 s)
+# and stops itself before such a limit:
 #   benchmark: 6 cells compiled at once on 16 cores, then 21 rounds of ms-long steps: ~1.5-2 min
 #              (capped at GPU_RUN_BENCH_S, default 180 s);
 #   table: XLA's cost analysis of the steps (benchmarks/train_step.py, 3 seeds, batch 100) gives
@@ -27,16 +28,14 @@
 #     Full     4000 steps x 899 GFLOP (KD, DP)     + 40 evals x 29 TFLOP =  4.76 PFLOP
 #     total 7.4 PFLOP: 15 s at the H200's TF32 peak (495 TFLOP/s), 37 s at 40 % MFU, 150 s at
 #     10 %; ResNet-18 at batch 100 on 32 px images is more likely bound by kernel launches
-#     (~7000 steps x a few ms), so ~1-3 min of steps, plus 4 cells' compiles (~0.5-1 min each,
-#     unmeasured on this card), 16 checkpoints of ~270 MB and the data: ~3-7 min.
-#   So the full table fits the first call's ~6 min left after the benchmark only if compiles
-#   are quick. It is run whole, not cut: cells go teacher, Baseline, Full, w/o DP, and a cell the
+#     (~7000 steps x a few ms), so ~1-3 min of steps, plus 4 cells' compiles (~0.5-1 min each),
+#     16 checkpoints of ~270 MB and the data: ~3-7 min.
+#   So the full table fits the ~6 min left after the benchmark only if compiles are quick. It is run whole, not cut: cells go teacher, Baseline, Full, w/o DP, and a cell the
 #   budget cuts off is reported as unfinished with the epoch it reached (table.md says "Partial
-#   table"). Running the same command again on the still-warm machine (it stays 30 s after a
-#   call; workdir, checkpoints and XLA cache are in $WORK) resumes that cell and skips the
-#   benchmark. No cell is shortened: a partial table says which cells are missing.
+#   table"). Running the same command again on the same machine (workdir, checkpoints and XLA
+#   cache are in $WORK) resumes that cell and skips the benchmark. No cell is shortened: a partial table says which cells are missing.
 #
-# Usage (the device tool, from the repository root; bundle built by scripts/gpu_bundle.sh):
+# Usage (on the accelerator machine, from the repository root; bundle built by scripts/gpu_bundle.sh):
 #   bash scripts/gpu_device_run.sh gpu_bundle
 # Environment: OUT (required), GPU_RUN_BUDGET_S, GPU_RUN_BENCH_S (0 skips the benchmark),
 # GPU_RUN_CELLS (the table's cells, in order; default: benchmarks/gpu_run.py's CELLS; e.g.
@@ -45,7 +44,7 @@
 # /tmp/distill_jax_gpu_run), PYTHON (default python3), GPU_RUN_TOY=1 (the CPU dry run: the same
 # phases at toy size, labelled so; what tests/test_gpu_bundle.py runs).
 set -uo pipefail
-: "${OUT:?set OUT to the folder for the results (the device tool sets it)}"
+: "${OUT:?set OUT to the folder for the results}"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -152,7 +151,7 @@ rc=$?
 tar -czf "$OUT/runs.tar.gz" -C "$WORK" --exclude=checkpoints --exclude='*.npz' --exclude=toy_data table 2>/dev/null
 log "done (summary exit $rc)"
 cat "$WORK/summary.txt"
-# a phase that failed (not merely cut by the time budget): its last lines, for the tool's output tail
+# a phase that failed (not merely cut by the time budget): its last lines, at the end of the output
 timed_out() { [ "$1" -eq 124 ] || [ "$1" -eq 137 ]; }
 if [ "${BENCH_RC:-0}" -ne 0 ] && ! timed_out "${BENCH_RC:-0}"; then
   echo "---- benchmark failed (exit $BENCH_RC); end of bench.txt:"; tail -n 25 "$OUT/bench.txt"

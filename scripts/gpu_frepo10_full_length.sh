@@ -4,8 +4,9 @@
 # each, vmapped in one program per cell, at the paper's widths (about 10 min on one H200,
 # docs/results.md §7). Appends the table, with the card that ran it, to docs/results.md.
 # For a GPU machine that has the data root (DISTILL_JAX_DATA, with the training split) and time.
-# The lent device (no network, no ../shared, 15 minutes) runs the same cells through
-# scripts/gpu_bundle.sh + scripts/gpu_device_run.sh instead (benchmarks/README.md, "GPU run").
+# An offline GPU machine (no network, no data root) runs the same cells through
+# scripts/gpu_bundle.sh + scripts/gpu_device_run.sh instead (benchmarks/README.md, "Running on an
+# offline accelerator machine").
 #
 # Usage (on a GPU machine, from the repository root):  scripts/gpu_frepo10_full_length.sh [workdir]
 # Rerun the same command to resume an interrupted run (cells restart from their checkpoints).

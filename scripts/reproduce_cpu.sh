@@ -13,12 +13,12 @@
 #                realsubset_fashion_mnist_10_resnet18
 set -euo pipefail
 EXPERIMENT=${1:?experiment name}
-ROOT=${2:-/work/runs/repro}
+ROOT=${2:-runs/repro}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-# the data root (CIFAR-10 (JPEG), published sets, teachers): the developers' shared folder by default here
+# the data root (CIFAR-10 (JPEG), published sets, teachers): $DISTILL_JAX_DATA, else ../shared/data beside the repository
 export DISTILL_JAX_DATA=${DISTILL_JAX_DATA:-$(cd "$HERE/.." && pwd)/shared/data}
 mkdir -p "$ROOT/$EXPERIMENT"
-exec nice -n 5 "${PYTHON:-/work/venv/bin/python}" "$HERE/launch/main.py" \
+exec nice -n 5 "${PYTHON:-$HERE/.venv/bin/python}" "$HERE/launch/main.py" \
   --config "$HERE/configs/reproduce.py:$EXPERIMENT" --workdir "$ROOT/$EXPERIMENT" \
   --config.reproduce.epoch_divisor=20 --config.reproduce.lr_multiplier=20 \
   --config.reproduce.width=8 --config.reproduce.teacher_width=32 \
