@@ -1,12 +1,12 @@
 """2-D convolution whose training step is fast on CPU.
 
 Why: XLA's CPU backend computes the *kernel* gradient of a convolution several
-times slower than the forward pass (measured here: 1.44 vs 0.12 CPU-s on
-(100, 32, 32, 64) 3x3 64->64), and no XLA flag changes it. The forward and
+times slower than the forward pass (on a 2-core AMD EPYC: 1.44 vs 0.12 CPU-s on
+(100, 32, 32, 64) 3x3 64->64; `benchmarks/conv_cpu.py` measures it), and no XLA flag changes it. The forward and
 input-gradient convolutions are fine. So `conv2d` keeps XLA's forward and input
 gradient and computes the kernel gradient itself, as one matmul per kernel tap:
 dW[i, j] = sum over (n, h, w) of x_pad[n, s*h + i, s*w + j, :]^T dY[n, h, w, :],
-walking the batch in cache-sized chunks, because on this machine memory traffic
+walking the batch in cache-sized chunks, because on a small CPU memory traffic
 (the shifted copies of the input), not arithmetic, is the cost.
 
 vmap over seeds of kernels would turn XLA's convolution into a grouped one,
