@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from distill_jax import errors, launcher
 from distill_jax.experiments import compare, registry, transfer
-from distill_jax.report import results_record, show
+from distill_jax.report import render_docs, results_record, show
 from distill_jax.formats.distilled import FORMATS, PREPROCESSING, load_distilled, save_distilled, summarize_distilled
 
 PROG = "distill-jax"
@@ -236,9 +236,19 @@ def register_record(subparsers) -> None:
     parser.set_defaults(handler=run_record)
 
 
+def register_render_docs(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "render-docs", help="render docs/results.md and the README's result table from results/",
+        description="Render docs/results.md (from docs/templates/results.md) and the block of README.md between its "
+                    "GENERATED markers (from docs/templates/readme_results.md), every number from the records in "
+                    "results/ and the published numbers of distill_jax.report.paper.")
+    render_docs.add_arguments(parser)
+    parser.set_defaults(handler=render_docs.run)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_inspect, register_convert, register_show,
                                                                 register_run, register_transfer, register_compare,
-                                                                register_record]
+                                                                register_record, register_render_docs]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -62,11 +62,6 @@ EXPERIMENTS = {
                                       ("alexnet", "AlexNet", 56.9, 68.3), ("vgg11", "VGG-11", 52.6, 67.1))},
 }
 
-# The published training-network numbers by set and IPC (the ConvNet the set was distilled with).
-CONVNET = {("frepo", 1): _frepo_convnet(46.8), ("frepo", 10): _frepo_convnet(65.5), ("frepo", 50): _frepo_convnet(71.7),
-           ("mtt", 10): Published(63.6, note=MTT_TEACHER), ("mtt", 50): Published(70.2)}
-
-
 def compare_view() -> dict:
     """`compare --paper`'s table: key -> {'source': text, 'cells': {cell: (value, note)}}."""
     return {key: {"source": f"{SOURCE_DOC}: {e['describes']}. {PROTOCOL}",
@@ -101,7 +96,9 @@ DROPPATH_CAVEAT = ("The reference code's DropPath never drops a path (its keep-r
 def caveats(ours: str) -> list[str]:
     """The lines every comparison with the paper carries; `ours` says what our side is (e.g.
     'final epoch on CIFAR-10 (JPEG), mean of 3 seeds')."""
-    return [f"The paper's numbers are {BEST_OVER_TRAINING} on {REAL_CIFAR10}, at the paper's widths and schedules; "
-            f"the number of runs behind each is {NOT_STATED} in the project's spec, nor is the paper table.",
+    return [f"Zhong & Liu's numbers are {BEST_OVER_TRAINING}, on {REAL_CIFAR10}, at the paper's widths and "
+            f"schedules; how many runs each is over, and which table of the paper it comes from, is {NOT_STATED} in "
+            "the project's spec. A teacher's published number may be another paper's, with that paper's protocol "
+            "(the provenance table says whose).",
             f"Ours are {ours}.",
             DROPPATH_CAVEAT]
