@@ -255,9 +255,16 @@ def ph_distilled(ctx: Context, name: str) -> str:
                      str(e.get("ipc", "")), str(e.get("distill_steps") or "—"), speed, loss, _network(c),
                      _mean_std(c), _per_seed(c["final_test_accuracy"])])
     epochs = sorted({c["epochs"] for c in record["cells"]})
-    cap = (f"Fashion-MNIST / CIFAR-10 (JPEG) test accuracy (%), **final epoch** ({', '.join(map(str, epochs))} "
-           f"epochs, {record['cells'][0]['optimizer']}), mean ± std (ddof 1) over {_seed_count(record)}; every row "
-           "trains the same network with the same recipe; no teacher.")
+    datasets = [c.get("dataset", record["dataset"]) for c in record["cells"]]
+    cap = (f"{' / '.join(dict.fromkeys(results_record.dataset_label(d) for d in datasets))} test accuracy (%), "
+           f"**final epoch** ({', '.join(map(str, epochs))} epochs, {record['cells'][0]['optimizer']}), mean ± std "
+           f"(ddof 1) over {_seed_count(record)}; every row trains the same network with the same recipe; no teacher.")
+    against = sorted({f"{c['norm']} norm on {e['set_source']} sets, where models.norm_for_set gives "
+                      f"{models.norm_for_set(e['set_source'])} norm" for c in record["cells"]
+                      for e in [c.get("extra") or {}] if e.get("set_source")
+                      and c["norm"] != models.norm_for_set(e["set_source"])})
+    if against:
+        cap += " **Norm against the project's rule: " + "; ".join(against) + ".**"
     return "\n".join([cap, "", tables.markdown_table(header, rows).rstrip("\n"), ""]
                      + provenance_lines(name, record) + ["", command_block(record)])
 
