@@ -36,6 +36,7 @@ def reference_value_and_grads(x, kernel, strides, pads, cotangent):
     ((3, 9, 9, 5), (3, 3, 5, 7), (1, 1), ((1, 1), (1, 1))),
     ((2, 10, 10, 4), (3, 3, 4, 6), (2, 2), ((1, 1), (1, 1))),    # stride 2, as ResNet's downsampling
     ((4, 8, 8, 3), (1, 1, 3, 16), (2, 2), ((0, 0), (0, 0))),     # 1x1 shortcut
+    ((2, 10, 11, 5), (1, 1, 5, 7), (3, 2), ((1, 0), (0, 2))),    # strided 1x1 with padding
     ((2, 11, 9, 3), (3, 2, 3, 5), (1, 2), ((0, 2), (1, 0))),     # non-square, asymmetric padding
     ((2, 16, 16, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3))),    # ImageNet-style stem
 ])
@@ -179,3 +180,28 @@ def test_loading_after_another_openmp_user_is_logged(gomp_first):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0 and "policy PASSIVE" in result.stdout, result.stderr[-2000:]
     assert ("was loaded before distill_jax set OMP_WAIT_POLICY" in result.stderr) == gomp_first, result.stderr[-2000:]
+
+
+def test_strided_1x1_kernel_gradient_on_one_thread_equals_xla():
+    """oneDNN's own strided 1x1 kernel gradient writes out of bounds on AVX2 CPUs when C is not a
+    multiple of 8 (a crash on one OpenMP thread, wrong values on several); conv2d must not reach it.
+    In a subprocess, since the failure kills the process."""
+    script = textwrap.dedent("""
+        import jax, numpy as np
+        from jax import lax
+        from distill_jax.models import onednn_conv
+        x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype(np.float32)
+        k = np.random.default_rng(1).normal(size=(1, 1, 3, 16)).astype(np.float32)
+        ct = np.random.default_rng(2).normal(size=(4, 4, 4, 16)).astype(np.float32)
+        def kernel_grad(conv):
+            return jax.jit(lambda b: jax.vjp(lambda b_: conv(x, b_), b)[1](ct)[0])(k)
+        expected = kernel_grad(lambda a, b: lax.conv_general_dilated(a, b, (2, 2), "VALID",
+                                                                     dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        for _ in range(20):
+            np.testing.assert_allclose(kernel_grad(lambda a, b: onednn_conv.conv2d(a, b, 2, "VALID")), expected,
+                                       rtol=2e-5, atol=5e-5)
+        print("equal")
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0 and "equal" in result.stdout, (result.returncode, result.stderr[-2000:])

@@ -246,6 +246,12 @@ _onednn_conv = fast_conv.make_conv2d(kernel_grad, conv_fn=forward, input_grad_fn
 def conv2d(x: jax.Array, kernel: jax.Array, strides=1, padding: fast_conv.PaddingLike = "SAME") -> jax.Array:
     """fast_conv.conv2d's interface and result, every piece computed by oneDNN (float32)."""
     strides, pads = fast_conv.check_conv_args(x, kernel, strides, padding)
+    if kernel.shape[:2] == (1, 1) and strides != (1, 1):
+        # A strided 1x1 convolution is the unit-stride one on every s-th (padded) pixel. Taking
+        # those pixels here keeps oneDNN off its strided 1x1 path, whose kernel gradient writes
+        # out of bounds in oneDNN 2.6 on AVX2 CPUs when C is not a multiple of 8.
+        x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))[:, ::strides[0], ::strides[1], :]
+        strides, pads = (1, 1), ((0, 0), (0, 0))
     return _onednn_conv(x, kernel, strides, pads)
 
 
