@@ -30,6 +30,7 @@ class TrainingData:
     num_classes: int
     preprocessing: preprocess.Preprocessing
     description: str
+    sha256: dict = dataclasses.field(default_factory=dict)  # a distilled set's files: {file name: sha256}
 
 
 def _real_split(dataset: str, split: str, data_dir: str):
@@ -133,6 +134,7 @@ def load_training_data(data_cfg) -> TrainingData:
         train_images = prep.apply(datasets.to_float(subset.images))
         train_labels = subset.labels.astype(np.int64)
         what = f"{data_cfg.dataset} real subset, {data_cfg.per_class or 'all'} per class"
+        sha256 = {}
     else:
         kwargs = {"format": data_cfg.distilled_format} if data_cfg.distilled_format else {}
         dset = distilled.load_distilled(data_cfg.distilled_path, **kwargs)
@@ -148,9 +150,10 @@ def load_training_data(data_cfg) -> TrainingData:
         labels = np.asarray(dset.labels)
         train_labels = np.asarray(losses.label_temperature(labels, data_cfg.label_temperature), np.float32) if labels.ndim == 2 else labels.astype(np.int64)
         what = f"distilled set {data_cfg.distilled_path} ({dset.provenance.get('format', '?')})"
+        sha256 = dict(dset.provenance.get("sha256") or {})
     test_images = prep.apply(datasets.to_float(real_test.images))
     logging.info("data: %s; %d training images, %d test images, preprocessing %s%s",
                  what, len(train_images), len(test_images), recipe,
                  f" (saved: {data_cfg.preprocessing_path})" if use_saved else "")
     return TrainingData(np.asarray(train_images, np.float32), train_labels, np.asarray(test_images, np.float32),
-                        real_test.labels.astype(np.int64), num_classes, prep, what)
+                        real_test.labels.astype(np.int64), num_classes, prep, what, sha256)
