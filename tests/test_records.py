@@ -16,7 +16,7 @@ import pytest
 from distill_jax import cli
 from distill_jax import config as config_lib
 from distill_jax.experiments import reproduce
-from distill_jax.report import records, results_record
+from distill_jax.report import records, render_docs, results_record
 from distill_jax.training import metrics
 from test_evaluation import _cache, _reproduce_config, _tiny_data, tiny_experiment  # noqa: F401 (fixture)
 from test_pipeline_experiment import toy_pipeline  # noqa: F401 (fixture)
@@ -325,3 +325,8 @@ def test_the_pipeline_of_the_readme_writes_its_record(tmp_path, toy_pipeline, mo
     assert cells["full"]["kd_teacher"] == results_record.TRAINED_HERE and cells["full"]["epochs"] == 4
     assert all(len(cells[c]["final_test_accuracy"]) == 2 for c in ("teacher", "real_subset", "baseline", "full"))
     assert rec["dataset"] == "npz" and rec["scale"]["epoch_divisor"] == 1
+    # the docs render a run record of it (a distill cell, the machine described at run time)
+    table = render_docs.render_template("{{ table:pipeline }}", render_docs.Context({"pipeline": rec}))
+    assert "The set: DM, 2 images per class, 2 steps of ConvNet (width 4, instance norm)" in table
+    assert render_docs.TRANSCRIBED_LABEL not in table and rec["hardware"]["cpu"]["model"] in table
+    assert "| full | ResNet-18" not in table and "resnet10" in table.lower()

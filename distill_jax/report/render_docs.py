@@ -231,9 +231,12 @@ def ph_table(ctx: Context, name: str) -> str:
     for c in record["cells"]:
         if c["role"] == "distill":
             e = c.get("extra") or {}
-            out += [f"The set: {e.get('method', '?').upper() if e.get('method') == 'dm' else 'FRePo'}, "
-                    f"{e.get('ipc')} images per class, {e.get('steps')} steps of {_network(c)}, "
-                    f"{e.get('seconds_per_step')} s/step, loss {e.get('loss_first')} → {e.get('loss_last')}.", ""]
+            method = {"dm": "DM", "frepo": "FRePo"}.get(e.get("method"), e.get("method") or "a distilled set")
+            speed = f", {e['seconds_per_step']:.3g} s/step" if e.get("seconds_per_step") else ""
+            loss = (f", loss {e['loss_first']:.4g} → {e['loss_last']:.4g}"
+                    if e.get("loss_first") is not None and e.get("loss_last") is not None else "")
+            out += [f"The set: {method}, {e.get('ipc')} images per class, {e.get('steps')} steps of "
+                    f"{_network(c)}{speed}{loss}.", ""]
     out += provenance_lines(name, record) + ["", command_block(record)]
     return "\n".join(out)
 
