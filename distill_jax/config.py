@@ -93,7 +93,8 @@ class ConfigError(UserError, ValueError):
 
 def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     """Imports a config file and returns its `get_config()`, or `get_config(arg)` for "file.py:arg"
-    (the same convention as ml_collections' `--config file.py:arg`)."""
+    (the same convention as ml_collections' `--config file.py:arg`). A file without a callable
+    `get_config`, or whose `get_config` returns anything but a ConfigDict, is a ConfigError."""
     arg = None
     if not pathlib.Path(path).is_file() and ":" in str(path):
         path, arg = str(path).split(":", 1)
@@ -106,9 +107,19 @@ def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
         spec.loader.exec_module(module)
     except Exception as err:  # noqa: BLE001 - a config file's own error, reported with its name
         raise ConfigError(f"config file {path} cannot be loaded: {type(err).__name__}: {err}") from err
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path} defines no get_config()")
-    return module.get_config() if arg is None else module.get_config(arg)
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"config file {path} defines no get_config() function; expected one that returns the "
+                          "config (a ConfigDict, e.g. distill_jax.config.default_config() with fields changed)")
+    config = module.get_config() if arg is None else module.get_config(arg)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config file {path}: get_config() returned {_short(config)} ({type(config).__name__}); "
+                          "expected a ConfigDict (is its return statement missing?)")
+    return config
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _flatten(cfg, prefix=""):

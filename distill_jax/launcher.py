@@ -13,13 +13,14 @@ import sys
 from typing import Optional
 
 import jax
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
 from distill_jax import errors
-from distill_jax.config import ConfigError, validate
+from distill_jax.config import ConfigError, load_config_file, validate
 from distill_jax.run import run
-from distill_jax.training.rundir import is_writer
+from distill_jax.training.rundir import check_workdir, is_writer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -92,7 +93,11 @@ def launch(get_config, workdir, *, verbose: bool = False, distributed: bool = Fa
             loaded.keys()  # a lazily loaded config raises its loading error on first use
         except Exception as err:  # noqa: BLE001 - a missing file, a syntax error, a bad get_config argument
             raise ConfigError(f"cannot load {config_source}: {err}") from err
+        if not isinstance(loaded, ml_collections.ConfigDict):
+            raise ConfigError(f"cannot load {config_source}: it gave a {type(loaded).__name__}; expected a ConfigDict")
         config = validate(loaded)
+        if is_writer():  # before any work: a workdir that cannot hold the run's files
+            check_workdir(workdir)
         if verbose:
             logging.info("config:\n%s", config)
         elif config.mode in ("reproduce", "transfer"):  # the cells build their own configs (each cell's config.json)
@@ -129,26 +134,61 @@ def launch(get_config, workdir, *, verbose: bool = False, distributed: bool = Fa
 def parse_flags(argv):
     """absl's flag parsing, with a bad config file, config argument or override (`--config.x=y`
     naming no field) reported as one line instead of absl's traceback dump."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # ml_collections' warnings while loading: the error below says it all
     try:
         return FLAGS(argv)
     except Exception as err:  # noqa: BLE001 - flags.Error, or the config module's own error
         if "--verbose" in argv:
             raise
-        cause = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        message = errors.user_error_message(cause)
-        if message is None:  # the config loader reports a config file's error as text: keep its last line
-            lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-            message = lines[-1] if lines else type(cause).__name__
-        if isinstance(cause, (KeyError, AttributeError)):
-            message = f"an override names no config field: {message}"
-        if cause is err and "--config" not in str(err):  # another flag: e.g. a missing --workdir
-            message = f"flags: {message}"
-        else:
+        message = config_file_error(argv)  # the config file itself, in the package's words
+        if message is not None:
             message = f"cannot load the config given by --config: {message}"
+        else:
+            message = _flags_error_message(err)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(errors.USER_ERROR_EXIT)
+    finally:
+        absl_logger.setLevel(level)
+
+
+def _flags_error_message(err: Exception) -> str:
+    cause = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    message = errors.user_error_message(cause)
+    if message is None:  # the config loader reports a config file's error as text: keep its last line
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        message = lines[-1] if lines else type(cause).__name__
+    if isinstance(cause, (KeyError, AttributeError)):
+        message = f"an override names no config field: {message}"
+    if cause is err and "--config" not in str(err):  # another flag: e.g. a missing --workdir
+        return f"flags: {message}"
+    return f"cannot load the config given by --config: {message}"
+
+
+def config_file_error(argv) -> str | None:
+    """Why the config file that `--config` names in `argv` cannot give a config (no such file, no
+    get_config(), get_config() returning no ConfigDict, a user error raised by it), as one line;
+    None when it loads, or when no --config is given (then the flags' own error says what is wrong)."""
+    path = None
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "--":
+            break
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+    if path is None:
+        return None
+    try:
+        load_config_file(path)
+    except errors.UserError as err:
+        return errors.user_error_message(err)
+    except Exception:  # noqa: BLE001 - the flags' error reports it
+        return None
+    return None
 
 
 def setup_logging(*, replace: bool = False) -> None:

@@ -338,3 +338,24 @@ def test_a_real_toy_reproduction_reads_back(tmp_path):
     assert comparison["cells"] == ["teacher"]  # from plan.json: the experiment is not registered now
     assert [line.split(" |")[0] for line in table.splitlines()[2:]] == ["| Teacher (convnet)"]
     assert [o for o in comparison["scales"][0]["orderings"] if "missing" not in o] == []  # none of the five columns
+
+
+def test_cli_refuses_a_single_training_run(tmp_path, capsys):
+    """A workdir of mode train (config.json, results.json, metrics.jsonl, tb/seed_<s>/) is no
+    experiment: refused, naming the path and what compare reads, with nothing written."""
+    run = tmp_path / "run"
+    _write_run(run, _configs(run, 20, 8)["teacher"].config.to_dict(), [0, 1], [40.0, 41.0])
+    (run / "tb" / "seed_0").mkdir(parents=True)
+    (run / "tb" / "seed_1").mkdir()
+    out = tmp_path / "o"
+    code, stdout, err = _cli(["compare", run, "--out", out], capsys)
+    assert code == 2 and stdout == "", err
+    assert err.strip().splitlines() == [
+        f"distill-jax: error: workdir {run} is a single run (config.json and results.json at its top), not an "
+        f"experiment: compare reads the experiment workdirs of `reproduce`: a folder holding plan.json (or "
+        f"reproduction.json) and one folder per cell"]
+    (run / "config.json").unlink()
+    (run / "results.json").unlink()  # what is left (metrics.jsonl, tb/) holds no cell either
+    code, _, err = _cli(["compare", run, "--out", out], capsys)
+    assert code == 2 and f"workdir {run} holds no cell of an experiment (no plan.json" in err
+    assert not out.exists()

@@ -4,6 +4,7 @@ Each case runs `launch/main.py` as a user would (a subprocess), so the absl flag
 the config loading are part of what is tested.
 """
 import errno
+import os
 import pathlib
 import subprocess
 import sys
@@ -121,3 +122,70 @@ def test_distributed_flags_reach_jax_distributed_initialize(monkeypatch, tmp_pat
     with pytest.raises(Stop):
         launcher.launch(lambda: None, tmp_path, distributed=True)
     assert seen[-1] == {}
+
+
+# ---------------------------------------------------------------- unusable workdirs and config files
+
+LONG_NAME = "n" * 256  # one byte over the 255 a name may have
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: (d.write_text("x"), d)[1], "error: workdir {w} is a file, not a folder"),
+    (lambda d: (d.write_text("x"), d / "run")[1], "error: workdir {w} runs through {d}, which is a file, not a folder"),
+    (lambda d: d / LONG_NAME, "error: workdir name 'nnnnnnnnnnnnnnnnnnnnnnnn...' (256 bytes, in {d}) is too long: "
+                              "a name on this file system has at most 255 bytes"),
+])
+def test_an_unusable_workdir_is_one_line(tmp_path, make, expected):
+    d = tmp_path / "w"
+    workdir = make(d)
+    result = launch("--config=configs/fashion_mnist_ipc10.py", workdir=workdir)
+    assert result.returncode == errors.USER_ERROR_EXIT and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith(expected.format(w=workdir, d=d)), result.stderr[-2000:]
+    assert [p.name for p in tmp_path.iterdir()] == (["w"] if d.exists() else [])
+    assert not d.exists() or d.read_text() == "x"  # the file is left as it was
+
+
+@pytest.mark.parametrize("new", [False, True], ids=["existing", "new"])
+def test_a_read_only_workdir_is_one_line(tmp_path, new):
+    """Root writes through folder permissions, so as root the workdir's folder is made read-only
+    by a read-only bind mount in a private mount namespace (the rest of the machine does not see
+    it); any other user gets a folder without write permission."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    workdir = folder / "run" if new else folder
+    argv = [sys.executable, str(ROOT / "launch" / "main.py"), "--config=configs/fashion_mnist_ipc10.py",
+            f"--workdir={workdir}"]
+    if os.geteuid() == 0:
+        if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+            pytest.skip("a read-only file system for root needs a private mount namespace (unshare -m), refused here")
+        argv = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"',
+                str(folder), *argv]
+        why = "is on a read-only file system"
+    else:
+        folder.chmod(0o555)
+        why = "is not writable by this user"
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+    folder.chmod(0o755)
+    assert result.returncode == errors.USER_ERROR_EXIT and "Traceback" not in result.stderr, result.stderr[-2000:]
+    where = f"workdir {workdir}: the folder {folder} it goes in" if new else f"workdir {workdir}"
+    assert error_lines(result) == [f"error: {where} {why}; give a workdir that can be written"]
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("X = 1\n", "config file {f} defines no get_config() function; expected one that returns the config"),
+    ("def get_config():\n    config = 1\n", "config file {f}: get_config() returned None (NoneType); expected a "
+                                              "ConfigDict (is its return statement missing?)"),
+])
+def test_a_config_file_that_gives_no_config_is_one_line(tmp_path, body, expected):
+    config_file = tmp_path / "my_config.py"
+    config_file.write_text(body)
+    result = launch(f"--config={config_file}", workdir=tmp_path / "run")
+    assert result.returncode == errors.USER_ERROR_EXIT, result.stderr[-2000:]
+    assert result.stderr.splitlines() == error_lines(result)  # nothing else on stderr
+    assert len(error_lines(result)) == 1, result.stderr
+    assert error_lines(result)[0].startswith("error: cannot load the config given by --config: "
+                                             + expected.format(f=config_file)), result.stderr
+    assert not (tmp_path / "run").exists()

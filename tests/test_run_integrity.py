@@ -133,11 +133,12 @@ def test_a_damaged_only_checkpoint_stops_the_run(tmp_path):
 # ---------------------------------------------------------------- one run per workdir
 
 def test_a_live_lock_stops_a_second_run_at_once(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from distill_jax.training import rundir; "
+                               f"rundir.WorkdirLock({str(tmp_path)!r}).__enter__(); print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
-        tmp_path.mkdir(exist_ok=True)
-        (tmp_path / rundir.LOCK_FILE).write_text(str(holder.pid))
-        with pytest.raises(rundir.WorkdirInUseError, match=f"in use by PID {holder.pid}"):
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(rundir.WorkdirInUseError, match=f"in use by PID {holder.pid} on "):
             loop.train_and_evaluate(_config(), tmp_path, data=_data())
         assert not (tmp_path / "config.json").exists()
     finally:

@@ -290,14 +290,22 @@ def read_workdir(path) -> dict:
     if not root.is_dir():
         raise CompareError(f"workdir {root} does not exist" if not root.exists() else f"workdir {root} is not a folder")
     reproduction = _read_json(root / "reproduction.json")
+    plan = reproduction or _read_json(root / reproduce.PLAN_FILE)  # plan.json: written when it started
+    expected = (f"compare reads the experiment workdirs of `reproduce`: a folder holding {reproduce.PLAN_FILE} "
+                "(or reproduction.json) and one folder per cell")
+    if plan is None:  # from before plan.json, an experiment workdir is told by its cell dirs
+        own = [name for name in (rundir.CONFIG_FILE, "results.json") if (root / name).is_file()]
+        if own:
+            raise CompareError(f"workdir {root} is a single run ({' and '.join(own)} at its top), not an "
+                               f"experiment: {expected}")
+        if not any(_is_cell_dir(root / c) for c in CELLS):
+            inside = sorted(p.name for p in root.iterdir() if (p / "teacher").is_dir()
+                            or any((p / name).is_file() for name in ("reproduction.json", reproduce.PLAN_FILE)))
+            hint = f"; experiment workdirs inside it: {', '.join(str(root / n) for n in inside)}" if inside else ""
+            raise CompareError(f"workdir {root} holds no cell of an experiment (no {reproduce.PLAN_FILE}, no "
+                               f"reproduction.json, no {'/'.join(CELLS)} dir): {expected}{hint}")
     extra = sorted(p.name for p in root.iterdir() if p.name not in CELLS and _is_cell_dir(p))
     names = [*CELLS, *extra]
-    if reproduction is None and not any((root / c).is_dir() for c in names):
-        inside = sorted(p.name for p in root.iterdir() if (p / "reproduction.json").is_file() or (p / "teacher").is_dir())
-        hint = f"; experiment workdirs inside it: {', '.join(str(root / n) for n in inside)}" if inside else ""
-        raise CompareError(f"workdir {root} holds no cell of an experiment (no reproduction.json, no "
-                           f"{'/'.join(CELLS)} dir): give the workdir that holds the cell dirs{hint}")
-    plan = reproduction or _read_json(root / reproduce.PLAN_FILE)  # plan.json: written when it started
     planned = _planned_seeds(root, plan, names)
     cells = {name: read_cell(root / name, planned) for name in names}
     scale = None

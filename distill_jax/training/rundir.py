@@ -13,12 +13,15 @@ others compute the same results, and their files would only repeat or race with 
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
 import pathlib
+import socket
 import tempfile
+import time
 
 import jax
 import numpy as np
@@ -182,51 +185,137 @@ def write_json(path, obj) -> None:
                                 allow_nan=False))
 
 
-def _alive(pid: int) -> bool:
+class UnusableWorkdirError(UserError):
+    """The workdir cannot hold a run: a file, a name too long, or a folder this process cannot write."""
+
+
+def check_workdir(workdir) -> pathlib.Path:
+    """Stops, before anything is written, when `workdir` cannot hold a run: a name longer than
+    the file system allows, a path that is (or runs through) a file, or a folder (for a new
+    workdir: the folder it would be made in) that this process cannot write, read-only file
+    systems included. Returns the path."""
+    path = pathlib.Path(workdir)
+    absolute = path.absolute()
+    existing = next((p for p in (absolute, *absolute.parents) if os.path.lexists(p)), pathlib.Path("/"))
+    name_max = _pathconf(existing, "PC_NAME_MAX", 255)
+    parent = existing
+    for part in absolute.relative_to(existing).parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            raise UnusableWorkdirError(f"workdir name '{part[:24]}...' ({size} bytes, in {parent}) is too long: a name "
+                                       f"on this file system has at most {name_max} bytes")
+        parent = parent / part
+    path_max = _pathconf(existing, "PC_PATH_MAX", 4096)
+    if len(os.fsencode(str(absolute / LOCK_FILE))) >= path_max:
+        raise UnusableWorkdirError(f"workdir {path}: the path is longer than the {path_max} bytes a path may have")
+    if not existing.is_dir():
+        where = "is a file," if existing == absolute else f"runs through {existing}, which is a file,"
+        raise UnusableWorkdirError(f"workdir {path} {where} not a folder; give a folder for the run's files "
+                                   "(made if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        why = "is on a read-only file system" if read_only else "is not writable by this user"
+        folder = "workdir " + str(path) if existing == absolute else f"workdir {path}: the folder {existing} it goes in"
+        raise UnusableWorkdirError(f"{folder} {why}; give a workdir that can be written")
+    return path
+
+
+def _pathconf(path, name: str, default: int) -> int:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+        return os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
+
+
+def _lock_holder(fd: int) -> tuple[str, str] | None:
+    """(PID, host) that the lock file names, or None when it names none (yet: a holder writes
+    them just after it took the lock, so an empty file is read again for up to a second)."""
+    for _ in range(20):
+        words = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
+        if words:
+            return words[0], (words[1] if len(words) > 1 else "an unknown host")
+        time.sleep(0.05)
+    return None
 
 
 class WorkdirLock:
-    """`with WorkdirLock(workdir):` one run per workdir. A lock whose PID is dead (a killed
-    run) is taken over; a live one stops this run at once, naming the holder. In a
-    multi-process run the writer holds it for all (the others' PIDs would find it taken)."""
+    """`with WorkdirLock(workdir):` one run per workdir, held for the run's whole life.
+
+    The lock is an OS lock (`fcntl.flock`, exclusive) on `<workdir>/.lock`, whose file stays open
+    while the run lasts. The kernel gives it to one open file at a time and releases it when its
+    holder ends, however it ends (an exception, SIGKILL, a crash): a killed run's workdir is free
+    again at once, and a second run started while one holds it stops at once with "workdir ...
+    in use by PID N on HOST" (the holder writes its PID and host into the file; they are only
+    for that message and the log: the lock itself does not depend on them). On release the file
+    is removed; a contender that opened it just before locks a file no longer at the path, sees
+    so, and tries again.
+
+    What is guaranteed: at most one holder among all processes of one machine that see the same
+    file system, whatever PID namespace or container they run in. On NFS, Linux clients turn
+    flock into a whole-file POSIX lock arbitrated by the server, so runs on different hosts also
+    exclude each other, provided the file system is mounted with locking (not `nolock` or
+    `local_lock=flock`/`all`, under which the lock is local to each host); a host that dies holds
+    its lock until the server reclaims it (the NFSv4 lease, about 90 s by default). On other
+    network file systems the guarantee is what their flock gives (some lock per host only).
+
+    In a multi-process run (`jax.distributed`) only the writer (process 0, `is_writer`) takes
+    it, for all of them; a process forked while it is held shares it.
+    """
 
     def __init__(self, workdir):
         self.path = pathlib.Path(workdir) / LOCK_FILE
         self.held = False
+        self._fd = None
 
     def __enter__(self):
         if not is_writer():
             return self
+        check_workdir(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
-                    raise WorkdirInUseError(f"workdir {self.path.parent} in use by PID {pid} "
-                                            f"(lock file {self.path}); wait for it or stop it") from None
-                logging.warning("taking over the stale lock %s (PID %s is not running)", self.path, pid or "?")
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            self.held = True
-            return self
-        raise WorkdirInUseError(f"workdir {self.path.parent}: could not take the lock {self.path}")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                who = f"PID {holder[0]} on {holder[1]}" if holder else "another process"
+                raise WorkdirInUseError(f"workdir {self.path.parent} in use by {who} (lock file {self.path}); "
+                                        "wait for it or stop it") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                here = os.stat(self.path)
+                mine = os.fstat(fd)
+                current = (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)  # released and removed by its holder between our open and our lock
+        left = _lock_holder_now(fd)
+        if left:
+            logging.warning("workdir %s: taking over the lock of %s, which ended without releasing it",
+                            self.path.parent, left)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        self.held = True
+        return self
 
     def __exit__(self, *exc):
         if self.held:
-            self.path.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)  # while still locked: see the class docstring
+            os.close(self._fd)
+            self._fd = None
             self.held = False
         return False
+
+
+def _lock_holder_now(fd: int) -> str:
+    """What a lock file just taken names (left by a run that was killed), as 'PID N on HOST', or ''."""
+    words = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
+    if not words:
+        return ""
+    return f"PID {words[0]}" + (f" on {words[1]}" if len(words) > 1 else "")
