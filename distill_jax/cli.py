@@ -14,6 +14,7 @@ import sys
 from typing import Callable, Sequence
 
 from distill_jax import errors, launcher
+from distill_jax.data import pipeline
 from distill_jax.experiments import compare, registry, transfer
 from distill_jax.report import render_docs, results_record, show
 from distill_jax.formats.distilled import FORMATS, PREPROCESSING, load_distilled, save_distilled, summarize_distilled
@@ -60,6 +61,7 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 
 def run_inspect(args: argparse.Namespace) -> int:
     dset = load_distilled(args.path, format=args.format, **_load_options(args))
+    pipeline.check_claimed_dataset(dset)
     summary = summarize_distilled(dset)
     print(json.dumps(summary, sort_keys=True) if args.json else _format_text(summary))
     return 0
@@ -94,8 +96,10 @@ def register_convert(subparsers) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    options = _load_options(args)
+    options.pop("preprocessing", None)  # show_set's own argument: the pixel space to undo
     shown = show.show_set(args.path, args.out, dataset=args.dataset, data_dir=args.data_dir,
-                          preprocessing=args.preprocessing, format=args.format, **_load_options(args))
+                          preprocessing=args.preprocessing, format=args.format, **options)
     print(f"drew {shown['images']} images ({shown['label_kind']} labels) to {shown['out']}, un-doing "
           f"{shown['preprocessing']} with {shown['inverse_of']}"
           + (f"; learned labels: {shown['labels_out']}" if "labels_out" in shown else ""))

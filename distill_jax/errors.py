@@ -6,6 +6,7 @@ Each module raises its own subclass (ConfigError, DistilledFormatError, ...) so 
 callers can tell them apart; they all derive from `UserError`.
 """
 import errno
+import operator
 import os
 
 
@@ -35,6 +36,26 @@ def max_array_bytes() -> int:
     if cap <= 0:
         raise UserError(f"environment variable DISTILL_JAX_MAX_ARRAY_BYTES={value!r}; expected a positive number of bytes")
     return cap
+
+
+# The most classes a set or dataset may have: a class count sizes what is derived from it (per-class
+# counts, class names, a grid row per class), so a file's largest label must not set memory use.
+# ImageNet-21k has 21,841 classes.
+MAX_CLASSES = 1 << 16
+
+
+def check_class_count(count, where: str, field: str, error: type[UserError] = InputFileError) -> int:
+    """`count` as an int if it is a class count in [1, MAX_CLASSES]; else `error` naming `where` and `field`."""
+    try:
+        value = None if isinstance(count, bool) else operator.index(count)
+    except TypeError:
+        value = None
+    if value is None:
+        raise error(f"{where}: field '{field}': expected a number of classes in [1, {MAX_CLASSES}], got {count!r}")
+    if not 1 <= value <= MAX_CLASSES:
+        why = " (a class count this large is corrupt or crafted)" if value > MAX_CLASSES else ""
+        raise error(f"{where}: field '{field}': {value} classes, expected a number of classes in [1, {MAX_CLASSES}]{why}")
+    return value
 
 
 # exit code of a run stopped by a user error (as argparse's usage errors); a diverged run exits 3

@@ -15,6 +15,7 @@ from distill_jax.formats.distilled import (
     detect_format,
     load_distilled,
     save_distilled,
+    restore_msgpack,
     summarize_distilled,
 )
 from test_torch_pickle import tensor, write_torch_file
@@ -426,8 +427,13 @@ def test_msgpack_array_over_the_cap_is_refused(tmp_path, monkeypatch):
     x = np.zeros((100, 32, 32, 3), np.float32)  # 1.2 MB
     path = _msgpack(tmp_path / "checkpoint_1", {"params": {"x_proto": x, "y_proto": np.eye(100, 10, dtype=np.float32)}})
     monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(1 << 20))
-    with pytest.raises(DistilledFormatError, match=rf"{path}: an array declares shape \(100, 32, 32, 3\) of float32 = 1228800 bytes, over the cap of 1048576"):
+    # The file is decoded whole, so the file itself is held to the cap first, before it is read ...
+    with pytest.raises(DistilledFormatError, match=rf"{path}: {path.stat().st_size} bytes; a msgpack checkpoint is "
+                       r"decoded whole, so it may take at most the cap of 1048576 bytes"):
         load_distilled(path)
+    # ... and each array inside a payload too.
+    with pytest.raises(DistilledFormatError, match=r"x: an array declares shape \(100, 32, 32, 3\) of float32 = 1228800 bytes, over the cap of 1048576"):
+        restore_msgpack(path.read_bytes(), "x")
     # An ndarray entry whose declared shape does not match its bytes.
     import msgpack
 

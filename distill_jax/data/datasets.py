@@ -38,7 +38,7 @@ import numpy as np
 
 from distill_jax.data import cifar
 from distill_jax.formats.torch_pickle import MALFORMED_ERRORS, describe_error, npz_keys, read_npz
-from distill_jax.errors import InputFileError, max_array_bytes
+from distill_jax.errors import MAX_CLASSES, InputFileError, UserError, check_class_count, max_array_bytes
 
 PathLike = str | pathlib.Path
 
@@ -73,6 +73,14 @@ class DataNotFoundError(InputFileError, FileNotFoundError):
 
 class DataFormatError(InputFileError):
     """A data file exists but does not hold what its format promises, or is larger than allowed."""
+
+
+class DatasetNameError(UserError, ValueError):
+    """A dataset name that is not registered (the message names where it came from and the known names)."""
+
+
+class SubsetError(UserError, ValueError):
+    """A subset that the dataset cannot give (more images per class than a class holds)."""
 
 
 # --------------------------------------------------------------------------- containers
@@ -145,10 +153,19 @@ def _make_dataset(images: np.ndarray, labels: np.ndarray, *, name: str, split: s
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataFormatError(f"dataset {name!r} split {split!r}: labels must be integers, got {labels.dtype}")
     labels = labels.astype(np.int64)
+    where = f"dataset {name!r} split {split!r}"
     if class_names is None:
-        if num_classes is None:
-            num_classes = int(labels.max()) + 1 if len(labels) else 0
+        if num_classes is None:  # from the labels: the largest one must not decide the memory taken
+            largest = int(labels.max()) if len(labels) else -1
+            if largest >= MAX_CLASSES:
+                raise DataFormatError(f"{where}: field 'labels': class index {largest}, expected class indices in "
+                                      f"[0, {MAX_CLASSES}) (at most {MAX_CLASSES} classes)")
+            num_classes = largest + 1
+        else:
+            num_classes = check_class_count(num_classes, where, "num_classes", DataFormatError)
         class_names = tuple(str(i) for i in range(num_classes))
+    elif len(class_names) > MAX_CLASSES:
+        raise DataFormatError(f"{where}: field 'class_names': {len(class_names)} names, expected at most {MAX_CLASSES}")
     class_names = tuple(str(c) for c in class_names)
     info = DatasetInfo(name=name, num_classes=len(class_names), class_names=class_names,
                        image_shape=tuple(int(d) for d in images.shape[1:]), split=split, source=source)
@@ -539,6 +556,9 @@ class _DatasetSpec:
     tfds_name: Optional[str] = None
     # True: the files live in `data_root()` unless a data_dir is given.
     in_data_root: bool = False
+    # What every copy of the dataset holds, known without reading it: (H, W, C) and the class count.
+    image_shape: Optional[tuple[int, int, int]] = None
+    num_classes: Optional[int] = None
 
 
 _DATASETS: dict[str, _DatasetSpec] = {
@@ -547,25 +567,27 @@ _DATASETS: dict[str, _DatasetSpec] = {
         {"class_names": FASHION_MNIST_CLASSES,
          "how_to_get": "run `apt-get install dataset-fashion-mnist` (Debian) or pass data_dir=<folder with the "
                        "IDX files>, or use source='tfds'"},
-        tfds_name="fashion_mnist"),
+        tfds_name="fashion_mnist", image_shape=(28, 28, 1), num_classes=len(FASHION_MNIST_CLASSES)),
     "mnist": _DatasetSpec(
         "idx", None,
         {"class_names": MNIST_CLASSES,
          "how_to_get": "pass data_dir=<folder with train-images-idx3-ubyte(.gz) etc.>, or use source='tfds'"},
-        tfds_name="mnist"),
+        tfds_name="mnist", image_shape=(28, 28, 1), num_classes=len(MNIST_CLASSES)),
     # Standard CIFAR-10 order, as tfds stores it; given here because tfds only knows the
     # names once the data is prepared.
     # The official archives in the data root; source='tfds' reads tensorflow-datasets instead.
-    "cifar10": _DatasetSpec("cifar_archive", tfds_name="cifar10", in_data_root=True),
-    "cifar100": _DatasetSpec("cifar_archive", tfds_name="cifar100", in_data_root=True),
+    "cifar10": _DatasetSpec("cifar_archive", tfds_name="cifar10", in_data_root=True, image_shape=(32, 32, 3),
+                            num_classes=cifar.ARCHIVES["cifar10"]["num_classes"]),
+    "cifar100": _DatasetSpec("cifar_archive", tfds_name="cifar100", in_data_root=True, image_shape=(32, 32, 3),
+                             num_classes=cifar.ARCHIVES["cifar100"]["num_classes"]),
     "cifar10_jpeg": _DatasetSpec(
         "npz", None,
         {"file_pattern": "cifar10_jpeg_{split}.npz", "class_names": CIFAR10_CLASSES,
          "how_to_get": f"put cifar10_jpeg_{{train,test}}.npz in the data root (${DATA_ROOT_ENV}, else "
                        "~/.cache/distill_jax/data) or pass data_dir=<folder holding them>"},
-        in_data_root=True),
+        in_data_root=True, image_shape=(32, 32, 3), num_classes=len(CIFAR10_CLASSES)),
     "npz": _DatasetSpec("npz"),
-    "tiny_imagenet": _DatasetSpec("tiny_imagenet"),
+    "tiny_imagenet": _DatasetSpec("tiny_imagenet", image_shape=(64, 64, 3), num_classes=200),
     "image_folder": _DatasetSpec("image_folder"),
 }
 
@@ -579,6 +601,30 @@ def register_dataset(name: str, source: str, data_dir: Optional[PathLike] = None
 
 def available_datasets() -> tuple[str, ...]:
     return tuple(sorted(_DATASETS))
+
+
+def check_dataset_name(name: Any, field: str = "load_dataset") -> str:
+    """`name` if `load_dataset` knows it (a registered name or 'tfds:<name>'), else DatasetNameError
+    naming `field` (e.g. "config field 'data.dataset'") and the known names."""
+    if isinstance(name, str) and (name in _DATASETS or (name.startswith("tfds:") and len(name) > len("tfds:"))):
+        return name
+    raise DatasetNameError(f"{field}: unknown dataset {name!r}; expected one of {', '.join(available_datasets())}, "
+                           "or 'tfds:<name>'")
+
+
+def known_signature(name: str) -> Optional[tuple[tuple[int, int, int], int]]:
+    """((H, W, C), number of classes) that dataset `name` always has, or None where it depends on
+    the files (npz, image_folder, tfds:...)."""
+    spec = _DATASETS.get(name)
+    if spec is None or spec.image_shape is None or spec.num_classes is None:
+        return None
+    return tuple(spec.image_shape), int(spec.num_classes)
+
+
+def datasets_with(image_shape: Sequence[int], num_classes: int) -> tuple[str, ...]:
+    """The registered datasets whose images have `image_shape` (H, W, C) and `num_classes` classes."""
+    wanted = (tuple(int(d) for d in image_shape), int(num_classes))
+    return tuple(name for name in available_datasets() if known_signature(name) == wanted)
 
 
 def load_dataset(name: str, split: str, data_dir: Optional[PathLike] = None, *, source: Optional[str] = None,
@@ -595,10 +641,7 @@ def load_dataset(name: str, split: str, data_dir: Optional[PathLike] = None, *, 
         if source not in (None, "tfds"):
             raise ValueError(f"load_dataset({name!r}): a 'tfds:' name cannot be read from source {source!r}")
         return _load_tfds(name[len("tfds:"):], split, data_dir, **opts)
-    if name not in _DATASETS:
-        raise ValueError(f"load_dataset: unknown dataset {name!r}; known: {', '.join(available_datasets())}, "
-                         "or 'tfds:<name>'")
-    spec = _DATASETS[name]
+    spec = _DATASETS[check_dataset_name(name)]
     source = spec.source if source is None else source
     if source not in SOURCES:
         raise ValueError(f"load_dataset({name!r}): unknown source {source!r}; known: {sorted(SOURCES)}")
@@ -627,14 +670,20 @@ def class_balanced_subset(dataset: Dataset, *, per_class: Optional[int] = None, 
         raise ValueError(f"class_balanced_subset: per_class must be a positive integer, got {per_class!r}")
     if fraction is not None and not 0.0 < fraction <= 1.0:
         raise ValueError(f"class_balanced_subset: fraction must be in (0, 1], got {fraction!r}")
+    counts = dataset.class_counts()
+    if per_class is not None and int(per_class) > counts.min():
+        short = int(np.argmin(counts))
+        raise SubsetError(f"class_balanced_subset: class {short} ({dataset.info.class_names[short]!r}) of "
+                          f"{dataset.info.name!r} {dataset.info.split!r} has {int(counts[short])} images, cannot take "
+                          f"{int(per_class)} (expected per_class <= {int(counts.min())})")
     chosen = []
     for cls in range(dataset.info.num_classes):
         members = np.flatnonzero(dataset.labels == cls)
         want = int(per_class) if per_class is not None else int(round(fraction * len(members)))
         if want > len(members) or want == 0:
-            raise ValueError(f"class_balanced_subset: class {cls} ({dataset.info.class_names[cls]!r}) of "
-                             f"{dataset.info.name!r} {dataset.info.split!r} has {len(members)} images, "
-                             f"cannot take {want}")
+            raise SubsetError(f"class_balanced_subset: class {cls} ({dataset.info.class_names[cls]!r}) of "
+                              f"{dataset.info.name!r} {dataset.info.split!r} has {len(members)} images, "
+                              f"cannot take {want}")
         rng = np.random.default_rng([int(seed), cls])
         chosen.append(np.sort(rng.choice(members, size=want, replace=False)))
     return dataset.select(np.concatenate(chosen))

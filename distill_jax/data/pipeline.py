@@ -16,9 +16,55 @@ import numpy as np
 
 from distill_jax import losses
 from distill_jax.data import datasets, preprocess
+from distill_jax.errors import UserError
 from distill_jax.formats import distilled
 
 SOURCES = ("real", "distilled")  # config.data.source: a (subset of a) real split, or a distilled set
+
+
+class DataConfigError(UserError, ValueError):
+    """config.data asks for what the data cannot give: an unknown dataset, more images per class
+    than the split holds, a distilled set of another dataset's shape or class count."""
+
+
+def claimed_dataset(dset: distilled.DistilledSet) -> str | None:
+    """The dataset a set says it was distilled from (this project's own files record it), if any."""
+    for record in (dset.provenance, dset.provenance.get("derived_from")):
+        if isinstance(record, dict) and isinstance(record.get("dataset"), str) and record["dataset"]:
+            return record["dataset"]
+    return None
+
+
+def check_claimed_dataset(dset: distilled.DistilledSet) -> None:
+    """A set that names the dataset it was distilled from must have that dataset's image shape and
+    class count (where they are fixed: `datasets.known_signature`); DistilledFormatError otherwise."""
+    name = claimed_dataset(dset)
+    known = datasets.known_signature(name) if name else None
+    if known is None:
+        return
+    shape, classes = known
+    if (tuple(dset.image_shape), dset.num_classes) != (shape, classes):
+        where = dset.provenance.get("path") or "<in-memory DistilledSet>"
+        raise distilled.DistilledFormatError(
+            f"{where}: field 'metadata.provenance.dataset': the set says it was distilled from {name!r}, which has "
+            f"images {shape} and {classes} classes, but it holds images {tuple(dset.image_shape)} and "
+            f"{dset.num_classes} classes; the file is corrupt or mislabelled")
+
+
+def check_set_fits(dset: distilled.DistilledSet, dataset: str, image_shape, num_classes: int, *, field: str,
+                   where: str, error: type[UserError] = DataConfigError) -> None:
+    """A set trains and is scored against `dataset` (named by `field`, e.g. "config field
+    'data.dataset'"), whose images have `image_shape` and `num_classes` classes: the set must have
+    the same, else `error` naming the field and the datasets the set would fit."""
+    have = (tuple(int(d) for d in dset.image_shape), int(dset.num_classes))
+    want = (tuple(int(d) for d in image_shape), int(num_classes))
+    if have == want:
+        return
+    fits = datasets.datasets_with(*have)
+    hint = (f"expected {field} to be one it fits: {', '.join(fits)}" if fits
+            else f"no known dataset has images of shape {have[0]} and {have[1]} classes")
+    raise error(f"{field} = {dataset!r} has images of shape {want[0]} and {want[1]} classes, but the distilled set "
+                f"{where} has images of shape {have[0]} and {have[1]} classes; {hint}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +157,7 @@ def load_training_data(data_cfg) -> TrainingData:
     fitted on the real training split, and a distilled set's run then never loads that split (a
     machine can carry the test split and the transform without it).
     """
+    datasets.check_dataset_name(data_cfg.dataset, "config field 'data.dataset'")
     use_saved = bool(data_cfg.get("preprocessing_path"))
     real_train = None
     if data_cfg.source == "real" or not use_saved:
@@ -129,7 +176,12 @@ def load_training_data(data_cfg) -> TrainingData:
         recipe = "standardize" if data_cfg.preprocessing == "auto" else data_cfg.preprocessing
         subset = real_train
         if data_cfg.per_class:
-            subset = datasets.class_balanced_subset(real_train, per_class=data_cfg.per_class, seed=data_cfg.subset_seed)
+            try:
+                subset = datasets.class_balanced_subset(real_train, per_class=data_cfg.per_class,
+                                                        seed=data_cfg.subset_seed)
+            except datasets.SubsetError as err:
+                raise DataConfigError(f"config field 'data.per_class' = {data_cfg.per_class!r} with data.dataset "
+                                      f"{data_cfg.dataset!r}: {err}") from None
         prep = transform(recipe)
         train_images = prep.apply(datasets.to_float(subset.images))
         train_labels = subset.labels.astype(np.int64)
@@ -139,12 +191,9 @@ def load_training_data(data_cfg) -> TrainingData:
         kwargs = {"format": data_cfg.distilled_format} if data_cfg.distilled_format else {}
         dset = distilled.load_distilled(data_cfg.distilled_path, **kwargs)
         recipe = dset.preprocessing if data_cfg.preprocessing == "auto" else data_cfg.preprocessing
-        if dset.num_classes != num_classes:
-            raise ValueError(f"distilled set {data_cfg.distilled_path}: num_classes {dset.num_classes} but "
-                             f"data.dataset {data_cfg.dataset!r} has {num_classes}")
-        if tuple(dset.images.shape[1:]) != image_shape:
-            raise ValueError(f"distilled set {data_cfg.distilled_path}: images of shape {dset.images.shape[1:]} but "
-                             f"data.dataset {data_cfg.dataset!r} has {image_shape}")
+        check_claimed_dataset(dset)
+        check_set_fits(dset, data_cfg.dataset, image_shape, num_classes, field="config field 'data.dataset'",
+                       where=f"data.distilled_path = {str(data_cfg.distilled_path)!r}")
         prep = transform(recipe)
         train_images = np.asarray(dset.images, np.float32)
         labels = np.asarray(dset.labels)

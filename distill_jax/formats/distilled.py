@@ -32,11 +32,15 @@ Every reader bounds what it allocates and raises :class:`DistilledFormatError`
 ``.pt`` files through :mod:`distill_jax.formats.torch_pickle`; npz files through its
 :func:`~distill_jax.formats.torch_pickle.read_npz` (each member's size, compression ratio and npy
 header checked against the array cap before reading); msgpack checkpoints through
-:func:`restore_msgpack`, which limits container lengths so nested headers cannot preallocate
-more than the cap, and refuses any array declared over the cap or not matching its bytes.
+:func:`read_msgpack_file`, which refuses a file over the cap before reading it (it is decoded
+whole), limits container lengths so nested headers cannot preallocate more than the cap, and
+refuses any array declared over the cap or not matching its bytes. A class count (index
+labels' largest value + 1, a label vector's length, a stored ``num_classes``) may be at most
+``distill_jax.errors.MAX_CLASSES``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -59,7 +63,7 @@ from distill_jax.formats.torch_pickle import (
     npz_keys,
     read_npz,
 )
-from distill_jax.errors import InputFileError, max_array_bytes
+from distill_jax.errors import MAX_CLASSES, InputFileError, check_class_count, max_array_bytes
 
 __all__ = [
     "DistilledSet",
@@ -82,6 +86,7 @@ __all__ = [
     "read_rfad_npz",
     "read_distill_jax",
     "restore_msgpack",
+    "read_msgpack_file",
 ]
 
 PREPROCESSING = ("none", "standardize", "zca_mtt", "zca_frepo", "zca_kip")
@@ -198,6 +203,7 @@ def _validated_arrays(images, labels, num_classes, preprocessing, provenance):
         _fail(provenance, "preprocessing", f"expected one of {PREPROCESSING}, got {preprocessing!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         _fail(provenance, "num_classes", f"expected a positive integer, got {num_classes!r}")
+    check_class_count(num_classes, _where(provenance, "num_classes"), "num_classes", DistilledFormatError)
     images = np.asarray(images)
     if images.ndim != 4:
         _fail(provenance, "images", f"expected rank 4 (N, H, W, C), got shape {images.shape}")
@@ -350,14 +356,20 @@ def _index_or_vector_labels(labels: Any, path: str, field: str) -> np.ndarray:
 
 
 def _num_classes_for(labels: np.ndarray, num_classes: int | None, path: str, field: str) -> int:
-    """Vector labels fix the class count; index labels default to max + 1."""
-    if labels.ndim == 2:
-        return int(labels.shape[1]) if num_classes is None else num_classes
+    """Vector labels fix the class count; index labels default to max + 1. Either way at most
+    MAX_CLASSES (errors.py): a class count sizes what is derived from it, so one corrupt label
+    must not decide how much memory a reader takes."""
     if num_classes is not None:
-        return num_classes
+        return check_class_count(num_classes, path, "num_classes", DistilledFormatError)
+    if labels.ndim == 2:
+        return check_class_count(labels.shape[1], path, f"{field} (label vector length)", DistilledFormatError)
     if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
         raise DistilledFormatError(f"{path}: field '{field}': expected integer class indices, got dtype {labels.dtype}")
-    return int(labels.max()) + 1
+    largest = int(labels.max())
+    if largest >= MAX_CLASSES:
+        raise DistilledFormatError(f"{path}: field '{field}': class index {largest}, expected class indices in "
+                                   f"[0, {MAX_CLASSES}) (at most {MAX_CLASSES} classes)")
+    return largest + 1
 
 
 def _load_torch(path: str) -> Any:
@@ -582,6 +594,41 @@ def _unchunk_tree(tree: Any, cap: int) -> Any:
     return tree
 
 
+def _msgpack_options(length: int, cap: int) -> dict:
+    """msgpack's limits for a checkpoint of ``length`` bytes, and the hook that checks its arrays."""
+    import msgpack
+
+    containers = min(length, max(1024, cap // (16 * _MSGPACK_MAX_DEPTH * _MSGPACK_SLOT_BYTES)))
+
+    def ext_hook(code: int, data: bytes):
+        if code == _EXT_NDARRAY:
+            return _msgpack_ndarray(data, cap)
+        if code == _EXT_NPSCALAR:
+            return _msgpack_ndarray(data, cap)[()]
+        if code == _EXT_COMPLEX:
+            real, imag = msgpack.unpackb(data, max_array_len=2, max_map_len=0, max_str_len=0, max_bin_len=0, max_ext_len=0)
+            return complex(real, imag)
+        return msgpack.ExtType(code, data)
+
+    # no entry can be longer than the payload; arrays are checked in ext_hook
+    return dict(ext_hook=ext_hook, raw=False, strict_map_key=False, max_str_len=length, max_bin_len=length,
+                max_ext_len=length, max_array_len=containers, max_map_len=containers)
+
+
+@contextlib.contextmanager
+def _msgpack_errors(path: str):
+    import msgpack
+
+    try:
+        yield
+    except _MsgpackError as err:
+        raise DistilledFormatError(f"{path}: {err}") from None
+    except InputFileError:
+        raise
+    except MALFORMED_ERRORS + (msgpack.UnpackException,) as err:
+        raise DistilledFormatError(f"{path}: truncated or corrupt msgpack checkpoint ({describe_error(err)})") from None
+
+
 def restore_msgpack(payload: bytes, path: str) -> Any:
     """Decode a Flax msgpack checkpoint (as ``flax.serialization.msgpack_restore``) with bounds.
 
@@ -594,32 +641,47 @@ def restore_msgpack(payload: bytes, path: str) -> Any:
     import msgpack
 
     cap = max_array_bytes()
-    limit = len(payload)  # no entry can be longer than the payload; arrays are checked in ext_hook
-    containers = min(len(payload), max(1024, cap // (16 * _MSGPACK_MAX_DEPTH * _MSGPACK_SLOT_BYTES)))
-
-    def ext_hook(code: int, data: bytes):
-        if code == _EXT_NDARRAY:
-            return _msgpack_ndarray(data, cap)
-        if code == _EXT_NPSCALAR:
-            return _msgpack_ndarray(data, cap)[()]
-        if code == _EXT_COMPLEX:
-            real, imag = msgpack.unpackb(data, max_array_len=2, max_map_len=0, max_str_len=0, max_bin_len=0, max_ext_len=0)
-            return complex(real, imag)
-        return msgpack.ExtType(code, data)
-
-    try:
-        tree = msgpack.unpackb(
-            payload, ext_hook=ext_hook, raw=False, strict_map_key=False,
-            max_str_len=limit, max_bin_len=limit, max_ext_len=limit,
-            max_array_len=containers, max_map_len=containers,
-        )
+    with _msgpack_errors(path):
+        tree = msgpack.unpackb(payload, **_msgpack_options(len(payload), cap))
         return _unchunk_tree(tree, cap)
-    except _MsgpackError as err:
-        raise DistilledFormatError(f"{path}: {err}") from None
-    except InputFileError:
-        raise
-    except MALFORMED_ERRORS + (msgpack.UnpackException,) as err:
-        raise DistilledFormatError(f"{path}: truncated or corrupt msgpack checkpoint ({describe_error(err)})") from None
+
+
+def read_msgpack_file(path: str) -> Any:
+    """:func:`restore_msgpack` of a file, which is decoded whole and so must fit the array cap: its
+    size is checked before a byte is read, and it is read once, in blocks, into the decoder's
+    buffer (sized to the file up front), decoding as it goes; bytes after the checkpoint's data are
+    refused as soon as its data ends, neither read nor copied."""
+    import msgpack
+
+    cap = max_array_bytes()
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise DistilledFormatError(f"{path}: cannot read it ({describe_error(err)})") from None
+    if size > cap:
+        raise DistilledFormatError(
+            f"{path}: {size} bytes; a msgpack checkpoint is decoded whole, so it may take at most the cap of "
+            f"{cap} bytes on one array (DISTILL_JAX_MAX_ARRAY_BYTES)"
+        )
+    if size == 0:
+        raise DistilledFormatError(f"{path}: empty file, expected a msgpack checkpoint")
+    with _msgpack_errors(path):
+        unpacker = msgpack.Unpacker(None, read_size=size, max_buffer_size=size, **_msgpack_options(size, cap))
+        tree, done = None, False
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                unpacker.feed(block)  # BufferFull if the file grew since its size was checked
+                try:  # the decoder resumes where it stopped: a checkpoint that ends early is found early
+                    tree, done = unpacker.unpack(), True
+                    break
+                except msgpack.OutOfData:
+                    continue
+        if not done:
+            raise _MsgpackError("truncated or corrupt msgpack checkpoint (the file ends before its data does)")
+        if unpacker.tell() != size:
+            raise _MsgpackError(f"{size - unpacker.tell()} bytes after the checkpoint's data (expected one msgpack "
+                                "object filling the file)")
+        return _unchunk_tree(tree, cap)
 
 
 @_input_errors
@@ -639,12 +701,7 @@ def read_flax_msgpack(
     _check_source(source, ("frepo", "rcig"), path)
     if not os.path.isfile(path):
         raise DistilledFormatError(f"{path}: no such file")
-    try:
-        with open(path, "rb") as handle:
-            payload = handle.read()
-    except OSError as err:
-        raise DistilledFormatError(f"{path}: cannot read it ({describe_error(err)})") from None
-    tree = restore_msgpack(payload, path)
+    tree = read_msgpack_file(path)
     candidates = _find_proto_paths(tree)
     if not candidates:
         raise DistilledFormatError(f"{path}: field 'params/x_proto' (and 'params/y_proto') not found in the checkpoint")
@@ -765,6 +822,10 @@ def read_distill_jax(path, *, preprocessing: str | None = None, num_classes: int
     for key in ("num_classes", "preprocessing"):
         if key not in metadata:
             raise DistilledFormatError(f"{path}: field 'metadata.{key}' is missing")
+    if num_classes is None:
+        num_classes = check_class_count(metadata["num_classes"], path, "metadata.num_classes", DistilledFormatError)
+    else:
+        num_classes = check_class_count(num_classes, path, "num_classes", DistilledFormatError)
     stored = metadata.get("provenance")
     stored = stored if isinstance(stored, dict) else {}
     provenance = _provenance("distill_jax", stored.get("source") or "unknown", path, {"images": path, "labels": path})
@@ -772,7 +833,7 @@ def read_distill_jax(path, *, preprocessing: str | None = None, num_classes: int
     return DistilledSet(
         images=_to_nhwc(arrays["images"], "NHWC", path, "images"),
         labels=arrays["labels"],
-        num_classes=metadata["num_classes"] if num_classes is None else num_classes,
+        num_classes=num_classes,
         preprocessing=metadata["preprocessing"] if preprocessing is None else preprocessing,
         provenance=provenance,
     )

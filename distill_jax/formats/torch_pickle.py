@@ -40,13 +40,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gzip
 import io
+import itertools
 import lzma
 import math
 import os
 import pickle
 import pickletools
 import struct
+import tarfile
 import tokenize
 import zipfile
 import zlib
@@ -66,6 +69,9 @@ __all__ = [
     "MAX_COMPRESSION_RATIO",
     "ZipBudget",
     "check_zip_member",
+    "check_member_size",
+    "BoundedTarGz",
+    "prescan_pickle",
     "describe_error",
     "read_npz",
     "npz_keys",
@@ -481,8 +487,9 @@ def describe_error(err: BaseException) -> str:
 
 
 class ZipBudget:
-    """Uncompressed bytes one archive may still yield: ``max(cap, 200 x the archive's size)``
-    in all (so many small members cannot add up to a bomb either)."""
+    """Uncompressed bytes one archive (a zip, or a tar.gz: :class:`BoundedTarGz`) may still yield:
+    ``max(cap, 200 x the archive's size)`` in all (so many small members cannot add up to a bomb
+    either)."""
 
     def __init__(self, path: str | os.PathLike, cap: int | None = None):
         cap = max_array_bytes() if cap is None else cap
@@ -493,13 +500,17 @@ class ZipBudget:
         self.left = max(cap, MAX_COMPRESSION_RATIO * (self.archive_size or 0))
 
     def take(self, info: zipfile.ZipInfo, where: str, error: type[InputFileError]) -> None:
-        if info.file_size > self.left:
+        self.take_size(info.filename, info.file_size, where, error)
+
+    def take_size(self, name: str, size: int, where: str, error: type[InputFileError]) -> None:
+        """Count ``size`` uncompressed bytes of member ``name`` against the budget, before reading them."""
+        if size > self.left:
             raise error(
-                f"{where}: archive member '{info.filename}' would take the archive past "
+                f"{where}: archive member '{name}' would take the archive past "
                 f"{MAX_COMPRESSION_RATIO}x its size (or the array cap) in uncompressed bytes; "
                 "refusing a possible zip bomb"
             )
-        self.left -= info.file_size
+        self.left -= size
 
 
 def check_zip_member(
@@ -515,21 +526,37 @@ def check_zip_member(
     compression ratio marks a bomb, or (given ``archive_size``) whose compressed bytes would
     lie past the end of the archive (zipfile would ask the OS for that many bytes at once);
     checked on the zip directory, before any byte is read."""
-    cap = max_array_bytes() if cap is None else cap
-    size, packed = info.file_size, info.compress_size
+    packed = info.compress_size
     if archive_size is not None and info.header_offset + packed > archive_size:
         raise error(
             f"{where}: archive member '{info.filename}' declares {packed} compressed bytes at offset "
             f"{info.header_offset}, past the end of the {archive_size}-byte file; the file is truncated or corrupt"
         )
+    check_member_size(info.filename, info.file_size, packed, where, error, cap=cap, allowance=allowance)
+
+
+def check_member_size(
+    name: str,
+    size: int,
+    packed: int | None,
+    where: str,
+    error: type[InputFileError],
+    *,
+    cap: int | None = None,
+    allowance: int = 0,
+) -> None:
+    """The rule for any archive member (zip, tar.gz), on its declared sizes before it is read:
+    at most ``cap + allowance`` bytes uncompressed, and (given the ``packed`` bytes it inflates
+    from) over RATIO_CHECK_BYTES at most MAX_COMPRESSION_RATIO times those."""
+    cap = max_array_bytes() if cap is None else cap
     if size > cap + allowance:
         raise error(
-            f"{where}: archive member '{info.filename}' declares {size} bytes uncompressed, over the cap "
+            f"{where}: archive member '{name}' declares {size} bytes uncompressed, over the cap "
             f"of {cap} bytes on one array (DISTILL_JAX_MAX_ARRAY_BYTES)"
         )
-    if size > RATIO_CHECK_BYTES and size > MAX_COMPRESSION_RATIO * max(packed, 1):
+    if packed is not None and size > RATIO_CHECK_BYTES and size > MAX_COMPRESSION_RATIO * max(packed, 1):
         raise error(
-            f"{where}: archive member '{info.filename}' inflates {packed} compressed bytes to {size} "
+            f"{where}: archive member '{name}' inflates {packed} compressed bytes to {size} "
             f"({size // max(packed, 1)}:1, more than {MAX_COMPRESSION_RATIO}:1); refusing a possible zip bomb"
         )
 
@@ -549,8 +576,9 @@ def _read_member(archive: zipfile.ZipFile, member: str, path: str, budget: ZipBu
         ) from None
 
 
-def _prescan_pickle(payload: bytes, path: str) -> None:
-    """Walk data.pkl's opcodes (``pickletools.genops``, pure Python) before the C unpickler
+def prescan_pickle(payload: bytes, where: str, what: str = "data.pkl",
+                   error: type[InputFileError] = TorchFileError) -> None:
+    """Walk a pickle's opcodes (``pickletools.genops``, pure Python) before the C unpickler
     sees them. CPython's unpickler sizes (and zero-fills) its memo to twice the largest memo
     index it is given, so an 8-byte pickle storing to index 2**28 takes 4 GiB; a memo index or
     frame length here must not exceed the pickle's own length. genops also refuses any
@@ -558,8 +586,8 @@ def _prescan_pickle(payload: bytes, path: str) -> None:
     limit = len(payload)
     for opcode, arg, position in pickletools.genops(payload):
         if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "FRAME") and not (isinstance(arg, int) and 0 <= arg <= limit):
-            raise TorchFileError(
-                f"{path}: data.pkl opcode {opcode.name} at byte {position} has argument {arg!r}, more than the "
+            raise error(
+                f"{where}: {what} opcode {opcode.name} at byte {position} has argument {arg!r}, more than the "
                 f"pickle's {limit} bytes allow; refused, the file is corrupt or crafted"
             )
 
@@ -600,7 +628,7 @@ def load_torch_file(path: str | os.PathLike) -> Any:
             budget = ZipBudget(path)
             payload = _read_member(archive, f"{prefix}/data.pkl", path, budget)
             try:
-                _prescan_pickle(payload, path)
+                prescan_pickle(payload, path)
                 unpickler = SafeTorchUnpickler(io.BytesIO(payload), archive, prefix, path, budget)
                 return unpickler.load()
             except InputFileError:
@@ -748,6 +776,132 @@ def npz_header(path: str | os.PathLike, key: str, error: type[InputFileError], w
             with archive.open(info) as member:
                 shape, _, dtype, _ = _npy_header(member, info, where, error)
             return shape, dtype
+
+
+# ---------------------------------------------------------------------------------------
+# tar.gz archives (the CIFAR archives): the zip rules, with the gzip stream as one member.
+# ---------------------------------------------------------------------------------------
+
+MAX_TAR_MEMBERS = 1024
+"""The most entries a tar.gz may list (its directory is read whole; the CIFAR archives hold under 10)."""
+
+
+class _InflationLimit:
+    """The decompressed stream of a ``.gz``, for tarfile: any read or seek that would pass ``limit``
+    bytes, or one read of more than ``cap`` bytes, raises ``error`` before it happens."""
+
+    def __init__(self, stream, limit: int, cap: int, archive_size: int, where: str, error: type[InputFileError]):
+        self._stream, self._limit, self._cap = stream, limit, cap
+        self._archive_size, self._where, self._error = archive_size, where, error
+
+    def _refuse(self, position: int):
+        raise self._error(
+            f"{self._where}: the gzip stream inflates past {self._limit} bytes (at byte {position}) from a "
+            f"{self._archive_size}-byte archive, more than {MAX_COMPRESSION_RATIO}:1; refusing a possible gzip bomb"
+        )
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def read(self, size: int | None = -1) -> bytes:
+        position = self._stream.tell()
+        allowed = self._limit - position
+        if size is None or size < 0:
+            size = allowed + 1
+        elif size > self._cap + 2 * 512:  # a member (<= cap) and its header block
+            raise self._error(f"{self._where}: an entry at byte {position} of the tar stream asks for {size} bytes at once, "
+                              f"over the cap of {self._cap} bytes on one array (DISTILL_JAX_MAX_ARRAY_BYTES)")
+        data = self._stream.read(min(size, allowed + 1))
+        if len(data) > allowed:
+            self._refuse(position + len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset if whence == io.SEEK_SET else self._stream.tell() + offset if whence == io.SEEK_CUR else None
+        if target is None:
+            raise OSError("seeking from the end of a gzip stream is not supported")
+        if target > self._limit:
+            self._refuse(target)
+        return self._stream.seek(target)
+
+
+class BoundedTarGz:
+    """A ``.tar.gz`` read member by member under the zip rules.
+
+    The gzip stream is one compressed member of ``archive size`` bytes: once past RATIO_CHECK_BYTES
+    it may inflate at most MAX_COMPRESSION_RATIO times that, checked on every read and seek (so
+    skipping over a bomb stops as early as reading it). The directory may list at most
+    MAX_TAR_MEMBERS entries. Each member read must be a regular file, pass
+    :func:`check_member_size` (the array cap) and fit the archive's :class:`ZipBudget`, all
+    checked on its declared size before a byte of it is read. Every failure is ``error``
+    naming ``where`` (default: the path); an unreadable archive is "not a readable ``what``".
+    """
+
+    def __init__(self, path: str | os.PathLike, error: type[InputFileError], where: str | None = None,
+                 cap: int | None = None, what: str = "tar.gz archive"):
+        self.path = os.fspath(path)
+        self.where = self.path if where is None else where
+        self.error = error
+        self.cap = max_array_bytes() if cap is None else cap
+        self._raw = None
+        try:
+            size = os.path.getsize(self.path)
+            self._raw = open(self.path, "rb")
+            stream = gzip.GzipFile(fileobj=self._raw, mode="rb")
+            limit = max(RATIO_CHECK_BYTES, MAX_COMPRESSION_RATIO * size)
+            self._tar = tarfile.open(fileobj=_InflationLimit(stream, limit, self.cap, size, self.where, error), mode="r:")
+            self._members: dict[str, tarfile.TarInfo] = {}
+            for count in itertools.count(1):
+                info = self._tar.next()
+                if info is None:
+                    break
+                if count > MAX_TAR_MEMBERS:
+                    raise error(f"{self.where}: the archive lists more than {MAX_TAR_MEMBERS} entries; "
+                                "refused, the file is corrupt or crafted")
+                self._members[info.name] = info
+            self._budget = ZipBudget(self.path, self.cap)
+        except BaseException as err:
+            self.close()
+            if isinstance(err, (InputFileError, FileNotFoundError)):
+                raise
+            if isinstance(err, MALFORMED_ERRORS + (tarfile.TarError,)):
+                raise error(f"{self.where}: not a readable {what} ({describe_error(err)})") from None
+            raise
+
+    def names(self) -> list[str]:
+        return list(self._members)
+
+    def read(self, name: str, expected: int | None = None) -> bytes:
+        """The bytes of member ``name`` (of exactly ``expected`` bytes, if given)."""
+        info = self._members.get(name)
+        if info is None:
+            raise self.error(f"{self.where}: member '{name}' is missing (not the expected layout)")
+        if not info.isfile() or (expected is not None and info.size != expected):
+            want = f"{expected} bytes" if expected is not None else "a regular file"
+            raise self.error(f"{self.where}: member '{name}' has {info.size} bytes, expected {want}")
+        check_member_size(name, info.size, None, self.where, self.error, cap=self.cap)
+        self._budget.take_size(name, info.size, self.where, self.error)
+        try:
+            data = self._tar.extractfile(info).read()
+        except InputFileError:
+            raise
+        except MALFORMED_ERRORS + (tarfile.TarError,) as err:
+            raise self.error(f"{self.where}: cannot read member '{name}' ({describe_error(err)}); "
+                             "the archive is truncated or corrupt") from None
+        if len(data) != info.size:
+            raise self.error(f"{self.where}: member '{name}' is truncated ({len(data)} of {info.size} bytes)")
+        return data
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+
+    def __enter__(self) -> "BoundedTarGz":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # (module, name) pairs the unpickler accepts, for documentation and tests.

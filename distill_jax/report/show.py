@@ -19,9 +19,9 @@ from distill_jax.distillation.runner import PREPROCESSING_NAME
 from distill_jax.errors import UserError
 from distill_jax.report import plots
 
-# (height, width, channels, classes) -> the real dataset a set of that shape comes from
-SHAPE_TO_DATASET = {(28, 28, 1, 10): "fashion_mnist", (32, 32, 3, 10): "cifar10_jpeg", (32, 32, 3, 100): "cifar100",
-                    (64, 64, 3, 200): "tiny_imagenet"}
+# Which dataset to guess among those with a set's image shape and class count (Fashion-MNIST before
+# MNIST; the CIFAR-10 (JPEG) files before the official CIFAR-10 archives when both could be meant).
+GUESS_ORDER = ("fashion_mnist", "cifar10_jpeg", "cifar10", "cifar100", "tiny_imagenet")
 
 
 class ShowError(UserError, ValueError):
@@ -30,12 +30,13 @@ class ShowError(UserError, ValueError):
 
 def matching_dataset(dset, path) -> str:
     """The real dataset whose training split a set's pixel space was fitted on, from its shape."""
-    key = (*dset.images.shape[1:], dset.num_classes)
-    if key not in SHAPE_TO_DATASET:
+    fits = datasets.datasets_with(dset.image_shape, dset.num_classes)
+    if not fits:
         raise ShowError(f"{path}: no known dataset has images {dset.images.shape[1:]} and {dset.num_classes} classes; "
                         "give --dataset (the real set whose training split its preprocessing was fitted on)")
-    name = SHAPE_TO_DATASET[key]
-    if name == "cifar10_jpeg" and not (datasets.data_root() / "cifar10_jpeg_train.npz").is_file():
+    ranked = sorted(fits, key=lambda name: GUESS_ORDER.index(name) if name in GUESS_ORDER else len(GUESS_ORDER))
+    name = ranked[0]
+    if name == "cifar10_jpeg" and "cifar10" in ranked and not (datasets.data_root() / "cifar10_jpeg_train.npz").is_file():
         name = "cifar10"  # the official archives
     return name
 
@@ -44,13 +45,18 @@ def show_set(path, out, *, dataset: Optional[str] = None, data_dir: Optional[str
              preprocessing: Optional[str] = None, label_temperature: float = 0.3, **load_options) -> dict:
     """Draws the set at `path` to `out` (and `<out>_labels.png` for learned labels)."""
     path, out = pathlib.Path(path), pathlib.Path(out)
+    if dataset is not None:
+        datasets.check_dataset_name(dataset, "--dataset")
     dset = load_distilled(str(path), **load_options)
+    pipeline.check_claimed_dataset(dset)
     recipe = preprocessing or dset.preprocessing
     stored = (path if path.is_dir() else path.parent) / PREPROCESSING_NAME
     class_names = None
     if dataset or (recipe != "none" and not stored.is_file()):  # class names, or the split to fit on
         dataset = dataset or matching_dataset(dset, path)
         real = datasets.load_dataset(dataset, "train", data_dir=data_dir)
+        pipeline.check_set_fits(dset, dataset, real.info.image_shape, real.info.num_classes, field="--dataset",
+                                where=str(path), error=ShowError)
         class_names = real.info.class_names
     if stored.is_file() and preprocessing is None:
         transform, fitted_on = preprocess.load(stored), f"the distiller's stored transform ({stored.name})"
