@@ -8,7 +8,6 @@ Where no cluster environment (TPU pod, SLURM, Open MPI) tells JAX who is who, pa
 `--coordinator_address`, `--num_processes` and `--process_id` with it.
 """
 import logging
-import os
 import sys
 from typing import Optional
 
@@ -17,7 +16,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from distill_jax import errors
+from distill_jax import errors, paths
 from distill_jax.config import ConfigError, load_config_file, validate
 from distill_jax.run import run
 from distill_jax.training.rundir import check_workdir, is_writer
@@ -78,8 +77,7 @@ def launch(get_config, workdir, *, verbose: bool = False, distributed: bool = Fa
     logging.getLogger("absl").setLevel(logging.WARNING)
 
     # Reproductions run many cells with identical programs: cache compiled XLA programs on disk.
-    jax.config.update("jax_compilation_cache_dir", os.environ.get(
-        "DISTILL_JAX_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "distill_jax", "xla")))
+    jax.config.update("jax_compilation_cache_dir", str(paths.xla_cache()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if distributed:
         jax.distributed.initialize(**(distributed_settings or {}))

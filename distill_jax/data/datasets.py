@@ -30,30 +30,27 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
-import os
 import pathlib
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from distill_jax import paths
 from distill_jax.data import cifar
 from distill_jax.formats.torch_pickle import MALFORMED_ERRORS, describe_error, npz_keys, read_npz
 from distill_jax.errors import MAX_CLASSES, InputFileError, UserError, check_class_count, max_array_bytes
 
 PathLike = str | pathlib.Path
 
-DATA_ROOT_ENV = "DISTILL_JAX_DATA"
+DATA_ROOT_ENV = paths.SUBFOLDER_ENVS["data"]
 
 
 def data_root() -> pathlib.Path:
     """The folder where data is looked for when no data_dir is given: dataset files (e.g.
     cifar10_jpeg_{train,test}.npz), published distilled sets (`distilled/<set>/`) and published
-    teachers (`teachers/<set>_convnet/`). $DISTILL_JAX_DATA, else
-    $XDG_CACHE_HOME/distill_jax/data (by default ~/.cache/distill_jax/data)."""
-    if os.environ.get(DATA_ROOT_ENV):
-        return pathlib.Path(os.environ[DATA_ROOT_ENV]).expanduser()
-    cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
-    return cache / "distill_jax" / "data"
+    teachers (`teachers/<set>_convnet/`). $DISTILL_JAX_DATA, else the `data/` folder of the
+    cache root (`paths.py`; by default ~/.cache/distill_jax/data)."""
+    return paths.data_root()
 
 
 DEBIAN_FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")

@@ -9,12 +9,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import pathlib
 
 import numpy as np
 
-from distill_jax import losses
+from distill_jax import losses, paths
 from distill_jax.data import datasets, preprocess
 from distill_jax.errors import UserError
 from distill_jax.formats import distilled
@@ -83,11 +82,6 @@ def _real_split(dataset: str, split: str, data_dir: str):
     return datasets.load_dataset(dataset, split, data_dir=data_dir or None)
 
 
-def cache_dir() -> pathlib.Path:
-    """Where fitted transforms are kept between runs (DISTILL_JAX_CACHE, else ~/.cache/distill_jax)."""
-    return pathlib.Path(os.environ.get("DISTILL_JAX_CACHE", pathlib.Path.home() / ".cache" / "distill_jax"))
-
-
 def fitted_on(dataset: str, train_images_uint8: np.ndarray) -> dict:
     """The provenance a transform fitted on `dataset`'s training split records (`Preprocessing.fitted_on`)."""
     digest = hashlib.sha256(np.ascontiguousarray(train_images_uint8).data).hexdigest()
@@ -102,7 +96,7 @@ def fitted_preprocessing(recipe: str, train_images_uint8: np.ndarray, *, dataset
     cell of a reproduction needs the same one.
     """
     provenance = fitted_on(dataset, train_images_uint8)
-    path = cache_dir() / "preprocessing" / f"{recipe}-{provenance['images_sha256'][:20]}.npz"
+    path = paths.preprocessing_cache() / f"{recipe}-{provenance['images_sha256'][:20]}.npz"
     prep = None
     if path.is_file():
         try:

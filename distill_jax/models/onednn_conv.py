@@ -9,7 +9,7 @@ extensions: on a 2-core AVX-512 Xeon they bring the ResNet-18 train step from 1.
 The C++ source ships as distill_jax/models/kernels/onednn_conv.cc. On first use it is
 compiled with the system C++ compiler ($CXX, else g++) against oneDNN (Debian's
 libdnnl-dev, which launch/setup.sh installs) and JAX's FFI headers, into a cache folder
-($DISTILL_JAX_KERNEL_CACHE, else ~/.cache/distill_jax) under a name keyed by the source,
+($DISTILL_JAX_KERNEL_CACHE, else ~/.cache/distill_jax/kernels: `distill_jax/paths.py`) under a name keyed by the source,
 jaxlib's version, the compiler and oneDNN's version. The library and its SHA-256 digest
 (`<name>.so.sha256`, beside it) are each written under a temporary name and renamed, so
 concurrent processes never load a half-written library; before loading, the library is checked
@@ -37,10 +37,11 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from distill_jax import paths
 from distill_jax.models import fast_conv
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "onednn_conv.cc"
-CACHE_ENV = "DISTILL_JAX_KERNEL_CACHE"
+CACHE_ENV = paths.SUBFOLDER_ENVS["kernels"]
 # FFI target name -> the C++ handler symbol.
 _TARGETS = {
     "distill_onednn_conv_forward": "DistillOnednnConvForward",
@@ -59,10 +60,9 @@ def _compiler() -> str:
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels live: $DISTILL_JAX_KERNEL_CACHE, else $XDG_CACHE_HOME (or ~/.cache)/distill_jax."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distill_jax"
+    """Where compiled kernels live: $DISTILL_JAX_KERNEL_CACHE, else the `kernels/` folder of the
+    cache root (`distill_jax/paths.py`; by default ~/.cache/distill_jax/kernels)."""
+    return paths.kernel_cache()
 
 
 # oneDNN's version header (Debian's libdnnl-dev): part of the cache key, so an upgraded oneDNN
