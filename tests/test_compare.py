@@ -2,8 +2,8 @@
 
 The workdirs are written by hand in the format the code writes (loop.py: results.json,
 metrics.jsonl, config.json; reproduce.run_cell: record.json; reproduce.run_reproduction:
-reproduction.json), with the configs of the real experiment's cells (`registry`); one test reads
-the real divisor-5 run where this machine has it.
+reproduction.json), with the configs of the real experiment's cells (`registry`), or by
+test_records' `_experiment_dir`; one test runs a toy reproduction with the real code and reads it back.
 """
 import importlib.util
 import json
@@ -14,13 +14,13 @@ import pytest
 
 from distill_jax import cli
 from distill_jax.experiments import compare, registry, reproduce
-from distill_jax.report import plots, records
+from distill_jax.report import plots, records, results_record
 from distill_jax.training import metrics
 from test_evaluation import _cache, _reproduce_config, _tiny_data, _tiny_experiment
+from test_records import _experiment_dir
 
 EXPERIMENT = "frepo_cifar10_jpeg_10_resnet18"
 REPO = pathlib.Path(__file__).resolve().parents[1]
-REAL_DIV5 = pathlib.Path("/work/runs/div5")
 
 
 def _configs(workdir, divisor, width):
@@ -287,16 +287,24 @@ def test_partial_table_reads_cells_through_the_library(scales):
     assert compare.cell_record(div5 / "no_kd") is None
 
 
-def test_the_real_divisor_5_run_parses():
-    if not (REAL_DIV5 / "reproduction.json").is_file():
-        pytest.skip(f"{REAL_DIV5} (the divisor-5 run of docs/results.md §1b) exists only on the developers' machine")
-    workdir = compare.read_workdir(REAL_DIV5)
-    assert workdir["experiment"] == EXPERIMENT and workdir["scale"]["epoch_divisor"] == 5
-    full = workdir["cells"]["full"]
-    record = json.loads((REAL_DIV5 / "full" / "record.json").read_text())
-    assert full["status"] == "complete" and full["final_accuracy"] == record["final_accuracy"]
-    assert full["train_accuracy"]["epoch"] == record["epochs"] and len(full["train_accuracy"]["per_seed"]) == 3
-    assert all(workdir["cells"][c]["status"] == "complete" for c in compare.CELLS)
+def test_a_complete_reproduction_workdir_parses_as_the_results_record_reads_it(tmp_path):
+    """A finished reproduce workdir (plan.json, reproduction.json; a split-seed teacher and a
+    student of one run, each with record.json, results.json and metrics.jsonl): every cell it ran is
+    complete, and compare reads the same final and last-step training accuracies as its record."""
+    root = _experiment_dir(tmp_path / "div20")
+    workdir = compare.read_workdir(root)
+    assert workdir["experiment"] == EXPERIMENT and workdir["scale"]["epoch_divisor"] == 20
+    exported = {c["cell"]: c for c in results_record.from_workdir(root)["cells"]}
+    assert set(exported) == {"teacher", "full"}
+    for name, cell in exported.items():
+        state = workdir["cells"][name]
+        record = json.loads((root / name / "record.json").read_text())
+        assert state["status"] == "complete" and state["final_accuracy"] == record["final_accuracy"]
+        assert state["final_accuracy"]["per_seed"] == cell["final_test_accuracy"]
+        assert state["train_accuracy"]["per_seed"] == cell["last_step_train_accuracy"]["per_seed"]
+        assert state["train_accuracy"]["epoch"] == record["config"]["train"]["epochs"]
+    assert workdir["cells"]["teacher"]["train_accuracy"]["per_seed"] == [70.0, 71.0]  # one per seed_<s> run
+    assert workdir["cells"]["no_kd"]["status"] == "not finished"  # a cell it did not run
 
 
 def test_scale_curves_plot_checks_its_input(tmp_path):

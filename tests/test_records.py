@@ -166,6 +166,33 @@ def test_export_of_a_transfer_pool(tmp_path):
     assert rec["command"].startswith("distill-jax transfer")
 
 
+def test_last_train_accuracy_has_one_reader_and_the_record_takes_it_only_for_every_seed(tmp_path):
+    """records.last_train_accuracy reads metrics.jsonl (a cut last line left out); compare shows
+    what it returns, the results record keeps it only when every run logged every seed."""
+    config = _config()
+    whole = tmp_path / "whole"
+    _run(whole, config, [0, 1], [40.0, 41.0], [70.0, 71.0])  # epoch 2; its last line is cut
+    silent = tmp_path / "silent"
+    _run(silent, config, [2], [42.0], [80.0])
+    (silent / metrics.METRICS_FILE).unlink()  # a run that logged nothing
+    diverged = tmp_path / "diverged"
+    diverged.mkdir()
+    (diverged / metrics.METRICS_FILE).write_text(
+        json.dumps({"step": 1, "epoch": 1, "train_accuracy": [None, 80.0]}) + "\n")
+    assert records.metrics_lines(silent) == [] and len(records.metrics_lines(whole)) == 3
+    assert records.last_train_accuracy([whole]) == {"per_seed": [70.0, 71.0], "mean": 70.5, "epoch": 2, "step": 2,
+                                                    "every_seed": True}
+    assert results_record.last_step_train_accuracy([whole]) == {"per_seed": [70.0, 71.0], "mean": 70.5}
+    some = records.last_train_accuracy([whole, silent])
+    assert some["per_seed"] == [70.0, 71.0] and not some["every_seed"]
+    assert results_record.last_step_train_accuracy([whole, silent]) is None
+    with_null = records.last_train_accuracy([whole, diverged])
+    assert with_null["per_seed"] == [70.0, 71.0, 80.0] and with_null["epoch"] == 1 and not with_null["every_seed"]
+    assert results_record.last_step_train_accuracy([whole, diverged]) is None
+    assert records.last_train_accuracy([silent]) is None and results_record.last_step_train_accuracy([silent]) is None
+    assert records.run_dirs(tmp_path / "exp") == [tmp_path / "exp"]  # no seed_<s> dirs: the cell is the run
+
+
 def test_export_of_a_single_training_run_needs_its_command(tmp_path, capsys):
     run = tmp_path / "run"
     _run(run, {**_config("convnet", 32, "instance"), "mode": "train"}, [0, 1], [70.0, 71.5], [90.0, 91.0])

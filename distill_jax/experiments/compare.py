@@ -19,7 +19,8 @@ written atomically) has
 
 Training accuracy: results.json's history keeps only the training loss; metrics.jsonl keeps the
 per-seed accuracy of each logged step's batch (augmented, with DropPath where the recipe uses
-it), so the table shows the last logged step's, mean over seeds, or "not recorded".
+it), so the table shows the last logged step's (`records.last_train_accuracy`, the one reader
+the results record uses too), mean over seeds, or "not recorded".
 """
 from __future__ import annotations
 
@@ -78,16 +79,10 @@ def _read_json(path: pathlib.Path) -> Optional[dict]:
         raise CompareError(f"{path}: cannot be read as JSON ({err})") from err
 
 
-def run_dirs(cell_dir: pathlib.Path) -> list[pathlib.Path]:
-    """The runs of a cell: its `seed_<s>` dirs (split seeds; in seed order), else the cell dir itself."""
-    seeds = [p for p in cell_dir.glob("seed_*") if p.is_dir() and p.name[5:].isdigit()]
-    return sorted(seeds, key=lambda p: int(p.name[5:])) or [cell_dir]
-
-
 def finished_runs(cell_dir: pathlib.Path) -> list[tuple[pathlib.Path, dict]]:
     """(run dir, results) of every finished run of a cell."""
     out = []
-    for run in run_dirs(cell_dir):
+    for run in records.run_dirs(cell_dir):
         results = _read_json(run / "results.json")
         if results and results.get("finished"):
             out.append((run, results))
@@ -111,37 +106,6 @@ def cell_record(cell_dir: pathlib.Path) -> Optional[dict]:
             "epochs": config["train"]["epochs"], **merged}
 
 
-def _metrics_lines(run: pathlib.Path) -> list[dict]:
-    path = run / metrics_lib.METRICS_FILE
-    if not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill
-        if isinstance(entry, dict):
-            lines.append(entry)
-    return lines
-
-
-def last_train_accuracy(runs: Sequence[pathlib.Path]) -> Optional[dict]:
-    """The last logged step's training accuracy (%) of every seed of `runs` (metrics.jsonl: the
-    accuracy on that step's augmented batch), with its epoch (the earliest over the runs); None
-    when no run logged one. results.json does not keep it."""
-    per_seed, epochs, steps = [], [], []
-    for run in runs:
-        logged = [e for e in _metrics_lines(run) if isinstance(e.get("train_accuracy"), list)]
-        if logged:
-            per_seed += [float(a) for a in logged[-1]["train_accuracy"] if a is not None]
-            epochs.append(int(logged[-1].get("epoch", 0)))
-            steps.append(int(logged[-1].get("step", 0)))
-    if not per_seed:
-        return None
-    return {"mean": float(np.mean(per_seed)), "per_seed": per_seed, "epoch": min(epochs), "step": min(steps)}
-
-
 def _merge_evaluations(histories: list[list[dict]]) -> list[dict]:
     """Per-seed test accuracies of several runs at the epochs all of them evaluated."""
     histories = [h for h in histories if h]
@@ -156,7 +120,7 @@ def _merge_evaluations(histories: list[list[dict]]) -> list[dict]:
 def logged_evaluations(runs: Sequence[pathlib.Path]) -> list[dict]:
     """The test evaluations metrics.jsonl logged so far (a run still training), merged over runs."""
     return _merge_evaluations([[{"epoch": int(e["epoch"]), "test_accuracy": e["test_accuracy"]}
-                                for e in _metrics_lines(run) if isinstance(e.get("test_accuracy"), list)
+                                for e in records.metrics_lines(run) if isinstance(e.get("test_accuracy"), list)
                                 and "epoch" in e and None not in e["test_accuracy"]] for run in runs])
 
 
@@ -165,7 +129,7 @@ def recorded_config(cell_dir: pathlib.Path) -> Optional[dict]:
     record = _read_json(cell_dir / "record.json")
     if record and record.get("config"):
         return record["config"]
-    for run in run_dirs(cell_dir):
+    for run in records.run_dirs(cell_dir):
         config = _read_json(run / rundir.CONFIG_FILE)
         if config:
             return config
@@ -194,7 +158,7 @@ def _planned_seeds(root: pathlib.Path, plan: Optional[dict], cell_names) -> Opti
         record = _read_json(root / name / "record.json")
         if record and record.get("seeds"):
             counts.append(len(record["seeds"]))
-        counts.append(len([p for p in run_dirs(root / name) if p.name.startswith("seed_")]))
+        counts.append(len([p for p in records.run_dirs(root / name) if p.name.startswith("seed_")]))
     return max(counts) if counts and max(counts) > 0 else None
 
 
@@ -211,7 +175,7 @@ def read_cell(cell_dir: pathlib.Path, planned_seeds: Optional[int] = None) -> di
     if config:
         state["epochs"] = _field(config, "train.epochs")
     record = cell_record(cell_dir)
-    runs = run_dirs(cell_dir)
+    runs = records.run_dirs(cell_dir)
     if record is not None:
         state.update(network=record.get("network"), role=record.get("role"), diverged=record.get("diverged"),
                      epochs=record.get("epochs") or state["epochs"], history=record.get("history") or [],
@@ -231,9 +195,9 @@ def read_cell(cell_dir: pathlib.Path, planned_seeds: Optional[int] = None) -> di
     if state["status"] == "not finished":
         state["history"] = logged_evaluations(runs)
         state["history_source"] = "logged so far (still training)" if state["history"] else None
-        epochs = [int(e["epoch"]) for run in runs for e in _metrics_lines(run) if "epoch" in e]
+        epochs = [int(e["epoch"]) for run in runs for e in records.metrics_lines(run) if "epoch" in e]
         state["logged_epoch"] = max(epochs) if epochs else None
-    state["train_accuracy"] = last_train_accuracy(runs)
+    state["train_accuracy"] = records.last_train_accuracy(runs)
     if state["seeds_planned"] is None and state["seeds_finished"]:
         state["seeds_planned"] = state["seeds_finished"]
     return state

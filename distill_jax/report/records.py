@@ -1,13 +1,20 @@
-"""What every run record carries besides its numbers: software versions and the device.
+"""What every run record carries besides its numbers (software versions and the device), and
+the numbers read back from a cell's runs.
 
 A table without the library versions and the card that produced it cannot be compared
-with another table later; these helpers make that record cheap to write everywhere.
+with another table later; these functions make that record cheap to write everywhere.
+Reading a finished or running cell back (`run_dirs`, `metrics_lines`, `last_train_accuracy`,
+`merge_seed_results`) lives here too, so that `compare` and the results record read the same
+files the same way.
 """
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
+import pathlib
 import platform
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -105,3 +112,55 @@ def merge_seed_results(results: list[dict]) -> dict:
             "diverged": {"epoch": min(d["epoch"] for d in diverged), "step": min(d["step"] for d in diverged),
                          "seeds": [s for d in diverged for s in d["seeds"]]} if diverged else None,
             "data": results[0].get("data"), "preprocessing": results[0].get("preprocessing")}
+
+
+# ----------------------------------------------------------------------------- a cell's runs
+
+def run_dirs(cell_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The runs of a cell: its `seed_<s>` dirs (split seeds; in seed order), else the cell dir itself."""
+    cell_dir = pathlib.Path(cell_dir)
+    seeds = [p for p in cell_dir.glob("seed_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(seeds, key=lambda p: int(p.name[5:])) or [cell_dir]
+
+
+def metrics_lines(run: pathlib.Path) -> list[dict]:
+    """The records of a run's metrics.jsonl in order ([] when it has none); a line a kill cut, or
+    one that is no JSON object, is left out."""
+    path = pathlib.Path(run) / metrics.METRICS_FILE
+    if not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if isinstance(entry, dict):
+            lines.append(entry)
+    return lines
+
+
+def last_train_accuracy(runs: Sequence[pathlib.Path]) -> Optional[dict]:
+    """The training accuracy (%) of the last step each run logged (metrics.jsonl: the accuracy on
+    that step's augmented batch; results.json does not keep it), over `runs` in order:
+    `per_seed` (the runs' values side by side), their `mean`, the `epoch` and `step` of that
+    last step (the earliest over the runs), and `every_seed`: False when a run logged none or
+    logged null for a seed (a diverged one), whose values are then left out. None when no run
+    logged a value."""
+    per_seed, epochs, steps = [], [], []
+    every_seed = True
+    for run in runs:
+        logged = [e for e in metrics_lines(run) if isinstance(e.get("train_accuracy"), list)]
+        if not logged:
+            every_seed = False
+            continue
+        last = logged[-1]
+        values = [float(a) for a in last["train_accuracy"] if a is not None]
+        every_seed = every_seed and len(values) == len(last["train_accuracy"])
+        per_seed += values
+        epochs.append(int(last.get("epoch", 0)))
+        steps.append(int(last.get("step", 0)))
+    if not per_seed:
+        return None
+    return {"per_seed": per_seed, "mean": float(sum(per_seed) / len(per_seed)), "epoch": min(epochs),
+            "step": min(steps), "every_seed": every_seed}

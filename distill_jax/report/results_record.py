@@ -41,7 +41,6 @@ from typing import Optional, Sequence
 from distill_jax import models
 from distill_jax.errors import InputFileError
 from distill_jax.report import records
-from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import rundir
 
 SCHEMA_VERSION = 1
@@ -325,30 +324,14 @@ def _get(obj: dict, dotted: str, path: pathlib.Path, default=KeyError):
     return value
 
 
-def _run_dirs(cell_dir: pathlib.Path) -> list[pathlib.Path]:
-    seeds = [p for p in cell_dir.glob("seed_*") if p.is_dir() and p.name[5:].isdigit()]
-    return sorted(seeds, key=lambda p: int(p.name[5:])) or [cell_dir]
-
-
 def last_step_train_accuracy(runs: Sequence[pathlib.Path]) -> Optional[dict]:
-    """Per seed, the training accuracy (%) of the last logged step (metrics.jsonl: the accuracy
-    on that step's augmented batch), over `runs` in order; None when a run logged none."""
-    per_seed = []
-    for run in runs:
-        path = run / metrics_lib.METRICS_FILE
-        last = None
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a kill
-                if isinstance(entry, dict) and isinstance(entry.get("train_accuracy"), list):
-                    last = entry["train_accuracy"]
-        if last is None or any(a is None for a in last):
-            return None
-        per_seed += [float(a) for a in last]
-    return {"per_seed": per_seed, "mean": float(sum(per_seed) / len(per_seed))} if per_seed else None
+    """A record's `last_step_train_accuracy`: per seed, the training accuracy (%) of the last
+    logged step (`records.last_train_accuracy`), over `runs` in order; None unless every run
+    logged a value for every seed (a mean over some of the seeds is not the cell's)."""
+    train = records.last_train_accuracy(runs)
+    if train is None or not train["every_seed"]:
+        return None
+    return {"per_seed": train["per_seed"], "mean": train["mean"]}
 
 
 def _span(run: pathlib.Path) -> Optional[float]:
@@ -419,7 +402,7 @@ def _cell(rec: dict, cell_dir: pathlib.Path, published_cells: set, where: pathli
     else:
         cell["final_test_accuracy"] = [float(a) for a in final["per_seed"]]
     if trains:
-        runs = _run_dirs(cell_dir)
+        runs = records.run_dirs(cell_dir)
         cell["last_step_train_accuracy"] = last_step_train_accuracy(runs)
         spans = [_span(run) for run in runs]
         cell["wall_seconds"] = None if None in spans else float(sum(spans))
@@ -478,7 +461,7 @@ def _assemble(kind: str, experiment: str, config: dict, cell_pairs: list, comman
         if name != dataset:
             cell["dataset"] = name
     walls = [c["wall_seconds"] for c in cells if c["wall_seconds"] is not None]
-    results = [run / "results.json" for _, cell_dir in cell_pairs for run in _run_dirs(cell_dir)]
+    results = [run / "results.json" for _, cell_dir in cell_pairs for run in records.run_dirs(cell_dir)]
     record = {"schema_version": SCHEMA_VERSION, "kind": kind, "experiment": experiment, "dataset": dataset,
               "scale": scale, "source": {"kind": "run"}, "config_digest": config_digest(config),
               "command": command, "software": software, "hardware": hardware,
