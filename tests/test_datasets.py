@@ -541,3 +541,176 @@ def test_undecodable_image_names_the_file(tmp_path):
     good.write_bytes(bytes(raw))
     with pytest.raises(DataFormatError, match=r"image file .*x.png: cannot decode it"):
         datasets.load_dataset("image_folder", "train", data_dir=tmp_path, color_mode="rgb")
+
+
+# --------------------------------------------------------------------------- bounds on what a file may make us allocate
+
+
+def test_npz_label_past_the_class_limit_is_refused(tmp_path):
+    # Without class names the class count is the largest label + 1: one label must not size the class
+    # names (at most distill_jax.errors.MAX_CLASSES = 65536 classes).
+    labels = np.arange(8) % 2
+    labels[5] = 70_000
+    np.savez(tmp_path / "train.npz", image=np.zeros((8, 2, 2, 1), np.uint8), label=labels)
+    with pytest.raises(DataFormatError, match=r"train\.npz: dataset 'npz' split 'train': field 'labels': class index "
+                                              r"70000, expected class indices in \[0, 65536\)"):
+        datasets.load_dataset("npz", "train", data_dir=tmp_path)
+    with pytest.raises(DataFormatError, match=r"field 'num_classes': 100000000 classes, expected .*\[1, 65536\]"):
+        datasets.load_dataset("npz", "train", data_dir=tmp_path, num_classes=10 ** 8)
+
+
+# The CIFAR python version, as the official files hold it: Python 2's cPickle (protocol 2) of a
+# dict of str, with the array pickled by numpy as _reconstruct(ndarray, (0,), 'b') + BUILD.
+def _py2_str(text: bytes) -> bytes:
+    return b"U" + bytes([len(text)]) + text if len(text) < 256 else b"T" + struct.pack("<I", len(text)) + text
+
+
+def _py2_array(rows: np.ndarray) -> bytes:
+    dtype = b"cnumpy\ndtype\n" + _py2_str(b"u1") + b"K\x00K\x01\x87R(K\x03" + _py2_str(b"|") + \
+        b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    shape = b"M" + struct.pack("<H", rows.shape[0]) + b"M" + struct.pack("<H", rows.shape[1]) + b"\x86"
+    return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + _py2_str(b"b") + b"\x87R"
+            + b"(K\x01" + shape + dtype + b"\x89" + _py2_str(rows.tobytes()) + b"tb")
+
+
+def _py2_dict(items) -> bytes:
+    body = b""
+    for key, value in items:
+        if isinstance(value, np.ndarray):
+            encoded = _py2_array(value)
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            encoded = b"](" + b"".join(_py2_str(v) for v in value) + b"e"
+        elif isinstance(value, list):
+            encoded = b"](" + b"".join(b"K" + bytes([v]) for v in value) + b"e"
+        else:
+            encoded = _py2_str(value)
+        body += _py2_str(key) + encoded
+    return b"\x80\x02}(" + body + b"u."
+
+
+def _tar_gz(path, members: dict, level=9):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz", compresslevel=level) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+CIFAR10_PY_MEMBERS = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
+
+
+def test_cifar_python_batches_as_python2_pickled_them_load(tmp_path):
+    rng = np.random.default_rng(3)
+    members, rows, labels = {}, {}, {}
+    for i, member in enumerate(CIFAR10_PY_MEMBERS):
+        rows[member], labels[member] = rng.integers(0, 256, (2, 3072), dtype=np.uint8), [i % 10, (i + 3) % 10]
+        members[f"cifar-10-batches-py/{member}"] = _py2_dict([(b"batch_label", b"batch"), (b"labels", labels[member]),
+                                                              (b"data", rows[member])])
+    names = [b"c%d" % k for k in range(10)]
+    members["cifar-10-batches-py/batches.meta"] = _py2_dict([(b"label_names", names), (b"num_vis", b"3072")])
+    _tar_gz(tmp_path / "cifar-10-python.tar.gz", members)
+    train = datasets.load_dataset("cifar10", "train", data_dir=tmp_path)
+    expected = np.concatenate([rows[m] for m in CIFAR10_PY_MEMBERS[:5]]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(train.images, expected)
+    np.testing.assert_array_equal(train.labels, sum((labels[m] for m in CIFAR10_PY_MEMBERS[:5]), []))
+    assert train.info.class_names == tuple(n.decode() for n in names)
+
+
+def _python_archive(folder, batch) -> pathlib.Path:
+    import pickle
+
+    members = {f"cifar-10-batches-py/{m}": pickle.dumps(batch, protocol=2) for m in CIFAR10_PY_MEMBERS}
+    members["cifar-10-batches-py/batches.meta"] = pickle.dumps({b"label_names": [b"c%d" % k for k in range(10)]},
+                                                                protocol=2)
+    return _tar_gz(folder / "cifar-10-python.tar.gz", members)
+
+
+def test_cifar_python_pickle_calling_ndarray_directly_is_refused(tmp_path):
+    # ndarray(shape, dtype, buffer, offset, strides): a stride-0 view of one byte standing for
+    # (1000, 3072) pixels; a (50000, 3072) one per batch took gigabytes from a 750 kB archive.
+    class StrideZero:
+        def __reduce__(self):
+            return np.ndarray, ((1000, 3072), np.dtype("u1"), b"\0", 0, (0, 0))
+
+    path = _python_archive(tmp_path, {b"data": StrideZero(), b"labels": [0] * 1000})
+    with pytest.raises(datasets.cifar.CifarArchiveError,
+                       match=rf"{path}: member 'cifar-10-batches-py/data_batch_1': numpy.ndarray called directly"):
+        datasets.load_dataset("cifar10", "train", data_dir=tmp_path)
+
+
+def test_cifar_python_array_must_hold_its_own_bytes(tmp_path):
+    # numpy's own reduce, but the state's shape declares more than its raw bytes hold.
+    class Lying:
+        def __reduce__(self):
+            rebuild, args, state = np.zeros((2, 3072), np.uint8).__reduce__()
+            return rebuild, args, (state[0], (1000, 3072)) + state[2:]
+
+    path = _python_archive(tmp_path, {b"data": Lying(), b"labels": [0] * 1000})
+    with pytest.raises(datasets.cifar.CifarArchiveError, match=rf"{path}: .*shape \(1000, 3072\) uint8 \(3072000 bytes\) "
+                                                               r"holds 6144 bytes"):
+        datasets.load_dataset("cifar10", "train", data_dir=tmp_path)
+
+
+def test_cifar_python_pickle_memo_index_past_its_length_is_refused(tmp_path):
+    # LONG_BINPUT 2**28: CPython's unpickler would size its memo (gigabytes) before anything else.
+    members = {f"cifar-10-batches-py/{m}": b"\x80\x02}r\x00\x00\x00\x10." for m in CIFAR10_PY_MEMBERS}
+    path = _tar_gz(tmp_path / "cifar-10-python.tar.gz", members)
+    with pytest.raises(datasets.cifar.CifarArchiveError, match=rf"{path}: a pickle opcode LONG_BINPUT .*268435456"):
+        datasets.load_dataset("cifar10", "test", data_dir=tmp_path)
+
+
+def test_cifar_binary_gzip_bomb_is_refused_while_inflating(tmp_path):
+    # Six members of zero records: ~32 MB of tar from a ~33 kB archive (over 200:1).
+    zeros = bytes(3073 * 1700)
+    members = {f"cifar-10-batches-bin/{m}": zeros for m in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]}
+    members["cifar-10-batches-bin/batches.meta.txt"] = b"\n".join(b"c%d" % k for k in range(10))
+    path = _tar_gz(tmp_path / "cifar-10-binary.tar.gz", members)
+    assert path.stat().st_size * 200 < 6 * len(zeros)
+    with pytest.raises(datasets.cifar.CifarArchiveError, match=rf"{path}: the gzip stream inflates past \d+ bytes .* "
+                                                               r"more than 200:1; refusing a possible gzip bomb"):
+        datasets.load_dataset("cifar10", "train", data_dir=tmp_path)
+
+
+def test_cifar_binary_member_over_the_cap_is_refused_before_reading(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    record = rng.integers(0, 10, (40, 3073), dtype=np.uint8).tobytes()  # 123 kB, incompressible
+    members = {f"cifar-10-batches-bin/{m}": record for m in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]}
+    members["cifar-10-batches-bin/batches.meta.txt"] = b"\n".join(b"c%d" % k for k in range(10))
+    path = _tar_gz(tmp_path / "cifar-10-binary.tar.gz", members, level=1)
+    assert len(datasets.load_dataset("cifar10", "train", data_dir=tmp_path)) == 200
+    monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(100_000))
+    with pytest.raises(datasets.cifar.CifarArchiveError,
+                       match=rf"{path}: archive member 'cifar-10-batches-bin/data_batch_1.bin' declares 122920 bytes "
+                             r"uncompressed, over the cap of 100000 bytes"):
+        datasets.load_dataset("cifar10", "train", data_dir=tmp_path)
+
+
+def test_tar_with_too_many_entries_is_refused(tmp_path):
+    from distill_jax.formats import torch_pickle
+
+    members = {f"cifar-10-batches-bin/x{k}": b"" for k in range(torch_pickle.MAX_TAR_MEMBERS + 1)}
+    path = _tar_gz(tmp_path / "cifar-10-binary.tar.gz", members)
+    with pytest.raises(datasets.cifar.CifarArchiveError, match=rf"{path}: the archive lists more than 1024 entries"):
+        datasets.load_dataset("cifar10", "train", data_dir=tmp_path)
+
+
+def test_unknown_dataset_is_a_user_error_naming_where_it_came_from():
+    from distill_jax.errors import UserError, user_error_message
+
+    with pytest.raises(datasets.DatasetNameError) as err:
+        datasets.check_dataset_name("cifar11", "config field 'data.dataset'")
+    assert isinstance(err.value, UserError)
+    assert user_error_message(err.value).startswith("config field 'data.dataset': unknown dataset 'cifar11'; "
+                                                    "expected one of cifar10, cifar100, cifar10_jpeg")
+
+
+def test_known_signatures_name_the_datasets_a_set_fits():
+    assert datasets.known_signature("cifar100") == ((32, 32, 3), 100)
+    assert datasets.known_signature("npz") is None
+    assert datasets.datasets_with((28, 28, 1), 10) == ("fashion_mnist", "mnist")
+    assert datasets.datasets_with((32, 32, 3), 10) == ("cifar10", "cifar10_jpeg")
+    assert datasets.datasets_with((7, 7, 3), 10) == ()

@@ -506,3 +506,119 @@ def test_restore_msgpack_reads_what_flax_writes(monkeypatch):
             np.testing.assert_array_equal(have, want)
         else:
             assert have == want
+
+
+# --------------------------------------------------------------------------------------
+# A class count is bounded (at most distill_jax.errors.MAX_CLASSES = 65536): it sizes the
+# per-class counts `inspect` prints and the grid `show` draws, so one label must not set it.
+# --------------------------------------------------------------------------------------
+
+
+def _traced_peak(function):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        function()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_one_label_of_fifty_million_is_refused_naming_the_labels_file(tmp_path):
+    labels = np.array([0, 1, 50_000_000, 1])
+    folder = _write_pair(tmp_path / "pair", _nchw(), labels)
+
+    def load():
+        with pytest.raises(DistilledFormatError, match=rf"{folder / 'labels_best.pt'}: field 'labels': class index "
+                                                       r"50000000, expected class indices in \[0, 65536\)"):
+            summarize_distilled(load_distilled(folder))
+
+    assert _traced_peak(load) < 8 << 20  # a bincount over 50,000,000 classes alone takes 400 MB
+
+
+def test_own_format_num_classes_of_fifty_million_is_refused(tmp_path):
+    path = tmp_path / "own.npz"
+    metadata = {"format": "distill_jax", "format_version": 1, "num_classes": 50_000_000, "preprocessing": "none",
+                "label_kind": "index", "image_layout": "NHWC", "provenance": {}}
+    np.savez(path, images=np.zeros((2, 4, 4, 3), np.float32), labels=np.array([0, 1]), metadata=np.array(json.dumps(metadata)))
+
+    def load():
+        with pytest.raises(DistilledFormatError, match=rf"{path}: field 'metadata.num_classes': 50000000 classes, "
+                                                       r"expected a number of classes in \[1, 65536\]"):
+            summarize_distilled(load_distilled(path))
+
+    assert _traced_peak(load) < 8 << 20
+
+
+def test_class_count_option_label_vectors_and_the_type_are_bounded(tmp_path):
+    folder = _write_pair(tmp_path / "pair", _nchw(), np.array([0, 1, 2, 1]))
+    with pytest.raises(DistilledFormatError, match=r"field 'num_classes': 70000 classes, expected .*\[1, 65536\]"):
+        load_distilled(folder, num_classes=70_000)
+    wide = tmp_path / "kip.npz"
+    np.savez(wide, images=np.zeros((1, 4, 4, 3), np.float32), labels=np.zeros((1, 70_000), np.float32))
+    with pytest.raises(DistilledFormatError, match=rf"{wide}: field 'labels \(label vector length\)': 70000 classes"):
+        load_distilled(wide)
+    with pytest.raises(DistilledFormatError, match=r"field 'num_classes': 70000 classes"):
+        DistilledSet(np.zeros((1, 4, 4, 3)), np.array([0]), 70_000, "none")
+    assert DistilledSet(np.zeros((1, 4, 4, 3)), np.array([0]), 65_536, "none").class_counts().shape == (65_536,)
+
+
+# --------------------------------------------------------------------------------------
+# msgpack checkpoints are decoded whole: the file is held to the cap before it is read, and
+# read once (no second copy of what follows the checkpoint's data).
+# --------------------------------------------------------------------------------------
+
+
+def test_msgpack_file_over_the_cap_is_refused_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_1"
+    with open(path, "wb") as handle:
+        handle.truncate(64 << 20)  # sparse: 64 MB of zeros on no disk space
+    monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(1 << 20))
+
+    def load():
+        with pytest.raises(DistilledFormatError, match=rf"{path}: 67108864 bytes; a msgpack checkpoint is decoded "
+                                                       r"whole, so it may take at most the cap of 1048576 bytes"):
+            load_distilled(path)
+
+    assert _traced_peak(load) < 1 << 20
+
+
+def test_msgpack_bytes_after_the_checkpoint_are_neither_read_nor_copied(tmp_path):
+    tree = {"params": {"x_proto": RNG.normal(size=(2, 4, 4, 3)).astype(np.float32), "y_proto": np.eye(2, 3, dtype=np.float32)}}
+    path = _msgpack(tmp_path / "checkpoint_2", tree)
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        handle.truncate(size + (64 << 20))  # a valid checkpoint, then 64 MB of (sparse) zeros
+
+    # Resident memory of a fresh process (the decoder's buffer is sized to the file up front, but
+    # only the pages written take memory): the whole file held, then its tail copied again, was 128 MB.
+    import subprocess
+    import sys
+
+    # (VmHWM, the peak of this process image: ru_maxrss would carry the forking parent's over exec.)
+    probe = ("import sys\n"
+             "from distill_jax.formats.distilled import DistilledFormatError, load_distilled\n"
+             "def peak():\n    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
+             "before = peak()\n"
+             "try:\n    load_distilled(sys.argv[1])\nexcept DistilledFormatError as err:\n    print(err)\n"
+             "print(peak() - before)\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=120)
+    message, growth_kib = done.stdout.strip().splitlines()
+    assert int(growth_kib) < 16 << 10, f"peak resident memory grew by {growth_kib} KiB"
+    assert message == f"{path}: 67108864 bytes after the checkpoint's data (expected one msgpack object filling the file)"
+
+
+def test_msgpack_checkpoint_read_in_blocks_equals_flax(tmp_path):
+    # Larger than the 1 MiB blocks the reader feeds the decoder: an array spans several.
+    tree = {"step": 3, "params": {"x_proto": RNG.normal(size=(200, 32, 32, 3)).astype(np.float32),
+                                  "y_proto": RNG.normal(size=(200, 10)).astype(np.float32)}}
+    path = _msgpack(tmp_path / "checkpoint_3", tree)
+    assert path.stat().st_size > 2 << 20
+    dset = load_distilled(path)
+    np.testing.assert_array_equal(dset.images, tree["params"]["x_proto"])
+    np.testing.assert_array_equal(dset.labels, tree["params"]["y_proto"])
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size - 100)
+    with pytest.raises(DistilledFormatError, match=rf"{path}: truncated or corrupt msgpack checkpoint \(the file ends"):
+        load_distilled(path)
