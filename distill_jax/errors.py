@@ -63,14 +63,40 @@ USER_ERROR_EXIT = 2
 DIVERGED_EXIT = 3
 
 
+# OSErrors of a disk that cannot take what a run writes (full, read-only, over quota): the
+# user frees space or points the run elsewhere. errno -> (what happened, what to do).
+DISK_ERRORS = {
+    errno.ENOSPC: ("disk full", "free space or use another workdir"),
+    errno.EROFS: ("read-only file system", "remount it read-write or use another workdir"),
+}
+if hasattr(errno, "EDQUOT"):  # Linux, macOS; not Windows
+    DISK_ERRORS[errno.EDQUOT] = ("disk quota exceeded", "free space within the quota or use another workdir")
+
+
+def _disk_error(err: BaseException) -> OSError | None:
+    """The OSError of `DISK_ERRORS` that `err` is or was raised from (`raise ... from`), else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_ERRORS:
+            return err
+        err = err.__cause__
+    return None
+
+
 def user_error_message(err: BaseException) -> str | None:
     """One line for an error a user can fix (the project's own types, a missing or unreadable
-    file, a full disk, an allocation the machine cannot make); None for a bug."""
+    file, a file or folder without write permission, a disk that is full, read-only or over
+    quota, also when another error was raised from it, an allocation the machine cannot make);
+    None for a bug."""
     if isinstance(err, UserError):
         return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        return f"disk full while writing {err.filename or 'a file'}: free space or use another workdir"
+    disk = _disk_error(err)
+    if disk is not None:
+        what, fix = DISK_ERRORS[disk.errno]
+        return f"{what} while writing {disk.filename or 'a file'}: {fix}"
     if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        # PermissionError: EACCES and EPERM (no write permission on a file or its folder)
         return f"{err.strerror or err}: {err.filename}" if err.filename else str(err)
     if isinstance(err, MemoryError):
         return "out of memory: the input or the run is larger than this machine allows (smaller batch, width or data)"
