@@ -1,28 +1,39 @@
-"""Fuzzing the file readers, and one test per bound they enforce (issue 11, items 6 and 8).
+"""Fuzzing the file readers, and hostile files built to take memory.
 
 Every reader of a user-supplied file must, for any bytes at all, either load or raise the
 project's input error (`distill_jax.errors.InputFileError`, a subclass per reader) naming the
 file: never another exception, a hang, or more memory than the array cap allows.
 
 `test_fuzz_readers` builds one small valid file of each format the suite reads (the `.pt`
-image/label pair, a DC/DSA/DM `res_*.pt`, the reference `.pth` teacher, the project's own npz,
-a compressed KIP npz, a dataset npz stored and compressed, a FRePo msgpack checkpoint), then
-applies seeded truncations and byte flips, both to the raw file and (for zip files) to one
-member re-zipped with a valid CRC, so the pickle and npy headers inside are reached too. The
-cases run in a child process under `RLIMIT_AS` (the address space it may grow by), with
-`tracemalloc` measuring each case's peak and an alarm per case against hangs; the cap on any
-one array is set to `CAP` through DISTILL_JAX_MAX_ARRAY_BYTES. The counts per format and
-outcome are printed (`pytest -s`) and asserted.
+image/label pair with label vectors and with class indices, a DC/DSA/DM `res_*.pt`, the
+reference `.pth` teacher, the project's own npz, a compressed KIP npz, a dataset npz stored and
+compressed, a FRePo msgpack checkpoint, the CIFAR-10 binary and CIFAR-100 python archives), then
+applies seeded truncations and byte flips, both to the raw file and (for zip and tar.gz files)
+to one member re-archived with a valid CRC, so the pickles, npy headers and records inside are
+reached too. Distilled sets are summarised as `distill-jax inspect` does, so a flipped label
+reaches the per-class counts (the class-count path). It also runs `PROBES`: files built to blow
+memory up (one label of 50,000,000, a stored class count of 50,000,000, a CIFAR pickle of
+stride-0 arrays, a CIFAR gzip bomb, msgpack files past the cap or with a sparse tail), each of
+which must be refused.
+
+The cases run in a child process under `RLIMIT_AS` (the address space it may grow by), with
+`tracemalloc` measuring each case's peak, the process's resident peak (VmHWM) measured over all
+cases, and an alarm per case against hangs; the cap on any one array is set to `CAP` through
+DISTILL_JAX_MAX_ARRAY_BYTES. The counts per format and outcome are printed (`pytest -s`) and
+asserted.
 """
 from __future__ import annotations
 
 import collections
+import io
 import json
 import os
 import pathlib
+import pickle
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import tracemalloc
 import zipfile
@@ -40,6 +51,7 @@ from distill_jax.errors import InputFileError  # noqa: E402
 
 CAP = 64 << 20  # DISTILL_JAX_MAX_ARRAY_BYTES for the fuzz cases
 AS_HEADROOM = 1 << 30  # how far the worker's address space may grow past its warmed-up size
+RSS_GROWTH = 300 << 20  # how far the worker's resident peak may grow past its warmed-up one
 CASE_SECONDS = 10  # a case running longer counts as a hang
 SEED = 20240611
 
@@ -54,7 +66,13 @@ SYNTHETIC_COUNTS = {
     "dataset_npz": (6, 12, 6, 16),
     "dataset_npz_deflate": (6, 12, 6, 16),
     "frepo_msgpack": (20, 40, 0, 0),
+    "pt_index_labels": (4, 8, 4, 16),
+    "cifar10_binary": (6, 12, 6, 18),
+    "cifar100_python": (6, 12, 6, 24),
 }
+# Files built to take memory (see _probe_files): each must be refused.
+PROBES = ("probe_pt_label_50M", "probe_npz_num_classes_50M", "probe_cifar_python_stride0", "probe_cifar_binary_bomb",
+          "probe_msgpack_over_cap", "probe_msgpack_sparse_tail")
 SHARED_COUNTS = {
     "shared_pt_images": (4, 6, 4, 8),
     "shared_pt_labels": (3, 4, 3, 6),
@@ -76,21 +94,31 @@ def _load(fmt: str, path: str):
         from distill_jax.data import datasets
 
         return datasets.load_dataset("npz", "train", data_dir=path)
-    from distill_jax.formats.distilled import load_distilled
+    if "cifar" in fmt:  # the archive alone in its folder, the data root
+        from distill_jax.data import datasets
 
-    return load_distilled(path)
+        name = "cifar100" if "cifar100" in fmt else "cifar10"
+        return [datasets.load_dataset(name, split, data_dir=pathlib.Path(path).parent) for split in ("train", "test")]
+    from distill_jax.formats.distilled import load_distilled, summarize_distilled
+
+    return summarize_distilled(load_distilled(path))  # what `inspect` prints: the class counts included
 
 
 class _Hang(BaseException):
     """Raised by the alarm: a BaseException so no reader's `except Exception` can swallow it."""
 
 
-def _vm_size() -> int:
+def _status_bytes(field: str) -> int:
+    """A size from /proc/self/status (VmSize: the address space; VmHWM: the resident peak)."""
     with open("/proc/self/status") as handle:
         for line in handle:
-            if line.startswith("VmSize:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmSize in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _vm_size() -> int:
+    return _status_bytes("VmSize")
 
 
 def _worker(manifest_path: str, result_path: str) -> None:
@@ -102,6 +130,7 @@ def _worker(manifest_path: str, result_path: str) -> None:
         _load(fmt, path)
     limit = _vm_size() + AS_HEADROOM
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    resident_before = _status_bytes("VmHWM")
 
     def on_alarm(signum, frame):
         raise _Hang()
@@ -132,7 +161,8 @@ def _worker(manifest_path: str, result_path: str) -> None:
             "seconds": time.perf_counter() - start,
             "peak_bytes": tracemalloc.get_traced_memory()[1] - base,
         })
-    pathlib.Path(result_path).write_text(json.dumps({"limit": limit, "results": results}))
+    growth = _status_bytes("VmHWM") - resident_before
+    pathlib.Path(result_path).write_text(json.dumps({"limit": limit, "resident_growth": growth, "results": results}))
 
 
 # --------------------------------------------------------------------------------------
@@ -176,14 +206,99 @@ def _seed_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
                                   "y_proto": rng.normal(size=(3, 10)).astype(np.float32)}}
     seeds["frepo_msgpack"] = root / "checkpoint_7"
     seeds["frepo_msgpack"].write_bytes(serialization.msgpack_serialize(tree))
+    index_pair = root / "pair_mtt"
+    index_pair.mkdir()
+    write_torch_file(index_pair / "images_best.pt", tensor(images), prefix="images_best")
+    write_torch_file(index_pair / "labels_best.pt", tensor(np.array([0, 2, 1, 2])), prefix="labels_best")
+    seeds["pt_index_labels"] = index_pair
+    pixels = lambda n: rng.integers(0, 256, (n, 3072), dtype=np.uint8)  # noqa: E731
+    members = {f"cifar-10-batches-bin/{m}": np.concatenate([rng.integers(0, 10, (3, 1), dtype=np.uint8), pixels(3)], 1).tobytes()
+               for m in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]}
+    members["cifar-10-batches-bin/batches.meta.txt"] = "\n".join(f"class{k}" for k in range(10)).encode()
+    (root / "cifar10_binary").mkdir()
+    seeds["cifar10_binary"] = _tar_gz(root / "cifar10_binary" / "cifar-10-binary.tar.gz", members)
+    members = {f"cifar-100-python/{split}": pickle.dumps({b"data": pixels(3), b"fine_labels": [7, 99, 0],
+                                                          b"coarse_labels": [1, 19, 0], b"filenames": [b"a", b"b", b"c"]},
+                                                         protocol=2) for split in ("train", "test")}
+    members["cifar-100-python/meta"] = pickle.dumps({b"fine_label_names": [b"c%d" % k for k in range(100)]}, protocol=2)
+    (root / "cifar100_python").mkdir()
+    seeds["cifar100_python"] = _tar_gz(root / "cifar100_python" / "cifar-100-python.tar.gz", members)
     return seeds
+
+
+def _tar_gz(path: pathlib.Path, members: dict) -> pathlib.Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+class _StrideZero:
+    """Pickles as numpy.ndarray((50000, 3072), uint8, one byte, 0, strides (0, 0)): 150 MB of view."""
+
+    def __reduce__(self):
+        return np.ndarray, ((50000, 3072), np.dtype("u1"), b"\0", 0, (0, 0))
+
+
+def _probe_files(root: pathlib.Path) -> list[dict]:
+    """The hostile files of PROBES, each in its own folder (a few hundred kB on disk)."""
+    from distill_jax.formats.distilled import FORMAT_VERSION
+    from test_torch_pickle import tensor, write_torch_file
+
+    rng = np.random.default_rng(SEED)
+    cases = []
+
+    def folder(name):
+        path = root / name
+        path.mkdir(parents=True)
+        cases.append({"format": name, "kind": "probe", "folder": str(path)})
+        return path
+
+    pair = folder("probe_pt_label_50M")
+    write_torch_file(pair / "images_best.pt", tensor(rng.normal(size=(26, 3, 32, 32)).astype(np.float32)), prefix="images_best")
+    write_torch_file(pair / "labels_best.pt", tensor(np.where(np.arange(26) == 3, 50_000_000, np.arange(26) % 10)),
+                     prefix="labels_best")
+    cases[-1]["path"] = str(pair)
+    metadata = {"format": "distill_jax", "format_version": FORMAT_VERSION, "num_classes": 50_000_000,
+                "preprocessing": "none", "label_kind": "index", "image_layout": "NHWC", "provenance": {}}
+    npz = folder("probe_npz_num_classes_50M") / "set.npz"
+    np.savez(npz, images=rng.uniform(size=(20, 32, 32, 3)).astype(np.float32), labels=np.arange(20) % 10,
+             metadata=np.array(json.dumps(metadata)))
+    cases[-1]["path"] = str(npz)
+    batches = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
+    members = {f"cifar-10-batches-py/{m}": pickle.dumps({b"data": _StrideZero(), b"labels": [0] * 50000}, protocol=2)
+               for m in batches}
+    members["cifar-10-batches-py/batches.meta"] = pickle.dumps({b"label_names": [b"c%d" % k for k in range(10)]}, protocol=2)
+    path = _tar_gz(folder("probe_cifar_python_stride0") / "cifar-10-python.tar.gz", members)
+    cases[-1]["path"] = str(path)
+    zeros = bytes(3073 * 6500)  # 20 MB of zero records a member, under the cap: ~120 MB from a ~120 kB archive
+    members = {f"cifar-10-batches-bin/{m}.bin": zeros for m in batches}
+    members["cifar-10-batches-bin/batches.meta.txt"] = b"\n".join(b"c%d" % k for k in range(10))
+    path = _tar_gz(folder("probe_cifar_binary_bomb") / "cifar-10-binary.tar.gz", members)
+    cases[-1]["path"] = str(path)
+    over = folder("probe_msgpack_over_cap") / "checkpoint_1"
+    with open(over, "wb") as handle:
+        handle.truncate(1_500_000_000)  # sparse: no disk space
+    cases[-1]["path"] = str(over)
+    tail = folder("probe_msgpack_sparse_tail") / "checkpoint_2"
+    tree = {"params": {"x_proto": np.zeros((2, 4, 4, 3), np.float32), "y_proto": np.eye(2, 3, dtype=np.float32)}}
+    from flax import serialization
+
+    tail.write_bytes(serialization.msgpack_serialize(tree))
+    with open(tail, "r+b") as handle:
+        handle.truncate(CAP // 2)  # a valid checkpoint, then ~32 MB of zeros: under the cap
+    cases[-1]["path"] = str(tail)
+    assert [case["format"] for case in cases] == list(PROBES)
+    return cases
 
 
 def _mutated_file(fmt: str, seed: pathlib.Path) -> pathlib.Path:
     """The file a case mutates: inside a pair folder, the images or labels file."""
     if fmt.endswith("pt_images"):
         return seed / "images_best.pt"
-    if fmt.endswith("pt_labels"):
+    if fmt.endswith(("pt_labels", "pt_index_labels")):
         return seed / "labels_best.pt"
     return seed
 
@@ -199,8 +314,6 @@ def _flip(data: bytes, rng, positions=None) -> bytes:
 
 def _rezip(data: bytes, rng, kind: str) -> bytes:
     """Mutate one member of a zip and write the archive again (valid CRCs, same compression)."""
-    import io
-
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         members = [(info, archive.read(info)) for info in archive.infolist()]
     # Prefer what is parsed before any CRC check: the pickle, and the npy headers.
@@ -221,6 +334,28 @@ def _rezip(data: bytes, rng, kind: str) -> bytes:
     return buffer.getvalue()
 
 
+def _retar(data: bytes, rng, kind: str) -> bytes:
+    """Mutate one member of a tar.gz and write the archive again (valid gzip CRC)."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        members = [(info.name, archive.extractfile(info).read()) for info in archive.getmembers()]
+    chosen = int(rng.integers(0, len(members)))
+    name, payload = members[chosen]
+    if kind == "truncate":
+        payload = payload[: int(rng.integers(0, max(len(payload), 1)))]
+    elif name.endswith(".bin") and rng.random() < 0.6:
+        payload = _flip(payload, rng, positions=range(0, len(payload), 3073))  # the label bytes
+    else:
+        payload = _flip(payload, rng) if payload else payload
+    members[chosen] = (name, payload)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
 def _make_cases(seeds: dict[str, pathlib.Path], counts: dict, root: pathlib.Path, seed: int) -> list[dict]:
     cases = []
     for fmt_index, (fmt, (raw_cut, raw_flip, member_cut, member_flip)) in enumerate(counts.items()):
@@ -235,6 +370,8 @@ def _make_cases(seeds: dict[str, pathlib.Path], counts: dict, root: pathlib.Path
                     data = original[: int(rng.integers(0, len(original)))]
                 elif kind == "flip":
                     data = _flip(original, rng)
+                elif fmt.startswith("cifar"):
+                    data = _retar(original, rng, kind.split("_")[1])
                 else:
                     data = _rezip(original, rng, kind.split("_")[1])
                 folder = root / f"{fmt}-{number:03d}"
@@ -269,7 +406,8 @@ def _check(report: dict, title: str) -> None:
     table = collections.defaultdict(collections.Counter)
     for case in results:
         table[case["format"]][case["outcome"]] += 1
-    lines = [f"{title}: {len(results)} cases (RLIMIT_AS {report['limit'] >> 20} MiB, cap {CAP >> 20} MiB)"]
+    lines = [f"{title}: {len(results)} cases (RLIMIT_AS {report['limit'] >> 20} MiB, cap {CAP >> 20} MiB, "
+             f"resident peak grew {report['resident_growth'] / 2**20:.0f} MiB)"]
     for fmt, outcomes in table.items():
         lines.append(f"  {fmt:22s} {sum(outcomes.values()):4d} tried: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
     slowest = max(results, key=lambda case: case["seconds"])
@@ -290,6 +428,10 @@ def _check(report: dict, title: str) -> None:
                 bad.append(f"{label}: hit the memory limit: {case['error']}")
         if case["peak_bytes"] > CAP:
             bad.append(f"{label}: peak {case['peak_bytes']} bytes > cap {CAP}")
+        if case["kind"] == "probe" and case["outcome"] != "refused":
+            bad.append(f"{label}: a hostile file was not refused ({case['outcome']})")
+    if report["resident_growth"] > RSS_GROWTH:
+        bad.append(f"the worker's resident peak grew by {report['resident_growth']} bytes (> {RSS_GROWTH})")
     assert not bad, f"{len(bad)} of {len(results)} cases broke a rule:\n" + "\n".join(bad[:40])
 
 
@@ -297,11 +439,16 @@ def test_fuzz_readers(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(CAP))
     start = time.perf_counter()
     seeds = _seed_files(tmp_path / "seeds")
-    cases = _make_cases(seeds, SYNTHETIC_COUNTS, tmp_path / "cases", SEED)
+    cases = _make_cases(seeds, SYNTHETIC_COUNTS, tmp_path / "cases", SEED) + _probe_files(tmp_path / "probes")
     report = _run_worker(tmp_path, seeds, cases, timeout=300)
-    _check(report, "reader fuzz (synthetic files)")
+    _check(report, "reader fuzz (synthetic files and probes)")
     outcomes = collections.Counter(case["outcome"] for case in report["results"])
-    assert len(cases) >= 300 and outcomes["loaded"] > 0 and outcomes["refused"] > 0
+    assert len(cases) >= 400 and outcomes["loaded"] > 0 and outcomes["refused"] > 0
+    by_format = collections.defaultdict(collections.Counter)
+    for case in report["results"]:
+        by_format[case["format"]][case["outcome"]] += 1
+    for fmt in ("cifar10_binary", "cifar100_python", "pt_index_labels"):  # the mutations reach both outcomes
+        assert by_format[fmt]["loaded"] > 0 and by_format[fmt]["refused"] > 0, (fmt, by_format[fmt])
     print(f"  total {time.perf_counter() - start:.1f} s")
 
 
