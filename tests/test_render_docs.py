@@ -32,6 +32,14 @@ def test_results_page_speaks_to_users_and_carries_the_caveats():
         assert (REPO / "docs" / "figures" / figure).is_file(), figure
 
 
+def test_every_figure_is_shown_by_the_docs():
+    """docs/figures holds only what a page shows or names (no figure left behind by an edit)."""
+    text = "\n".join((REPO / page).read_text() for page in (render_docs.RESULTS_DOC, "README.md", "docs/method.md",
+                                                            "benchmarks/README.md"))
+    figures = sorted(p.name for p in (REPO / "docs" / "figures").iterdir())
+    assert figures and [f for f in figures if f"figures/{f}" not in text] == []
+
+
 def test_compare_reads_the_published_numbers_from_their_one_owner():
     for key, experiment in paper.EXPERIMENTS.items():
         assert {c: v for c, (v, _) in compare.PAPER[key]["cells"].items()} == \
@@ -117,6 +125,25 @@ def test_render_writes_both_files_and_only_the_readme_block(root, capsys):
 def test_placeholders_compute_from_records_and_the_published_numbers(root, placeholder, expected):
     ctx = render_docs.Context(render_docs.load_records(root / "results"))
     assert render_docs.render_template(placeholder, ctx) == expected
+
+
+def test_training_accuracies_print_as_recorded_without_float32_noise(root):
+    record = _record(False, {"full": [55.0, 56.0, 57.0]})
+    record["cells"][0]["last_step_train_accuracy"] = {"per_seed": [74.0, 53.999996185302734, 97.3], "mean": 75.1}
+    results_record.write_record(root / "results" / "noisy.json", record)
+    ctx = render_docs.Context(render_docs.load_records(root / "results"))
+    assert "| 55.00, 56.00, 57.00 | 74, 54, 97.3 |" in render_docs.render_template("{{ table:noisy }}", ctx)
+
+
+def test_the_machine_of_a_record_in_words():
+    cpu = {"model": "AMD EPYC", "family": "25", "model_number": "1", "flags": ["avx", "avx2", "fma"]}
+    assert render_docs.machine_text({"described": "at run time", "backend": "cpu", "device_kinds": ["cpu"],
+                                     "device_count": 1, "cpu": cpu, "cpu_count": 2}) == \
+        "AMD EPYC, 2 cores (family 25, model 1, AVX2)"
+    gpu = {"described": "at run time", "backend": "gpu", "device_kinds": ["NVIDIA H200"], "device_count": 1,
+           "cpu": {**cpu, "flags": ["avx2", "avx512f"]}, "cpu_count": 16}
+    assert render_docs.machine_text(gpu) == "1 × NVIDIA H200 (gpu); host CPU AMD EPYC, 16 cores (family 25, model 1, AVX-512)"
+    assert render_docs.machine_text({"described": "as stated with the table", "stated": "a CPU"}) == "a CPU"
 
 
 def test_orderings_and_scales_tables(root):

@@ -149,8 +149,9 @@ def _train_text(cell: dict) -> str:
 
 
 def _number(v: float) -> str:
-    """A training accuracy as precise as it was recorded: '72' or '97.3'."""
-    return f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"
+    """A training accuracy as precise as it was recorded: '72' or '97.3' (a whole number that
+    float32 arithmetic left at 53.999996 prints as '54')."""
+    return f"{v:.0f}" if abs(float(v) - round(float(v))) < 1e-3 else f"{v:.1f}"
 
 
 def _seed_count(record: dict) -> str:
@@ -189,15 +190,38 @@ def caption(record: dict) -> str:
     return "; ".join(parts) + "."
 
 
+def _vector_units(flags) -> str:
+    flags = set(flags or [])
+    if any(f.startswith("avx512") for f in flags):
+        return "AVX-512"
+    return "AVX2" if "avx2" in flags else ("AVX" if "avx" in flags else "")
+
+
+def machine_text(hw: dict) -> str:
+    """A record's hardware in words: as stated with a transcribed table, else 'AMD EPYC, 2 cores
+    (family 25, model 1, AVX2)' for a CPU run, with '1 × NVIDIA H200 (gpu); host CPU ...' before
+    it for an accelerator."""
+    if hw.get("stated"):
+        return hw["stated"]
+    cpu = hw.get("cpu") or {}
+    details = [f"family {cpu['family']}" if cpu.get("family", "unknown") != "unknown" else "",
+               f"model {cpu['model_number']}" if cpu.get("model_number", "unknown") != "unknown" else "",
+               _vector_units(cpu.get("flags"))]
+    details = ", ".join(d for d in details if d)
+    host = f"{cpu.get('model', 'unknown CPU')}, {hw.get('cpu_count', '?')} cores" + (f" ({details})" if details else "")
+    if hw.get("backend", "cpu") == "cpu":
+        return host
+    kinds = ", ".join(hw.get("device_kinds") or []) or hw["backend"]
+    return f"{hw.get('device_count', '?')} × {kinds} ({hw['backend']}); host CPU {host}"
+
+
 def provenance_lines(name: str, record: dict) -> list[str]:
     """The transcribed label (where it applies), the record file, date, hardware and software."""
     lines = []
     if record["source"]["kind"] == "transcribed":
         lines.append(f"> *{TRANSCRIBED_LABEL}* ({record['source']['from']}).")
         lines.append("")
-    hw = record["hardware"]
-    machine = hw.get("stated") or (", ".join(hw.get("device_kinds") or []) + f" ({hw['backend']}); CPU "
-                                   f"{hw['cpu']['model']}, {hw.get('cpu_count', '?')} cores")
+    machine = machine_text(record["hardware"])
     software = ", ".join(f"{k} {v}" for k, v in sorted(record["software"].items())) or "not recorded"
     wall = f"; wall {_duration(record['wall_seconds'])}" if record["wall_seconds"] is not None else ""
     lines.append(f"Record `{RESULTS_DIR}/{name}.json` ({record['date']}; {machine}; software: {software}{wall}).")
@@ -518,8 +542,7 @@ def ph_records(ctx: Context) -> str:
     rows = []
     for name, r in sorted(ctx.records.items()):
         src = "run" if r["source"]["kind"] == "run" else "transcribed"
-        hw = r["hardware"]
-        machine = hw.get("stated") or ", ".join(hw.get("device_kinds") or []) or hw.get("backend", "")
+        machine = machine_text(r["hardware"])
         rows.append([f"`{RESULTS_DIR}/{name}.json`", r["experiment"], results_record.dataset_label(r["dataset"]),
                      src, r["date"], machine])
         ctx.used.add(name)
