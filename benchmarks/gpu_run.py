@@ -18,7 +18,7 @@ differ from their mirror (22 of 4.7 million for CIFAR-10 (JPEG)) rebuild it exac
 
 The table is `reproduce` mode's, for an experiment registered here: the published FRePo IPC 10
 set, teacher (ConvNet-FRePo trained here, final epoch), then ResNet-18 Baseline, Full and w/o DP
-(Full before w/o DP: if the lease ends early, the table's main comparison is there), at the
+(Full before w/o DP: if the time limit ends the run early, the table's main comparison is there), at the
 paper's widths and epochs, 3 seeds vmapped in one program per cell. Every cell reads the carried
 transform (`data.preprocessing_path`), so the training split is never needed. After each cell
 the table so far is copied to the out folder; a cell cut off by the time limit is reported with
@@ -47,7 +47,7 @@ _WHERE = "benchmarks/gpu_run.py"
 EXPERIMENT = "frepo_cifar10_jpeg_10_resnet18"
 DEVICE_EXPERIMENT = "gpu_" + EXPERIMENT
 # The cells a device run trains by default, in this order (the teacher first: KD reads it; Full
-# before w/o DP, so that a lease cut short still has the table's main comparison). `--cells`
+# before w/o DP, so that a run cut short by its time limit still has the table's main comparison). `--cells`
 # (GPU_RUN_CELLS in scripts/gpu_device_run.sh) picks others of the experiment, e.g. the two
 # without KD, which need no teacher: no_dp_kd,no_kd.
 CELLS = ("teacher", "baseline", "full", "no_dp")

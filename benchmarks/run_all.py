@@ -203,7 +203,7 @@ def gpu_plan(repeats: int | None = None) -> list[Group]:
 
 
 def gpu_device_plan(repeats: int | None = None, *, toy: bool = False) -> list[Group]:
-    """The device run's benchmark (scripts/gpu_device_run.sh), sized for a 15-minute lease: ResNet-18 at
+    """The device run's benchmark (scripts/gpu_device_run.sh), sized to end within 15 minutes: ResNet-18 at
     the paper's batch (100) only, 1, 3 (the table's) and 5 seeds vmapped, 5 seeds one after another in
     JAX and in PyTorch, all cells compiled at once. `toy`: the same cells as a tiny ConvNet on the CPU
     (the dry run that tests the machinery)."""
