@@ -553,3 +553,57 @@ def test_torch_file_error_is_an_input_file_error():
 
     assert issubclass(TorchFileError, InputFileError) and issubclass(UnsafePickleError, InputFileError)
     assert issubclass(TorchFileError, ValueError)
+
+
+# --------------------------------------------------------------------------------------
+# tar.gz archives under the zip rules (BoundedTarGz)
+# --------------------------------------------------------------------------------------
+
+
+def _gz_tar(path, blocks: bytes):
+    import gzip
+
+    path.write_bytes(gzip.compress(blocks))
+    return path
+
+
+def _tar_header(name: bytes, size: int, kind: bytes = b"0") -> bytes:
+    header = bytearray(512)
+    header[0:len(name)] = name
+    header[100:108] = b"0000644\0"
+    header[124:136] = b"%011o\0" % size
+    header[156:157] = kind
+    header[257:263] = b"ustar\0"
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def test_tar_entry_asking_for_more_than_the_cap_at_once_is_refused(tmp_path, monkeypatch):
+    # A GNU long-name entry declaring 100 MB: tarfile reads its whole declared size in one call.
+    monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(1 << 20))
+    path = _gz_tar(tmp_path / "a.tar.gz", _tar_header(b"././@LongLink", 100 << 20, b"L") + b"x" * 512)
+    with pytest.raises(TorchFileError, match=rf"{path}: an entry at byte 512 of the tar stream asks for 104857600 "
+                                             r"bytes at once, over the cap of 1048576 bytes"):
+        torch_pickle.BoundedTarGz(path, TorchFileError)
+
+
+def test_tar_member_reads_follow_the_zip_rules(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    data = {name: rng.integers(0, 256, 3000, dtype=np.uint8).tobytes() for name in ("a", "b")}
+    blocks = b"".join(_tar_header(name.encode(), len(raw)) + raw + bytes(-len(raw) % 512) for name, raw in data.items())
+    path = _gz_tar(tmp_path / "t.tar.gz", blocks + bytes(1024))
+    with torch_pickle.BoundedTarGz(path, TorchFileError) as archive:
+        assert archive.names() == ["a", "b"] and archive.read("a") == data["a"] and archive.read("b", 3000) == data["b"]
+        with pytest.raises(TorchFileError, match=rf"{path}: member 'a' has 3000 bytes, expected 10 bytes"):
+            archive.read("a", 10)
+        with pytest.raises(TorchFileError, match=rf"{path}: member 'c' is missing"):
+            archive.read("c")
+    monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", "2000")
+    with torch_pickle.BoundedTarGz(path, TorchFileError) as archive:
+        with pytest.raises(TorchFileError, match=rf"{path}: archive member 'a' declares 3000 bytes uncompressed, over the cap of 2000"):
+            archive.read("a")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(TorchFileError, match=rf"{cut}: not a readable tar.gz archive"):
+        torch_pickle.BoundedTarGz(cut, TorchFileError)

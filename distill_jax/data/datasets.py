@@ -22,8 +22,12 @@ Sources (`load_dataset(name, split, data_dir=None, **opts)`):
 
 File readers bound what they allocate: an IDX file's dimensions, an npz member's
 declared size, compression ratio and npy header, and an image's pixel count are checked
-against the array cap (`distill_jax.errors.max_array_bytes()`) before anything is read, and a
-malformed file raises `DataFormatError` naming it (an `InputFileError`), never another exception.
+against the array cap (`distill_jax.errors.max_array_bytes()`) before anything is read, a class
+count (the largest label + 1, or the class names) may be at most `distill_jax.errors.MAX_CLASSES`,
+and a malformed file raises `DataFormatError` naming it (an `InputFileError`), never another
+exception. An unknown dataset name raises `DatasetNameError`, a subset larger than a class
+`SubsetError` (both user errors). `known_signature(name)` gives the image shape and class count
+a registered dataset always has, `datasets_with(shape, classes)` the datasets a set fits.
 """
 from __future__ import annotations
 

@@ -32,7 +32,11 @@ view (stride 0, overlapping strides, the same storage many times) cannot blow a 
 
 The same bounded reading serves the npz readers (:func:`read_npz`, used by
 ``distilled.py`` and ``datasets.py``): each ``.npy`` member's header (shape x itemsize) must
-match the member's size and fit the cap before anything is read. Every malformed file raises
+match the member's size and fit the cap before anything is read. :class:`BoundedTarGz` applies
+the zip rules to a ``.tar.gz`` (the CIFAR archives): the gzip stream counts as one compressed
+member (its inflation ratio checked on every read and seek), each member against the cap and the
+archive's :class:`ZipBudget`, and at most MAX_TAR_MEMBERS entries. :func:`prescan_pickle` is the
+memo check any restricted unpickler here runs first. Every malformed file raises
 :class:`TorchFileError` (or the caller's error class), a :class:`distill_jax.errors.InputFileError`
 naming the file, never another exception.
 """
