@@ -30,6 +30,7 @@ CHOICES = {
     "transfer.preprocessing": ("auto",) + preprocess.RECIPES,
     "model.norm": (None,) + models.NORM_KINDS,
     "model.weight_init": (None,) + models.INIT_KINDS,
+    "model.conv": models.CONV_CHOICES,
     "train.optimizer": OPTIMIZER_NAMES,
     "train.lr_schedule": schedules.LR_SCHEDULE_KINDS,
     "distill.method": distill_common.METHODS,

@@ -40,6 +40,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.droppath = ml_collections.config_dict.placeholder(bool)
     c.model.improved_shortcut = ml_collections.config_dict.placeholder(bool)
     c.model.weight_init = ml_collections.config_dict.placeholder(str)
+    # The convolutions' implementation (distill_jax.models.CONV_CHOICES): 'auto' is the platform's
+    # fastest (oneDNN on CPU where it builds, else fast_conv's 'taps'; 'xla_per_seed' on GPU; 'xla'
+    # on TPU), or $DISTILL_JAX_CONV where set. 'xla' is the only one with second derivatives.
+    c.model.conv = "auto"
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 1000

@@ -281,6 +281,7 @@ def test_gpu_default_is_per_seed_xla(monkeypatch):
 
     monkeypatch.delenv("DISTILL_JAX_CONV", raising=False)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert layers.conv_implementation() == "xla_per_seed"
+    assert layers.resolve_conv("auto") == "xla_per_seed"
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-    assert layers.conv_implementation() == "xla"
+    assert layers.resolve_conv("auto") == "xla"
+    assert layers.resolve_conv("taps") == "taps"  # an explicit choice is kept on any platform

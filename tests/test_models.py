@@ -195,7 +195,7 @@ def conv_reference(x, kernel, bias, stride):
 @pytest.mark.parametrize("size, stride", [(6, 2), (5, 1)])  # 6 px, stride 2: SAME would pad (0, 1), torch (1, 1)
 def test_conv_matches_numpy_with_symmetric_padding(size, stride):
     x = np.asarray(images((2, size, size, 3)))
-    layer = Conv(5, 3, stride)
+    layer = Conv(5, 3, stride, implementation="xla")
     variables = init(layer, x)
     p = variables["params"]
     out = jax.jit(layer.apply)(variables, x)
@@ -203,7 +203,7 @@ def test_conv_matches_numpy_with_symmetric_padding(size, stride):
 
 
 def test_torch_init_bounds():
-    p = init(Conv(64, 3), jnp.zeros((1, 4, 4, 5)))["params"]
+    p = init(Conv(64, 3, implementation="xla"), jnp.zeros((1, 4, 4, 5)))["params"]
     bound = 1 / np.sqrt(3 * 3 * 5)  # fan_in = kh * kw * in_channels
     for leaf in (p["kernel"], p["bias"]):
         assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.9 * bound
@@ -213,7 +213,7 @@ def test_torch_init_bounds():
 
 
 def test_flax_init_gives_zero_bias_and_lecun_kernel():
-    p = init(Conv(64, 3, weight_init="flax"), jnp.zeros((1, 4, 4, 50)))["params"]
+    p = init(Conv(64, 3, weight_init="flax", implementation="xla"), jnp.zeros((1, 4, 4, 50)))["params"]
     np.testing.assert_array_equal(p["bias"], 0.0)
     assert abs(float(p["kernel"].std()) - 1 / np.sqrt(450)) < 0.1 / np.sqrt(450)
     assert float(np.abs(p["kernel"]).max()) <= 2 / 0.8796 / np.sqrt(450) + 1e-6  # truncated at 2 std
@@ -257,7 +257,7 @@ def test_masks_differ_between_samples_and_eval_ignores_the_rng(resnet):
 
 
 def test_block_expectation_over_masks_equals_eval_output():
-    block = ResidualBlock(4, droppath=True)
+    block = ResidualBlock(4, droppath=True, implementation="xla")
     # offset inputs keep the identity shortcut far above the normalised branch, so the final
     # ReLU is linear here and the expectation passes through it
     x = images((4, 6, 6, 4)) + 50.0
@@ -275,9 +275,9 @@ def test_block_expectation_over_masks_equals_eval_output():
 def test_keep_rate_one_in_training_equals_no_droppath(block_kind):
     x = images((4, 8, 8, 3))
     if block_kind == "residual":
-        with_dp, without = (ResidualBlock(6, strides=2, norm="batch", droppath=d) for d in (True, False))
+        with_dp, without = (ResidualBlock(6, strides=2, norm="batch", droppath=d, implementation="xla") for d in (True, False))
     else:
-        with_dp, without = (PlainBlock(Pair(6, 5, 3, 3, pool=True), norm="batch", droppath=d) for d in (True, False))
+        with_dp, without = (PlainBlock(Pair(6, 5, 3, 3, pool=True), norm="batch", droppath=d, implementation="xla") for d in (True, False))
     variables = init(with_dp, x)
     out, stats = applier(with_dp, True, ["batch_stats"])(variables, x, 1.0, 5)
     ref, ref_stats = applier(without, True, ["batch_stats"])(variables, x, 1.0, 5)
@@ -291,7 +291,7 @@ def test_improved_shortcut_sees_every_position():
     positions = jnp.asarray([(i, j) for i in range(8) for j in range(8)])
 
     def reached(improved):
-        module = Shortcut(3, strides=2, norm="none", improved=improved)
+        module = Shortcut(3, strides=2, norm="none", improved=improved, implementation="xla")
         variables = module.init(jax.random.key(0), x0, True)
         base = module.apply(variables, x0, True)
         bump = lambda i, j: module.apply(variables, x0.at[0, i, j, :].set(10.0), True)
@@ -308,14 +308,14 @@ def test_improved_shortcut_sees_every_position():
 def test_improved_shortcut_shapes_match_the_branch(size, out_size):
     x = jax.ShapeDtypeStruct((2, size, size, 4), jnp.float32)
     for improved in (True, False):
-        block = ResidualBlock(6, strides=2, improved_shortcut=improved)
+        block = ResidualBlock(6, strides=2, improved_shortcut=improved, implementation="xla")
         variables = shapes_of_init(block, x)
         chex.assert_shape(jax.eval_shape(lambda v: block.apply(v, x, False), variables), (2, out_size, out_size, 6))
         chex.assert_shape(variables["params"]["shortcut"]["conv"]["kernel"], (1, 1, 4, 6))
 
 
 def test_bottleneck_block_expands_four_times():
-    block = ResidualBlock(3, strides=2, bottleneck=True)
+    block = ResidualBlock(3, strides=2, bottleneck=True, implementation="xla")
     x = jax.ShapeDtypeStruct((1, 8, 8, 5), jnp.float32)
     variables = shapes_of_init(block, x)
     chex.assert_shape(jax.eval_shape(lambda v: block.apply(v, x, False), variables), (1, 4, 4, 12))
@@ -325,7 +325,7 @@ def test_bottleneck_block_expands_four_times():
 # ---------------------------------------------------------------- virtual shortcut (§2.2)
 
 def test_virtual_shortcut_semantics():
-    block = PlainBlock(Pair(6, 5, 3, 3, pool=True), norm="none", droppath=True)
+    block = PlainBlock(Pair(6, 5, 3, 3, pool=True), norm="none", droppath=True, implementation="xla")
     x = images((6, 8, 8, 3))
     variables = init(block, x, train=False)  # eval-mode init still creates the shortcut
     p = variables["params"]["shortcut"]["conv"]
@@ -344,7 +344,7 @@ def test_virtual_shortcut_semantics():
 
 
 def test_virtual_shortcut_is_identity_when_shapes_agree():
-    block = PlainBlock(Pair(4, 4, 3, 3), norm="instance", droppath=True)
+    block = PlainBlock(Pair(4, 4, 3, 3), norm="instance", droppath=True, implementation="xla")
     x = images((3, 6, 6, 4))
     variables = init(block, x, train=False)
     assert "shortcut" not in variables["params"]
@@ -394,7 +394,7 @@ def test_unknown_model_name_is_rejected():
 def test_unknown_option_is_rejected():
     with pytest.raises(ValueError, match="unknown option 'droppath' for 'convnet'.*width"):
         build_model("convnet", 10, droppath=True)
-    assert model_options("resnet50") == {"width", "norm", "droppath", "improved_shortcut", "weight_init"}
+    assert model_options("resnet50") == {"width", "norm", "droppath", "improved_shortcut", "weight_init", "conv"}
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -414,7 +414,7 @@ def test_layer_factories_reject_unknown_kinds():
     with pytest.raises(ValueError, match="norm must be one of"):
         make_norm("group", "norm", True)
     with pytest.raises(ValueError, match="weight_init must be one of"):
-        conv(4, weight_init="xavier")
+        conv(4, implementation="xla", weight_init="xavier")
 
 
 def test_images_must_be_nhwc():
@@ -429,23 +429,19 @@ def test_too_small_image_for_depth_is_rejected():
         shapes_of_init(model, jnp.zeros((1, 16, 16, 3)))
 
 
-def test_conv_implementations_agree_in_value_and_gradient(monkeypatch):
-    """The CPU fast path (fast_conv) and XLA's convolution give the same network."""
-    from distill_jax.models import layers
-
+def test_conv_implementations_agree_in_value_and_gradient():
+    """The CPU fast path (fast_conv) and XLA's convolution give the same layer; the layer takes only
+    a resolved implementation."""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 9, 3)), jnp.float32)
-    conv = layers.Conv(features=4, kernel_size=3, strides=2)
-    variables = conv.init(jax.random.key(0), x)
     results = {}
     for impl in ("xla", "taps"):
-        monkeypatch.setenv("DISTILL_JAX_CONV", impl)
-        assert layers.conv_implementation() == impl
-        value, grads = jax.value_and_grad(lambda v, x: jnp.sum(conv.apply(v, x) ** 2), argnums=(0, 1))(variables, x)
-        results[impl] = (value, grads)
+        layer = Conv(features=4, kernel_size=3, strides=2, implementation=impl)
+        variables = layer.init(jax.random.key(0), x)
+        results[impl] = jax.value_and_grad(lambda v, x: jnp.sum(layer.apply(v, x) ** 2), argnums=(0, 1))(variables, x)
     chex.assert_trees_all_close(results["xla"], results["taps"], rtol=1e-4, atol=1e-5)
-    monkeypatch.setenv("DISTILL_JAX_CONV", "cudnn")
-    with pytest.raises(ValueError, match="DISTILL_JAX_CONV"):
-        layers.conv_implementation()
+    for bad in ("auto", "cudnn"):
+        with pytest.raises(ValueError, match=r"layers.py: the convolution implementation must be one of .*got '"):
+            conv(4, implementation=bad)
 
 
 def test_instance_norm_equals_flax_group_norm_with_one_channel_per_group():

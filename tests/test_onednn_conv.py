@@ -66,13 +66,12 @@ def test_vmap_over_seeds_equals_xla(kernel_batched):
 
 def test_cpu_default_is_onednn_and_the_network_layer_agrees_with_xla(monkeypatch):
     monkeypatch.delenv("DISTILL_JAX_CONV", raising=False)
-    assert layers.conv_implementation() == "onednn"
+    assert layers.resolve_conv("auto") == "onednn"
     x = normal((2, 9, 9, 3), 0)
-    conv = layers.Conv(features=4, kernel_size=3, strides=2)
-    variables = conv.init(jax.random.key(0), x)
     results = {}
     for impl in ("xla", "onednn"):
-        monkeypatch.setenv("DISTILL_JAX_CONV", impl)
+        conv = layers.Conv(features=4, kernel_size=3, strides=2, implementation=impl)
+        variables = conv.init(jax.random.key(0), x)
         results[impl] = jax.value_and_grad(lambda v, x_: jnp.sum(conv.apply(v, x_) ** 2), argnums=(0, 1))(variables, x)
     chex.assert_trees_all_close(results["xla"], results["onednn"], rtol=1e-4, atol=1e-5)
 
@@ -80,10 +79,12 @@ def test_cpu_default_is_onednn_and_the_network_layer_agrees_with_xla(monkeypatch
 def test_unavailable_library_falls_back_to_taps_by_default_and_errors_when_asked_for(monkeypatch):
     monkeypatch.setattr(onednn_conv, "unavailable_reason", lambda: "no compiler here")
     monkeypatch.delenv("DISTILL_JAX_CONV", raising=False)
-    assert layers.conv_implementation() == "taps"
+    assert layers.resolve_conv("auto") == "taps"
+    with pytest.raises(onednn_conv.OnednnUnavailable, match="no compiler here"):
+        layers.resolve_conv("onednn")
     monkeypatch.setenv("DISTILL_JAX_CONV", "onednn")
     with pytest.raises(onednn_conv.OnednnUnavailable, match="no compiler here"):
-        layers.conv_implementation()
+        layers.resolve_conv("auto")
 
 
 def test_build_is_atomic_and_reused(tmp_path):

@@ -3,14 +3,17 @@
 Every network is a linen Module applied as
     model.apply(variables, x, train, keep_rate=1.0, rngs={'droppath': key}, mutable=[...])
 with x an NHWC float32 batch of any size; `keep_rate` may be a traced scalar and is ignored
-by networks without DropPath.
+by networks without DropPath. Every network takes `conv` (one of CONV_CHOICES, default 'auto'):
+resolved once when it is built (`resolve_conv`), so `model.conv` is the implementation its
+convolutions use.
 """
 import dataclasses
 
 import flax.linen as nn
 
 from distill_jax.models.convnet import ConvNet, ConvNetFRePo
-from distill_jax.models.layers import INIT_KINDS, NORM_KINDS, TEST_NETWORK_NORM
+from distill_jax.models.layers import (CONV_CHOICES, CONV_IMPLEMENTATIONS, INIT_KINDS, NORM_KINDS, TEST_NETWORK_NORM,
+                                      resolve_conv)
 from distill_jax.models.plain import AlexNet, VGG11
 from distill_jax.models.resnet import ResNet
 from distill_jax.models.vit import ViT
@@ -65,10 +68,12 @@ def _check_value(name: str, option: str, value) -> None:
         raise ValueError(f"models: option 'norm' of {name!r} must be one of {NORM_KINDS}, got {value!r}")
     if option == "weight_init" and value not in INIT_KINDS:
         raise ValueError(f"models: option 'weight_init' of {name!r} must be one of {INIT_KINDS}, got {value!r}")
+    if option == "conv" and value not in CONV_CHOICES:
+        raise ValueError(f"models: option 'conv' of {name!r} must be one of {CONV_CHOICES}, got {value!r}")
 
 
 # The config fields (`config.model.*`) that are network options; None means the network's default.
-CONFIG_OPTIONS = ("width", "depth", "norm", "droppath", "improved_shortcut", "weight_init")
+CONFIG_OPTIONS = ("width", "depth", "norm", "droppath", "improved_shortcut", "weight_init", "conv")
 
 
 def options_from_config(model_cfg) -> dict:
@@ -95,7 +100,8 @@ def default_option(name: str, option: str):
 
 
 def build_model(name: str, num_classes: int, **options) -> nn.Module:
-    """The network called `name` (one of MODEL_NAMES) with `num_classes` outputs."""
+    """The network called `name` (one of MODEL_NAMES) with `num_classes` outputs; its `conv`
+    option is resolved here, once (the returned network's `.conv` is the implementation used)."""
     cls, fixed = _lookup(name)
     check_options(name, options)
     if not (isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes > 0):
@@ -103,5 +109,5 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
     return cls(num_classes=num_classes, **fixed, **options)
 
 
-__all__ = ["CONFIG_OPTIONS", "INIT_KINDS", "MODEL_NAMES", "NORM_KINDS", "SET_SOURCE_NORMS", "build_model", "check_options",
-           "default_option", "model_options", "norm_for_set", "options_from_config", "ConvNet", "ConvNetFRePo", "ResNet", "VGG11", "AlexNet", "ViT"]
+__all__ = ["CONFIG_OPTIONS", "CONV_CHOICES", "CONV_IMPLEMENTATIONS", "INIT_KINDS", "MODEL_NAMES", "NORM_KINDS", "SET_SOURCE_NORMS", "build_model", "check_options",
+           "default_option", "model_options", "norm_for_set", "options_from_config", "resolve_conv", "ConvNet", "ConvNetFRePo", "ResNet", "VGG11", "AlexNet", "ViT"]

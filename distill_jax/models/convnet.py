@@ -2,19 +2,19 @@
 import flax.linen as nn
 import jax
 
-from distill_jax.models.layers import avg_pool, check_images, conv, dense, make_norm
+from distill_jax.models.layers import ConvChoice, avg_pool, check_images, conv, dense, make_norm
 
 
-def _conv_norm_relu_pool(x, widths, norm, weight_init, train):
+def _conv_norm_relu_pool(x, widths, norm, weight_init, implementation, train):
     """depth x [conv3x3 -> norm -> relu -> avgpool 2] named conv_i / norm_i (torch import relies on it)."""
     for i, width in enumerate(widths):
-        x = conv(width, 3, weight_init=weight_init, name=f"conv_{i}")(x)
+        x = conv(width, 3, implementation=implementation, weight_init=weight_init, name=f"conv_{i}")(x)
         x = nn.relu(make_norm(norm, f"norm_{i}", train)(x))
         x = avg_pool(x, 2)
     return x
 
 
-class ConvNet(nn.Module):
+class ConvNet(ConvChoice):
     """depth x [conv3x3 width -> norm -> relu -> avgpool 2] -> flatten -> dense.
 
     Submodules: conv_0, norm_0, ..., conv_{depth-1}, norm_{depth-1}, head. The flatten is
@@ -27,6 +27,7 @@ class ConvNet(nn.Module):
     depth: int = 3
     norm: str = "instance"
     weight_init: str = "torch"
+    conv: str = "auto"  # the convolution implementation (layers.CONV_CHOICES), resolved when built
 
     def layer_widths(self) -> list[int]:
         return [self.width] * self.depth
@@ -34,7 +35,7 @@ class ConvNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
         check_images(x, type(self).__name__)
-        x = _conv_norm_relu_pool(x, self.layer_widths(), self.norm, self.weight_init, train)
+        x = _conv_norm_relu_pool(x, self.layer_widths(), self.norm, self.weight_init, self.conv, train)
         return dense(self.num_classes, weight_init=self.weight_init, name="head")(x.reshape(x.shape[0], -1))
 
 

@@ -1,11 +1,13 @@
 """Building blocks every network shares: conv, dense, norm and pooling.
 
 All convolutions go through `conv(...)` and `Conv`, so a faster implementation can be swapped
-in at one place. Layers follow the reference (PyTorch) conventions: biases on convs,
+in at one place; which one is an explicit argument (`implementation`), resolved once from a
+network's `conv` option by `resolve_conv` when the network is built. Layers follow the reference (PyTorch) conventions: biases on convs,
 symmetric padding k // 2, and (weight_init='torch') torch's default U(-1/sqrt(fan_in),
 1/sqrt(fan_in)) for weights and biases, or (weight_init='flax') Flax's lecun-normal / zeros.
 The option is not called `init` because a linen field of that name would hide Module.init.
 """
+import dataclasses
 import functools
 import logging
 import math
@@ -62,12 +64,14 @@ def _initialisers(weight_init: str, fan_in: int) -> tuple[Callable, Callable]:
 
 
 class Conv(nn.Module):
-    """2-D convolution on NHWC with bias and torch-style symmetric padding (k // 2)."""
+    """2-D convolution on NHWC with bias and torch-style symmetric padding (k // 2), computed by
+    `implementation` (one of CONV_IMPLEMENTATIONS)."""
 
     features: int
     kernel_size: int = 3
     strides: int = 1
     weight_init: str = "torch"
+    implementation: str = dataclasses.field(kw_only=True)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -76,14 +80,42 @@ class Conv(nn.Module):
         kernel = self.param("kernel", kernel_init, (k, k, in_features, self.features))
         bias = self.param("bias", bias_init, (self.features,))
         pad = k // 2
-        return conv2d(x, kernel, self.strides, pad) + bias
+        return conv2d(x, kernel, self.strides, pad, self.implementation) + bias
 
 
-CONV_IMPLEMENTATIONS = ("xla", "taps", "onednn", "xla_per_seed")
+# The convolution implementations (this module owns the names; the config's `model.conv` takes
+# them or 'auto'): 'xla' XLA's own convolution (the only one with second derivatives), 'xla_per_seed'
+# XLA's, one convolution per seed under vmap (fast_conv.per_seed_xla_conv2d), 'onednn' oneDNN
+# kernels inside the XLA program (onednn_conv), 'taps' XLA's forward with fast_conv's kernel gradient.
+CONV_IMPLEMENTATIONS = ("xla", "xla_per_seed", "onednn", "taps")
+CONV_CHOICES = ("auto",) + CONV_IMPLEMENTATIONS
+# Overrides 'auto' (only 'auto'), read when a network's choice is resolved.
+CONV_ENV = "DISTILL_JAX_CONV"
 
 
-def conv_implementation() -> str:
-    """Which convolution the networks use: DISTILL_JAX_CONV=xla|taps|onednn|xla_per_seed, else the platform's fastest.
+def resolve_conv(choice: str = "auto") -> str:
+    """The implementation (one of CONV_IMPLEMENTATIONS) that a network's `conv` option names.
+
+    An explicit implementation is itself ('onednn' raises onednn_conv.OnednnUnavailable, with the
+    reason, where its kernels cannot run). 'auto' is $DISTILL_JAX_CONV where that is set, else the
+    platform's fastest (`platform_conv`). Networks call this once, when they are built, and pass
+    the result down to their layers; nothing reads the environment while a network is traced.
+    """
+    if choice not in CONV_CHOICES:
+        raise ValueError(f"models: conv must be one of {CONV_CHOICES}, got {choice!r}")
+    if choice == "auto":
+        override = os.environ.get(CONV_ENV) or "auto"
+        if override not in CONV_CHOICES:
+            raise ValueError(f"environment variable {CONV_ENV}={override!r} (the override of conv='auto'); "
+                             f"expected one of {CONV_CHOICES}")
+        choice = platform_conv() if override == "auto" else override
+    if choice == "onednn":
+        onednn_conv.require()
+    return choice
+
+
+def platform_conv() -> str:
+    """The fastest implementation on this platform (JAX's default backend).
 
     On CPU: 'onednn' (oneDNN kernels that use every core; onednn_conv) where it can be built,
     else 'taps' (fast_conv: XLA's forward and a fast kernel gradient), with the reason logged
@@ -93,16 +125,9 @@ def conv_implementation() -> str:
     the default is 'xla_per_seed': XLA's convolutions, but per-seed kernels under vmap run as one
     convolution per seed rather than XLA's grouped convolution (on an H200, 5 seeds of ResNet-18
     at batch 100: 22 ms a step against 48 ms; benchmarks/README.md, "GPU: one NVIDIA H200").
-    Only 'xla' has second derivatives, so code that needs grad-of-grad
-    through a network sets DISTILL_JAX_CONV=xla.
+    Only 'xla' has second derivatives, so code that needs grad-of-grad through a network
+    builds it with conv='xla'.
     """
-    choice = os.environ.get("DISTILL_JAX_CONV", "")
-    if choice:
-        if choice not in CONV_IMPLEMENTATIONS:
-            raise ValueError(f"environment variable DISTILL_JAX_CONV={choice!r}; expected one of {CONV_IMPLEMENTATIONS}")
-        if choice == "onednn":
-            onednn_conv.require()
-        return choice
     if jax.default_backend() == "gpu":
         return "xla_per_seed"
     if jax.default_backend() != "cpu":
@@ -118,10 +143,17 @@ def _log_fallback_once(reason: str) -> None:
     logging.warning("convolutions: oneDNN unavailable, using fast_conv (slower on CPU): %s", reason)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, strides: int, pad: int) -> jax.Array:
-    """The one convolution every network uses (symmetric padding `pad`, NHWC/HWIO)."""
+def _check_implementation(implementation: str) -> None:
+    if implementation not in CONV_IMPLEMENTATIONS:
+        raise ValueError(f"layers.py: the convolution implementation must be one of {CONV_IMPLEMENTATIONS} "
+                         f"(resolve_conv turns a network's conv option into one), got {implementation!r}")
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, strides: int, pad: int, implementation: str) -> jax.Array:
+    """The one convolution every network uses (symmetric padding `pad`, NHWC/HWIO), computed by
+    `implementation` (one of CONV_IMPLEMENTATIONS; oneDNN's only for float32, else fast_conv's)."""
+    _check_implementation(implementation)
     pads = ((pad, pad), (pad, pad))
-    implementation = conv_implementation()
     if implementation == "onednn" and x.dtype == jnp.float32 and kernel.dtype == jnp.float32:
         return onednn_conv.conv2d(x, kernel, strides, pads)
     if implementation == "xla_per_seed":
@@ -146,17 +178,29 @@ class Dense(nn.Module):
         return x @ kernel + bias
 
 
-def conv(features: int, kernel_size: int = 3, strides: int = 1, *, weight_init: str = "torch",
+def conv(features: int, kernel_size: int = 3, strides: int = 1, *, implementation: str, weight_init: str = "torch",
          name: str | None = None) -> Conv:
-    """The one place networks create convolutions (call inside a compact method)."""
+    """The one place networks create convolutions (call inside a compact method); `implementation`
+    is the network's resolved `conv` (one of CONV_IMPLEMENTATIONS)."""
     _check_init(weight_init)
-    return Conv(features, kernel_size, strides, weight_init, name=name)
+    _check_implementation(implementation)
+    return Conv(features, kernel_size, strides, weight_init, implementation=implementation, name=name)
 
 
 def dense(features: int, *, weight_init: str = "torch", name: str | None = None) -> Dense:
     """The one place networks create fully connected layers (call inside a compact method)."""
     _check_init(weight_init)
     return Dense(features, weight_init, name=name)
+
+
+class ConvChoice(nn.Module):
+    """Base of the networks with convolutions: the `conv` option (one of CONV_CHOICES) is resolved
+    to an implementation (`resolve_conv`) when the network is built, so `network.conv` is the one
+    its layers use (pass it down as their `implementation`)."""
+
+    def __post_init__(self):
+        self.conv = resolve_conv(self.conv)
+        super().__post_init__()
 
 
 class InstanceNorm(nn.Module):

@@ -11,13 +11,14 @@ Pools use SAME (ceil) padding so 28 px inputs survive five pools (28 -> 14 -> 7 
 where the reference code pads grayscale inputs to 32 px instead; on 32 px both agree. The
 classifier is a dense layer on the flattened (h, w, c) features, so any image size works.
 """
+import dataclasses
 from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 
 from distill_jax.models.droppath import sample_keep_mask, virtual_shortcut_mix
-from distill_jax.models.layers import TEST_NETWORK_NORM, check_images, conv, dense, make_norm, max_pool
+from distill_jax.models.layers import TEST_NETWORK_NORM, ConvChoice, check_images, conv, dense, make_norm, max_pool
 from distill_jax.models.resnet import Shortcut
 
 POOL = "M"
@@ -84,20 +85,22 @@ class PlainBlock(nn.Module):
     norm: str = "instance"
     droppath: bool = False
     weight_init: str = "torch"
+    implementation: str = dataclasses.field(kw_only=True)  # the network's resolved conv
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
         p = self.pair
-        main = conv(p.hidden, p.k1, weight_init=self.weight_init, name="conv_0")(x)
+        main = conv(p.hidden, p.k1, implementation=self.implementation, weight_init=self.weight_init, name="conv_0")(x)
         main = nn.relu(make_norm(self.norm, "norm_0", train)(main))
         if p.pool:
             main = max_pool(main, 2)
-        main = conv(p.out, p.k2, weight_init=self.weight_init, name="conv_1")(main)
+        main = conv(p.out, p.k2, implementation=self.implementation, weight_init=self.weight_init, name="conv_1")(main)
         main = nn.relu(make_norm(self.norm, "norm_1", train)(main))
         if not (self.droppath and (train or self.is_initializing())):
             return main
         shortcut = max_pool(x, 2) if p.pool else x
-        shortcut = Shortcut(p.out, 1, self.norm, weight_init=self.weight_init, name="shortcut")(shortcut, train)
+        shortcut = Shortcut(p.out, 1, self.norm, weight_init=self.weight_init, implementation=self.implementation,
+                            name="shortcut")(shortcut, train)
         if not train:
             return main  # initialising in eval mode: the shortcut exists only to create its weights
         self.sow("intermediates", "keep_rate", keep_rate)
@@ -105,7 +108,7 @@ class PlainBlock(nn.Module):
         return virtual_shortcut_mix(main, shortcut, mask)
 
 
-class _PlainNet(nn.Module):
+class _PlainNet(ConvChoice):
     """A layout: plain convs named conv_i / norm_i, pairs named block_j (pools have no name),
     then flatten -> dense `head`."""
 
@@ -114,6 +117,7 @@ class _PlainNet(nn.Module):
     norm: str = TEST_NETWORK_NORM
     droppath: bool = False
     weight_init: str = "torch"
+    conv: str = "auto"  # the convolution implementation (layers.CONV_CHOICES), resolved when built
 
     def layout(self) -> tuple:
         raise NotImplementedError
@@ -124,12 +128,13 @@ class _PlainNet(nn.Module):
         convs = blocks = 0
         for item in self.layout():
             if isinstance(item, PlainConv):
-                x = conv(item.width, item.kernel, weight_init=self.weight_init, name=f"conv_{convs}")(x)
+                x = conv(item.width, item.kernel, implementation=self.conv, weight_init=self.weight_init,
+                         name=f"conv_{convs}")(x)
                 x = nn.relu(make_norm(self.norm, f"norm_{convs}", train)(x))
                 convs += 1
             elif isinstance(item, Pair):
-                x = PlainBlock(item, self.norm, self.droppath, self.weight_init, name=f"block_{blocks}")(
-                    x, train, keep_rate)
+                x = PlainBlock(item, self.norm, self.droppath, self.weight_init, implementation=self.conv,
+                               name=f"block_{blocks}")(x, train, keep_rate)
                 blocks += 1
             else:
                 x = max_pool(x, 2)

@@ -1,11 +1,12 @@
 """CIFAR ResNets (docs/method.md §3) with per-sample DropPath (§2.1) and the improved shortcut (§2.3)."""
+import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 
 from distill_jax.models.droppath import residual_droppath, sample_keep_mask
-from distill_jax.models.layers import TEST_NETWORK_NORM, check_images, conv, dense, make_norm, max_pool
+from distill_jax.models.layers import TEST_NETWORK_NORM, ConvChoice, check_images, conv, dense, make_norm, max_pool
 
 
 class Shortcut(nn.Module):
@@ -17,15 +18,18 @@ class Shortcut(nn.Module):
     norm: str = "instance"
     improved: bool = False
     weight_init: str = "torch"
+    implementation: str = dataclasses.field(kw_only=True)  # the network's resolved conv
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.strides == 1 and x.shape[-1] == self.features:
             return x
         if self.improved and self.strides > 1:
-            x = conv(self.features, 1, 1, weight_init=self.weight_init, name="conv")(max_pool(x, self.strides))
+            x = conv(self.features, 1, 1, implementation=self.implementation, weight_init=self.weight_init,
+                     name="conv")(max_pool(x, self.strides))
         else:
-            x = conv(self.features, 1, self.strides, weight_init=self.weight_init, name="conv")(x)
+            x = conv(self.features, 1, self.strides, implementation=self.implementation, weight_init=self.weight_init,
+                     name="conv")(x)
         return make_norm(self.norm, "norm", train)(x)
 
 
@@ -44,6 +48,7 @@ class ResidualBlock(nn.Module):
     droppath: bool = False
     improved_shortcut: bool = False
     weight_init: str = "torch"
+    implementation: str = dataclasses.field(kw_only=True)  # the network's resolved conv
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
@@ -54,12 +59,13 @@ class ResidualBlock(nn.Module):
             layers = [(f, 3, s), (f, 3, 1)]
         branch = x
         for i, (width, kernel, strides) in enumerate(layers):
-            branch = conv(width, kernel, strides, weight_init=self.weight_init, name=f"conv_{i}")(branch)
+            branch = conv(width, kernel, strides, implementation=self.implementation, weight_init=self.weight_init,
+                          name=f"conv_{i}")(branch)
             branch = make_norm(self.norm, f"norm_{i}", train)(branch)
             if i < len(layers) - 1:
                 branch = nn.relu(branch)
         shortcut = Shortcut(branch.shape[-1], s, self.norm, self.improved_shortcut, self.weight_init,
-                            name="shortcut")(x, train)
+                            implementation=self.implementation, name="shortcut")(x, train)
         if not (self.droppath and train):
             return nn.relu(shortcut + branch)
         self.sow("intermediates", "keep_rate", keep_rate)
@@ -67,7 +73,7 @@ class ResidualBlock(nn.Module):
         return nn.relu(residual_droppath(shortcut, branch, mask, keep_rate))
 
 
-class ResNet(nn.Module):
+class ResNet(ConvChoice):
     """CIFAR ResNet: stem conv3x3 width -> norm -> relu (no max-pool), stages of widths
     width * (1, 2, 4, 8) (stride 2 from the second stage), global average pool, dense.
 
@@ -82,16 +88,17 @@ class ResNet(nn.Module):
     droppath: bool = False
     improved_shortcut: bool = False
     weight_init: str = "torch"
+    conv: str = "auto"  # the convolution implementation (layers.CONV_CHOICES), resolved when built
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
         check_images(x, type(self).__name__)
-        x = conv(self.width, 3, weight_init=self.weight_init, name="stem_conv")(x)
+        x = conv(self.width, 3, implementation=self.conv, weight_init=self.weight_init, name="stem_conv")(x)
         x = nn.relu(make_norm(self.norm, "stem_norm", train)(x))
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 x = ResidualBlock(
                     self.width * 2**i, strides=2 if i > 0 and j == 0 else 1, bottleneck=self.bottleneck,
                     norm=self.norm, droppath=self.droppath, improved_shortcut=self.improved_shortcut,
-                    weight_init=self.weight_init, name=f"stage{i}_block{j}")(x, train, keep_rate)
+                    weight_init=self.weight_init, implementation=self.conv, name=f"stage{i}_block{j}")(x, train, keep_rate)
         return dense(self.num_classes, weight_init=self.weight_init, name="head")(x.mean(axis=(1, 2)))

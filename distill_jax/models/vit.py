@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from distill_jax.models.droppath import residual_droppath, sample_keep_mask
-from distill_jax.models.layers import check_images, dense
+from distill_jax.models.layers import ConvChoice, check_images, dense
 
 PATCH = 4
 
@@ -38,7 +38,7 @@ class _Branch(nn.Module):
         return dense(self.width, weight_init=self.weight_init, name="fc_1")(y)
 
 
-class ViT(nn.Module):
+class ViT(ConvChoice):
     """Vision Transformer for 28 and 32 px images; DropPath on every residual branch."""
 
     num_classes: int
@@ -46,6 +46,8 @@ class ViT(nn.Module):
     depth: int = 4
     droppath: bool = False
     weight_init: str = "torch"
+    # No convolutions: taken (and resolved) like every network's, so one config fits all of them.
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
