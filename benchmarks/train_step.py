@@ -13,7 +13,7 @@ no DropPath, the network's default norm (--norm batch for the ResNets of the com
 Per cell: compile time (trace + lower + XLA compile), the median wall time and the median
 process CPU time (all threads) of a step after one warm-up step, images/s, FLOPs per step,
 model FLOPs utilisation (MFU) and peak memory. FLOPs are XLA's cost analysis of the step
-written with XLA's own convolution (DISTILL_JAX_CONV=xla): cost analysis cannot see inside the
+built with XLA's own convolution (conv='xla'): cost analysis cannot see inside the
 CPU default's oneDNN custom calls, and fast_conv walks batch chunks and seeds in loops, whose
 bodies it counts once. The peak FLOP/s of a
 device comes from PEAK_FLOPS (accelerators, dense, per compute precision) or, on CPU, from
@@ -23,7 +23,6 @@ is mostly the share of the cores this process got; `mfu_cpu` divides by CPU seco
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -169,7 +168,8 @@ class StepConfig:
         return self
 
 
-def build_network(config: StepConfig):
+def build_network(config: StepConfig, conv: str = "auto"):
+    """The cell's network, its convolutions computed by `conv` (distill_jax.models.CONV_CHOICES)."""
     options = {"width": config.width} if config.width else {}
     if config.norm:
         options["norm"] = config.norm
@@ -177,26 +177,12 @@ def build_network(config: StepConfig):
     options.update({name: value for name, value in (("droppath", config.droppath),
                                                     ("improved_shortcut", config.improved_shortcut))
                     if name in accepted})
-    return models.build_model(config.model, num_classes=10, **options)
+    return models.build_model(config.model, num_classes=10, conv=conv, **options)
 
 
 def build_optimizer(name: str):
     """SGD momentum 0.9 (lr 0.01), or Lion (lr 5e-5, wd 5e-3): the same as torch_reference.make_optimizer."""
     return make_optimizer("sgd", 0.01, 0.0, momentum=0.9) if name == "sgd" else make_optimizer("lion", 5e-5, 5e-3)
-
-
-@contextlib.contextmanager
-def _conv_implementation(choice: str):
-    """Temporarily selects distill_jax's convolution (it reads DISTILL_JAX_CONV while tracing)."""
-    before = os.environ.get("DISTILL_JAX_CONV")
-    os.environ["DISTILL_JAX_CONV"] = choice
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("DISTILL_JAX_CONV", None)
-        else:
-            os.environ["DISTILL_JAX_CONV"] = before
 
 
 def _cost_value(cost, key: str) -> float | None:
@@ -212,32 +198,44 @@ def _flops(cost) -> float | None:
 
 @dataclasses.dataclass
 class Program:
-    """What a cell runs: the per-seed train step, an init (seed keys -> vmapped state), the fixed batch."""
+    """What a cell runs: the per-seed train step, an init (seed keys -> vmapped state), the fixed batch.
+    `cost_step` is the same step built with XLA's own convolution, for cost analysis (model_cost);
+    `conv` the implementation `step`'s convolutions use."""
 
     step: Callable
+    cost_step: Callable
+    conv: str
     init: Callable
     batch: dict
     teacher_vars: Any
     keep_rate: jax.Array
 
 
-def build_program(config: StepConfig) -> Program:
-    """The project's train step for `config`, uncompiled (distill_jax.training.steps)."""
+def _teacher(config: StepConfig, conv: str):
+    return models.build_model("convnet", num_classes=10, conv=conv, **({"width": config.width} if config.width else {}))
+
+
+def build_program(config: StepConfig, conv: str = "auto") -> Program:
+    """The project's train step for `config`, uncompiled (distill_jax.training.steps), with the
+    network's (and KD teacher's) convolutions computed by `conv` (distill_jax.models.CONV_CHOICES)."""
     config = config.check()
-    model = build_network(config)
+    model = build_network(config, conv)
     opt = build_optimizer(config.optimizer)
     sample = jnp.zeros((1, config.size, config.size, config.channels))
-    teacher_vars, kd_settings = None, None
-    if config.kd:
-        teacher = models.build_model("convnet", num_classes=10, **({"width": config.width} if config.width else {}))
-        teacher_vars = jax.jit(lambda k: teacher.init(k, sample, train=False))(jax.random.key(1))
-        kd_settings = steps.KDSettings(teacher)
+    teacher = _teacher(config, conv) if config.kd else None
+    teacher_vars = jax.jit(lambda k: teacher.init(k, sample, train=False))(jax.random.key(1)) if teacher is not None else None
     augment_fn = (lambda r, x: augment.augment(r, x, k=config.augment_k)) if config.augment_k else None
+
+    def train_step(network, teacher_network):
+        kd = steps.KDSettings(teacher_network) if teacher_network is not None else None
+        return steps.make_train_step(network, opt, augment_fn=augment_fn, kd=kd)
+
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.normal(size=(config.batch, config.size, config.size, config.channels)), jnp.float32),
              "label": jnp.asarray(rng.integers(0, 10, config.batch), jnp.int32)}
-    return Program(step=steps.make_train_step(model, opt, augment_fn=augment_fn, kd=kd_settings),
-                   init=jax.vmap(lambda k: steps.init_state(model, opt, k, sample)),
+    return Program(step=train_step(model, teacher),
+                   cost_step=train_step(build_network(config, "xla"), _teacher(config, "xla") if config.kd else None),
+                   conv=model.conv, init=jax.vmap(lambda k: steps.init_state(model, opt, k, sample)),
                    batch=batch, teacher_vars=teacher_vars, keep_rate=jnp.float32(0.8))
 
 
@@ -247,7 +245,8 @@ def vmapped(step: Callable) -> Callable:
 
 
 def model_flops(step: Callable, args: tuple) -> float | None:
-    """FLOPs of one call of the vmapped step, from XLA's cost analysis of its XLA-convolution form.
+    """FLOPs of one call of the vmapped step, from XLA's cost analysis of its XLA-convolution form
+    (pass `Program.cost_step`).
 
     Not the compiled CPU program's own count: oneDNN custom calls are opaque to cost analysis, and
     fast_conv walks batch chunks and seeds in loops, whose bodies it counts once. `args` may be abstract (jax.ShapeDtypeStruct): nothing is compiled.
@@ -256,16 +255,15 @@ def model_flops(step: Callable, args: tuple) -> float | None:
 
 
 def model_cost(step: Callable, args: tuple) -> dict:
-    """{'flops', 'bytes_accessed'} of one call of the vmapped step, from the same cost analysis as
-    model_flops. The bytes are summed over the ops of the lowered, unfused program (each op's operands
+    """{'flops', 'bytes_accessed'} of one call of the vmapped step (`Program.cost_step`: built with
+    XLA's own convolution), from the same cost analysis as model_flops. The bytes are summed over the ops of the lowered, unfused program (each op's operands
     and results): an upper bound on memory traffic, since fusion keeps intermediates in registers."""
-    with _conv_implementation("xla"):
-        try:
-            cost = jax.jit(vmapped(step)).lower(*args).cost_analysis()
-        except Exception:  # JAX 0.11 on the device gave none for the lowered program
-            cost = None
-        # No fallback to the compiled program: on GPU its convolutions are opaque cuDNN calls
-        # (1.6 of 290 GFLOP counted on the H200), so no figure beats a wrong one.
+    try:
+        cost = jax.jit(vmapped(step)).lower(*args).cost_analysis()
+    except Exception:  # JAX 0.11 on the device gave none for the lowered program
+        cost = None
+    # No fallback to the compiled program: on GPU its convolutions are opaque cuDNN calls
+    # (1.6 of 290 GFLOP counted on the H200), so no figure beats a wrong one.
     return {"flops": _cost_value(cost, "flops"), "bytes_accessed": _cost_value(cost, "bytes accessed")}
 
 
@@ -277,6 +275,7 @@ class PreparedStep:
         program = build_program(config)
         self.step, self.batch, self.teacher_vars, self.keep_rate = (program.step, program.batch, program.teacher_vars,
                                                                     program.keep_rate)
+        self.cost_step, self.conv = program.cost_step, program.conv
         all_keys = jax.random.split(jax.random.key(0), config.seeds)
         # sequential: the one-seed program once per seed; else one program for all seeds
         self.keys = [all_keys[i:i + 1] for i in range(config.seeds)] if config.sequential else [all_keys]
@@ -296,7 +295,7 @@ class PreparedStep:
             self.compiled_flops = None
         self.memory_analysis = self._memory_analysis()
         try:
-            one_call = model_cost(self.step, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args))
+            one_call = model_cost(self.cost_step, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args))
         except Exception:
             one_call = {"flops": None, "bytes_accessed": None}
         self.flops = one_call["flops"] * len(self.keys) if one_call["flops"] else None
@@ -333,10 +332,9 @@ class PreparedStep:
         return out
 
     def info(self) -> dict:
-        from distill_jax.models.layers import conv_implementation
         return {"compile_s": self.compile_s, "lower_s": self.lower_s, "xla_compile_s": self.xla_compile_s,
                 "flops_per_step": self.flops, "compiled_flops": self.compiled_flops,
-                "num_parameters": self.num_parameters, "conv": conv_implementation(), "cores": usable_cores(),
+                "num_parameters": self.num_parameters, "conv": self.conv, "cores": usable_cores(),
                 "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind, **device_peak()}
 
 
@@ -350,17 +348,18 @@ class PreparedLayer:
 
     def __init__(self, layer: str, shape, features: int = 0):
         import flax.linen as nn
-        from distill_jax.models.layers import conv, make_norm
+        from distill_jax.models.layers import conv, make_norm, resolve_conv
         if layer not in LAYERS:
             raise ValueError(f"{_WHERE}: layer must be one of {LAYERS}, got {layer!r}")
         shape = tuple(shape)
         features = features or shape[-1]
+        self.conv = implementation = resolve_conv("auto")  # what a network built here would use
 
         class One(nn.Module):
             @nn.compact
             def __call__(self, x):
                 if layer == "conv3x3":
-                    return conv(features, 3, name="conv")(x)
+                    return conv(features, 3, implementation=implementation, name="conv")(x)
                 return make_norm("batch" if layer == "batchnorm" else "instance", "norm", True)(x)
 
         module = One()
@@ -390,8 +389,7 @@ class PreparedLayer:
         return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
     def info(self) -> dict:
-        from distill_jax.models.layers import conv_implementation
-        return {"compile_s": self.compile_s, "conv": conv_implementation(), "backend": jax.default_backend()}
+        return {"compile_s": self.compile_s, "conv": self.conv, "backend": jax.default_backend()}
 
 
 def summarise_times(config: StepConfig, flops: float | None, peak: float | None, cores: int,

@@ -50,7 +50,7 @@ def test_model_flops_scale_with_vmapped_seeds_without_compiling():
     for seeds in (1, 2):
         keys = jax.random.split(jax.random.key(0), seeds)
         state = jax.eval_shape(program.init, keys)
-        flops.append(train_step.model_flops(program.step, (state, program.batch, keys, program.keep_rate, None)))
+        flops.append(train_step.model_flops(program.cost_step, (state, program.batch, keys, program.keep_rate, None)))
     np.testing.assert_allclose(flops[1], 2 * flops[0], rtol=0.01)
 
 
