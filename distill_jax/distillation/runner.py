@@ -14,6 +14,7 @@ finally writes the set in the project's own format:
 """
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 import time
@@ -21,6 +22,7 @@ from typing import Optional
 
 import jax
 import numpy as np
+from PIL import Image
 
 from distill_jax import config as config_lib
 from distill_jax import models
@@ -121,11 +123,42 @@ def run_distillation(config, workdir: str | pathlib.Path, *, real: Optional[comm
     d = config.distill
     if d.method not in METHODS:
         raise config_lib.ConfigError(f"config field 'distill.method' = {d.method!r}; allowed values: {METHODS}")
+    config = rundir.with_absolute_paths(config)
     workdir = pathlib.Path(workdir)
     defaults = config_lib.default_config()
     rundir.check_identity(workdir, config, defaults)  # a finished run may be extended by raising distill.steps
     with rundir.WorkdirLock(workdir):
+        done = _finished_results(workdir, config, defaults)
+        if done is not None:  # its set stands (students record its digest): nothing is written
+            logging.info("%s already finished %d steps; nothing to do (raise distill.steps to continue it)",
+                         workdir, done["steps"])
+            return done
         return _distill(config, workdir, real, defaults)
+
+
+def _finished_results(workdir: pathlib.Path, config, defaults) -> Optional[dict]:
+    """results.json of a distillation in `workdir` that reached `distill.steps` with this config, else None."""
+    try:
+        results = json.loads((workdir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if (isinstance(results, dict) and results.get("finished") and results.get("steps", 0) >= config.distill.steps
+            and (workdir / OUTPUT_NAME).is_file()
+            and not rundir.config_differences(results.get("config") or {}, config, defaults)):
+        return results
+    return None
+
+
+def _logged_grids(workdir: pathlib.Path, last_step: int):
+    """The image grids saved up to `last_step` (images/step_<step>.png), for the metrics writer
+    to log again when it rebuilds TensorBoard's events on resume."""
+    def grids():
+        for path in sorted((workdir / "images").glob("step_*.png")):
+            step = int(path.stem.split("_")[1])
+            if step <= last_step:
+                with Image.open(path) as image:
+                    yield "distilled_images", step, np.asarray(image), path.stat().st_mtime
+    return grids
 
 
 def _distill(config, workdir: pathlib.Path, real, defaults) -> dict:
@@ -154,6 +187,19 @@ def _distill(config, workdir: pathlib.Path, real, defaults) -> dict:
     step_key = jax.random.fold_in(base_key, 2)
 
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
+    try:
+        results = _distill_steps(config, workdir, real, defaults, checkpointer, state, step_fn, step_key, device,
+                                 classes, recipe, model_name, options)
+    except BaseException:
+        rundir.close_after_error(checkpointer)
+        raise
+    checkpointer.close()
+    return results
+
+
+def _distill_steps(config, workdir, real, defaults, checkpointer, state, step_fn, step_key, device, classes, recipe,
+                   model_name, options) -> dict:
+    d = config.distill
     identity = rundir.identity(config)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
     restored = checkpointer.restore_latest(abstract, identity, defaults)
@@ -170,46 +216,49 @@ def _distill(config, workdir: pathlib.Path, real, defaults) -> dict:
     logging.info("distilling %s with %s (%s %s): %d classes x %d images per class, %d steps, preprocessing %s",
                  config.data.dataset, d.method, model_name, options or "", real.num_classes, d.ipc, d.steps, recipe)
     timed_steps, timed_seconds, compile_seconds = 0, 0.0, None
-    writer = metrics_lib.MetricsWriter(workdir, [config.seed], start_step=start)
+    writer = metrics_lib.MetricsWriter(workdir, [config.seed], start_step=start, images=_logged_grids(workdir, start))
     progress = metrics_lib.Progress(end, start)
     window_losses, window_start = [], time.perf_counter()
-    for t in range(start, end):
-        state, metrics = step_fn(state, real_arrays, step_key)
-        window_losses.append(metrics["loss"])
-        done = t + 1
-        if t == start:  # the first call compiles: keep it out of the seconds per step
-            jax.block_until_ready(state)
-            compile_seconds = time.perf_counter() - window_start
-            window_start, window_steps = time.perf_counter(), 0
-            progress.started(done)
-        else:
-            window_steps += 1
-        progress.update(done)
-        if done % config.log_every_steps == 0 or done == end:
-            loss = float(np.mean([float(v) for v in window_losses]))
-            now = time.perf_counter()
-            seconds = (now - window_start) / window_steps if window_steps else None
-            if not np.isfinite(loss):
-                raise common.DistillationError(
-                    f"distillation loss is {loss} at step {done} ({d.method}); lower the learning rate"
-                    + (" or raise distill.frepo.kernel_reg" if d.method == "frepo" else ""))
-            if window_steps:
-                timed_steps, timed_seconds = timed_steps + window_steps, timed_seconds + (now - window_start)
-            history.append({"step": done, "loss": loss, "seconds_per_step": seconds})
-            writer.write(done, {"loss": loss, "seconds_per_step": seconds})
-            logging.info("distill %s step %d/%d loss %.6g %s %s", d.method, done, d.steps, loss,
-                         f"{seconds:.3f} s/step" if seconds is not None else f"(first step, compile {compile_seconds:.1f} s)",
-                         progress.line())
-            window_losses, window_start, window_steps = [], time.perf_counter(), 0
-        if done % d.checkpoint_every_steps == 0 or done == end:
-            paused = time.perf_counter()
-            checkpointer.save(done, state, {"identity": identity, "history": history})
-            if rundir.is_writer():  # only process 0 writes
-                grid = image_grid.save_set_grid(workdir / "images" / f"step_{done:07d}.png", np.asarray(state["images"]),
-                                                classes, real.preprocessing, real.num_classes)
-                writer.image("distilled_images", grid, done)
-            window_start += time.perf_counter() - paused  # checkpoint time is not step time
-    checkpointer.close()
+    try:
+        for t in range(start, end):
+            state, metrics = step_fn(state, real_arrays, step_key)
+            window_losses.append(metrics["loss"])
+            done = t + 1
+            if t == start:  # the first call compiles: keep it out of the seconds per step
+                jax.block_until_ready(state)
+                compile_seconds = time.perf_counter() - window_start
+                window_start, window_steps = time.perf_counter(), 0
+                progress.started(done)
+            else:
+                window_steps += 1
+            progress.update(done)
+            if done % config.log_every_steps == 0 or done == end:
+                loss = float(np.mean([float(v) for v in window_losses]))
+                now = time.perf_counter()
+                seconds = (now - window_start) / window_steps if window_steps else None
+                if not np.isfinite(loss):
+                    raise common.DistillationError(
+                        f"distillation loss is {loss} at step {done} ({d.method}); lower the learning rate"
+                        + (" or raise distill.frepo.kernel_reg" if d.method == "frepo" else ""))
+                if window_steps:
+                    timed_steps, timed_seconds = timed_steps + window_steps, timed_seconds + (now - window_start)
+                history.append({"step": done, "loss": loss, "seconds_per_step": seconds})
+                writer.write(done, {"loss": loss, "seconds_per_step": seconds})
+                logging.info("distill %s step %d/%d loss %.6g %s %s", d.method, done, d.steps, loss,
+                             f"{seconds:.3f} s/step" if seconds is not None else f"(first step, compile {compile_seconds:.1f} s)",
+                             progress.line())
+                window_losses, window_start, window_steps = [], time.perf_counter(), 0
+            if done % d.checkpoint_every_steps == 0 or done == end:
+                paused = time.perf_counter()
+                checkpointer.save(done, state, {"identity": identity, "history": history})
+                if rundir.is_writer():  # only process 0 writes
+                    grid = image_grid.save_set_grid(workdir / "images" / f"step_{done:07d}.png", np.asarray(state["images"]),
+                                                    classes, real.preprocessing, real.num_classes)
+                    writer.image("distilled_images", grid, done)
+                window_start += time.perf_counter() - paused  # checkpoint time is not step time
+    except BaseException:
+        rundir.close_after_error(writer)
+        raise
     writer.close()
     final_step = max(end, start)
     return _finish(config, workdir, state, classes, real, recipe, model_name, options, history, final_step,

@@ -1,9 +1,12 @@
 """Metrics as files that tools read, and progress a person can plan with.
 
 `MetricsWriter` writes every log/eval record twice: one JSON line in `metrics.jsonl` and
-TensorBoard scalars (tensorboardX, no TensorFlow) under `tb/`, with per-seed values in
-`tb/seed_<s>/` so that TensorBoard overlays the seeds. `Progress` turns step counts into
-elapsed time, a rate that leaves out compilation, and an ETA.
+TensorBoard scalars under `tb/`, with per-seed values in `tb/seed_<s>/` so that TensorBoard
+overlays the seeds. Both are flushed to disk at every record, so a killed run loses nothing it
+logged; on resume the event files are rewritten from `metrics.jsonl` (which a kill leaves
+whole up to its last line), so the curves of a preempted run are complete and hold each step
+once. `Progress` turns step counts into elapsed time, a rate that leaves out compilation, and
+an ETA.
 """
 from __future__ import annotations
 
@@ -11,74 +14,150 @@ import json
 import math
 import pathlib
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
-from tensorboardX import SummaryWriter
+from tensorboardX import summary as tb_summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2
 
 from distill_jax.training import rundir
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
+EVENT_FILE_PREFIX = "events.out.tfevents."
+NOT_SCALARS = ("step", "epoch", "wall_time")  # record fields that are no curve
+
+
+class _EventFile:
+    """One TensorBoard event file in `directory`, written synchronously (no queue, no thread:
+    what `flush` returns from is on disk)."""
+
+    def __init__(self, directory: pathlib.Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        self._writer = EventsWriter(str(directory / "events"))
+
+    def add(self, summary, step: int, wall_time: float) -> None:
+        self._writer.write_event(event_pb2.Event(summary=summary, step=int(step), wall_time=float(wall_time)))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class MetricsWriter:
     """`write(step, scalars, per_seed)`: scalars shared by all seeds (lr, keep rate, images/s,
     means over seeds named '<x>_mean') and per-seed lists (loss, accuracy), as one JSON line
-    and as TensorBoard scalars (`tb/` for the scalars, `tb/seed_<s>/` for each seed's value).
+    (with its `wall_time`) and as TensorBoard scalars (`tb/` for the scalars, `tb/seed_<s>/` for
+    each seed's value).
 
     On resume, `start_step` drops the lines a killed run wrote after its last checkpoint, so
-    the file holds each step once. Only the writer process writes (`rundir.is_writer`, the
-    default of `enabled`); on the others every method does nothing.
+    the file holds each step once; at the first record the event files are rebuilt from the
+    lines kept (and from `images`, a function giving `(tag, step, image, wall_time)` of the
+    pictures logged before, which `metrics.jsonl` does not hold). A writer that records nothing
+    (a finished run rerun) leaves `tb/` as it was. Only the writer process writes
+    (`rundir.is_writer`, the default of `enabled`); on the others every method does nothing.
     """
 
-    def __init__(self, workdir, seeds: Sequence[int], *, start_step: int = 0, enabled: Optional[bool] = None):
+    def __init__(self, workdir, seeds: Sequence[int], *, start_step: int = 0, enabled: Optional[bool] = None,
+                 images: Optional[Callable[[], Iterable[tuple]]] = None):
         self.enabled = rundir.is_writer() if enabled is None else enabled
         self.seeds = list(seeds)
         if not self.enabled:
             return
-        workdir = pathlib.Path(workdir)
-        self.path = workdir / METRICS_FILE
-        kept = []
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line)["step"] <= start_step:
-                        kept.append(line)
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut by a kill
-        self.path.write_text("".join(line + "\n" for line in kept))
+        self.workdir = pathlib.Path(workdir)
+        self.path = self.workdir / METRICS_FILE
+        self._images = images
+        self._file = None
+        self._kept = []
+        existing = self.path.read_text() if self.path.is_file() else ""
+        lines = []
+        for line in existing.splitlines():
+            try:
+                record = json.loads(line)
+                if record["step"] <= start_step:
+                    lines.append(line)
+                    self._kept.append(record)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by a kill
+        text = "".join(line + "\n" for line in lines)
+        if text != existing:
+            rundir.write_text(self.path, text)
+
+    def _open(self) -> None:
+        """Opens metrics.jsonl for appending and rebuilds tb/ from what it holds (once)."""
+        if self._file is not None:
+            return
+        tb = self.workdir / TB_DIR
+        if tb.is_dir():  # a killed run's events: whatever of them reached the disk
+            for old in tb.rglob(EVENT_FILE_PREFIX + "*"):
+                old.unlink()
+        self._tb = _EventFile(tb)
+        self._tb_seeds = {s: _EventFile(tb / f"seed_{s}") for s in self.seeds}
+        for record in self._kept:
+            self._add_events(record)
+        for tag, step, image, wall_time in (self._images() if self._images is not None else ()):
+            self._add_image(tag, image, step, wall_time)
+        self._kept = []
+        self._flush_events()
         self._file = open(self.path, "a")
-        self._tb = SummaryWriter(str(workdir / TB_DIR))
-        self._tb_seeds = {s: SummaryWriter(str(workdir / TB_DIR / f"seed_{s}")) for s in self.seeds}
+
+    def _add_events(self, record: dict) -> None:
+        """A metrics.jsonl record as TensorBoard scalars: numbers to tb/, lists (one value per
+        seed) to tb/seed_<s>/; nulls (a speed not measured, a non-finite value) are left out."""
+        step, wall_time = int(record["step"]), record.get("wall_time") or time.time()
+        for name, value in record.items():
+            if name in NOT_SCALARS or value is None or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
+                self._tb.add(tb_summary.scalar(name, float(value)), step, wall_time)
+            elif isinstance(value, list):
+                for seed, v in zip(self.seeds, value):
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        self._tb_seeds[seed].add(tb_summary.scalar(name, float(v)), step, wall_time)
+
+    def _add_image(self, tag: str, image: np.ndarray, step: int, wall_time: float) -> None:
+        image = np.asarray(image)
+        self._tb.add(tb_summary.image(tag, image, dataformats="HW" if image.ndim == 2 else "HWC"), step, wall_time)
+
+    def _flush_events(self) -> None:
+        for events in (self._tb, *self._tb_seeds.values()):
+            events.flush()
 
     def write(self, step: int, scalars: Mapping[str, float], per_seed: Optional[Mapping[str, Sequence[float]]] = None):
         if not self.enabled:
             return
+        self._open()
         per_seed = {k: [rundir.finite(float(x)) for x in v] for k, v in (per_seed or {}).items()}
-        record = {"step": int(step), **{k: rundir.finite(v) for k, v in scalars.items()}, **per_seed}
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
-        self._file.flush()
-        for name, value in scalars.items():
-            if isinstance(value, (int, float, np.floating, np.integer)) and name != "epoch":
-                self._tb.add_scalar(name, float(value), int(step))
-        for name, values in per_seed.items():
-            for seed, value in zip(self.seeds, values):
-                if value is not None:
-                    self._tb_seeds[seed].add_scalar(name, value, int(step))
+        record = {"step": int(step), **{k: rundir.finite(v) for k, v in scalars.items()}, **per_seed,
+                  "wall_time": round(time.time(), 3)}
+        try:
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
+            self._file.flush()
+        except OSError as err:
+            raise rundir.named(err, self.path)
+        try:
+            self._add_events(record)
+            self._flush_events()
+        except OSError as err:
+            raise rundir.named(err, self.workdir / TB_DIR)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """An HWC or HW (grayscale) uint8 image, e.g. the grid of a distilled set."""
         if self.enabled:
-            image = np.asarray(image)
-            self._tb.add_image(tag, image, int(step), dataformats="HW" if image.ndim == 2 else "HWC")
+            self._open()
+            self._add_image(tag, image, step, time.time())
+            self._tb.flush()
 
     def close(self) -> None:
-        if not self.enabled:
+        if not self.enabled or self._file is None:
             return
         self._file.close()
-        for writer in (self._tb, *self._tb_seeds.values()):
-            writer.close()
+        for events in (self._tb, *self._tb_seeds.values()):
+            events.close()
+        self._file = None
 
 
 def format_duration(seconds: Optional[float]) -> str:

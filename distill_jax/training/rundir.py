@@ -13,6 +13,7 @@ others compute the same results, and their files would only repeat or race with 
 """
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import logging
@@ -39,6 +40,10 @@ SAFE_TO_CHANGE = (
 )
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
+# Config fields that name files: recorded as absolute paths, and compared as such (a relative
+# path is read from the current directory), so a rerun from another directory that names
+# other files is another run.
+PATH_FIELDS = ("data.data_dir", "data.distilled_path", "data.preprocessing_path", "train.kd.teacher_path")
 
 
 class RunConfigError(UserError):
@@ -86,15 +91,38 @@ def identity(config) -> dict:
     return {k: v for k, v in flatten(_plain(config)).items() if k not in SAFE_TO_CHANGE}
 
 
+def _absolute(value):
+    return os.path.abspath(value) if isinstance(value, str) and value else value
+
+
+def with_absolute_paths(config):
+    """A copy of `config` whose `PATH_FIELDS` are absolute paths (relative ones are read from the
+    current directory): what a run records, so that a rerun from elsewhere compares files, not strings."""
+    config = copy.deepcopy(config)
+    for name in PATH_FIELDS:
+        *parents, leaf = name.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if node is not None else None
+        if node is not None and leaf in node:
+            node[leaf] = _absolute(node[leaf])
+    return config
+
+
+def _compared(ident: dict) -> dict:
+    return {k: (_absolute(v) if k in PATH_FIELDS else v) for k, v in ident.items()}
+
+
 def config_differences(recorded, config, defaults=None) -> list[str]:
     """Lines 'field: recorded value -> this run's value' for every identity field that differs.
 
     A field the recorded config lacks was added to the package after that run started; it is
     no difference when this run leaves it at its default (`defaults`, the current default
     config), which is what the older code did. A field only the recorded config has was
-    removed from the package and can no longer be set: no difference either.
+    removed from the package and can no longer be set: no difference either. Paths
+    (`PATH_FIELDS`) are compared as absolute paths.
     """
-    old, new = identity(recorded), identity(config)
+    old, new = _compared(identity(recorded)), _compared(identity(config))
     default = identity(defaults) if defaults is not None else {}
     lines = []
     for key in sorted(set(old) | set(new)):
@@ -132,6 +160,74 @@ def check_identity(workdir, config, defaults=None) -> None:
         raise RunConfigError(
             f"workdir {workdir} holds a run with a different config ({len(diff)} field(s)):\n  " + "\n  ".join(diff)
             + f"\nA rerun may change only: {safe}. Use another workdir for another config.")
+
+
+def run_inputs(data, teacher: dict | None = None) -> dict:
+    """What a run trains on beyond its config, by content: the sha256 of a distilled set's files
+    (`data.sha256`) and of the real training split its preprocessing was fitted on
+    (`data.preprocessing.fitted_on`), where `data` is the run's `pipeline.TrainingData`; and the
+    KD teacher's `{"step", "sha256"}` (`teacher.load`). Saved with every checkpoint and in
+    results.json; a rerun must find the same (`check_inputs`)."""
+    recorded = {}
+    files = dict(sorted((getattr(data, "sha256", None) or {}).items()))
+    fitted = getattr(data.preprocessing, "fitted_on", None) or {}
+    if files or fitted.get("images_sha256"):
+        recorded["data"] = {}
+        if files:
+            recorded["data"]["files_sha256"] = files
+        if fitted.get("images_sha256"):
+            recorded["data"]["train_split_sha256"] = fitted["images_sha256"]
+    if teacher:
+        recorded["teacher"] = dict(teacher)
+    return recorded
+
+
+def _input_items(inputs: dict) -> dict:
+    data, teacher = inputs.get("data") or {}, inputs.get("teacher") or {}
+    items = {f"sha256 of the distilled set's {name}": digest for name, digest in (data.get("files_sha256") or {}).items()}
+    if "train_split_sha256" in data:
+        items["sha256 of the real training split"] = data["train_split_sha256"]
+    if "sha256" in teacher:
+        items["sha256 of the teacher's weights"] = teacher["sha256"]
+    if "step" in teacher:
+        items["teacher's checkpoint step"] = teacher["step"]
+    return items
+
+
+def _short(value) -> str:
+    return f"{value[:16]}..." if isinstance(value, str) and len(value) == 64 else repr(value)
+
+
+def input_differences(recorded: dict | None, inputs: dict) -> list[str]:
+    """'what: recorded -> now' for every recorded input (`run_inputs`) that differs. A run
+    recorded without inputs (older code), or an input it did not record, is no difference."""
+    if not recorded:
+        return []
+    old, new = _input_items(recorded), _input_items(inputs)
+    return [f"{key}: {_short(old[key])} -> {_short(new[key]) if key in new else '(none)'}"
+            for key in old if old[key] != new.get(key)]
+
+
+def check_inputs(recorded: dict | None, inputs: dict, where: str) -> None:
+    """Stops (before anything is written) when `where` (a workdir or a checkpoint of it) was
+    trained on other data or another teacher than `inputs` (`run_inputs`), naming what changed."""
+    diff = input_differences(recorded, inputs)
+    if diff:
+        raise RunConfigError(f"{where} was trained on other inputs than this run: " + "; ".join(diff)
+                             + ". Put back the data and teacher it was trained on, or use another workdir")
+
+
+def close_after_error(*resources) -> None:
+    """Closes what a failing run holds open (checkpoints, metrics files; None is skipped). Their
+    own errors (a full disk again) are logged at debug level: they would only hide the error
+    being raised."""
+    for resource in resources:
+        if resource is None:
+            continue
+        try:
+            resource.close()
+        except Exception:  # noqa: BLE001 - the run's own error is the one to report
+            logging.debug("closing %r after an error failed", resource, exc_info=True)
 
 
 def _json_default(x):
@@ -174,9 +270,17 @@ def write_text(path, text: str) -> None:
             f.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+        raise named(err, path)
+
+
+def named(err: BaseException, path) -> BaseException:
+    """`err`, or for an OSError that names no file (a write to a full disk), the same error naming
+    `path`: the one line a user sees says which file could not be written."""
+    if isinstance(err, OSError) and not err.filename and err.errno is not None:
+        return type(err)(err.errno, err.strerror, str(path))
+    return err
 
 
 def write_json(path, obj) -> None:

@@ -13,7 +13,6 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from distill_jax import models
 from distill_jax.errors import UserError
@@ -49,21 +48,19 @@ def build_saved_model(spec: dict):
 
 
 def latest_state(path) -> tuple[int, dict, dict]:
-    """(step, state, meta) of the newest checkpoint of the run in `path`."""
+    """(step, state, meta) of the newest checkpoint of the run in `path`, its arrays checked
+    against the digests saved with them (`Checkpointer.read_latest`); nothing is written there."""
     path = pathlib.Path(path)
-    manager = ocp.CheckpointManager(path.resolve() / "checkpoints", item_names=("state", "meta"))
+    if not (path / "checkpoints").is_dir():
+        raise RunReadError(f"{path}: no checkpoint under {path / 'checkpoints'}")
+    checkpointer = ckpt_lib.Checkpointer(path / "checkpoints", read_only=True)
     try:  # closed on every path: a manager holds threads and file handles
-        step = manager.latest_step()
-        if step is None:
-            raise RunReadError(f"{path}: no checkpoint under {path / 'checkpoints'}")
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                     meta=ocp.args.JsonRestore()))
-        except Exception as err:  # orbax raises many types for unreadable files
-            raise RunReadError(f"checkpoint {path / 'checkpoints' / str(step)} cannot be read: {err}") from err
+        step, state, meta = checkpointer.read_latest()
+    except ckpt_lib.CheckpointError as err:
+        raise RunReadError(str(err)) from err
     finally:
-        manager.close()
-    return int(step), restored["state"], restored["meta"] or {}
+        checkpointer.close()
+    return step, state, meta
 
 
 class SavedRun(NamedTuple):

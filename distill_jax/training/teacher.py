@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import pathlib
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from distill_jax.errors import UserError
+from distill_jax.formats.distilled import file_sha256
+from distill_jax.training import checkpoint as ckpt_lib
 from distill_jax.training import runs
 
 
@@ -55,24 +58,39 @@ def check_finished(path: pathlib.Path, record: dict) -> None:
         f"{path / 'config.json'}), or set train.kd.allow_unfinished_teacher=True to use it as it is")
 
 
-def load_teacher(path: str | pathlib.Path, *, allow_unfinished: bool = False):
-    """Returns (module, variables) of the teacher in inference form; a run of this project must
-    have finished unless `allow_unfinished`."""
+class Teacher(NamedTuple):
+    module: Any
+    variables: dict  # one network's params (and batch_stats), no seed axis
+    record: dict  # what a student records of it (`rundir.run_inputs`): {"step", "sha256"} of a run, {"sha256"} of a .pth
+
+
+def load(path: str | pathlib.Path, *, allow_unfinished: bool = False) -> Teacher:
+    """The teacher in inference form and its record; a run of this project must have finished
+    unless `allow_unfinished`, and its checkpoint must pass its digests."""
     path = pathlib.Path(path)
     if runs.is_reference_file(path) and path.is_file():
         module, variables, _ = runs.load_reference(path)
-        return module, variables
+        return Teacher(module, variables, {"sha256": file_sha256(path)})
     if not (path / runs.MODEL_FILE).is_file():
         raise TeacherError(f"teacher {path}: no {runs.MODEL_FILE} (not a run of this project, nor a .pth file); "
                            + HOW_TO_TRAIN)
     try:
         saved = runs.load_run(path)
     except runs.RunReadError as err:
-        raise TeacherError(f"teacher {path}: {err}; " + HOW_TO_TRAIN) from err
+        damaged = isinstance(err.__cause__, ckpt_lib.CheckpointError)
+        raise TeacherError(f"teacher {path}: {err}" + ("" if damaged else "; " + HOW_TO_TRAIN)) from err
     if not allow_unfinished:
         check_finished(path, saved.meta)
     first_seed = lambda x: np.asarray(x)[0]  # noqa: E731
     variables = {"params": jax.tree.map(first_seed, saved.variables["params"])}
     if saved.variables.get("batch_stats"):
         variables["batch_stats"] = jax.tree.map(first_seed, saved.variables["batch_stats"])
-    return saved.module, variables
+    digests = saved.meta.get("digests") or ckpt_lib.array_digests(
+        jax.device_get({"params": saved.variables["params"], "batch_stats": saved.variables["batch_stats"]}))
+    return Teacher(saved.module, variables, {"step": int(saved.step), "sha256": ckpt_lib.weights_digest(digests)})
+
+
+def load_teacher(path: str | pathlib.Path, *, allow_unfinished: bool = False):
+    """Returns (module, variables) of the teacher in inference form (`load`)."""
+    teacher = load(path, allow_unfinished=allow_unfinished)
+    return teacher.module, teacher.variables
