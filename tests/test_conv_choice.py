@@ -1,5 +1,7 @@
 """The convolutions' implementation is a network option (`model.conv`), resolved once when the
 network is built and passed down to every convolution; $DISTILL_JAX_CONV only overrides 'auto'."""
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ from distill_jax import models
 from distill_jax.config import ConfigError, default_config, validate
 from distill_jax.models import layers, onednn_conv
 from distill_jax.training import loop
+from helpers import synthetic_data, tiny_run_config
 
 ONEDNN = onednn_conv.unavailable_reason() is None
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason=f"oneDNN convolutions unavailable (launch/setup.sh installs g++ "
@@ -111,6 +114,16 @@ def test_the_config_field_reaches_the_training_network_and_stays_as_given():
     config.model.conv = "auto"
     assert models.options_from_config(config.model)["conv"] == "auto"  # what config.json and model.json keep
     assert loop.build_model(config, 10).conv == models.resolve_conv("auto")
+
+
+def test_a_run_records_the_choice_as_given_and_the_implementation_it_resolved_to(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_JAX_CONV", "xla")
+    config = tiny_run_config(**{"num_seeds": 1, "train.epochs": 1})
+    results = loop.train_and_evaluate(config, tmp_path, data=synthetic_data())
+    assert results["conv"] == "xla"
+    assert json.loads((tmp_path / "results.json").read_text())["conv"] == "xla"
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["conv"] == "auto"
+    assert json.loads((tmp_path / "model.json").read_text())["options"]["conv"] == "auto"
 
 
 def test_a_network_gives_the_same_values_and_gradients_with_every_implementation():

@@ -281,6 +281,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data, defaults) -> dict:
         "final_accuracy": metrics_lib.summarize(final) if finished else None,
         "software": {"jax": jax.__version__, "python": platform.python_version()},
         "devices": [str(d) for d in mesh.devices.flat],
+        "conv": model.conv,  # the convolution implementation config.model.conv resolved to (models.resolve_conv)
     }
     rundir.write_json(workdir / RESULTS_FILE, results)
     fa = results["final_accuracy"]
