@@ -13,18 +13,17 @@ import pathlib
 
 import ml_collections
 
-from distill_jax import models, run
+from distill_jax import errors, models
 from distill_jax.data import augment, pipeline, preprocess
-from distill_jax.defaults import default_config
+from distill_jax.defaults import MODES, default_config
 from distill_jax.distillation import common as distill_common
 from distill_jax.distillation import frepo
-from distill_jax.errors import UserError
 from distill_jax.optim import OPTIMIZER_NAMES, schedules
 
 
 # Enumerated fields: dotted name -> allowed values, each taken from the module that owns the rule.
 CHOICES = {
-    "mode": tuple(run.MODES),
+    "mode": MODES,
     "data.source": pipeline.SOURCES,
     "data.preprocessing": ("auto",) + preprocess.RECIPES,
     "transfer.preprocessing": ("auto",) + preprocess.RECIPES,
@@ -88,33 +87,29 @@ RANGES = {
 }
 
 
-class ConfigError(UserError, ValueError):
-    """A config field is unknown or holds a value outside its allowed set."""
-
-
 def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     """Imports a config file and returns its `get_config()`, or `get_config(arg)` for "file.py:arg"
     (the same convention as ml_collections' `--config file.py:arg`). A file without a callable
-    `get_config`, or whose `get_config` returns anything but a ConfigDict, is a ConfigError."""
+    `get_config`, or whose `get_config` returns anything but a ConfigDict, is an `errors.ConfigError`."""
     arg = None
     if not pathlib.Path(path).is_file() and ":" in str(path):
         path, arg = str(path).split(":", 1)
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise errors.ConfigError(f"config file {path} does not exist")
     spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # noqa: BLE001 - a config file's own error, reported with its name
-        raise ConfigError(f"config file {path} cannot be loaded: {type(err).__name__}: {err}") from err
+        raise errors.ConfigError(f"config file {path} cannot be loaded: {type(err).__name__}: {err}") from err
     if not callable(getattr(module, "get_config", None)):
-        raise ConfigError(f"config file {path} defines no get_config() function; expected one that returns the "
-                          "config (a ConfigDict, e.g. distill_jax.config.default_config() with fields changed)")
+        raise errors.ConfigError(f"config file {path} defines no get_config() function; expected one that returns the "
+                                 "config (a ConfigDict, e.g. distill_jax.config.default_config() with fields changed)")
     config = module.get_config() if arg is None else module.get_config(arg)
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"config file {path}: get_config() returned {_short(config)} ({type(config).__name__}); "
-                          "expected a ConfigDict (is its return statement missing?)")
+        raise errors.ConfigError(f"config file {path}: get_config() returned {_short(config)} ({type(config).__name__}); "
+                                 "expected a ConfigDict (is its return statement missing?)")
     return config
 
 
@@ -142,18 +137,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         if name not in schema:
             parent = name.rsplit(".", 1)[0] + "." if "." in name else ""
             siblings = sorted(n[len(parent):] for n in schema if n.startswith(parent) and "." not in n[len(parent):])
-            raise ConfigError(f"unknown config field '{name}'; fields allowed here: {', '.join(siblings)}")
+            raise errors.ConfigError(f"unknown config field '{name}'; fields allowed here: {', '.join(siblings)}")
     for name, allowed in CHOICES.items():
         if name in fields and fields[name] not in allowed:
-            raise ConfigError(f"config field '{name}' = {fields[name]!r}; allowed values: {allowed}")
+            raise errors.ConfigError(f"config field '{name}' = {fields[name]!r}; allowed values: {allowed}")
     for name, (low, high) in RANGES.items():
         value = fields.get(name)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config field '{name}' = {value!r}; expected a number")
+            raise errors.ConfigError(f"config field '{name}' = {value!r}; expected a number")
         if (low is not None and value < low) or (high is not None and value > high):
-            raise ConfigError(f"config field '{name}' = {value!r}; allowed range: [{low}, {high if high is not None else 'inf'}]")
+            raise errors.ConfigError(f"config field '{name}' = {value!r}; allowed range: [{low}, {high if high is not None else 'inf'}]")
     _validate_model(config)
     _validate_combinations(config)
     _validate_schedules(config)
@@ -162,12 +157,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _validate_model(config):
     if config.model.name not in models.MODEL_NAMES:
-        raise ConfigError(f"config field 'model.name' = {config.model.name!r}; allowed values: {models.MODEL_NAMES}")
+        raise errors.ConfigError(f"config field 'model.name' = {config.model.name!r}; allowed values: {models.MODEL_NAMES}")
     for option, value in models.options_from_config(config.model).items():
         try:
             models.check_options(config.model.name, {option: value})
         except ValueError as err:
-            raise ConfigError(f"config field 'model.{option}' = {value!r}: {err}") from None
+            raise errors.ConfigError(f"config field 'model.{option}' = {value!r}: {err}") from None
 
 
 def _validate_schedules(config):
@@ -177,38 +172,38 @@ def _validate_schedules(config):
     if t.keep_rate.enabled:
         kr = t.keep_rate
         if kr.step <= 0:
-            raise ConfigError(f"config field 'train.keep_rate.step' = {kr.step!r}; the keep rate must drop by a "
-                              "step > 0 each period (disable train.keep_rate for a constant rate)")
+            raise errors.ConfigError(f"config field 'train.keep_rate.step' = {kr.step!r}; the keep rate must drop by a "
+                                     "step > 0 each period (disable train.keep_rate for a constant rate)")
         try:
             starts = schedules.keep_rate_phase_starts(t.epochs, period_epochs=kr.period_epochs, keep_step=kr.step,
                                                       min_keep=kr.min, final_keep=kr.final)
         except ValueError as err:
-            raise ConfigError(f"config fields 'train.keep_rate.*' and 'train.epochs': {err}") from None
+            raise errors.ConfigError(f"config fields 'train.keep_rate.*' and 'train.epochs': {err}") from None
         if starts[-1] >= t.epochs:
-            raise ConfigError(
+            raise errors.ConfigError(
                 f"config fields 'train.keep_rate.*': the schedule's phases start at epochs {starts}, but "
                 f"train.epochs = {t.epochs} ends before the last (final-rate) phase; give at least "
                 f"{starts[-1] + 1} epochs or a shorter train.keep_rate.period_epochs")
     if t.lr_schedule == "periodic" and t.warmup_epochs > t.cycle_epochs:
-        raise ConfigError(f"config field 'train.warmup_epochs' = {t.warmup_epochs} exceeds 'train.cycle_epochs' = "
-                          f"{t.cycle_epochs}: the warm-up must fit in one cycle")
+        raise errors.ConfigError(f"config field 'train.warmup_epochs' = {t.warmup_epochs} exceeds 'train.cycle_epochs' = "
+                                 f"{t.cycle_epochs}: the warm-up must fit in one cycle")
 
 
 def _validate_combinations(config):
     if config.data.source == "distilled" and not config.data.distilled_path:
-        raise ConfigError("config field 'data.distilled_path' is empty but data.source = 'distilled'; give the set's path")
+        raise errors.ConfigError("config field 'data.distilled_path' is empty but data.source = 'distilled'; give the set's path")
     if config.data.get("preprocessing_path") and not pathlib.Path(config.data.preprocessing_path).is_file():
-        raise ConfigError(f"config field 'data.preprocessing_path' = {config.data.preprocessing_path!r}: no such file "
-                          "(a fitted transform saved by distill_jax.data.preprocess; \"\" fits one on the training split)")
+        raise errors.ConfigError(f"config field 'data.preprocessing_path' = {config.data.preprocessing_path!r}: no such file "
+                                 "(a fitted transform saved by distill_jax.data.preprocess; \"\" fits one on the training split)")
     if config.train.keep_rate.enabled and not config.model.get("droppath"):
-        raise ConfigError("config field 'train.keep_rate.enabled' is True but 'model.droppath' is not: "
-                          "the keep-rate schedule needs a network with DropPath blocks")
+        raise errors.ConfigError("config field 'train.keep_rate.enabled' is True but 'model.droppath' is not: "
+                                 "the keep-rate schedule needs a network with DropPath blocks")
     if config.train.kd.enabled and not config.train.kd.teacher_path:
-        raise ConfigError("config field 'train.kd.teacher_path' is empty but train.kd.enabled = True; "
-                          "train a teacher first (mode 'train' with the teacher's config) and give its workdir")
+        raise errors.ConfigError("config field 'train.kd.teacher_path' is empty but train.kd.enabled = True; "
+                                 "train a teacher first (mode 'train' with the teacher's config) and give its workdir")
     ops = [o for o in config.train.augment.ops.split(",") if o]
     for op in ops:
         if op not in augment.DSA_OPS:
-            raise ConfigError(f"config field 'train.augment.ops' names '{op}'; allowed ops: {augment.DSA_OPS}")
+            raise errors.ConfigError(f"config field 'train.augment.ops' names '{op}'; allowed ops: {augment.DSA_OPS}")
     if config.train.augment.k > len(ops):
-        raise ConfigError(f"config field 'train.augment.k' = {config.train.augment.k} exceeds the {len(ops)} ops listed in 'train.augment.ops'")
+        raise errors.ConfigError(f"config field 'train.augment.k' = {config.train.augment.k} exceeds the {len(ops)} ops listed in 'train.augment.ops'")

@@ -4,8 +4,15 @@ Config files (`configs/*.py`, or any file of a user's own) start from `default_c
 override fields; `distill_jax.config.validate` rejects fields that are not defined here.
 The defaults train a ConvNet on a 10-images-per-class subset of Fashion-MNIST (Debian's
 `dataset-fashion-mnist`), which runs offline in a few minutes on a CPU.
+
+Like the config, this module sits low in the package (it imports nothing of it): the training
+loop and the distillation runner read the defaults here, while `distill_jax.config` (which
+imports every mode's modules to check allowed values) runs at the launch.
 """
 import ml_collections
+
+# What `mode` may name: what a launch does (`distill_jax.run` dispatches each to its module).
+MODES = ("train", "teacher", "student", "distill", "evaluate", "reproduce", "transfer")
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -2,8 +2,8 @@
 bugs. The launcher and the `distill-jax` command print these as one line and exit with code 2
 (the traceback only with --verbose); anything else is a bug and keeps its traceback.
 
-Each module raises its own subclass (ConfigError, DistilledFormatError, ...) so tests and
-callers can tell them apart; they all derive from `UserError`.
+Each kind of mistake has its own subclass (`ConfigError` here, for configs; a reader's own, such as
+`DistilledFormatError`) so tests and callers can tell them apart; they all derive from `UserError`.
 """
 import errno
 import operator
@@ -12,6 +12,11 @@ import os
 
 class UserError(Exception):
     """Something the user can fix: the message names the file or field and what was expected."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config cannot be run as given: a config file that gives no config, an unknown field, or a
+    value outside its allowed set (raised by `distill_jax.config` and by each mode's own checks)."""
 
 
 class InputFileError(UserError, ValueError):

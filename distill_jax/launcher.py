@@ -17,7 +17,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from distill_jax import errors, paths
-from distill_jax.config import ConfigError, load_config_file, validate
+from distill_jax.config import load_config_file, validate
+from distill_jax.errors import ConfigError
 from distill_jax.run import run
 from distill_jax.training.rundir import check_workdir, is_writer
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+# Mode -> its function. The names are the schema's (`distill_jax.defaults.MODES`, what the config
+# allows; tests/test_run.py checks that both name the same modes).
 MODES = {
     "train": "distill_jax.training.loop:train_and_evaluate",      # any network on real or distilled data
     "teacher": "distill_jax.training.loop:train_and_evaluate",    # the training network (ConvNet) of a distilled set

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from distill_jax import config as config_lib
+from distill_jax.errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -26,21 +27,21 @@ def test_unknown_field_is_named_with_allowed_siblings():
     config = config_lib.default_config()
     config.unlock()
     config.train.learnig_rate = 0.1
-    with pytest.raises(config_lib.ConfigError, match=r"train\.learnig_rate.*learning_rate"):
+    with pytest.raises(ConfigError, match=r"train\.learnig_rate.*learning_rate"):
         config_lib.validate(config)
 
 
 def test_bad_choice_names_field_and_allowed_values():
     config = config_lib.default_config()
     config.train.optimizer = "adagrad"
-    with pytest.raises(config_lib.ConfigError, match=r"train\.optimizer.*'adagrad'.*lion"):
+    with pytest.raises(ConfigError, match=r"train\.optimizer.*'adagrad'.*lion"):
         config_lib.validate(config)
 
 
 def test_out_of_range_value():
     config = config_lib.default_config()
     config.train.kd.alpha = 1.5
-    with pytest.raises(config_lib.ConfigError, match=r"train\.kd\.alpha.*\[0\.0, 1\.0\]"):
+    with pytest.raises(ConfigError, match=r"train\.kd\.alpha.*\[0\.0, 1\.0\]"):
         config_lib.validate(config)
 
 
@@ -48,40 +49,40 @@ def test_option_the_network_does_not_take():
     config = config_lib.default_config()
     config.model.name = "convnet"
     config.model.improved_shortcut = True
-    with pytest.raises(config_lib.ConfigError, match=r"model\.improved_shortcut.*convnet"):
+    with pytest.raises(ConfigError, match=r"model\.improved_shortcut.*convnet"):
         config_lib.validate(config)
 
 
 def test_unknown_network_name():
     config = config_lib.default_config()
     config.model.name = "resnet19"
-    with pytest.raises(config_lib.ConfigError, match=r"model\.name.*resnet18"):
+    with pytest.raises(ConfigError, match=r"model\.name.*resnet18"):
         config_lib.validate(config)
 
 
 def test_keep_rate_schedule_needs_droppath_network():
     config = config_lib.default_config()
     config.train.keep_rate.enabled = True
-    with pytest.raises(config_lib.ConfigError, match=r"model\.droppath"):
+    with pytest.raises(ConfigError, match=r"model\.droppath"):
         config_lib.validate(config)
 
 
 def test_kd_without_teacher_says_how_to_train_one():
     config = config_lib.default_config()
     config.train.kd.enabled = True
-    with pytest.raises(config_lib.ConfigError, match=r"teacher_path.*train a teacher"):
+    with pytest.raises(ConfigError, match=r"teacher_path.*train a teacher"):
         config_lib.validate(config)
 
 
 def test_unknown_augment_op():
     config = config_lib.default_config()
     config.train.augment.ops = "flip,jitter"
-    with pytest.raises(config_lib.ConfigError, match=r"jitter.*allowed ops"):
+    with pytest.raises(ConfigError, match=r"jitter.*allowed ops"):
         config_lib.validate(config)
 
 
 def test_missing_config_file():
-    with pytest.raises(config_lib.ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         config_lib.load_config_file("/nonexistent/config.py")
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from distill_jax import config as config_lib
 from distill_jax import models
-from distill_jax.config import ConfigError, default_config, validate
+from distill_jax.config import default_config, validate
+from distill_jax.errors import ConfigError
 from distill_jax.models import layers, onednn_conv
 from distill_jax.training import loop
 from helpers import synthetic_data, tiny_run_config

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from distill_jax import config as config_lib
+from distill_jax.errors import ConfigError
 from distill_jax import models
 from distill_jax.formats import distilled as distilled_lib
 from distill_jax.data import preprocess
@@ -314,12 +315,12 @@ def test_produced_set_loads_and_trains_in_the_training_loop(runs, tmp_path):
 
 
 def test_unknown_method_is_rejected_by_validation():
-    with pytest.raises(config_lib.ConfigError, match=r"distill\.method.*'kip'.*'dm', 'frepo'"):
+    with pytest.raises(ConfigError, match=r"distill\.method.*'kip'.*'dm', 'frepo'"):
         config_lib.validate(_config("kip"))
 
 
 def test_unknown_augment_op_names_the_field(tmp_path):
-    with pytest.raises(config_lib.ConfigError, match=r"distill\.augment_ops.*'zoom'"):
+    with pytest.raises(ConfigError, match=r"distill\.augment_ops.*'zoom'"):
         runner.run_distillation(_config(**{"distill.augment_ops": "flip,zoom"}), tmp_path, real=_real("standardize"))
 
 

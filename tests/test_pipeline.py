@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from distill_jax import config as config_lib
+from distill_jax.errors import ConfigError
 from distill_jax.data import pipeline, preprocess
 from distill_jax.formats import distilled
 
@@ -162,7 +163,7 @@ def test_saved_transform_without_provenance_is_used_with_a_warning(npz_dataset, 
 def test_config_refuses_a_missing_saved_transform(tmp_path):
     c = config_lib.default_config()
     c.data.preprocessing_path = str(tmp_path / "gone.npz")
-    with pytest.raises(config_lib.ConfigError, match=r"data.preprocessing_path.*gone\.npz.*no such file"):
+    with pytest.raises(ConfigError, match=r"data.preprocessing_path.*gone\.npz.*no such file"):
         config_lib.validate(c)
     c.data.preprocessing_path = ""
     config_lib.validate(c)

@@ -24,8 +24,9 @@ import jax
 import numpy as np
 from PIL import Image
 
-from distill_jax import config as config_lib
 from distill_jax import models
+from distill_jax.defaults import default_config
+from distill_jax.errors import ConfigError
 from distill_jax.data import augment
 from distill_jax.data import grid as image_grid
 from distill_jax.formats.distilled import DistilledSet, save_distilled
@@ -49,12 +50,12 @@ def _augment_ops(config) -> tuple[str, ...]:
     ops = tuple(o for o in config.distill.augment_ops.split(",") if o)
     for op in ops:
         if op not in augment.DSA_OPS:
-            raise config_lib.ConfigError(f"config field 'distill.augment_ops' names '{op}'; allowed ops: {augment.DSA_OPS}")
+            raise ConfigError(f"config field 'distill.augment_ops' names '{op}'; allowed ops: {augment.DSA_OPS}")
     if len(set(ops)) != len(ops):
-        raise config_lib.ConfigError(f"config field 'distill.augment_ops' = {config.distill.augment_ops!r} repeats an op")
+        raise ConfigError(f"config field 'distill.augment_ops' = {config.distill.augment_ops!r} repeats an op")
     if config.distill.augment_k > len(ops):
-        raise config_lib.ConfigError(f"config field 'distill.augment_k' = {config.distill.augment_k} exceeds the "
-                                     f"{len(ops)} ops listed in 'distill.augment_ops'")
+        raise ConfigError(f"config field 'distill.augment_k' = {config.distill.augment_k} exceeds the "
+                          f"{len(ops)} ops listed in 'distill.augment_ops'")
     return ops
 
 
@@ -117,15 +118,12 @@ def run_distillation(config, workdir: str | pathlib.Path, *, real: Optional[comm
 
     `real` replaces loading the training split (tests pass tiny in-memory data); it must
     already be in the method's pixel space. Rerunning with the same workdir resumes from
-    the newest checkpoint; `distill.stop_after_steps` ends a time slot early.
+    the newest checkpoint; `distill.stop_after_steps` ends a time slot early. `config` must be
+    valid (`distill_jax.config.validate`, which the launcher and the experiments run).
     """
-    config_lib.validate(config)
-    d = config.distill
-    if d.method not in METHODS:
-        raise config_lib.ConfigError(f"config field 'distill.method' = {d.method!r}; allowed values: {METHODS}")
     config = rundir.with_absolute_paths(config)
     workdir = pathlib.Path(workdir)
-    defaults = config_lib.default_config()
+    defaults = default_config()
     rundir.check_identity(workdir, config, defaults)  # a finished run may be extended by raising distill.steps
     with rundir.WorkdirLock(workdir):
         done = _finished_results(workdir, config, defaults)
@@ -168,7 +166,7 @@ def _distill(config, workdir: pathlib.Path, real, defaults) -> dict:
     try:
         models.build_model(model_name, 1, **options)
     except ValueError as err:
-        raise config_lib.ConfigError(f"config fields 'distill.model/width/depth/norm': {err}") from None
+        raise ConfigError(f"config fields 'distill.model/width/depth/norm': {err}") from None
     if real is None:
         real = common.load_real_data(config.data.dataset, config.data.data_dir, recipe)
     elif real.preprocessing.recipe != recipe:

@@ -154,8 +154,8 @@ def describe_distill_record(record: dict) -> str:
 
 
 def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: bool) -> dict:
-    """Runs one cell (all its seeds) and returns its record (also written to record.json)."""
-    config_lib.validate(cell.config)
+    """Runs one cell (all its seeds) and returns its record (also written to record.json). The
+    cell's config must be valid (`run_cells` validates every cell before the first runs)."""
     if cell.role == "distill":
         return _distill(cell, cell_dir)
     if cell.role in ("import", "score"):  # a .pth is imported as a run here; a run elsewhere is scored where it is
@@ -289,6 +289,8 @@ def run_cells(cells: list, workdir: pathlib.Path, r, experiment: str, data_cache
     """Runs `cells` in order (teachers first) in `workdir/<cell>`, skipping finished runs, and
     returns their records; `r` is the config's `reproduce` section (seeds split, fresh cells)."""
     data_cache = {} if data_cache is None else data_cache
+    for cell in cells:  # the cells' configs are built here, not launched: checked before any cell runs
+        config_lib.validate(cell.config)
     cells = _place_cells(cells, workdir, bool(r.split_seeds), bool(r.fresh_on_change))
     logging.info("%s: %d cells in %s: %s", experiment, len(cells), workdir, "; ".join(
         f"{c.name} ({c.label}, " + (f"{c.config.distill.steps} steps)" if c.role == "distill" else

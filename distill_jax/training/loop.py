@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax import config as config_lib
 from distill_jax import models
+from distill_jax.defaults import default_config
 from distill_jax.data import augment
 from distill_jax.data import grid as image_grid
 from distill_jax.data import pipeline
@@ -109,11 +109,13 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
     the same workdir stops this one (`rundir`). A finished run is not trained again: its
     results.json stands, and a rerun changes nothing. A run whose loss or parameters become
     non-finite stops at the next log step with `diverged` in results.json.
+
+    `config` must be valid (`distill_jax.config.validate`): the launcher and the experiments
+    validate the configs they run; this loop does not check them again.
     """
-    config_lib.validate(config)
     config = rundir.with_absolute_paths(config)
     workdir = pathlib.Path(workdir)
-    defaults = config_lib.default_config()
+    defaults = default_config()
     rundir.check_identity(workdir, config, defaults)
     with rundir.WorkdirLock(workdir):
         return _train_and_evaluate(config, workdir, data, defaults)
