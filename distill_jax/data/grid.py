@@ -7,13 +7,13 @@ and go through the inverse of its preprocessing (ZCA included) before display.
 from __future__ import annotations
 
 import math
-import os
 import pathlib
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from distill_jax import atomic
 
 LABEL_WIDTH = 84  # pixels of the caption column when class names are drawn
 
@@ -60,19 +60,10 @@ def image_grid(pixels: np.ndarray, classes: np.ndarray, num_classes: int, *, max
 
 
 def save_png(path, image: np.ndarray) -> pathlib.Path:
-    """Writes a uint8 image as PNG through a temporary name and a rename (mode 0644)."""
+    """Writes a uint8 image as PNG, whole (`atomic.write_with`)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(image).save(handle, format="PNG")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic.write_with(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
 
 
 def save_set_grid(path, images: np.ndarray, labels: np.ndarray, preprocessing, num_classes: int, *,

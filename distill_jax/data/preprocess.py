@@ -32,12 +32,12 @@ import functools
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
 import numpy as np
 
+from distill_jax import atomic
 from distill_jax.errors import UserError
 
 RECIPES = ("none", "standardize", "zca_mtt", "zca_frepo", "zca_kip")
@@ -270,18 +270,10 @@ class Preprocessing:
         return cls.from_dict({"meta": meta, "arrays": arrays}, where=where)
 
     def save(self, path: str | os.PathLike) -> pathlib.Path:
-        """Writes an .npz (to a temporary file first, then renamed, so a crash leaves no half file)."""
+        """Writes an .npz, whole (`atomic.write_with`: a crash leaves no half file)."""
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self.to_npz_entries(prefix=""))
-            os.replace(tmp, path)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic.write_with(path, lambda f: np.savez(f, **self.to_npz_entries(prefix="")))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Preprocessing":

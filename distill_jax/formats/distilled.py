@@ -49,11 +49,11 @@ import json
 import math
 import os
 import re
-import tempfile
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from distill_jax import atomic
 from distill_jax.formats.torch_pickle import (
     MALFORMED_ERRORS,
     TorchFileError,
@@ -770,7 +770,7 @@ def read_rfad_npz(path, *, preprocessing: str | None = None, num_classes: int | 
 
 
 def save_distilled(dset: DistilledSet, path: str | os.PathLike) -> str:
-    """Write ``dset`` as one npz (images, labels, JSON metadata); atomic via rename.
+    """Write ``dset`` as one npz (images, labels, JSON metadata), whole (``atomic.write_with``).
 
     Returns the path written. The metadata keeps the set's provenance, so a set read
     back records where it first came from (``provenance['derived_from']``).
@@ -789,16 +789,8 @@ def save_distilled(dset: DistilledSet, path: str | os.PathLike) -> str:
         metadata_json = json.dumps(metadata, sort_keys=True)
     except (TypeError, ValueError) as err:
         raise DistilledFormatError(f"{path}: field 'provenance' is not JSON-serialisable ({err})") from None
-    folder = os.path.dirname(os.path.abspath(path))
-    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", suffix=".npz", delete=False)
-    try:
-        with handle:
-            np.savez(handle, images=dset.images, labels=dset.labels, metadata=np.array(metadata_json))
-        os.replace(handle.name, path)
-    except BaseException:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
-        raise
+    atomic.write_with(path, lambda f: np.savez(f, images=dset.images, labels=dset.labels,
+                                              metadata=np.array(metadata_json)))
     return path
 
 

@@ -29,7 +29,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import jax
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from distill_jax import paths
+from distill_jax import atomic, paths
 from distill_jax.models import fast_conv
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "onednn_conv.cc"
@@ -105,17 +104,6 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def build(path: Path | None = None) -> Path:
     """Compiles the kernels to `path` (default library_path()) unless a copy that matches its
     digest is already there (one that does not is rebuilt, logged); returns the path."""
@@ -130,24 +118,22 @@ def build(path: Path | None = None) -> Path:
         raise OnednnUnavailable(
             f"{_WHERE}: C++ compiler {compiler!r} not found (set $CXX, or install g++ and libdnnl-dev: launch/setup.sh does)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
-               str(SOURCE), "-o", tmp, "-ldnnl"]
-    try:
+    digests = []
+
+    def compile_to(tmp: str) -> None:
+        command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
+                   str(SOURCE), "-o", tmp, "-ldnnl"]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise OnednnUnavailable(
                 f"{_WHERE}: compiling {SOURCE.name} failed (is oneDNN installed? Debian: apt-get install libdnnl-dev):\n"
                 f"{' '.join(command)}\n{result.stderr[-2000:]}")
-        digest = _sha256(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        digests.append(_sha256(Path(tmp)))
+
+    atomic.write_with_path(path, compile_to)
     # The library first, then its digest: a process that stops between the two leaves a library
     # without a digest, which the next one rebuilds.
-    _write_atomically(digest_path(path), (digest + "\n").encode())
+    atomic.write_text(digest_path(path), digests[0] + "\n")
     return path
 
 

@@ -5,12 +5,11 @@ name and renamed, like every other output.
 """
 from __future__ import annotations
 
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 
+from distill_jax import atomic
 from distill_jax.optim import schedules
 from distill_jax.training import rundir
 
@@ -29,12 +28,7 @@ def _save(fig, path) -> pathlib.Path:
     if not rundir.is_writer():  # one set of files per run, from process 0
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is meant to be shared
-    os.replace(tmp, path)
-    return path
+    return atomic.write_with_path(path, lambda tmp: fig.savefig(tmp, dpi=100))
 
 
 def schedule_curves(config, steps_per_epoch: int = 1, points: int = 2000):

@@ -21,6 +21,7 @@ from tensorboardX import summary as tb_summary
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2
 
+from distill_jax import atomic
 from distill_jax.training import rundir
 
 METRICS_FILE = "metrics.jsonl"
@@ -137,12 +138,12 @@ class MetricsWriter:
             self._file.write(json.dumps(record, allow_nan=False) + "\n")
             self._file.flush()
         except OSError as err:
-            raise rundir.named(err, self.path)
+            raise atomic.named(err, self.path)
         try:
             self._add_events(record)
             self._flush_events()
         except OSError as err:
-            raise rundir.named(err, self.workdir / TB_DIR)
+            raise atomic.named(err, self.workdir / TB_DIR)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """An HWC or HW (grayscale) uint8 image, e.g. the grid of a distilled set."""

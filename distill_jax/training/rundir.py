@@ -4,8 +4,8 @@ A workdir belongs to one config. Resuming it with another learning rate, augment
 schedule or teacher would silently mix two experiments in one set of checkpoints and
 results, so every field counts except the short list in `SAFE_TO_CHANGE`, and the check runs
 before anything is written. Only one run may use a workdir at a time (`WorkdirLock`).
-Files are written through a temporary name and a rename, readable by others (0644), and as
-strict JSON (NaN and infinities become null).
+Files are written whole (`distill_jax.atomic`: a temporary name and a rename, readable by others),
+JSON as strict JSON (NaN and infinities become null).
 
 A run of several processes (`jax.distributed`) has one writer, process 0 (`is_writer`): the
 others compute the same results, and their files would only repeat or race with its own.
@@ -21,13 +21,13 @@ import math
 import os
 import pathlib
 import socket
-import tempfile
 import time
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from distill_jax import atomic
 from distill_jax.errors import UserError
 
 # Fields a rerun may change without becoming another run: when to stop, how often to log,
@@ -259,32 +259,14 @@ def finite(obj):
 
 
 def write_text(path, text: str) -> None:
-    """Writes a file through a temporary name and a rename (never half-written), mode 0644;
-    on processes other than the writer (`is_writer`), nothing."""
-    if not is_writer():
-        return
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as err:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise named(err, path)
-
-
-def named(err: BaseException, path) -> BaseException:
-    """`err`, or for an OSError that names no file (a write to a full disk), the same error naming
-    `path`: the one line a user sees says which file could not be written."""
-    if isinstance(err, OSError) and not err.filename and err.errno is not None:
-        return type(err)(err.errno, err.strerror, str(path))
-    return err
+    """Writes a file whole (`atomic.write_text`: a temporary name and a rename, mode 0644 under the
+    usual umask); on processes other than the writer (`is_writer`), nothing."""
+    if is_writer():
+        atomic.write_text(path, text)
 
 
 def write_json(path, obj) -> None:
-    """Strict JSON (NaN -> null), written atomically with mode 0644 (by the writer process only)."""
+    """Strict JSON (NaN -> null), written whole (`write_text`, by the writer process only)."""
     write_text(path, json.dumps(finite(json.loads(json.dumps(obj, default=_json_default))), indent=1,
                                 allow_nan=False))
 
