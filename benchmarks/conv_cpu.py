@@ -3,7 +3,8 @@ then whole training steps of a small ConvNet-3 and a ResNet-18-like network.
 
 Why: on CPU, XLA's convolution *kernel* gradient is several times slower than the
 forward pass, and it dominates training time. This script compares alternatives
-(see distill_jax/models/fast_conv.py) on the layer shapes the project trains.
+(distill_jax/models/fast_conv.py, and the variants in benchmarks/conv_variants.py) on the
+layer shapes the project trains.
 
     python benchmarks/conv_cpu.py --out conv.json            # layers + end-to-end
     python benchmarks/conv_cpu.py --quick                    # small, a couple of minutes
@@ -53,6 +54,8 @@ import optax  # noqa: E402
 from jax import lax  # noqa: E402
 
 from distill_jax.models import fast_conv  # noqa: E402
+
+import conv_variants  # noqa: E402  (beside this script)
 
 # name: (H, C_in, C_out, kernel, stride); input (B, H, H, C_in), padding as the networks use it.
 LAYERS = {
@@ -105,13 +108,13 @@ def _chunked(chunk_bytes):
 VARIANTS = {
     "xla_nhwc": (fast_conv.xla_conv2d, "nhwc", jnp.float32),
     "xla_nchw": (nchw_conv, "nchw", jnp.float32),
-    "im2col": (fast_conv.im2col_conv2d, "nhwc", jnp.float32),
-    "vjp_patches": (fast_conv.make_conv2d(fast_conv.kernel_grad_by_patches), "nhwc", jnp.float32),
+    "im2col": (conv_variants.im2col_conv2d, "nhwc", jnp.float32),
+    "vjp_patches": (fast_conv.make_conv2d(conv_variants.kernel_grad_by_patches), "nhwc", jnp.float32),
     "vjp_taps": (_chunked(None), "nhwc", jnp.float32),
     "vjp_taps_256k": (_chunked(1 << 18), "nhwc", jnp.float32),
     "vjp_taps_1m": (_chunked(1 << 20), "nhwc", jnp.float32),
     "vjp_taps_4m": (_chunked(1 << 22), "nhwc", jnp.float32),
-    "fast_conv2d": (fast_conv.make_conv2d(), "nhwc", jnp.float32),  # the default used by fast_conv.Conv
+    "fast_conv2d": (fast_conv.make_conv2d(), "nhwc", jnp.float32),  # fast_conv.conv2d, the one conv_variants.Conv uses
     "xla_nhwc_bf16": (fast_conv.xla_conv2d, "nhwc", jnp.bfloat16),
     "vjp_taps_1m_bf16": (_chunked(1 << 20), "nhwc", jnp.bfloat16),
 }
@@ -183,7 +186,7 @@ class ResNet18Like(nn.Module):
         return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
 
 
-CONV_CLASSES = {"nn.Conv": nn.Conv, "fast_conv.Conv": fast_conv.Conv}
+CONV_CLASSES = {"nn.Conv": nn.Conv, "fast_conv.Conv": conv_variants.Conv}  # labels as in earlier records
 
 
 def make_train_step(model, learning_rate=0.01, donate=False):

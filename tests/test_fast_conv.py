@@ -1,6 +1,5 @@
-"""fast_conv: outputs and gradients equal XLA's convolution / nn.Conv, under jit and vmap."""
+"""fast_conv: outputs and gradients equal XLA's convolution, under jit and vmap."""
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 from jax import lax
 
 from distill_jax.models import fast_conv
-from distill_jax.models.fast_conv import Conv, conv2d, explicit_padding, kernel_grad_by_taps
+from distill_jax.models.fast_conv import conv2d, explicit_padding, kernel_grad_by_taps
 
 TOL = dict(rtol=1e-5, atol=2e-5)
 
@@ -107,16 +106,6 @@ def test_kernel_grad_chunking_equals_whole_batch(chunk_bytes):
     chex.assert_trees_all_close(got, kernel_vjp(grad_out)[0], **TOL)
 
 
-def test_comparison_variants_equal_lax():
-    """im2col and the patches kernel gradient are benchmarked, so they must be right too."""
-    x, kernel = random_pair((2, 7, 7, 3), (3, 3, 3, 4), seed=7)
-    pads = ((1, 1), (1, 1))
-    by_patches = fast_conv.make_conv2d(fast_conv.kernel_grad_by_patches)
-    want = jitted_output_and_grads(lax_conv, x, kernel, (2, 2), pads)
-    chex.assert_trees_all_close(jitted_output_and_grads(fast_conv.im2col_conv2d, x, kernel, (2, 2), pads), want, **TOL)
-    chex.assert_trees_all_close(jitted_output_and_grads(by_patches, x, kernel, (2, 2), pads), want, **TOL)
-
-
 @pytest.mark.parametrize("in_axes", [(0, 0), (None, 0), (0, None)])
 def test_vmap_over_seeds_matches_lax(in_axes):
     """Kernels batched over seeds (with and without per-seed inputs), and inputs batched alone."""
@@ -139,55 +128,6 @@ def test_grad_of_vmapped_loss_and_nested_vmap():
         return jax.jit(jax.grad(lambda x_, k_: jax.vmap(jax.vmap(loss))(x_, k_).sum(), argnums=(0, 1)))(x, kernel)
 
     chex.assert_trees_all_close(total(conv2d), total(lax_conv), **TOL)
-
-
-MODULE_CASES = [
-    dict(features=4, kernel_size=(3, 3)),
-    dict(features=4, kernel_size=(3, 3), strides=2, use_bias=False),
-    dict(features=4, kernel_size=(1, 1), strides=(2, 2), padding="VALID"),
-    dict(features=4, kernel_size=(5, 5), padding=2),
-    dict(features=4, kernel_size=(3, 3), padding="CIRCULAR"),
-    dict(features=4, kernel_size=(3, 3), padding="REFLECT", bias_init=nn.initializers.normal(1.0)),
-]
-
-
-@pytest.mark.parametrize("kwargs", MODULE_CASES)
-def test_module_is_drop_in_for_nn_conv(kwargs):
-    x = normal((2, 8, 8, 3), 10)
-    ours, theirs = Conv(**kwargs), nn.Conv(**kwargs)
-    params = theirs.init(jax.random.PRNGKey(11), x)
-    chex.assert_trees_all_equal_shapes_and_dtypes(ours.init(jax.random.PRNGKey(11), x), params)
-    chex.assert_trees_all_equal(ours.init(jax.random.PRNGKey(11), x), params)  # same initialisers, same draws
-
-    def value_and_grads(module):
-        loss = lambda p, x_: jnp.sum(jnp.sin(module.apply(p, x_)))  # noqa: E731
-        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
-
-    chex.assert_trees_all_close(value_and_grads(ours), value_and_grads(theirs), **TOL)
-
-
-def test_module_int_kernel_size_is_square_and_extra_batch_axes_are_kept():
-    x = normal((2, 3, 6, 6, 2), 12)
-    ours, theirs = Conv(5, kernel_size=3), nn.Conv(5, kernel_size=(3, 3))
-    params = ours.init(jax.random.PRNGKey(13), x)
-    assert params["params"]["kernel"].shape == (3, 3, 2, 5)
-    out = ours.apply(params, x)
-    chex.assert_shape(out, (2, 3, 6, 6, 5))
-    chex.assert_trees_all_close(out, theirs.apply(params, x), **TOL)
-    chex.assert_trees_all_close(ours.apply(params, x[0, 0]), theirs.apply(params, x[0, 0]), **TOL)
-
-
-def test_module_bfloat16_computation_keeps_float32_params():
-    x = normal((2, 6, 6, 3), 14)
-    module = Conv(4, (3, 3), dtype=jnp.bfloat16)
-    params = module.init(jax.random.PRNGKey(15), x)
-    assert params["params"]["kernel"].dtype == jnp.float32
-    out = module.apply(params, x)
-    assert out.dtype == jnp.bfloat16
-    reference = nn.Conv(4, (3, 3)).apply(params, x)
-    chex.assert_trees_all_close(out.astype(jnp.float32), reference, rtol=3e-2, atol=3e-2)
-    grads = jax.grad(lambda p: module.apply(p, x).astype(jnp.float32).sum())(params)
-    assert grads["params"]["kernel"].dtype == jnp.float32
 
 
 @pytest.mark.parametrize(
@@ -232,16 +172,6 @@ def test_channel_mismatch_raises():
     x, kernel = random_pair((1, 4, 4, 2), (3, 3, 3, 1))
     with pytest.raises(ValueError, match="input channels 2 do not match kernel input channels 3"):
         conv2d(x, kernel)
-
-
-def test_bad_kernel_size_raises():
-    with pytest.raises(ValueError, match="fast_conv.py: kernel_size must be"):
-        Conv(4, kernel_size=(3, 3, 3)).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 1)))
-
-
-def test_module_rejects_input_without_spatial_axes():
-    with pytest.raises(ValueError, match="fast_conv.py: Conv expects inputs"):
-        Conv(4, kernel_size=3).init(jax.random.PRNGKey(0), jnp.zeros((4, 1)))
 
 
 @pytest.mark.parametrize("unroll", [8, 1])

@@ -16,18 +16,18 @@ vmapped axis into the batch, or by a loop over seeds (see _vmap_friendly).
 Limits: 2-D only, no dilation or feature groups; first-order reverse mode only:
 jvp (as for any jax.custom_vjp) and grad-of-grad (the custom_vmap pieces of the
 backward pass cannot be transposed) fail, so meta-gradient code (distillation
-through training steps) must keep nn.Conv.
+through training steps) builds its networks with conv='xla'.
 
-`Conv` is a drop-in for `flax.linen.Conv` (2-D, NHWC): same parameter names and
-shapes ('kernel' HWIO, 'bias'), so checkpoints and imported weights are unchanged.
-benchmarks/conv_cpu.py times it against the other variants; benchmarks/README.md has the train step.
+The networks call `conv2d` through `layers.conv`, whose parameters ('kernel' HWIO, 'bias')
+are nn.Conv's, so checkpoints and imported weights do not depend on the implementation.
+benchmarks/conv_cpu.py times it against other variants (benchmarks/conv_variants.py);
+benchmarks/README.md has the train step.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Callable, Union
+from typing import Callable, Union
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -151,26 +151,6 @@ def kernel_grad_by_taps(
     return jnp.swapaxes(total, 1, 2).reshape(kernel_hw + (x.shape[-1], grad_out.shape[-1]))
 
 
-def kernel_grad_by_patches(
-    x: jax.Array, grad_out: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int], pads
-) -> jax.Array:
-    """dL/dkernel (HWIO) as dY^T @ patches with all kh*kw taps materialised (im2col); for comparison."""
-    x_padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    patches = jnp.concatenate(tap_slices(x_padded, kernel_hw, strides, grad_out.shape[1:3]), axis=-1)
-    grad = jnp.einsum("nhwf,nhwk->kf", grad_out, patches, preferred_element_type=jnp.float32)
-    return grad.reshape(kernel_hw + (x.shape[-1], grad_out.shape[-1]))
-
-
-def im2col_conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pads) -> jax.Array:
-    """Convolution as one matmul of the (N, Ho, Wo, kh*kw*C) patches with the flattened kernel; for comparison."""
-    kh, kw, channels, features = kernel.shape
-    x_padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    ho = (x_padded.shape[1] - kh) // strides[0] + 1
-    wo = (x_padded.shape[2] - kw) // strides[1] + 1
-    patches = jnp.concatenate(tap_slices(x_padded, (kh, kw), strides, (ho, wo)), axis=-1)
-    return jnp.einsum("nhwk,kf->nhwf", patches, kernel.reshape(kh * kw * channels, features))
-
-
 def _vmap_friendly(fn: Callable, foldable: tuple[bool, ...]) -> Callable:
     """fn(*arrays) whose vmap avoids XLA's grouped convolution.
 
@@ -284,46 +264,3 @@ def check_conv_args(x: jax.Array, kernel: jax.Array, strides, padding: PaddingLi
         raise ValueError(f"{_WHERE}: conv2d input channels {x.shape[-1]} do not match kernel input channels {kernel.shape[2]} (kernel shape {kernel.shape})")
     strides = _pair(strides, "strides")
     return strides, explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
-
-
-class Conv(nn.Module):
-    """Drop-in for flax.linen.Conv (2-D, NHWC) with a fast kernel gradient on CPU.
-
-    Parameters are 'kernel' (kh, kw, C, F) and 'bias' (F,), exactly as nn.Conv,
-    so checkpoints and weight imports are interchangeable. Leading batch axes
-    beyond one are flattened, and an unbatched (H, W, C) input is accepted, as in nn.Conv.
-    Padding: 'SAME', 'VALID', 'CIRCULAR', 'REFLECT', an int, or two ints/(low, high) pairs.
-    Unlike nn.Conv, an int kernel_size means a square kernel (nn.Conv would make it 1-D);
-    strides likewise.
-    """
-
-    features: int
-    kernel_size: int | Sequence[int]
-    strides: int | Sequence[int] = 1
-    padding: PaddingLike = "SAME"
-    use_bias: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Callable = nn.linear.default_kernel_init
-    bias_init: Callable = nn.initializers.zeros_init()
-
-    @nn.compact
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        kernel_hw = _pair(self.kernel_size, "kernel_size")
-        if inputs.ndim < 3:
-            raise ValueError(f"{_WHERE}: Conv expects inputs (..., H, W, C), got shape {inputs.shape}")
-        batch_shape = inputs.shape[:-3]
-        x = inputs.reshape((-1,) + inputs.shape[-3:])
-        padding = self.padding
-        if isinstance(padding, str) and padding.upper() in ("CIRCULAR", "REFLECT"):
-            # Same split as nn.Conv: (k - 1) // 2 before, k // 2 after.
-            mode = {"CIRCULAR": "wrap", "REFLECT": "reflect"}[padding.upper()]
-            x = jnp.pad(x, ((0, 0),) + tuple(((k - 1) // 2, k // 2) for k in kernel_hw) + ((0, 0),), mode=mode)
-            padding = "VALID"
-        kernel = self.param("kernel", self.kernel_init, kernel_hw + (x.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv2d(x, kernel, self.strides, padding)
-        if bias is not None:
-            y = y + bias
-        return y.reshape(batch_shape + y.shape[1:])
