@@ -91,10 +91,9 @@ def fresh_cell_dir(cell_dir: pathlib.Path, config) -> pathlib.Path:
 
 
 def _train(config, run_dir: pathlib.Path, data) -> dict:
-    done = _finished_results(run_dir, config)
-    if done is not None:
-        logging.info("reproduce: %s already finished, skipped", run_dir)
-        return done
+    """Trains the run, or returns its results when it already finished as this run: the loop decides,
+    since it compares the data and the KD teacher a finished run used (a teacher retrained in place
+    makes its students' results stale), not only the config."""
     return loop.train_and_evaluate(config, run_dir, data=data)
 
 
