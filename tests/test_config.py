@@ -6,7 +6,9 @@ import sys
 import pytest
 
 from distill_jax import config as config_lib
+from distill_jax import errors
 from distill_jax.errors import ConfigError
+from distill_jax.experiments import registry, reproduce
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -100,3 +102,28 @@ def test_command_line_bad_value_fails_with_message(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "train.lr_schedule" in out.stderr and "warmup_cosine" in out.stderr
+
+
+def test_config_error_has_one_home_in_errors():
+    """Validation raises `errors.ConfigError`; `distill_jax.config` keeps no second name for it."""
+    config = config_lib.default_config()
+    config.num_seeds = 0
+    with pytest.raises(ConfigError, match=r"num_seeds.*\[1, inf\]") as err:
+        config_lib.validate(config)
+    assert type(err.value) is errors.ConfigError and isinstance(err.value, errors.UserError)
+    assert not hasattr(config_lib, "ConfigError")
+
+
+def test_an_experiment_validates_every_cell_before_the_first_runs(tmp_path):
+    """The cells an experiment builds are checked before any cell runs: a bad last cell stops
+    the reproduction before the first cell loads data or writes its directory."""
+    first = config_lib.default_config()
+    first.data.dataset, first.data.data_dir = "npz", str(tmp_path / "no_data")  # would fail to load, not validate
+    last = config_lib.default_config()
+    last.train.optimizer = "adagrad"
+    cells = [registry.Cell("first", "first", first, "teacher"), registry.Cell("last", "last", last, "student")]
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with pytest.raises(ConfigError, match=r"train\.optimizer.*'adagrad'"):
+        reproduce.run_cells(cells, workdir, config_lib.default_config().reproduce, "test experiment")
+    assert list(workdir.iterdir()) == []
