@@ -5,9 +5,10 @@ override fields; `distill_jax.config.validate` rejects fields that are not defin
 The defaults train a ConvNet on a 10-images-per-class subset of Fashion-MNIST (Debian's
 `dataset-fashion-mnist`), which runs offline in a few minutes on a CPU.
 
-Like the config, this module sits low in the package (it imports nothing of it): the training
-loop and the distillation runner read the defaults here, while `distill_jax.config` (which
-imports every mode's modules to check allowed values) runs at the launch.
+This module sits low in the package and imports nothing of it: training and distillation read
+the defaults here and take a config that is already valid, while `distill_jax.config` (which
+imports every mode's modules to check the allowed values) validates where a config enters: at
+the launch, and for each cell an experiment builds.
 """
 import ml_collections
 
