@@ -3,8 +3,11 @@
 Configs are ml_collections `get_config()` files that start from `default_config()` (the
 schema, `distill_jax/defaults.py`), anywhere on disk.
 `validate` runs before any work: a misspelt field or a value outside its allowed set
-stops the run with a message naming the field and what is allowed, instead of being
-silently ignored hours later.
+stops the run with a message naming the field and what is allowed (`errors.ConfigError`),
+instead of being silently ignored hours later. It takes each allowed value from the module that
+owns it, every mode's included, so it sits above training and distillation (README, Layout):
+the launcher validates the config it launches and `experiments` each cell it builds; training
+and distillation take a valid config and read only `defaults`.
 """
 from __future__ import annotations
 
