@@ -70,7 +70,7 @@ def _cache(config, workdir, data):
     return {reproduce._data_key(c.config.data): data for c in cells}
 
 
-def test_reproduce_runs_every_cell_writes_records_table_and_plots_then_resumes(tmp_path, tiny_experiment, monkeypatch):
+def test_reproduce_runs_every_cell_writes_records_table_and_plots_then_resumes(tmp_path, tiny_experiment):
     data = _tiny_data()
     config = _reproduce_config(tiny_experiment)
     out = reproduce.run_reproduction(config, tmp_path, data_cache=_cache(config, tmp_path, data))
@@ -91,11 +91,13 @@ def test_reproduce_runs_every_cell_writes_records_table_and_plots_then_resumes(t
     assert (tmp_path / "accuracy_by_cell.png").read_bytes()[:8] == PNG_MAGIC
 
     # Resume: finished cells are not trained again; the table can add the labelled best column.
-    monkeypatch.setattr(loop, "train_and_evaluate", lambda *a, **k: pytest.fail("a finished cell was retrained"))
+    runs_before = {p: p.read_bytes() for name in ("teacher", "student") for p in sorted((tmp_path / name).rglob("*"))
+                   if p.is_file() and (p.name in ("results.json", "metrics.jsonl") or "checkpoints" in p.parts)}
     again = reproduce.run_reproduction(_reproduce_config(tiny_experiment, show_best=True), tmp_path,
                                        data_cache=_cache(config, tmp_path, data))
     assert tables.BEST_HEADER in again["table"]
     assert [c["final_accuracy"] for c in again["cells"]] == [c["final_accuracy"] for c in out["cells"]]
+    assert {p: p.read_bytes() for p in runs_before} == runs_before  # the runs themselves untouched
 
 
 def test_split_seeds_runs_one_program_per_seed_and_merges_them(tmp_path, tiny_experiment):
