@@ -20,7 +20,7 @@ from distill_jax import errors, paths
 from distill_jax.config import load_config_file, validate
 from distill_jax.errors import ConfigError
 from distill_jax.run import run
-from distill_jax.training.rundir import check_workdir, is_writer
+from distill_jax.training.rundir import CONFIG_FILE, RESULTS_FILE, check_workdir, is_writer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -103,8 +103,8 @@ def launch(get_config, workdir, *, verbose: bool = False, distributed: bool = Fa
             logging.info("config (mode %s, seed %d, %d seeds):\n%s", config.mode, config.seed, config.num_seeds,
                          config[config.mode] if config.mode == "transfer" else config.reproduce)
         else:
-            logging.info("mode %s, %s on %s; the whole config goes to %s/config.json (--verbose logs it)",
-                         config.mode, config.model.name, config.data.dataset, workdir)
+            logging.info("mode %s, %s on %s; the whole config goes to %s/%s (--verbose logs it)",
+                         config.mode, config.model.name, config.data.dataset, workdir, CONFIG_FILE)
         results = run(config, workdir)
     except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
         message = errors.user_error_message(err)
@@ -115,7 +115,7 @@ def launch(get_config, workdir, *, verbose: bool = False, distributed: bool = Fa
     if results.get("diverged"):
         d = results["diverged"]
         print(f"diverged at step {d['step']} (epoch {d['epoch']}), seed(s) {d['seeds']}: non-finite loss or "
-              f"parameters; no final accuracy (see {workdir}/results.json)", file=sys.stderr)
+              f"parameters; no final accuracy (see {workdir}/{RESULTS_FILE})", file=sys.stderr)
         return errors.DIVERGED_EXIT
     if not is_writer():
         return 0

@@ -6,7 +6,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from distill_jax import config as config_lib
-from distill_jax.training import loop, metrics
+from distill_jax.training import loop, metrics, rundir, runlife
 from helpers import synthetic_data, tiny_run_config
 
 
@@ -68,6 +68,31 @@ def test_progress_leaves_compilation_out_of_the_rate_and_gives_an_eta(monkeypatc
     assert metrics.format_duration(3725) == "1:02:05" and metrics.format_duration(None) == "?"
 
 
+def test_the_step_timer_times_the_first_step_apart_and_leaves_pauses_out(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(runlife.time, "perf_counter", lambda: now[0])
+    timer = runlife.StepTimer(total=6, done=0)
+    now[0] = 10.0
+    assert timer.step(1, None) is True and timer.compile_seconds == 10.0  # the compiling step
+    now[0] = 11.0
+    assert timer.step(2, None) is False
+    now[0] = 13.0
+    timer.step(3, None)
+    assert timer.lap() == (2, 3.0)  # steps 2 and 3, from the end of step 1
+    with timer.paused():  # a checkpoint
+        now[0] = 20.0
+    now[0] = 21.0
+    timer.step(4, None)
+    assert timer.lap() == (1, 1.0) and timer.lap() == (0, 0.0)
+    assert timer.seconds_per_step() == pytest.approx(4.0 / 3)
+    assert timer.line() == "elapsed 0:00:21 eta 0:00:07"  # the ETA counts pauses: 3 steps in 11 s, 2 left
+
+
+def test_due_every_n_and_at_the_end():
+    assert [s for s in range(1, 11) if runlife.due(s, 3, 10)] == [3, 6, 9, 10]
+    assert [s for s in range(1, 5) if runlife.due(s, 1, 4)] == [1, 2, 3, 4]
+
+
 def test_a_distillation_writes_its_loss_and_image_grid_as_events(tmp_path):
     from test_distillation import _config as distill_config, _real
 
@@ -102,5 +127,5 @@ def test_a_run_saves_the_grid_of_its_training_set_once(tmp_path):
     from PIL import Image
 
     loop.train_and_evaluate(_config(**{"train.epochs": 1}), tmp_path, data=synthetic_data())
-    grid = np.asarray(Image.open(tmp_path / loop.TRAIN_SET_GRID))
+    grid = np.asarray(Image.open(tmp_path / rundir.TRAIN_SET_GRID))
     assert grid.shape == (4 * 33 - 1, 4 * 33 - 1)  # 4 classes x 4 images, 8 px enlarged to 32, 1 px gaps

@@ -83,7 +83,7 @@ def finished_runs(cell_dir: pathlib.Path) -> list[tuple[pathlib.Path, dict]]:
     """(run dir, results) of every finished run of a cell."""
     out = []
     for run in records.run_dirs(cell_dir):
-        results = _read_json(run / "results.json")
+        results = _read_json(run / rundir.RESULTS_FILE)
         if results and results.get("finished"):
             out.append((run, results))
     return out
@@ -120,7 +120,7 @@ def _merge_evaluations(histories: list[list[dict]]) -> list[dict]:
 def logged_evaluations(runs: Sequence[pathlib.Path]) -> list[dict]:
     """The test evaluations metrics.jsonl logged so far (a run still training), merged over runs."""
     return _merge_evaluations([[{"epoch": int(e["epoch"]), "test_accuracy": e["test_accuracy"]}
-                                for e in records.metrics_lines(run) if isinstance(e.get("test_accuracy"), list)
+                                for e in metrics_lib.read_metrics(run) if isinstance(e.get("test_accuracy"), list)
                                 and "epoch" in e and None not in e["test_accuracy"]] for run in runs])
 
 
@@ -158,7 +158,7 @@ def _planned_seeds(root: pathlib.Path, plan: Optional[dict], cell_names) -> Opti
         record = _read_json(root / name / "record.json")
         if record and record.get("seeds"):
             counts.append(len(record["seeds"]))
-        counts.append(len([p for p in records.run_dirs(root / name) if p.name.startswith("seed_")]))
+        counts.append(len([p for p in records.run_dirs(root / name) if p.name.startswith(rundir.SEED_PREFIX)]))
     return max(counts) if counts and max(counts) > 0 else None
 
 
@@ -195,7 +195,7 @@ def read_cell(cell_dir: pathlib.Path, planned_seeds: Optional[int] = None) -> di
     if state["status"] == "not finished":
         state["history"] = logged_evaluations(runs)
         state["history_source"] = "logged so far (still training)" if state["history"] else None
-        epochs = [int(e["epoch"]) for run in runs for e in records.metrics_lines(run) if "epoch" in e]
+        epochs = [int(e["epoch"]) for run in runs for e in metrics_lib.read_metrics(run) if "epoch" in e]
         state["logged_epoch"] = max(epochs) if epochs else None
     state["train_accuracy"] = records.last_train_accuracy(runs)
     if state["seeds_planned"] is None and state["seeds_finished"]:
@@ -207,8 +207,8 @@ def _is_cell_dir(path: pathlib.Path) -> bool:
     """A folder of runs (not `<cell>.<hash>`, a cell rerun afresh beside its old dir)."""
     if not path.is_dir() or "." in path.name:
         return False
-    return (any((path / name).exists() for name in ("record.json", "results.json", rundir.CONFIG_FILE))
-            or any(p.is_dir() for p in path.glob("seed_*")))
+    return (any((path / name).exists() for name in ("record.json", rundir.RESULTS_FILE, rundir.CONFIG_FILE))
+            or bool(rundir.seed_dirs(path)))
 
 
 def scale_label(scale: Optional[dict]) -> Optional[str]:
@@ -258,7 +258,7 @@ def read_workdir(path) -> dict:
     expected = (f"compare reads the experiment workdirs of `reproduce`: a folder holding {reproduce.PLAN_FILE} "
                 "(or reproduction.json) and one folder per cell")
     if plan is None:  # from before plan.json, an experiment workdir is told by its cell dirs
-        own = [name for name in (rundir.CONFIG_FILE, "results.json") if (root / name).is_file()]
+        own = [name for name in (rundir.CONFIG_FILE, rundir.RESULTS_FILE) if (root / name).is_file()]
         if own:
             raise CompareError(f"workdir {root} is a single run ({' and '.join(own)} at its top), not an "
                                f"experiment: {expected}")

@@ -51,7 +51,7 @@ def _data_key(data_cfg) -> str:
 def _finished_results(run_dir: pathlib.Path, config) -> Optional[dict]:
     """The run's results if it already finished as this run (same identity: `rundir`), so it can
     be skipped. A run of another config is not skipped: training it refuses the workdir."""
-    path = run_dir / "results.json"
+    path = run_dir / rundir.RESULTS_FILE
     if not path.is_file():
         return None
     try:
@@ -65,7 +65,7 @@ def _finished_results(run_dir: pathlib.Path, config) -> Optional[dict]:
 
 
 def _run_dirs(cell: registry.Cell, cell_dir: pathlib.Path, split_seeds: bool):
-    return [(cell_dir if seed is None else cell_dir / f"seed_{seed}", c)
+    return [(cell_dir if seed is None else rundir.seed_dir(cell_dir, seed), c)
             for seed, c in _seed_configs(cell.config, split_seeds and cell.role in ("teacher", "student"))]
 
 

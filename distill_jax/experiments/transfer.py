@@ -201,7 +201,7 @@ def teacher_cell(spec: PoolSpec, workdir: pathlib.Path, scale: registry.Scale, n
     if runs.is_reference_file(source):
         label = f"Training network (imported {source.name}, as its publisher kept it)"
         return registry.Cell("teacher", label, c, "import"), str(workdir / "teacher")
-    model_file = source / runs.MODEL_FILE
+    model_file = source / rundir.MODEL_FILE
     if not model_file.is_file():
         raise TransferError(f"config field 'transfer.teacher' = {spec.teacher!r}: neither a .pth file nor the "
                             f"workdir of a run of this package (no {model_file})")

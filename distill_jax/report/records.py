@@ -3,14 +3,12 @@ the numbers read back from a cell's runs.
 
 A table without the library versions and the card that produced it cannot be compared
 with another table later; these functions make that record cheap to write everywhere.
-Reading a finished or running cell back (`run_dirs`, `metrics_lines`, `last_train_accuracy`,
-`merge_seed_results`) lives here too, so that `compare` and the results record read the same
-files the same way.
+Reading a finished or running cell back (`run_dirs`, `last_train_accuracy`, `merge_seed_results`)
+lives here too, so that `compare` and the results record read the same files the same way (each
+run's metrics.jsonl through `metrics.read_metrics`, its one reader).
 """
 from __future__ import annotations
 
-import importlib.metadata
-import json
 import os
 import pathlib
 import platform
@@ -18,20 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from distill_jax.training import metrics
-
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy", "ml-collections")
-
-
-def software_versions() -> dict:
-    """Python and the numerical packages' installed versions ('absent' when not installed)."""
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
+from distill_jax.training import metrics, rundir
+from distill_jax.training.runlife import software_versions  # noqa: F401 - the software record, owned there
 
 
 def device_description() -> dict:
@@ -118,26 +104,7 @@ def merge_seed_results(results: list[dict]) -> dict:
 
 def run_dirs(cell_dir: pathlib.Path) -> list[pathlib.Path]:
     """The runs of a cell: its `seed_<s>` dirs (split seeds; in seed order), else the cell dir itself."""
-    cell_dir = pathlib.Path(cell_dir)
-    seeds = [p for p in cell_dir.glob("seed_*") if p.is_dir() and p.name[5:].isdigit()]
-    return sorted(seeds, key=lambda p: int(p.name[5:])) or [cell_dir]
-
-
-def metrics_lines(run: pathlib.Path) -> list[dict]:
-    """The records of a run's metrics.jsonl in order ([] when it has none); a line a kill cut, or
-    one that is no JSON object, is left out."""
-    path = pathlib.Path(run) / metrics.METRICS_FILE
-    if not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill
-        if isinstance(entry, dict):
-            lines.append(entry)
-    return lines
+    return rundir.seed_dirs(cell_dir) or [pathlib.Path(cell_dir)]
 
 
 def last_train_accuracy(runs: Sequence[pathlib.Path]) -> Optional[dict]:
@@ -150,7 +117,7 @@ def last_train_accuracy(runs: Sequence[pathlib.Path]) -> Optional[dict]:
     per_seed, epochs, steps = [], [], []
     every_seed = True
     for run in runs:
-        logged = [e for e in metrics_lines(run) if isinstance(e.get("train_accuracy"), list)]
+        logged = [e for e in metrics.read_metrics(run) if isinstance(e.get("train_accuracy"), list)]
         if not logged:
             every_seed = False
             continue

@@ -335,7 +335,7 @@ def last_step_train_accuracy(runs: Sequence[pathlib.Path]) -> Optional[dict]:
 
 
 def _span(run: pathlib.Path) -> Optional[float]:
-    start, end = run / "train_set.png", run / "results.json"
+    start, end = run / rundir.TRAIN_SET_GRID, run / rundir.RESULTS_FILE
     if not (start.is_file() and end.is_file()):
         return None
     return max(0.0, end.stat().st_mtime - start.stat().st_mtime)
@@ -461,7 +461,7 @@ def _assemble(kind: str, experiment: str, config: dict, cell_pairs: list, comman
         if name != dataset:
             cell["dataset"] = name
     walls = [c["wall_seconds"] for c in cells if c["wall_seconds"] is not None]
-    results = [run / "results.json" for _, cell_dir in cell_pairs for run in records.run_dirs(cell_dir)]
+    results = [run / rundir.RESULTS_FILE for _, cell_dir in cell_pairs for run in records.run_dirs(cell_dir)]
     record = {"schema_version": SCHEMA_VERSION, "kind": kind, "experiment": experiment, "dataset": dataset,
               "scale": scale, "source": {"kind": "run"}, "config_digest": config_digest(config),
               "command": command, "software": software, "hardware": hardware,
@@ -507,7 +507,7 @@ def _experiment_record(root: pathlib.Path, summary_file: Optional[str], command:
 
 
 def _single_run_record(root: pathlib.Path, command: Optional[str]) -> dict:
-    results_path = root / "results.json"
+    results_path = root / rundir.RESULTS_FILE
     results = _read_json(results_path, "a training run's results")
     config = _get(results, "config", results_path)
     if not results.get("finished") and not results.get("diverged"):
@@ -529,7 +529,7 @@ def from_workdir(workdir, *, command: Optional[str] = None, summary_file: Option
     if summary_file or (root / "transfer.json").is_file() or any(root.glob("reproduction*.json")) \
             or (root / "plan.json").is_file():
         return _experiment_record(root, summary_file, command)
-    if (root / "results.json").is_file():
+    if (root / rundir.RESULTS_FILE).is_file():
         return _single_run_record(root, command)
     raise RecordError(f"{root}: holds no reproduction.json, transfer.json or results.json: not a finished workdir "
                       "of this package")

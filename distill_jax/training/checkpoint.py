@@ -273,7 +273,7 @@ class Checkpointer:
         except _Damaged as err:
             raise CheckpointError(
                 f"{err}; this network cannot be used. Retrain it, or repair the run in place: delete "
-                f"{self.directory / str(step)} and {self.directory.parent / 'results.json'}, then rerun the "
+                f"{self.directory / str(step)} and {self.directory.parent / rundir.RESULTS_FILE}, then rerun the "
                 "command that trained it (it resumes from its previous checkpoint)") from err
         return int(step), state, meta
 

@@ -24,10 +24,30 @@ from tensorboardX.proto import event_pb2
 from distill_jax import atomic
 from distill_jax.training import rundir
 
-METRICS_FILE = "metrics.jsonl"
-TB_DIR = "tb"
 EVENT_FILE_PREFIX = "events.out.tfevents."
 NOT_SCALARS = ("step", "epoch", "wall_time")  # record fields that are no curve
+
+
+def _records(path: pathlib.Path) -> list[tuple[str, dict]]:
+    """(line, record) of every whole record of a metrics.jsonl; a line a kill cut, or one that is no
+    JSON object, is left out."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if isinstance(record, dict):
+            kept.append((line, record))
+    return kept
+
+
+def read_metrics(run) -> list[dict]:
+    """The records of a run's metrics.jsonl in order ([] when it has none): the one reader of the
+    file, for the writer's resume and for the reports."""
+    return [record for _, record in _records(pathlib.Path(run) / rundir.METRICS_FILE)]
 
 
 class _EventFile:
@@ -69,21 +89,14 @@ class MetricsWriter:
         if not self.enabled:
             return
         self.workdir = pathlib.Path(workdir)
-        self.path = self.workdir / METRICS_FILE
+        self.path = self.workdir / rundir.METRICS_FILE
         self._images = images
         self._file = None
-        self._kept = []
         existing = self.path.read_text() if self.path.is_file() else ""
-        lines = []
-        for line in existing.splitlines():
-            try:
-                record = json.loads(line)
-                if record["step"] <= start_step:
-                    lines.append(line)
-                    self._kept.append(record)
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut by a kill
-        text = "".join(line + "\n" for line in lines)
+        kept = [(line, record) for line, record in _records(self.path)
+                if isinstance(record.get("step"), (int, float)) and record["step"] <= start_step]
+        self._kept = [record for _, record in kept]
+        text = "".join(line + "\n" for line, _ in kept)
         if text != existing:
             rundir.write_text(self.path, text)
 
@@ -91,12 +104,12 @@ class MetricsWriter:
         """Opens metrics.jsonl for appending and rebuilds tb/ from what it holds (once)."""
         if self._file is not None:
             return
-        tb = self.workdir / TB_DIR
+        tb = self.workdir / rundir.TB_DIR
         if tb.is_dir():  # a killed run's events: whatever of them reached the disk
             for old in tb.rglob(EVENT_FILE_PREFIX + "*"):
                 old.unlink()
         self._tb = _EventFile(tb)
-        self._tb_seeds = {s: _EventFile(tb / f"seed_{s}") for s in self.seeds}
+        self._tb_seeds = {s: _EventFile(rundir.seed_dir(tb, s)) for s in self.seeds}
         for record in self._kept:
             self._add_events(record)
         for tag, step, image, wall_time in (self._images() if self._images is not None else ()):
@@ -143,7 +156,7 @@ class MetricsWriter:
             self._add_events(record)
             self._flush_events()
         except OSError as err:
-            raise atomic.named(err, self.workdir / TB_DIR)
+            raise atomic.named(err, self.workdir / rundir.TB_DIR)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """An HWC or HW (grayscale) uint8 image, e.g. the grid of a distilled set."""

@@ -38,8 +38,16 @@ SAFE_TO_CHANGE = (
     "keep_checkpoints", "data.eval_batch_size", "data.data_dir",
     "distill.steps", "distill.stop_after_steps", "distill.checkpoint_every_steps",
 )
-CONFIG_FILE = "config.json"
-LOCK_FILE = ".lock"
+# The files of a run's workdir, named here only: every reader and writer imports these names.
+CONFIG_FILE = "config.json"  # the resolved config: the run's identity
+MODEL_FILE = "model.json"  # the network: name, classes, options
+RESULTS_FILE = "results.json"  # final (or stopped, or diverged) results
+METRICS_FILE = "metrics.jsonl"  # one JSON record per log step and per evaluation
+CHECKPOINT_DIR = "checkpoints"  # Orbax checkpoints, one folder per step
+TB_DIR = "tb"  # TensorBoard events; per-seed values in seed folders under it
+TRAIN_SET_GRID = "train_set.png"  # the training set as a picture
+LOCK_FILE = ".lock"  # `WorkdirLock`
+SEED_PREFIX = "seed_"  # `seed_dir`: a run of one seed of a cell, or a seed's TensorBoard folder
 # Config fields that name files: recorded as absolute paths, and compared as such (a relative
 # path is read from the current directory), so a rerun from another directory that names
 # other files is another run.
@@ -66,6 +74,19 @@ def wait_for_writer(name: str) -> None:
     the others to read; returns at once in a one-process run."""
     if jax.distributed.is_initialized() and jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def seed_dir(folder, seed: int) -> pathlib.Path:
+    """`folder/seed_<seed>`: the run of one seed of a cell whose seeds train apart, or a seed's
+    folder of TensorBoard events."""
+    return pathlib.Path(folder) / f"{SEED_PREFIX}{seed}"
+
+
+def seed_dirs(folder) -> list[pathlib.Path]:
+    """The `seed_dir`s in `folder`, in seed order ([] when there are none)."""
+    found = [(int(p.name[len(SEED_PREFIX):]), p) for p in pathlib.Path(folder).glob(SEED_PREFIX + "*")
+             if p.is_dir() and p.name[len(SEED_PREFIX):].isdigit()]
+    return [p for _, p in sorted(found)]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
