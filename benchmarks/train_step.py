@@ -2,10 +2,13 @@
 
     python benchmarks/train_step.py --models convnet,resnet18 --batch 100,256 --seeds 1,4,8 --out bench.json
 
-The step is the one training uses (distill_jax.training.steps): forward, loss, backward,
-optimiser update, optionally with the KD teacher's forward (--kd) and k-fold DSA (--augment k).
-Seeds are vmapped into one program, as in training; "sequential" is the same seeds run one
-after another with the one-seed program (N x the one-seed step, or measured with --sequential).
+The program is the one training runs (distill_jax.training.loop): the step from
+`steps.make_train_step` (forward, loss, backward, optimiser update, optionally with the KD
+teacher's forward (--kd) and k-fold DSA (--augment k)), its seeds vmapped into one program, each
+seed with its own batch drawn in its own order from a synthetic training set (`loop.epoch_orders`)
+and its own step key, the batch sharded over the data mesh and the state replicated
+(`training.sharding`), the state donated. "sequential" is the same seeds run one after another
+with the one-seed program (N x the one-seed step, or measured with --sequential).
 
 Defaults match benchmarks/torch_reference.py so the two can be compared: SGD with momentum,
 no DropPath, the network's default norm (--norm batch for the ResNets of the comparison).
@@ -42,7 +45,7 @@ import numpy as np  # noqa: E402
 from distill_jax import models  # noqa: E402
 from distill_jax.data import augment  # noqa: E402
 from distill_jax.optim import make_optimizer  # noqa: E402
-from distill_jax.training import steps  # noqa: E402
+from distill_jax.training import loop, sharding, steps  # noqa: E402
 
 _WHERE = "benchmarks/train_step.py"
 
@@ -196,17 +199,24 @@ def _flops(cost) -> float | None:
     return _cost_value(cost, "flops")
 
 
+# The synthetic training set holds this many batches: each seed's first batch is then a different
+# subset of it, in a different order, as when training on a set larger than the batch.
+TRAIN_BATCHES = 2
+
+
 @dataclasses.dataclass
 class Program:
-    """What a cell runs: the per-seed train step, an init (seed keys -> vmapped state), the fixed batch.
-    `cost_step` is the same step built with XLA's own convolution, for cost analysis (model_cost);
-    `conv` the implementation `step`'s convolutions use."""
+    """What a cell runs: the per-seed train step (`steps.make_train_step`), an init (init keys ->
+    seed-stacked state), the synthetic training set (`images`, `labels`: TRAIN_BATCHES batches)
+    every seed draws its batch from. `cost_step` is the same step built with XLA's own convolution,
+    for cost analysis (model_cost); `conv` the implementation `step`'s convolutions use."""
 
     step: Callable
     cost_step: Callable
     conv: str
     init: Callable
-    batch: dict
+    images: np.ndarray
+    labels: np.ndarray
     teacher_vars: Any
     keep_rate: jax.Array
 
@@ -231,22 +241,45 @@ def build_program(config: StepConfig, conv: str = "auto") -> Program:
         return steps.make_train_step(network, opt, augment_fn=augment_fn, kd=kd)
 
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.normal(size=(config.batch, config.size, config.size, config.channels)), jnp.float32),
-             "label": jnp.asarray(rng.integers(0, 10, config.batch), jnp.int32)}
+    num_train = TRAIN_BATCHES * config.batch
+    images = rng.normal(size=(num_train, config.size, config.size, config.channels)).astype(np.float32)
+    labels = rng.integers(0, 10, num_train).astype(np.int32)
     return Program(step=train_step(model, teacher),
                    cost_step=train_step(build_network(config, "xla"), _teacher(config, "xla") if config.kd else None),
                    conv=model.conv, init=jax.vmap(lambda k: steps.init_state(model, opt, k, sample)),
-                   batch=batch, teacher_vars=teacher_vars, keep_rate=jnp.float32(0.8))
+                   images=images, labels=labels, teacher_vars=teacher_vars, keep_rate=jnp.float32(0.8))
 
 
-def vmapped(step: Callable) -> Callable:
-    """Seeds on the leading axis of state and key; batch, keep rate and teacher shared (as in training)."""
-    return jax.vmap(step, in_axes=(0, None, 0, None, None))
+def seed_keys(seeds: list[int]) -> tuple[jax.Array, np.ndarray]:
+    """(init keys, step key data) of `seeds`, one row per seed, derived as training.loop derives
+    them: fold_in(key(seed), 0) initialises the network, fold_in(key(seed), 1) drives its steps."""
+    base = [jax.random.key(s) for s in seeds]
+    init_keys = jnp.stack([jax.random.fold_in(k, 0) for k in base])
+    step_keys = np.stack([np.asarray(jax.random.key_data(jax.random.fold_in(k, 1))) for k in base])
+    return init_keys, step_keys
+
+
+def seed_batches(images: np.ndarray, labels: np.ndarray, seeds: list[int], batch: int, epoch: int = 0,
+                 step: int = 0) -> dict:
+    """Host arrays (seeds, batch, ...): every seed's batch `step` of `epoch`, in that seed's order
+    (`loop.epoch_orders`), as the training loop feeds them."""
+    idx = loop.epoch_orders(seeds, epoch, len(images))[:, step * batch:(step + 1) * batch]
+    return {"image": images[idx], "label": labels[idx]}
+
+
+def seeded(step: Callable) -> Callable:
+    """The training loop's multi-seed step: state, batch and step key data on a leading seed axis,
+    keep rate and teacher shared."""
+
+    def seeded_step(state, batch, key_data, keep_rate, teacher_vars):
+        return step(state, batch, jax.random.wrap_key_data(key_data), keep_rate, teacher_vars)
+
+    return jax.vmap(seeded_step, in_axes=(0, 0, 0, None, None))
 
 
 def model_flops(step: Callable, args: tuple) -> float | None:
-    """FLOPs of one call of the vmapped step, from XLA's cost analysis of its XLA-convolution form
-    (pass `Program.cost_step`).
+    """FLOPs of one call of `seeded(step)` on `args` (state, batch, step key data, keep rate, teacher
+    variables), from XLA's cost analysis of its XLA-convolution form (pass `Program.cost_step`).
 
     Not the compiled CPU program's own count: oneDNN custom calls are opaque to cost analysis, and
     fast_conv walks batch chunks and seeds in loops, whose bodies it counts once. `args` may be abstract (jax.ShapeDtypeStruct): nothing is compiled.
@@ -255,11 +288,11 @@ def model_flops(step: Callable, args: tuple) -> float | None:
 
 
 def model_cost(step: Callable, args: tuple) -> dict:
-    """{'flops', 'bytes_accessed'} of one call of the vmapped step (`Program.cost_step`: built with
+    """{'flops', 'bytes_accessed'} of one call of `seeded(step)` (`Program.cost_step`: built with
     XLA's own convolution), from the same cost analysis as model_flops. The bytes are summed over the ops of the lowered, unfused program (each op's operands
     and results): an upper bound on memory traffic, since fusion keeps intermediates in registers."""
     try:
-        cost = jax.jit(vmapped(step)).lower(*args).cost_analysis()
+        cost = jax.jit(seeded(step)).lower(*args).cost_analysis()
     except Exception:  # JAX 0.11 on the device gave none for the lowered program
         cost = None
     # No fallback to the compiled program: on GPU its convolutions are opaque cuDNN calls
@@ -268,22 +301,33 @@ def model_cost(step: Callable, args: tuple) -> dict:
 
 
 class PreparedStep:
-    """A compiled train step, its state and one fixed batch; `run()` performs one timed step."""
+    """A compiled train step, laid out as training runs it: the seeds' replicated states, their
+    own sharded batches and step keys; `run()` performs one timed step of every seed."""
 
     def __init__(self, config: StepConfig):
         self.config = config = config.check()
         program = build_program(config)
-        self.step, self.batch, self.teacher_vars, self.keep_rate = (program.step, program.batch, program.teacher_vars,
-                                                                    program.keep_rate)
+        self.step, self.teacher_vars, self.keep_rate = program.step, program.teacher_vars, program.keep_rate
         self.cost_step, self.conv = program.cost_step, program.conv
-        all_keys = jax.random.split(jax.random.key(0), config.seeds)
+        seeds = list(range(config.seeds))
         # sequential: the one-seed program once per seed; else one program for all seeds
-        self.keys = [all_keys[i:i + 1] for i in range(config.seeds)] if config.sequential else [all_keys]
+        self.groups = [[s] for s in seeds] if config.sequential else [seeds]
+        self.mesh = mesh = sharding.make_mesh(config.batch)
+        repl = sharding.replicated(mesh)
         init = jax.jit(program.init)
-        self.states = [init(k) for k in self.keys]
-        args = (self.states[0], self.batch, self.keys[0], self.keep_rate, self.teacher_vars)
+        self.states, self.batches, self.keys = [], [], []
+        for group in self.groups:
+            init_keys, step_keys = seed_keys(group)
+            self.states.append(sharding.replicate(init(init_keys), mesh))
+            self.batches.append(sharding.shard_seeded_batch(
+                seed_batches(program.images, program.labels, group, config.batch), mesh))
+            self.keys.append(sharding.replicate(step_keys, mesh))
+        if self.teacher_vars is not None:
+            self.teacher_vars = sharding.replicate(self.teacher_vars, mesh)
+        self.metrics = [None] * len(self.groups)
+        args = (self.states[0], self.batches[0], self.keys[0], self.keep_rate, self.teacher_vars)
         t0 = time.perf_counter()
-        lowered = jax.jit(vmapped(self.step), donate_argnums=(0,)).lower(*args)
+        lowered = jax.jit(seeded(self.step), out_shardings=(repl, repl), donate_argnums=(0,)).lower(*args)
         t1 = time.perf_counter()
         self.compiled = lowered.compile()
         t2 = time.perf_counter()
@@ -298,9 +342,9 @@ class PreparedStep:
             one_call = model_cost(self.cost_step, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args))
         except Exception:
             one_call = {"flops": None, "bytes_accessed": None}
-        self.flops = one_call["flops"] * len(self.keys) if one_call["flops"] else None
-        self.bytes_accessed = one_call["bytes_accessed"] * len(self.keys) if one_call["bytes_accessed"] else None
-        program_seeds = 1 if config.sequential else config.seeds
+        self.flops = one_call["flops"] * len(self.groups) if one_call["flops"] else None
+        self.bytes_accessed = one_call["bytes_accessed"] * len(self.groups) if one_call["bytes_accessed"] else None
+        program_seeds = len(self.groups[0])
         self.num_parameters = sum(x.size for x in jax.tree.leaves(self.states[0]["params"])) // program_seeds
 
     def _memory_analysis(self) -> dict:
@@ -314,11 +358,15 @@ class PreparedStep:
     def run(self) -> tuple[float, float]:
         """One step of every seed (one call, or one call per seed when sequential): (wall s, process CPU s)."""
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        metrics = None
-        for i, keys in enumerate(self.keys):
-            self.states[i], metrics = self.compiled(self.states[i], self.batch, keys, self.keep_rate, self.teacher_vars)
-        jax.block_until_ready((self.states, metrics))
+        for i in range(len(self.groups)):
+            self.states[i], self.metrics[i] = self.compiled(self.states[i], self.batches[i], self.keys[i],
+                                                            self.keep_rate, self.teacher_vars)
+        jax.block_until_ready((self.states, self.metrics))
         return time.perf_counter() - wall0, time.process_time() - cpu0
+
+    def losses(self) -> np.ndarray:
+        """Every seed's training loss in the last step run (seeds in order)."""
+        return np.concatenate([np.asarray(m["loss"]) for m in self.metrics])
 
     def memory(self) -> dict:
         """Peak resident memory of this process; on accelerators also the device's peak bytes in use."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accelerator run: one command for an offline GPU machine (e.g. one H200), everything written
 # under $OUT (benchmarks/README.md, "Running on an offline accelerator machine"); dry-run on CPU by
-# tests/test_gpu_bundle.py.
+# scripts/tests/test_gpu_bundle.py.
 #
 #   1. checks the bundle (scripts/gpu_bundle.sh) against its SHA256SUMS and installs its wheels
 #      (ml-collections, tensorboardX) with pip --no-index into $WORK/site;
@@ -42,7 +42,7 @@
 # no_dp_kd,no_kd for the two columns without KD, which need no teacher), GPU_RUN_WIDTH (the
 # students' width, default the paper's; 16 runs the CPU table of docs/results.md §1d), GPU_RUN_WORKDIR (default
 # /tmp/distill_jax_gpu_run), PYTHON (default python3), GPU_RUN_TOY=1 (the CPU dry run: the same
-# phases at toy size, labelled so; what tests/test_gpu_bundle.py runs).
+# phases at toy size, labelled so; what scripts/tests/test_gpu_bundle.py runs).
 set -uo pipefail
 : "${OUT:?set OUT to the folder for the results}"
 mkdir -p "$OUT"

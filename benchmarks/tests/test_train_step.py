@@ -1,22 +1,20 @@
-"""Smoke and arithmetic tests of benchmarks/: the JAX train-step timer, the PyTorch reference and run_all's summary.
+"""Smoke and arithmetic tests of benchmarks/train_step.py (the JAX train-step timer) and
+benchmarks/torch_reference.py (the same step in PyTorch).
 
 Tiny sizes (width 4, batch 4, 8 px, one timed step): these check the machinery and the
 arithmetic (FLOPs, MFU, ratios, seeds scaling), not the speed.
 """
 import importlib.util
 import json
-import pathlib
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import run_all  # noqa: E402
-import train_step  # noqa: E402
+import train_step
+from distill_jax import config as config_lib
+from distill_jax.data import pipeline, preprocess
+from distill_jax.training import loop
 
 TINY = dict(batch=4, size=8, width=4)
 # Multiply-accumulates of ConvNet-3 width 4 on one 8x8x3 image counting, as XLA's cost analysis does,
@@ -47,11 +45,53 @@ def test_model_flops_scale_with_vmapped_seeds_without_compiling():
     """fast_conv's loops would make the compiled program's own count miss seeds; model_flops must not."""
     program = train_step.build_program(train_step.StepConfig("convnet", seeds=2, **TINY))
     flops = []
-    for seeds in (1, 2):
-        keys = jax.random.split(jax.random.key(0), seeds)
-        state = jax.eval_shape(program.init, keys)
-        flops.append(train_step.model_flops(program.cost_step, (state, program.batch, keys, program.keep_rate, None)))
+    for seeds in ([0], [0, 1]):
+        init_keys, step_keys = train_step.seed_keys(seeds)
+        batch = train_step.seed_batches(program.images, program.labels, seeds, TINY["batch"])
+        args = jax.eval_shape(lambda: (program.init(init_keys), batch, step_keys, program.keep_rate, None))
+        flops.append(train_step.model_flops(program.cost_step, args))
     np.testing.assert_allclose(flops[1], 2 * flops[0], rtol=0.01)
+
+
+def _loop_config(config, num_seeds):
+    """The training config of a benchmark cell's program (the loss of a first step does not depend
+    on the optimiser, which the benchmark fixes to match torch_reference)."""
+    c = config_lib.default_config()
+    c.num_seeds, c.seed = num_seeds, 0
+    c.model.name, c.model.width = config.model, config.width
+    c.train.epochs, c.train.batch_size = 1, config.batch
+    c.train.augment.k = config.augment_k
+    c.log_every_steps = c.eval_every_epochs = c.checkpoint_every_epochs = 1
+    return config_lib.validate(c)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_the_timed_program_is_the_training_loops_first_step(tmp_path, sequential):
+    """Every seed's loss in the benchmark's first step equals that seed's first logged loss when
+    training.loop trains the same network on the benchmark's synthetic set: the same init, the same
+    per-seed batch and the same step key (DSA draws with it), seeds together or one after another."""
+    config = train_step.StepConfig("convnet", seeds=2, augment_k=1, sequential=sequential, **TINY)
+    prepared = train_step.PreparedStep(config)
+    prepared.run()
+    program = train_step.build_program(config)
+    none = preprocess.fit("none", np.zeros((2, TINY["size"], TINY["size"], 3), np.float32))
+    data = pipeline.TrainingData(program.images, program.labels, program.images[:4], program.labels[:4], 10, none,
+                                 "benchmark synthetic set")
+    loop.train_and_evaluate(_loop_config(config, 2), tmp_path, data=data)
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1
+    np.testing.assert_allclose(prepared.losses(), first["loss"], rtol=1e-5)
+    assert prepared.losses()[0] != prepared.losses()[1]
+
+
+def test_every_seed_steps_on_its_own_batch_in_its_own_order():
+    program = train_step.build_program(train_step.StepConfig("convnet", **TINY))
+    assert len(program.images) == train_step.TRAIN_BATCHES * TINY["batch"]
+    batch = train_step.seed_batches(program.images, program.labels, [0, 1], TINY["batch"])
+    assert batch["image"].shape == (2, TINY["batch"], 8, 8, 3) and batch["label"].shape == (2, TINY["batch"])
+    alone = train_step.seed_batches(program.images, program.labels, [1], TINY["batch"])
+    np.testing.assert_array_equal(alone["image"][0], batch["image"][1])  # a seed's batch does not depend on the others
+    assert not np.array_equal(batch["image"][0], batch["image"][1])
 
 
 def test_peak_table_and_cpu_estimate():
@@ -94,49 +134,6 @@ def test_step_config_rejects_bad_fields():
         train_step.StepConfig("convnet", augment_k=99).check()
     with pytest.raises(ValueError, match="--seeds expects comma-separated positive ints"):
         train_step.parse_positive_ints("1,x", "--seeds")
-
-
-def _group(cells: dict) -> dict:
-    return {"name": "g", "cells": {label: {"lib": lib, "config": config, "walls": walls, "cpus": cpus}
-                                   for label, (lib, config, walls, cpus) in cells.items()}}
-
-
-def test_paired_ratio_is_the_median_of_per_round_ratios():
-    assert run_all.paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
-    assert run_all.paired_ratio([], []) is None
-
-
-def test_compare_and_scaling_rows():
-    group = _group({
-        "jax": ("jax", {"model": "convnet", "batch": 10, "seeds": 1}, [1.0, 2.0], [2.0, 2.0]),
-        "jax_s4": ("jax", {"model": "convnet", "batch": 10, "seeds": 4}, [2.0, 4.0], [4.0, 6.0]),
-        "torch": ("torch", {"model": "convnet", "batch": 10, "seeds": 1}, [0.5, 2.0], [1.0, 4.0]),
-    })
-    compare = run_all.compare_rows(group, [("jax", "torch"), ("jax", "torch_cl")])
-    assert compare[0]["wall_ratio"] == 1.5 and compare[0]["cpu_ratio"] == 1.25  # medians of [2, 1] and [2, 0.5]
-    assert compare[1]["wall_ratio"] is None and compare[1]["note"].startswith("missing")
-    (row,) = run_all.scaling_rows(group, ("jax", ["jax_s4"], "torch"))
-    assert row["seeds"] == 4 and row["sequential_is"] == "4 x 1-seed step"
-    assert row["speedup_wall"] == 2.0  # [4, 8] / [2, 4]
-    assert row["speedup_cpu"] == pytest.approx(np.median([8 / 4, 8 / 6]))
-    assert row["vs_torch_sequential_wall"] == pytest.approx(np.median([2 / 2, 8 / 4]))
-
-
-def test_torch_cells_borrow_the_flops_of_the_matching_jax_cell():
-    group = _group({
-        "jax": ("jax", {"model": "convnet", "batch": 10, "seeds": 2}, [1.0], [1.0]),
-        "torch": ("torch", {"model": "convnet", "batch": 10, "seeds": 3}, [2.0], [4.0]),
-    })
-    group["cells"]["jax"]["info"] = {"flops_per_step": 8e9, "peak_flops": 4e9, "cores": 2}
-    group["cells"]["torch"]["info"] = {}
-    run_all._borrow_flops(group["cells"])
-    row = run_all.cell_row("g", "torch", group["cells"]["torch"])
-    assert row["flops_per_step"] == 12e9 and row["mfu"] == 12e9 / 2.0 / 4e9 and row["mfu_cpu"] == 12e9 / 4.0 / 2e9
-
-
-def test_run_all_rejects_unknown_group():
-    with pytest.raises(SystemExit, match="unknown group.*'nope'"):
-        run_all.main(["--preset", "smoke", "--groups", "nope"])
 
 
 _NO_TORCH = importlib.util.find_spec("torch") is None

@@ -7,16 +7,11 @@ each XLA compile costs seconds on a 2-core machine, so the width axis and other 
 checked through the hand-made laws instead.
 """
 import json
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import cost_laws  # noqa: E402
+import cost_laws
 
 CELL_FIELDS = {"axis", "value", "network", "width", "batch", "seeds", "config", "compile_s", "step_s", "cpu_s",
                "cores_busy", "flops", "bytes_accessed", "roofline", "eval_s", "eval_cpu_s", "eval_test_s",

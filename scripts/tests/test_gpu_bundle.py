@@ -1,6 +1,7 @@
 """The device run, on CPU: the bundle scripts/gpu_bundle.sh builds, and a dry run of
 scripts/gpu_device_run.sh at toy size (GPU_RUN_TOY=1), so that the command works the first
-time a device is lent. No test here needs an accelerator.
+time a device is lent. No test here needs an accelerator; benchmarks/tests/test_gpu_run.py
+tests gpu_run.py's own parts.
 
 The bundle and the dry run need the real data (skipped without it, as elsewhere); the dry run
 takes ~2 min on a loaded 2-core machine with the suite's XLA cache warm, ~3.5 min cold.
@@ -13,16 +14,12 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))  # the device run's Python side (tested in benchmarks/tests)
 
 import gpu_run  # noqa: E402
-import run_all  # noqa: E402
-
-from distill_jax.data import preprocess  # noqa: E402
 
 OUT_FILES = {"progress.txt", "bench.txt", "bench.json", "table_log.txt", "table.md", "table.json", "summary.md",
              "runs.tar.gz"}
@@ -88,65 +85,6 @@ def test_size_check_refuses_a_bundle_over_the_limit(tmp_path):
     assert "2.0 MiB (limit 3)" in under.stdout
 
 
-def test_packed_transform_rebuilds_the_fitted_one_exactly(tmp_path):
-    x = np.random.default_rng(0).random((64, 4, 4, 3)).astype(np.float32)
-    prep = preprocess.fit("zca_mtt", x)
-    matrix = prep.zca_matrix.copy()
-    matrix[7, 2] = np.nextafter(matrix[2, 7], np.float32(1))  # a rounding asymmetry, as real fits have
-    origin = {"dataset": "toy", "split": "train", "images_sha256": "0" * 64}
-    prep = preprocess.Preprocessing("zca_mtt", prep.image_shape, zca_mean=prep.zca_mean, zca_matrix=matrix,
-                                    zca_reg=prep.zca_reg, fitted_on=origin)
-    meta = gpu_run.pack_transform(prep, tmp_path / "packed.npz")
-    assert meta["packing"]["dim"] == 48
-    back = gpu_run.unpack_transform(tmp_path / "packed.npz")
-    assert back.zca_matrix.tobytes() == matrix.tobytes()
-    assert back.zca_mean.tobytes() == prep.zca_mean.tobytes()
-    assert back.fitted_on == origin and back.recipe == "zca_mtt"
-    with np.load(tmp_path / "packed.npz") as npz:  # a damaged copy is refused, never used
-        entries = {k: npz[k] for k in npz.files}
-    entries["packed.upper"][3] += 1
-    np.savez(tmp_path / "damaged.npz", **entries)
-    with pytest.raises(gpu_run.GpuRunError, match="sha256"):
-        gpu_run.unpack_transform(tmp_path / "damaged.npz")
-    with pytest.raises(gpu_run.GpuRunError, match="not found"):
-        gpu_run.unpack_transform(tmp_path / "absent.npz")
-
-
-def test_device_benchmark_plan_measures_the_goals():
-    group, = run_all.PLANS["gpu_device"]()
-    cells = {c.label: c for c in group.cells}
-    assert set(cells) == {"jax", "torch", "jax_s3", "jax_s5", "jax_seq5", "torch_seq5", "jax_s3_grouped", "jax_s5_grouped"}
-    # the grouped cells force XLA's grouped convolution; the others run the GPU default (xla_per_seed)
-    assert cells["jax_s5_grouped"].env == {"DISTILL_JAX_CONV": "xla"} and not cells["jax_s5"].env
-    assert ("jax_s5_grouped", "torch_seq5") in group.compare
-    assert all(c.config["model"] == "resnet18" and c.config["batch"] == 100 for c in cells.values())
-    assert cells["torch_seq5"].config == {"model": "resnet18", "batch": 100, "seeds": 5, "device": "cuda", "norm": "batch"}
-    assert cells["jax_seq5"].config["sequential"] and group.parallel_build
-    assert ("jax_s5", "torch_seq5") in group.compare
-    toy, = run_all.PLANS["gpu_device_toy"]()
-    assert {c.label for c in toy.cells} == set(cells)  # the dry run steps the same cells
-
-
-def test_partial_table_says_which_cells_are_missing(tmp_path):
-    work, out = tmp_path / "work", tmp_path / "out"
-    (work / "teacher").mkdir(parents=True)
-    (work / "teacher" / "results.json").write_text(json.dumps({"finished": True}))
-    (work / "teacher" / "config.json").write_text(json.dumps({"train": {"epochs": 1000}}))
-    (work / "teacher" / "metrics.jsonl").write_text(json.dumps({"step": 1000, "epoch": 1000, "images_per_s": 9e4}))
-    (work / "baseline").mkdir()
-    (work / "baseline" / "config.json").write_text(json.dumps({"train": {"epochs": 1000}}))
-    (work / "baseline" / "metrics.jsonl").write_text(
-        json.dumps({"step": 350, "epoch": 350, "images_per_s": 5e4}) + "\n" + '{"step": 40')  # cut by the kill
-    (work / "table.md").write_text("| cell |\n|---|\n| Teacher |\n")
-    text = gpu_run.write_summary(work, out, toy=False)
-    table = (out / "table.md").read_text()
-    assert "| Teacher |" in table and "Partial table" in table
-    assert "baseline (epoch 350 of 1000)" in table and "full (epoch 0 of ?)" in table
-    assert "- baseline: NOT finished, epoch 350 of 1000, 50000 images/s" in text
-    assert "Benchmark: no results" in text
-    assert json.loads((out / "table.json").read_text())["progress"][0]["finished"]
-
-
 def test_device_command_dry_run_on_cpu(bundle, tmp_path):
     """The device command at toy size: every phase, every out file, the carried wheels and transform
     used, and no training split or cached transform anywhere in reach."""
@@ -178,38 +116,7 @@ def test_device_command_dry_run_on_cpu(bundle, tmp_path):
     assert (work / "table" / "full" / "config.json").is_file()
     saved = json.loads((work / "table" / "full" / "config.json").read_text())["data"]["preprocessing_path"]
     assert pathlib.Path(saved) == (work / "table" / gpu_run.TRANSFORM_NAME).resolve()
-    assert not (tmp_path / "no_cache").exists()  # nothing was fitted
-
-
-def test_cells_option_takes_cells_of_the_experiment_in_the_order_given():
-    assert gpu_run.parse_cells("no_kd, no_dp_kd") == ("no_kd", "no_dp_kd")
-    assert gpu_run.parse_cells(",".join(gpu_run.CELLS)) == gpu_run.CELLS
-
-
-@pytest.mark.parametrize("text, says", [("no_dp,bogus", "unknown: ['bogus']"), ("", "expected distinct names"),
-                                        ("full,full", "expected distinct names")])
-def test_cells_option_refuses_unknown_empty_or_repeated_names(text, says):
-    with pytest.raises(gpu_run.GpuRunError, match="--cells") as error:
-        gpu_run.parse_cells(text)
-    assert says in str(error.value) and "'no_dp_kd'" in str(error.value)  # the known names are listed
-
-
-def test_cells_option_on_the_command_line_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit):
-        gpu_run.main(["summary", "--workdir", "w", "--out", "o", "--cells", "no_dp,bogus"])
-    assert "unknown: ['bogus']" in capsys.readouterr().err
-
-
-def test_summary_reports_the_chosen_cells_only(tmp_path):
-    work, out = tmp_path / "work", tmp_path / "out"
-    (work / "no_dp_kd").mkdir(parents=True)
-    (work / "no_dp_kd" / "results.json").write_text(json.dumps({"finished": True}))
-    (work / "no_dp_kd" / "config.json").write_text(json.dumps({"train": {"epochs": 1000}}))
-    (work / "table.no_dp_kd.md").write_text("| cell |\n|---|\n| w/o DP & KD |\n")
-    text = gpu_run.write_summary(work, out, toy=False, cells=("no_dp_kd", "no_kd"))
-    assert "- no_dp_kd: finished" in text and "- no_kd: NOT finished, epoch 0 of ?" in text
-    assert "teacher" not in text and "baseline" not in text
-    assert "Partial table**: not finished within the time limit: no_kd (epoch 0 of ?)" in (out / "table.md").read_text()
+    assert not (tmp_path / "no_cache" / "preprocessing").exists()  # nothing was fitted (kernels/ may be built)
 
 
 def test_device_command_dry_run_of_chosen_cells_without_the_benchmark(bundle, tmp_path):
@@ -229,16 +136,3 @@ def test_device_command_dry_run_of_chosen_cells_without_the_benchmark(bundle, tm
     records = json.loads((out / "table.json").read_text())["records"]
     assert set(records) == {"no_dp_kd"} and records["no_dp_kd"]["config"]["model"]["width"] == 2
     assert not (work / "table" / "teacher").exists() and (work / "table" / "no_dp_kd" / "record.json").is_file()
-
-
-@pytest.mark.parametrize("width", ["-1", "16px", ""])
-def test_width_option_refuses_what_is_not_a_whole_number(width, capsys):
-    with pytest.raises(SystemExit):
-        gpu_run.main(["table", "--bundle", "b", "--workdir", "w", "--out", "o", "--width", width])
-    assert f"--width {width!r}: expected a whole number >= 0" in capsys.readouterr().err
-
-
-def test_width_option_sets_the_students_width_only():
-    config = gpu_run.table_config(toy=False, width=16)
-    assert config.reproduce.width == 16 and config.reproduce.teacher_width == 0  # the teacher stays at the paper's
-    assert gpu_run.table_config(toy=False).reproduce.width == 0
