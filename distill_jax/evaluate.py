@@ -9,37 +9,17 @@ name its pixel space instead.
 from __future__ import annotations
 
 import logging
-import math
 import pathlib
 from typing import Optional
-
-import jax
-import numpy as np
 
 from distill_jax.data import pipeline
 from distill_jax.report import records
 from distill_jax.errors import UserError
-from distill_jax.training import metrics, rundir, runs
+from distill_jax.training import accuracy, metrics, rundir, runlife, runs, sharding
 
 
 class EvaluationError(UserError, ValueError):
     """The network to evaluate cannot be found or read."""
-
-
-def accuracy_per_network(module, variables, images: np.ndarray, labels: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Test accuracy (%) of each network in `variables` (leading axis = network), in inference mode."""
-    def logits_of(params, batch_stats, x):
-        v = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-        return module.apply(v, x, train=False)
-
-    predict = jax.jit(jax.vmap(logits_of, in_axes=(0, 0, None)))
-    batch_stats = variables.get("batch_stats") or {}
-    correct = None
-    for start in range(0, len(images), batch_size):
-        logits = np.asarray(predict(variables["params"], batch_stats, images[start:start + batch_size]))
-        hits = (logits.argmax(-1) == labels[start:start + batch_size][None]).sum(axis=1)
-        correct = hits if correct is None else correct + hits
-    return 100.0 * correct / len(images)
 
 
 def run_evaluation(config, workdir, *, data: Optional[pipeline.TrainingData] = None) -> dict:
@@ -63,14 +43,15 @@ def run_evaluation(config, workdir, *, data: Optional[pipeline.TrainingData] = N
     except runs.RunReadError as err:
         raise EvaluationError(f"evaluate.path: {err}") from err
     data = data if data is not None else pipeline.load_training_data(data_cfg)
-    batch = int(math.ceil(config.data.eval_batch_size))
-    acc = accuracy_per_network(module, variables, data.test_images, data.test_labels, batch)
+    mesh = sharding.make_mesh()
+    acc = accuracy.make_accuracy(module, mesh)(sharding.replicate(variables, mesh), data.test_images,
+                                               data.test_labels, config.data.eval_batch_size)
     result = {
         "path": str(path), "checkpoint_step": step, "split": config.data.test_split,
         "data": data.description,
         "preprocessing": data.preprocessing.recipe if hasattr(data.preprocessing, "recipe") else str(data.preprocessing),
         "seeds": seeds, "accuracy": metrics.summarize(acc),
-        "software": records.software_versions(), "device": records.device_description(),
+        "software": runlife.software_versions(), "device": records.device_description(),
     }
     rundir.write_json(workdir / "evaluation.json", result)
     a = result["accuracy"]
@@ -80,4 +61,4 @@ def run_evaluation(config, workdir, *, data: Optional[pipeline.TrainingData] = N
     return result
 
 
-__all__ = ["EvaluationError", "accuracy_per_network", "run_evaluation"]
+__all__ = ["EvaluationError", "run_evaluation"]

@@ -17,13 +17,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
 from distill_jax import config as config_lib  # noqa: E402
 from distill_jax.data import datasets, pipeline  # noqa: E402
-from distill_jax.training import loop, metrics, rundir, sharding, steps  # noqa: E402
+from distill_jax.training import accuracy, loop, metrics, rundir, sharding  # noqa: E402
 
 CANDIDATES = ("zca_frepo", "zca_kip", "zca_mtt", "standardize", "none")
 
@@ -60,18 +59,19 @@ def main():
     workdir = pathlib.Path(args.workdir)
     results = loop.train_and_evaluate(c, workdir)
 
-    manager = ocp.CheckpointManager(workdir.resolve() / "checkpoints", item_names=("state", "meta"))
+    manager = ocp.CheckpointManager(workdir.resolve() / rundir.CHECKPOINT_DIR, item_names=("state", "meta"))
     state = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     real_train = datasets.load_dataset(args.dataset, "train")
     real_test = datasets.load_dataset(args.dataset, "test")
     model = loop.build_model(c, real_train.info.num_classes)
     mesh = sharding.make_mesh(500)
-    evaluate = jax.jit(jax.vmap(steps.make_eval_step(model), in_axes=(0, 0, None)))
+    test_accuracy = accuracy.make_accuracy(model, mesh)
+    state = sharding.replicate(state, mesh)
     table = {}
     for recipe in CANDIDATES:
         prep = pipeline.fitted_preprocessing(recipe, real_train.images)
         test = np.asarray(prep.apply(datasets.to_float(real_test.images)), np.float32)
-        acc = loop.evaluate(evaluate, state, test, real_test.labels, 500, mesh)
+        acc = test_accuracy(state, test, real_test.labels, 500)
         table[recipe] = metrics.summarize(acc)
         logging.info("%-12s test accuracy %.2f ± %.2f  (per seed %s)", recipe, table[recipe]["mean"],
                      table[recipe]["std"], " ".join(f"{a:.2f}" for a in acc))

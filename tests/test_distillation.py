@@ -1,6 +1,8 @@
 """Distillers (DM, FRePo) and mode 'distill': equations against numpy, gradients, toy
 convergence, exact resume, and a produced set that the training loop can use."""
 import json
+import os
+import stat
 
 import chex
 import jax
@@ -16,7 +18,7 @@ from distill_jax.data import preprocess
 from distill_jax.data import grid as image_grid
 from distill_jax.distillation import common, dm, frepo, runner
 from distill_jax.training import checkpoint as ckpt_lib
-from distill_jax.training import rundir
+from distill_jax.training import rundir, runlife
 from distill_jax.training import loop
 from helpers import override
 
@@ -309,6 +311,42 @@ def test_produced_set_loads_and_trains_in_the_training_loop(runs, tmp_path):
     trained = loop.train_and_evaluate(train, tmp_path / "train")
     assert trained["finished"] and 0 <= trained["final_accuracy"]["mean"] <= 100
     assert trained["preprocessing"] == "zca_frepo"
+    # one software record, Python included, in the results of both
+    assert on_disk["software"] == trained["software"] == runlife.software_versions() and on_disk["software"]["python"]
+
+
+@pytest.fixture
+def umask_027():
+    """A umask other than the usual 022, so a mode fixed in the code shows (restored after)."""
+    old = os.umask(0o027)
+    yield 0o027
+    os.umask(old)
+
+
+def test_every_file_of_a_distillation_and_of_a_training_on_its_set_has_the_mode_of_a_plain_open(tmp_path,
+                                                                                               umask_027):
+    """A distilled set is shared: another user trains on it (`transfer`). Every file a distillation
+    and a training on its set write gets the mode open() gives, 0666 less the umask (0644 under
+    the usual 022), the set and its preprocessing included."""
+    data = _write_npz_dataset(tmp_path / "data")
+    made = runner.run_distillation(_config(**{"data.data_dir": str(data), "distill.steps": 2}), tmp_path / "distill")
+    train = config_lib.default_config()
+    train.data.dataset, train.data.data_dir = "npz", str(data)
+    train.data.source, train.data.distilled_path = "distilled", made["distilled_path"]
+    train.model.width, train.model.depth = 4, 2
+    train.train.epochs, train.train.batch_size, train.train.augment.k = 1, 6, 0
+    loop.train_and_evaluate(train, tmp_path / "train")
+
+    files = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for folder in ("distill", "train") for p in (tmp_path / folder).rglob("*") if p.is_file()}
+    assert {"distill/" + name for name in (runner.OUTPUT_NAME, runner.PREPROCESSING_NAME, rundir.CONFIG_FILE,
+                                          rundir.RESULTS_FILE, rundir.METRICS_FILE, "images/step_0000002.png")} <= set(files)
+    assert {"train/" + name for name in (rundir.CONFIG_FILE, rundir.MODEL_FILE, rundir.RESULTS_FILE,
+                                         rundir.METRICS_FILE, rundir.TRAIN_SET_GRID)} <= set(files)
+    assert any(name.startswith(f"train/{rundir.CHECKPOINT_DIR}/") for name in files)
+    assert any(name.startswith(f"train/{rundir.TB_DIR}/") for name in files)
+    expected = 0o666 & ~umask_027
+    assert {name: oct(mode) for name, mode in files.items() if mode != expected} == {}
 
 
 # --------------------------------------------------------------------------- errors

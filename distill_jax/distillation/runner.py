@@ -11,13 +11,13 @@ finally writes the set in the project's own format:
   the exact pixel space travels with the set (the training loop refits the same recipe
   on the same split, which gives the same transform);
 * `images/step_<step>.png`, `results.json`, `config.json`, `checkpoints/`.
+
+The run's life in its workdir (identity and lock, resume, what is due when, closing, the results
+record) is `training.runlife`'s, shared with the training loop.
 """
 from __future__ import annotations
 
-import json
-import logging
 import pathlib
-import time
 from typing import Optional
 
 import jax
@@ -25,23 +25,21 @@ import numpy as np
 from PIL import Image
 
 from distill_jax import models
-from distill_jax.defaults import default_config
 from distill_jax.errors import ConfigError
 from distill_jax.data import augment
 from distill_jax.data import grid as image_grid
 from distill_jax.formats.distilled import DistilledSet, save_distilled
 from distill_jax.distillation import common, dm, frepo
 from distill_jax.distillation.common import DEFAULT_MODEL, METHODS
-from distill_jax.training import checkpoint as ckpt_lib
-from distill_jax.training import metrics as metrics_lib
-from distill_jax.training import rundir
-from distill_jax.training.rundir import write_json
+from distill_jax.training import rundir, runlife
+from distill_jax.training.runlife import report
 
 DEFAULT_PREPROCESSING = {"dm": "standardize", "frepo": "zca_frepo"}
 DISPLAY_NAME = {"dm": "DM", "frepo": "FRePo"}
 SOURCE_NAME = {"dm": "dc", "frepo": "frepo"}  # the distilled-set 'source' ('dc' covers DC, DSA and DM)
 OUTPUT_NAME = "distilled.npz"
 PREPROCESSING_NAME = "distilled.preprocessing.npz"
+IMAGES_DIR = "images"  # the set's grid at every checkpoint: images/step_<step>.png
 
 _STEP_CACHE: dict = {}  # (method, network, settings, optimiser) -> jitted functions: one compile per process
 
@@ -121,37 +119,31 @@ def run_distillation(config, workdir: str | pathlib.Path, *, real: Optional[comm
     the newest checkpoint; `distill.stop_after_steps` ends a time slot early. `config` must be
     valid (`distill_jax.config.validate`, which the launcher and the experiments run).
     """
-    config = rundir.with_absolute_paths(config)
-    workdir = pathlib.Path(workdir)
-    defaults = default_config()
-    rundir.check_identity(workdir, config, defaults)  # a finished run may be extended by raising distill.steps
-    with rundir.WorkdirLock(workdir):
-        done = _finished_results(workdir, config, defaults)
-        if done is not None:  # its set stands (students record its digest): nothing is written
-            logging.info("%s already finished %d steps; nothing to do (raise distill.steps to continue it)",
-                         workdir, done["steps"])
+    with runlife.Run(config, workdir) as run:  # a finished run may be extended by raising distill.steps
+        done = run.finished_results()
+        if done is not None and _stands(run, done):  # its set (students record its digest) and all: nothing is written
+            report("%s already finished %d steps; nothing to do (raise distill.steps to continue it)", run.workdir,
+                   done["steps"])
             return done
-        return _distill(config, workdir, real, defaults)
+        return _distill(run, real)
 
 
-def _finished_results(workdir: pathlib.Path, config, defaults) -> Optional[dict]:
-    """results.json of a distillation in `workdir` that reached `distill.steps` with this config, else None."""
-    try:
-        results = json.loads((workdir / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if (isinstance(results, dict) and results.get("finished") and results.get("steps", 0) >= config.distill.steps
-            and (workdir / OUTPUT_NAME).is_file()
-            and not rundir.config_differences(results.get("config") or {}, config, defaults)):
-        return results
-    return None
+def _stands(run: runlife.Run, done: dict) -> bool:
+    """Whether the finished distillation `done` (its results.json) reached `distill.steps` with this
+    config and its set is there."""
+    return (done.get("steps", 0) >= run.config.distill.steps and (run.workdir / OUTPUT_NAME).is_file()
+            and not rundir.config_differences(done.get("config") or {}, run.config, run.defaults))
+
+
+def _grid_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
+    return workdir / IMAGES_DIR / f"step_{step:07d}.png"
 
 
 def _logged_grids(workdir: pathlib.Path, last_step: int):
-    """The image grids saved up to `last_step` (images/step_<step>.png), for the metrics writer
-    to log again when it rebuilds TensorBoard's events on resume."""
+    """The image grids saved up to `last_step` (`_grid_path`), for the metrics writer to log again
+    when it rebuilds TensorBoard's events on resume."""
     def grids():
-        for path in sorted((workdir / "images").glob("step_*.png")):
+        for path in sorted((workdir / IMAGES_DIR).glob("step_*.png")):
             step = int(path.stem.split("_")[1])
             if step <= last_step:
                 with Image.open(path) as image:
@@ -159,7 +151,8 @@ def _logged_grids(workdir: pathlib.Path, last_step: int):
     return grids
 
 
-def _distill(config, workdir: pathlib.Path, real, defaults) -> dict:
+def _distill(run: runlife.Run, real) -> dict:
+    config, workdir = run.config, run.workdir
     d = config.distill
     recipe = pixel_space(config)
     model_name, options = _network(config)
@@ -184,104 +177,70 @@ def _distill(config, workdir: pathlib.Path, real, defaults) -> dict:
     state = jax.device_put(init_fn(images, labels, jax.random.fold_in(base_key, 1)), device)
     step_key = jax.random.fold_in(base_key, 2)
 
-    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
-    try:
-        results = _distill_steps(config, workdir, real, defaults, checkpointer, state, step_fn, step_key, device,
-                                 classes, recipe, model_name, options)
-    except BaseException:
-        rundir.close_after_error(checkpointer)
-        raise
-    checkpointer.close()
-    return results
-
-
-def _distill_steps(config, workdir, real, defaults, checkpointer, state, step_fn, step_key, device, classes, recipe,
-                   model_name, options) -> dict:
-    d = config.distill
-    identity = rundir.identity(config)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
-    restored = checkpointer.restore_latest(abstract, identity, defaults)
+    restored = run.resume(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state))
     start, history = 0, []
     if restored is not None:
-        start, state, saved_meta = restored
+        start, state, history = restored
         state = jax.device_put(state, device)
-        history = [h for h in saved_meta.get("history", []) if h["step"] <= start]
-        logging.info("resuming distillation at step %d", start)
-    write_json(workdir / "config.json", config.to_dict())  # accepted: only now does the run write
+        report("resuming distillation at step %d", start)
+    run.accept()
 
     real_arrays = _real_arrays(d.method, real, device)
     end = min(d.steps, d.stop_after_steps) if d.stop_after_steps else d.steps
-    logging.info("distilling %s with %s (%s %s): %d classes x %d images per class, %d steps, preprocessing %s",
-                 config.data.dataset, d.method, model_name, options or "", real.num_classes, d.ipc, d.steps, recipe)
-    timed_steps, timed_seconds, compile_seconds = 0, 0.0, None
-    writer = metrics_lib.MetricsWriter(workdir, [config.seed], start_step=start, images=_logged_grids(workdir, start))
-    progress = metrics_lib.Progress(end, start)
-    window_losses, window_start = [], time.perf_counter()
-    try:
-        for t in range(start, end):
-            state, metrics = step_fn(state, real_arrays, step_key)
-            window_losses.append(metrics["loss"])
-            done = t + 1
-            if t == start:  # the first call compiles: keep it out of the seconds per step
-                jax.block_until_ready(state)
-                compile_seconds = time.perf_counter() - window_start
-                window_start, window_steps = time.perf_counter(), 0
-                progress.started(done)
-            else:
-                window_steps += 1
-            progress.update(done)
-            if done % config.log_every_steps == 0 or done == end:
-                loss = float(np.mean([float(v) for v in window_losses]))
-                now = time.perf_counter()
-                seconds = (now - window_start) / window_steps if window_steps else None
-                if not np.isfinite(loss):
-                    raise common.DistillationError(
-                        f"distillation loss is {loss} at step {done} ({d.method}); lower the learning rate"
-                        + (" or raise distill.frepo.kernel_reg" if d.method == "frepo" else ""))
-                if window_steps:
-                    timed_steps, timed_seconds = timed_steps + window_steps, timed_seconds + (now - window_start)
-                history.append({"step": done, "loss": loss, "seconds_per_step": seconds})
-                writer.write(done, {"loss": loss, "seconds_per_step": seconds})
-                logging.info("distill %s step %d/%d loss %.6g %s %s", d.method, done, d.steps, loss,
-                             f"{seconds:.3f} s/step" if seconds is not None else f"(first step, compile {compile_seconds:.1f} s)",
-                             progress.line())
-                window_losses, window_start, window_steps = [], time.perf_counter(), 0
-            if done % d.checkpoint_every_steps == 0 or done == end:
-                paused = time.perf_counter()
-                checkpointer.save(done, state, {"identity": identity, "history": history})
+    report("distilling %s with %s (%s %s): %d classes x %d images per class, %d steps, preprocessing %s",
+           config.data.dataset, d.method, model_name, options or "", real.num_classes, d.ipc, d.steps, recipe)
+    writer = run.metrics([config.seed], start, images=_logged_grids(workdir, start))
+    timer = runlife.StepTimer(end, start)
+    window_losses = []
+    for t in range(start, end):
+        state, metrics = step_fn(state, real_arrays, step_key)
+        window_losses.append(metrics["loss"])
+        done = t + 1
+        timer.step(done, state)  # the first call compiles: kept out of the seconds per step
+        if runlife.due(done, config.log_every_steps, end):
+            loss = float(np.mean([float(v) for v in window_losses]))
+            if not np.isfinite(loss):
+                raise common.DistillationError(
+                    f"distillation loss is {loss} at step {done} ({d.method}); lower the learning rate"
+                    + (" or raise distill.frepo.kernel_reg" if d.method == "frepo" else ""))
+            timed, elapsed = timer.lap()
+            seconds = elapsed / timed if timed else None
+            history.append({"step": done, "loss": loss, "seconds_per_step": seconds})
+            writer.write(done, {"loss": loss, "seconds_per_step": seconds})
+            report("distill %s step %d/%d loss %.6g %s %s", d.method, done, d.steps, loss,
+                   f"{seconds:.3f} s/step" if seconds is not None else f"(first step, compile {timer.compile_seconds:.1f} s)",
+                   timer.line())
+            window_losses = []
+        if runlife.due(done, d.checkpoint_every_steps, end):
+            with timer.paused():  # checkpoint time is not step time
+                run.save(done, state, {"history": history})
                 if rundir.is_writer():  # only process 0 writes
-                    grid = image_grid.save_set_grid(workdir / "images" / f"step_{done:07d}.png", np.asarray(state["images"]),
-                                                    classes, real.preprocessing, real.num_classes)
+                    grid = image_grid.save_set_grid(_grid_path(workdir, done), np.asarray(state["images"]), classes,
+                                                    real.preprocessing, real.num_classes)
                     writer.image("distilled_images", grid, done)
-                window_start += time.perf_counter() - paused  # checkpoint time is not step time
-    except BaseException:
-        rundir.close_after_error(writer)
-        raise
-    writer.close()
-    final_step = max(end, start)
-    return _finish(config, workdir, state, classes, real, recipe, model_name, options, history, final_step,
-                   timed_steps, timed_seconds, compile_seconds)
+    run.close()
+    return _finish(run, state, classes, real, recipe, model_name, options, history, max(end, start), timer)
 
 
-def _finish(config, workdir, state, classes, real, recipe, model_name, options, history, final_step,
-            timed_steps, timed_seconds, compile_seconds) -> dict:
+def _finish(run: runlife.Run, state, classes, real, recipe, model_name, options, history, final_step,
+            timer: runlife.StepTimer) -> dict:
+    config, workdir = run.config, run.workdir
     d = config.distill
     finished = final_step >= d.steps
     output = workdir / OUTPUT_NAME
-    seconds_per_step = timed_seconds / timed_steps if timed_steps else None
+    seconds_per_step = timer.seconds_per_step()
     results = {
         "finished": finished, "method": d.method, "dataset": config.data.dataset, "ipc": d.ipc,
         "num_classes": real.num_classes, "steps": final_step, "steps_planned": d.steps,
         "model": {"name": model_name, "options": options}, "preprocessing": recipe,
-        "seconds_per_step": seconds_per_step, "compile_seconds": compile_seconds,
+        "seconds_per_step": seconds_per_step, "compile_seconds": timer.compile_seconds,
         "final_loss": history[-1]["loss"] if history else None, "history": history,
-        "config": config.to_dict(), "software": {"jax": jax.__version__},
+        "config": config.to_dict(),
     }
     if not finished:
         results["summary"] = (f"distillation stopped at step {final_step} of {d.steps} (distill.stop_after_steps); "
                               "run the same command again to resume")
-        write_json(workdir / "results.json", results)
-        return results
+        return run.finish(results)
     labels = classes if d.method == "dm" else np.asarray(state["labels"], np.float32)
     provenance = {
         "format": "distill_jax", "source": SOURCE_NAME[d.method], "method": d.method, "path": str(output.resolve()),
@@ -302,5 +261,4 @@ def _finish(config, workdir, state, classes, real, recipe, model_name, options, 
         f"  python launch/main.py --config configs/fashion_mnist_ipc10.py --workdir {workdir}/eval "
         f"--config.data.dataset={config.data.dataset} --config.data.source=distilled "
         f"--config.data.distilled_path={output}")
-    write_json(workdir / "results.json", results)
-    return results
+    return run.finish(results)
