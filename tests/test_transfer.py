@@ -66,7 +66,7 @@ def test_pool_runs_end_to_end_and_resumes(toy, tmp_path, caplog):
     caplog.set_level("INFO")
     transfer.run_transfer(config_lib.validate(toy), workdir)
     assert {p: p.stat().st_mtime_ns for p in workdir.glob("*/results.json")} == mtimes
-    assert caplog.text.count("already finished, skipped") == 5
+    assert caplog.text.count("already finished (results.json); nothing to do") == 5
 
 
 def test_table_by_hand():
