@@ -67,7 +67,7 @@ def _reproduce_config(name, **reproduce):
 def _cache(config, workdir, data):
     cells = registry.get_experiment(config.reproduce.experiment, workdir, split_seeds=config.reproduce.split_seeds,
                                        num_seeds=config.num_seeds)
-    return {reproduce._data_key(c.config.data): data for c in cells}
+    return {reproduce.data_key(c.config.data): data for c in cells}
 
 
 def test_reproduce_runs_every_cell_writes_records_table_and_plots_then_resumes(tmp_path, tiny_experiment):

@@ -44,7 +44,9 @@ class ReproductionError(UserError, ValueError):
 PLAN_FILE = "plan.json"
 
 
-def _data_key(data_cfg) -> str:
+def data_key(data_cfg) -> str:
+    """The key of a cell's data in `data_cache`: cells with equal `data` sections share one load
+    (a caller, a notebook or a test, may pre-fill the cache with arrays it already holds)."""
     return json.dumps(data_cfg.to_dict(), sort_keys=True)
 
 
@@ -304,7 +306,7 @@ def run_cells(cells: list, workdir: pathlib.Path, r, experiment: str, data_cache
             _finished_results(run_dir, c) is None for run_dir, c in _run_dirs(cell, workdir / cell.name, bool(r.split_seeds)))
         data = None
         if cell.role != "distill":  # a distill cell loads its own real data; later cells may read its output
-            key = _data_key(cell.config.data)
+            key = data_key(cell.config.data)
             if key not in data_cache:
                 data_cache[key] = pipeline.load_training_data(cell.config.data)
             data = data_cache[key]
