@@ -11,7 +11,8 @@
 #   3. the FRePo IPC 10 ResNet-18 table on CIFAR-10 (JPEG) at full length (benchmarks/gpu_run.py
 #      table): ConvNet-FRePo teacher, Baseline, Full, w/o DP, paper widths and epochs, 3 seeds
 #      vmapped per cell, the carried zca_mtt transform (no training split on the device);
-#   4. summary.md (also printed) and runs.tar.gz (records, curves, plots; no checkpoints).
+#   4. summary.md (also printed), runs.tar.gz (records, curves, plots; no checkpoints) and the
+#      table's results record (results_record*.json, the format of results/).
 #
 # Out files (8): progress.txt, bench.txt, bench.json, table_log.txt,
 # table.md, table.json, summary.md, runs.tar.gz. Each is written as its phase goes, so a run cut
@@ -149,6 +150,10 @@ fi
   > "$WORK/summary.txt" 2>&1
 rc=$?
 tar -czf "$OUT/runs.tar.gz" -C "$WORK" --exclude=checkpoints --exclude='*.npz' --exclude=toy_data table 2>/dev/null
+# The table's results record (the format of results/), ready to commit: the newest one, written by
+# the last stretch of cells that finished (results_record.<cells>.json names the cells it holds).
+RECORD=$(ls -t "$WORK"/table/results_record*.json 2>/dev/null | head -n 1)
+if [ -n "$RECORD" ]; then cp "$RECORD" "$OUT/"; else log "no results record: no cell finished"; fi
 log "done (summary exit $rc)"
 cat "$WORK/summary.txt"
 # a phase that failed (not merely cut by the time budget): its last lines, at the end of the output

@@ -20,6 +20,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))  # the device run's Python side (tested in benchmarks/tests)
 
 import gpu_run  # noqa: E402
+from distill_jax.report import results_record  # noqa: E402
 
 OUT_FILES = {"progress.txt", "bench.txt", "bench.json", "table_log.txt", "table.md", "table.json", "summary.md",
              "runs.tar.gz"}
@@ -94,7 +95,9 @@ def test_device_command_dry_run_on_cpu(bundle, tmp_path):
     done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_device_run.sh"), str(bundle)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert {p.name for p in out.iterdir()} == OUT_FILES  # 8 files: all that a device call brings back
+    names = {p.name for p in out.iterdir()}
+    record_files = [n for n in names if n.startswith("results_record")]
+    assert names - set(record_files) == OUT_FILES and len(record_files) == 1  # all that a device call brings back
     assert all(p.stat().st_size < 16 * 2 ** 20 for p in out.iterdir())
     progress = (out / "progress.txt").read_text()
     assert f"ml_collections from {work}/site" in progress and f"tensorboardX from {work}/site" in progress
@@ -110,6 +113,8 @@ def test_device_command_dry_run_on_cpu(bundle, tmp_path):
     assert {r["cell"] for r in bench["cells"]} == {"jax", "torch", "jax_s3", "jax_s5", "jax_seq5", "torch_seq5",
                                                     "jax_s3_grouped", "jax_s5_grouped"}
     assert "5 seeds vmapped (XLA's grouped convolution) vs one after another" in summary
+    record = results_record.read_record(out / record_files[0])  # ready for results/
+    assert {c["cell"] for c in record["cells"]} >= set(gpu_run.CELLS) and record["source"]["kind"] == "run"
     records = json.loads((out / "table.json").read_text())["records"]
     assert set(records) == set(gpu_run.CELLS)
     assert all(r["preprocessing"] == "zca_mtt" and r["final_accuracy"] for r in records.values())
@@ -133,6 +138,8 @@ def test_device_command_dry_run_of_chosen_cells_without_the_benchmark(bundle, tm
     assert "cells no_dp_kd, width 2" in progress and "table: exit 0" in progress and "benchmark: skipped (GPU_RUN_BENCH_S=0" in progress
     assert "resnet18 w/o DP & KD" in (out / "table.md").read_text() and "Partial table" not in (out / "table.md").read_text()
     assert "test-network width 2," in (out / "table.md").read_text()
+    record = results_record.read_record(out / "results_record.no_dp_kd.json")  # ready for results/
+    assert [c["cell"] for c in record["cells"]] == ["no_dp_kd"] and record["source"]["kind"] == "run"
     records = json.loads((out / "table.json").read_text())["records"]
     assert set(records) == {"no_dp_kd"} and records["no_dp_kd"]["config"]["model"]["width"] == 2
     assert not (work / "table" / "teacher").exists() and (work / "table" / "no_dp_kd" / "record.json").is_file()
