@@ -48,6 +48,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from distill_jax.errors import InputFileError  # noqa: E402
+from test_cifar_archives import _tar as _tar_gz  # noqa: E402 (one archive writer for the tests)
 
 CAP = 64 << 20  # DISTILL_JAX_MAX_ARRAY_BYTES for the fuzz cases
 AS_HEADROOM = 1 << 30  # how far the worker's address space may grow past its warmed-up size
@@ -224,15 +225,6 @@ def _seed_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
     (root / "cifar100_python").mkdir()
     seeds["cifar100_python"] = _tar_gz(root / "cifar100_python" / "cifar-100-python.tar.gz", members)
     return seeds
-
-
-def _tar_gz(path: pathlib.Path, members: dict) -> pathlib.Path:
-    with tarfile.open(path, "w:gz") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return path
 
 
 class _StrideZero:

@@ -362,7 +362,7 @@ class WorkdirLock:
     flock into a whole-file POSIX lock arbitrated by the server, so runs on different hosts also
     exclude each other, provided the file system is mounted with locking (not `nolock` or
     `local_lock=flock`/`all`, under which the lock is local to each host); a host that dies holds
-    its lock until the server reclaims it (the NFSv4 lease, about 90 s by default). On other
+    its lock until the server notices and frees it (about 90 s by default on NFSv4). On other
     network file systems the guarantee is what their flock gives (some lock per host only).
 
     In a multi-process run (`jax.distributed`) only the writer (process 0, `is_writer`) takes
