@@ -15,7 +15,7 @@ from typing import Optional
 from distill_jax.data import pipeline
 from distill_jax.report import records
 from distill_jax.errors import UserError
-from distill_jax.training import accuracy, metrics, rundir, runlife, runs, sharding
+from distill_jax.training import accuracy, metrics, runlife, runs, sharding, workdir_io
 
 
 class EvaluationError(UserError, ValueError):
@@ -53,7 +53,7 @@ def run_evaluation(config, workdir, *, data: Optional[pipeline.TrainingData] = N
         "seeds": seeds, "accuracy": metrics.summarize(acc),
         "software": runlife.software_versions(), "device": records.device_description(),
     }
-    rundir.write_json(workdir / "evaluation.json", result)
+    workdir_io.write_json(workdir / "evaluation.json", result)
     a = result["accuracy"]
     result["summary"] = (f"{path}: {config.data.test_split} accuracy {a['mean']:.2f} ± {a['std']:.2f} % "
                          f"over {len(a['per_seed'])} network(s) ({result['preprocessing']} preprocessing)")

@@ -20,7 +20,7 @@ from distill_jax import errors, paths
 from distill_jax.config import load_config_file, validate
 from distill_jax.errors import ConfigError
 from distill_jax.run import run
-from distill_jax.training.rundir import CONFIG_FILE, RESULTS_FILE, check_workdir, is_writer
+from distill_jax.training.workdir_io import CONFIG_FILE, RESULTS_FILE, check_workdir, is_writer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp  # noqa: E402
 
 from distill_jax import config as config_lib  # noqa: E402
 from distill_jax.data import datasets, pipeline  # noqa: E402
-from distill_jax.training import accuracy, loop, metrics, rundir, sharding  # noqa: E402
+from distill_jax.training import accuracy, loop, metrics, sharding, workdir_io  # noqa: E402
 
 CANDIDATES = ("zca_frepo", "zca_kip", "zca_mtt", "standardize", "none")
 
@@ -59,7 +59,7 @@ def main():
     workdir = pathlib.Path(args.workdir)
     results = loop.train_and_evaluate(c, workdir)
 
-    manager = ocp.CheckpointManager(workdir.resolve() / rundir.CHECKPOINT_DIR, item_names=("state", "meta"))
+    manager = ocp.CheckpointManager(workdir.resolve() / workdir_io.CHECKPOINT_DIR, item_names=("state", "meta"))
     state = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     real_train = datasets.load_dataset(args.dataset, "train")
     real_test = datasets.load_dataset(args.dataset, "test")
@@ -78,7 +78,7 @@ def main():
     out = {"set": args.set, "dataset": args.dataset, "model": f"convnet_frepo width {args.width}",
            "epochs": args.epochs, "seeds": args.seeds, "accuracy_by_test_transform": table,
            "training_final_accuracy_zca_frepo": results["final_accuracy"]}
-    rundir.write_json(workdir / "whitening.json", out)
+    workdir_io.write_json(workdir / "whitening.json", out)
     print(json.dumps(out, indent=1))
 
 

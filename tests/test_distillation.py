@@ -18,7 +18,7 @@ from distill_jax.data import preprocess
 from distill_jax.data import grid as image_grid
 from distill_jax.distillation import common, dm, frepo, runner
 from distill_jax.training import checkpoint as ckpt_lib
-from distill_jax.training import rundir, runlife
+from distill_jax.training import runlife, workdir_io
 from distill_jax.training import loop
 from helpers import override
 
@@ -339,12 +339,12 @@ def test_every_file_of_a_distillation_and_of_a_training_on_its_set_has_the_mode_
 
     files = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
              for folder in ("distill", "train") for p in (tmp_path / folder).rglob("*") if p.is_file()}
-    assert {"distill/" + name for name in (runner.OUTPUT_NAME, runner.PREPROCESSING_NAME, rundir.CONFIG_FILE,
-                                          rundir.RESULTS_FILE, rundir.METRICS_FILE, "images/step_0000002.png")} <= set(files)
-    assert {"train/" + name for name in (rundir.CONFIG_FILE, rundir.MODEL_FILE, rundir.RESULTS_FILE,
-                                         rundir.METRICS_FILE, rundir.TRAIN_SET_GRID)} <= set(files)
-    assert any(name.startswith(f"train/{rundir.CHECKPOINT_DIR}/") for name in files)
-    assert any(name.startswith(f"train/{rundir.TB_DIR}/") for name in files)
+    assert {"distill/" + name for name in (runner.OUTPUT_NAME, runner.PREPROCESSING_NAME, workdir_io.CONFIG_FILE,
+                                          workdir_io.RESULTS_FILE, workdir_io.METRICS_FILE, "images/step_0000002.png")} <= set(files)
+    assert {"train/" + name for name in (workdir_io.CONFIG_FILE, workdir_io.MODEL_FILE, workdir_io.RESULTS_FILE,
+                                         workdir_io.METRICS_FILE, workdir_io.TRAIN_SET_GRID)} <= set(files)
+    assert any(name.startswith(f"train/{workdir_io.CHECKPOINT_DIR}/") for name in files)
+    assert any(name.startswith(f"train/{workdir_io.TB_DIR}/") for name in files)
     expected = 0o666 & ~umask_027
     assert {name: oct(mode) for name, mode in files.items() if mode != expected} == {}
 
@@ -374,7 +374,7 @@ def test_real_data_in_another_pixel_space(tmp_path):
 
 def test_resuming_a_different_run_is_refused(tmp_path):
     runner.run_distillation(_config(**{"distill.steps": 2}), tmp_path, real=_real("standardize"))
-    with pytest.raises(rundir.RunConfigError, match="distill.ipc: 2 -> 3"):
+    with pytest.raises(workdir_io.RunConfigError, match="distill.ipc: 2 -> 3"):
         runner.run_distillation(_config(**{"distill.steps": 2, "distill.ipc": 3}), tmp_path, real=_real("standardize"))
     (tmp_path / "config.json").unlink()  # the checkpoints' own record still names the run
     with pytest.raises(ckpt_lib.CheckpointError, match="distill.ipc: 2 -> 3"):
@@ -391,9 +391,9 @@ def test_non_finite_loss_stops_the_run(tmp_path):
 
 
 def test_only_the_writer_process_writes_the_set(tmp_path, monkeypatch):
-    """A process other than process 0 of a multi-process run (`rundir.is_writer` False) leaves the
+    """A process other than process 0 of a multi-process run (`workdir_io.is_writer` False) leaves the
     set, its preprocessing and the records to process 0: it writes none of them."""
-    monkeypatch.setattr(rundir, "is_writer", lambda: False)
+    monkeypatch.setattr(workdir_io, "is_writer", lambda: False)
     results = runner.run_distillation(_config(**{"distill.steps": 2}), tmp_path, real=_real("standardize"))
     assert results["finished"] and results["distilled_path"] == str(tmp_path / runner.OUTPUT_NAME)
     for name in (runner.OUTPUT_NAME, runner.PREPROCESSING_NAME, "results.json", "config.json", "images"):

@@ -11,7 +11,7 @@ import pytest
 from distill_jax import config as config_lib
 from distill_jax.data import pipeline, preprocess
 from distill_jax.training import checkpoint as ckpt_lib
-from distill_jax.training import loop, rundir
+from distill_jax.training import loop, workdir_io
 from distill_jax.training import teacher as teacher_lib
 from helpers import override
 
@@ -139,7 +139,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     """config.json names the run; without it, the checkpoints' own record still does."""
     data = _data()
     loop.train_and_evaluate(_config(**{"train.stop_after_epochs": 1}), tmp_path, data=data)
-    with pytest.raises(rundir.RunConfigError, match="model.width: 4 -> 8"):
+    with pytest.raises(workdir_io.RunConfigError, match="model.width: 4 -> 8"):
         loop.train_and_evaluate(_config(**{"model.width": 8}), tmp_path, data=data)
     (tmp_path / "config.json").unlink()
     with pytest.raises(ckpt_lib.CheckpointError, match=r"belongs to a different run:\n  train.learning_rate: 0.001 -> 0.002"):

@@ -6,7 +6,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from distill_jax import config as config_lib
-from distill_jax.training import loop, metrics, rundir, runlife
+from distill_jax.training import loop, metrics, runlife, workdir_io
 from helpers import synthetic_data, tiny_run_config
 
 
@@ -127,5 +127,5 @@ def test_a_run_saves_the_grid_of_its_training_set_once(tmp_path):
     from PIL import Image
 
     loop.train_and_evaluate(_config(**{"train.epochs": 1}), tmp_path, data=synthetic_data())
-    grid = np.asarray(Image.open(tmp_path / rundir.TRAIN_SET_GRID))
+    grid = np.asarray(Image.open(tmp_path / workdir_io.TRAIN_SET_GRID))
     assert grid.shape == (4 * 33 - 1, 4 * 33 - 1)  # 4 classes x 4 images, 8 px enlarged to 32, 1 px gaps

@@ -17,7 +17,7 @@ from distill_jax import cli
 from distill_jax import config as config_lib
 from distill_jax.experiments import reproduce
 from distill_jax.report import records, render_docs, results_record
-from distill_jax.training import metrics, rundir
+from distill_jax.training import metrics, workdir_io
 from test_evaluation import _cache, _reproduce_config, _tiny_data, tiny_experiment  # noqa: F401 (fixture)
 from test_pipeline_experiment import toy_pipeline  # noqa: F401 (fixture)
 
@@ -91,7 +91,7 @@ def _run(run: pathlib.Path, config: dict, seeds, finals, train_acc, *, finished=
     lines = [{"step": 1, "epoch": 1, "loss": [1.0] * len(seeds), "train_accuracy": [10.0] * len(seeds)},
              {"step": 2, "epoch": 2, "loss": [1.0] * len(seeds), "train_accuracy": list(train_acc)},
              {"step": 2, "epoch": 2, "test_accuracy": list(finals)}]
-    (run / rundir.METRICS_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"step": 3, "tr')
+    (run / workdir_io.METRICS_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"step": 3, "tr')
     results = {"finished": finished, "diverged": None, "config": config, "seeds": list(seeds),
                "history": [{"epoch": 2, "test_accuracy": list(finals)}],
                "final_accuracy": metrics.summarize(finals) if finished else None,
@@ -175,10 +175,10 @@ def test_last_train_accuracy_has_one_reader_and_the_record_takes_it_only_for_eve
     _run(whole, config, [0, 1], [40.0, 41.0], [70.0, 71.0])  # epoch 2; its last line is cut
     silent = tmp_path / "silent"
     _run(silent, config, [2], [42.0], [80.0])
-    (silent / rundir.METRICS_FILE).unlink()  # a run that logged nothing
+    (silent / workdir_io.METRICS_FILE).unlink()  # a run that logged nothing
     diverged = tmp_path / "diverged"
     diverged.mkdir()
-    (diverged / rundir.METRICS_FILE).write_text(
+    (diverged / workdir_io.METRICS_FILE).write_text(
         json.dumps({"step": 1, "epoch": 1, "train_accuracy": [None, 80.0]}) + "\n")
     assert metrics.read_metrics(silent) == [] and len(metrics.read_metrics(whole)) == 3
     assert records.last_train_accuracy([whole]) == {"per_seed": [70.0, 71.0], "mean": 70.5, "epoch": 2, "step": 2,

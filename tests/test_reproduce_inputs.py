@@ -7,7 +7,7 @@ import ml_collections
 import pytest
 
 from distill_jax.experiments import reproduce
-from distill_jax.training import loop, rundir
+from distill_jax.training import loop, workdir_io
 from test_evaluation import _cache, _reproduce_config, _tiny_data, tiny_experiment  # noqa: F401 (fixture)
 
 
@@ -21,10 +21,10 @@ def test_a_teacher_retrained_in_place_on_other_data_stops_the_rerun(tmp_path, ti
     reproduce.run_reproduction(config, tmp_path, data_cache=_cache(config, tmp_path, data))
     assert reproduce.run_reproduction(config, tmp_path, data_cache=_cache(config, tmp_path, data))  # unchanged: fine
 
-    teacher_config = rundir.recorded_config(tmp_path / "teacher")
+    teacher_config = workdir_io.recorded_config(tmp_path / "teacher")
     shutil.rmtree(tmp_path / "teacher")  # the same teacher config, trained again on other data
     loop.train_and_evaluate(ml_collections.ConfigDict(teacher_config), tmp_path / "teacher", data=other)
     before = _listing(tmp_path / "student")
-    with pytest.raises(rundir.RunConfigError, match="other inputs"):
+    with pytest.raises(workdir_io.RunConfigError, match="other inputs"):
         reproduce.run_reproduction(config, tmp_path, data_cache=_cache(config, tmp_path, data))
     assert _listing(tmp_path / "student") == before

@@ -25,7 +25,7 @@ from distill_jax import config as config_lib
 from distill_jax import errors, evaluate, launcher
 from distill_jax.formats import distilled
 from distill_jax.training import checkpoint as ckpt_lib
-from distill_jax.training import loop, rundir
+from distill_jax.training import loop, workdir_io
 from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import teacher as teacher_lib
 from helpers import synthetic_data, tiny_run_config, write_toy_npz_dataset
@@ -59,7 +59,7 @@ def _snapshot(path):
     ("train.optimizer", "adamw"), ("train.epochs", 4)])
 def test_a_rerun_with_another_config_stops_before_writing_anything(finished, field, value):
     before = _snapshot(finished)
-    with pytest.raises(rundir.RunConfigError, match=rf"{field}: .* -> {value!r}") as err:
+    with pytest.raises(workdir_io.RunConfigError, match=rf"{field}: .* -> {value!r}") as err:
         loop.train_and_evaluate(_config(**{field: value}), finished, data=_data())
     assert "A rerun may change only: train.stop_after_epochs" in str(err.value)
     assert _snapshot(finished) == before  # the finished run is untouched: still evaluable, still a teacher
@@ -69,7 +69,7 @@ def test_a_rerun_with_another_config_stops_before_writing_anything(finished, fie
                                           ("checkpoint_every_epochs", 2), ("keep_checkpoints", 4),
                                           ("data.eval_batch_size", 7), ("train.stop_after_epochs", 9)])
 def test_fields_safe_to_change_do_not_change_the_run(finished, field, value):
-    assert rundir.config_differences(json.loads((finished / "config.json").read_text()),
+    assert workdir_io.config_differences(json.loads((finished / "config.json").read_text()),
                                      _config(**{field: value}), config_lib.default_config()) == []
 
 
@@ -77,15 +77,15 @@ def test_a_field_added_to_the_package_later_is_no_difference_at_its_default(fini
     recorded = json.loads((finished / "config.json").read_text())
     del recorded["train"]["kd"]["allow_unfinished_teacher"]  # as if written before the field existed
     defaults = config_lib.default_config()
-    assert rundir.config_differences(recorded, _config(), defaults) == []
-    assert rundir.config_differences(recorded, _config(**{"train.kd.allow_unfinished_teacher": True}), defaults) == [
+    assert workdir_io.config_differences(recorded, _config(), defaults) == []
+    assert workdir_io.config_differences(recorded, _config(**{"train.kd.allow_unfinished_teacher": True}), defaults) == [
         "train.kd.allow_unfinished_teacher: (not recorded) -> True"]
 
 
 def test_files_are_strict_json_and_readable_by_others(finished, tmp_path):
     for name in ("config.json", "model.json", "results.json"):
         assert stat.S_IMODE(os.stat(finished / name).st_mode) == 0o644
-    rundir.write_json(tmp_path / "x.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2.5)})
+    workdir_io.write_json(tmp_path / "x.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2.5)})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [1.0, None], "c": 2.5}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary file left behind
 
@@ -116,7 +116,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                             jax.eval_shape(lambda: jax.device_get(_restorable(tmp_path))))
     with caplog.at_level("WARNING"):
-        step, _, _ = checkpointer.restore_latest(abstract, rundir.identity(_config(**{"train.stop_after_epochs": 2})),
+        step, _, _ = checkpointer.restore_latest(abstract, workdir_io.identity(_config(**{"train.stop_after_epochs": 2})),
                                                  config_lib.default_config())
     checkpointer.close()
     assert step < bad
@@ -143,12 +143,12 @@ def test_a_damaged_only_checkpoint_stops_the_run(tmp_path):
 # ---------------------------------------------------------------- one run per workdir
 
 def test_a_live_lock_stops_a_second_run_at_once(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from distill_jax.training import rundir; "
-                               f"rundir.WorkdirLock({str(tmp_path)!r}).__enter__(); print('held', flush=True); "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from distill_jax.training import workdir_io; "
+                               f"workdir_io.WorkdirLock({str(tmp_path)!r}).__enter__(); print('held', flush=True); "
                                "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(rundir.WorkdirInUseError, match=f"in use by PID {holder.pid} on "):
+        with pytest.raises(workdir_io.WorkdirInUseError, match=f"in use by PID {holder.pid} on "):
             loop.train_and_evaluate(_config(), tmp_path, data=_data())
         assert not (tmp_path / "config.json").exists()
     finally:
@@ -160,9 +160,9 @@ def test_a_stale_lock_is_taken_over_and_released(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     tmp_path.mkdir(exist_ok=True)
-    (tmp_path / rundir.LOCK_FILE).write_text(str(dead.pid))
+    (tmp_path / workdir_io.LOCK_FILE).write_text(str(dead.pid))
     assert loop.train_and_evaluate(_config(**{"train.epochs": 1}), tmp_path, data=_data())["finished"]
-    assert not (tmp_path / rundir.LOCK_FILE).exists()
+    assert not (tmp_path / workdir_io.LOCK_FILE).exists()
 
 
 # ---------------------------------------------------------------- divergence
@@ -197,7 +197,7 @@ def test_reproduce_stops_on_a_changed_cell_or_runs_it_afresh_beside_the_old_one(
     changed = _tiny_cells(tmp_path, 2e-3)
     assert reproduce.cell_conflicts(changed[0], tmp_path / "teacher", False) == [
         "teacher: train.learning_rate: 0.001 -> 0.002"]
-    with pytest.raises(rundir.RunConfigError, match="cell teacher .* another config"):
+    with pytest.raises(workdir_io.RunConfigError, match="cell teacher .* another config"):
         reproduce._place_cells(changed, tmp_path, False, fresh=False)
     placed = reproduce._place_cells(changed, tmp_path, False, fresh=True)
     new_name = reproduce.fresh_cell_dir(tmp_path / "teacher", changed[0].config).name
@@ -220,7 +220,7 @@ def test_fuzzed_checkpoint_bytes_restore_exactly_or_are_refused(tmp_path):
     loop.train_and_evaluate(_config(**{"train.epochs": 1, "num_seeds": 1}), tmp_path / "run", data=_data())
     original = _restorable(tmp_path / "run")
     abstract = jax.eval_shape(lambda: original)
-    identity = rundir.identity(_config(**{"train.epochs": 1, "num_seeds": 1}))
+    identity = workdir_io.identity(_config(**{"train.epochs": 1, "num_seeds": 1}))
     step_dir = next(p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
     files = sorted(p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 0)
     rng = np.random.default_rng(0)
@@ -255,7 +255,7 @@ def test_an_imported_teacher_cell_never_conflicts(tmp_path):
     config = _config()
     config.seed = 3
     (tmp_path / "teacher").mkdir()
-    rundir.write_json(tmp_path / "teacher" / "config.json", {**config.to_dict(), "seed": 0})  # as import_teacher writes it
+    workdir_io.write_json(tmp_path / "teacher" / "config.json", {**config.to_dict(), "seed": 0})  # as import_teacher writes it
     cell = registry.Cell("teacher", "Teacher (published)", config, "import")
     assert reproduce.cell_conflicts(cell, tmp_path / "teacher", False) == []
     trained = registry.Cell("teacher", "Teacher", config, "teacher")
@@ -327,7 +327,7 @@ def test_a_relative_set_path_resumed_from_another_directory_is_refused(on_disk, 
     _write_set(tmp_path / "b" / "set.npz", seed=1)
     monkeypatch.chdir(tmp_path / "b")  # the same command, typed elsewhere: 'set.npz' is another file
     before = _listing(tmp_path / "run")
-    with pytest.raises(rundir.RunConfigError,
+    with pytest.raises(workdir_io.RunConfigError,
                        match=f"data.distilled_path: '{tmp_path}/a/set.npz' -> '{tmp_path}/b/set.npz'"):
         loop.train_and_evaluate(config, tmp_path / "run")
     assert _listing(tmp_path / "run") == before
@@ -345,7 +345,7 @@ def test_a_teacher_retrained_in_place_is_refused_naming_its_digest(tmp_path):
     shutil.rmtree(tmp_path / "teacher")  # retrained in place: same path, other weights
     loop.train_and_evaluate(_config(**{"num_seeds": 1, "train.epochs": 1, "seed": 7}), tmp_path / "teacher", data=data)
     before = _listing(tmp_path / "student")
-    with pytest.raises(rundir.RunConfigError,
+    with pytest.raises(workdir_io.RunConfigError,
                        match=rf"checkpoint .*student/checkpoints/2 was trained on other inputs than this run: "
                              rf"sha256 of the teacher's weights: {record['sha256'][:16]}\.\.\. -> "):
         loop.train_and_evaluate(student, tmp_path / "student", data=data)

@@ -1,4 +1,4 @@
-"""One run per workdir (rundir.WorkdirLock): an OS lock (flock) held for the run's life.
+"""One run per workdir (workdir_io.WorkdirLock): an OS lock (flock) held for the run's life.
 
 Many processes starting at the same instant on one workdir: exactly one holds it; a holder in
 another PID namespace or on another host (its PID means nothing here) still holds it; a run
@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from distill_jax.training import rundir
+from distill_jax.training import workdir_io
 
 CONTENDERS = 20
 ROUNDS = 20
@@ -23,11 +23,11 @@ def _contend(workdir, rounds, start, attempted, released, results):
     release (the winner), wait for all again."""
     for round_ in range(rounds):
         start.wait()
-        lock = rundir.WorkdirLock(workdir)
+        lock = workdir_io.WorkdirLock(workdir)
         try:
             lock.__enter__()
             results.put((round_, os.getpid(), "won", ""))
-        except rundir.WorkdirInUseError as err:
+        except workdir_io.WorkdirInUseError as err:
             results.put((round_, os.getpid(), "lost", str(err)))
         except BaseException as err:  # noqa: BLE001 - reported to the test
             results.put((round_, os.getpid(), "error", repr(err)))
@@ -62,13 +62,13 @@ def test_simultaneous_starts_give_exactly_one_holder(tmp_path):
         for _, _, kind, message in these:
             if kind == "lost":
                 assert f"workdir {tmp_path} in use by PID {winner} on {host}" in message, message
-    assert not (tmp_path / rundir.LOCK_FILE).exists()  # the last holder removed it
+    assert not (tmp_path / workdir_io.LOCK_FILE).exists()  # the last holder removed it
 
 
 def _hold(workdir, ready, stop, note=None):
-    lock = rundir.WorkdirLock(workdir).__enter__()
+    lock = workdir_io.WorkdirLock(workdir).__enter__()
     if note is not None:  # what a holder in another PID namespace or on another host writes
-        (workdir / rundir.LOCK_FILE).write_text(note)
+        (workdir / workdir_io.LOCK_FILE).write_text(note)
     ready.set()
     stop.wait(120)
     lock.__exit__(None, None, None)
@@ -83,14 +83,14 @@ def test_a_holder_whose_pid_means_nothing_here_still_holds_it(tmp_path):
     holder.start()
     try:
         assert ready.wait(60)
-        with pytest.raises(rundir.WorkdirInUseError, match="in use by PID 4194000 on build-host-7"):
-            rundir.WorkdirLock(tmp_path).__enter__()
-        assert (tmp_path / rundir.LOCK_FILE).read_text() == "4194000 build-host-7\n"  # left as the holder wrote it
+        with pytest.raises(workdir_io.WorkdirInUseError, match="in use by PID 4194000 on build-host-7"):
+            workdir_io.WorkdirLock(tmp_path).__enter__()
+        assert (tmp_path / workdir_io.LOCK_FILE).read_text() == "4194000 build-host-7\n"  # left as the holder wrote it
     finally:
         stop.set()
         holder.join(60)
     assert holder.exitcode == 0
-    with rundir.WorkdirLock(tmp_path) as lock:  # released: free again
+    with workdir_io.WorkdirLock(tmp_path) as lock:  # released: free again
         assert lock.held
 
 
@@ -100,31 +100,31 @@ def test_a_run_killed_with_sigkill_frees_the_workdir(tmp_path, caplog):
     holder = ctx.Process(target=_hold, args=(tmp_path, ready, stop))
     holder.start()
     assert ready.wait(60)
-    with pytest.raises(rundir.WorkdirInUseError, match=f"in use by PID {holder.pid} on "):
-        rundir.WorkdirLock(tmp_path).__enter__()
+    with pytest.raises(workdir_io.WorkdirInUseError, match=f"in use by PID {holder.pid} on "):
+        workdir_io.WorkdirLock(tmp_path).__enter__()
     os.kill(holder.pid, signal.SIGKILL)
     holder.join(60)
     assert holder.exitcode == -signal.SIGKILL
-    assert (tmp_path / rundir.LOCK_FILE).is_file()  # left behind by the killed run
-    with caplog.at_level("WARNING"), rundir.WorkdirLock(tmp_path) as lock:
+    assert (tmp_path / workdir_io.LOCK_FILE).is_file()  # left behind by the killed run
+    with caplog.at_level("WARNING"), workdir_io.WorkdirLock(tmp_path) as lock:
         assert lock.held
-        assert (tmp_path / rundir.LOCK_FILE).read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+        assert (tmp_path / workdir_io.LOCK_FILE).read_text() == f"{os.getpid()} {socket.gethostname()}\n"
     assert f"taking over the lock of PID {holder.pid} on {socket.gethostname()}, which ended without releasing it" \
         in caplog.text
-    assert not (tmp_path / rundir.LOCK_FILE).exists()
+    assert not (tmp_path / workdir_io.LOCK_FILE).exists()
 
 
 def test_a_second_lock_in_the_same_process_is_refused(tmp_path):
-    with rundir.WorkdirLock(tmp_path):
-        with pytest.raises(rundir.WorkdirInUseError, match=f"in use by PID {os.getpid()}"):
-            rundir.WorkdirLock(tmp_path).__enter__()
-    with rundir.WorkdirLock(tmp_path) as again:
+    with workdir_io.WorkdirLock(tmp_path):
+        with pytest.raises(workdir_io.WorkdirInUseError, match=f"in use by PID {os.getpid()}"):
+            workdir_io.WorkdirLock(tmp_path).__enter__()
+    with workdir_io.WorkdirLock(tmp_path) as again:
         assert again.held
 
 
 def test_only_the_writer_process_takes_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(rundir, "is_writer", lambda: False)
-    with rundir.WorkdirLock(tmp_path / "run") as lock:
+    monkeypatch.setattr(workdir_io, "is_writer", lambda: False)
+    with workdir_io.WorkdirLock(tmp_path / "run") as lock:
         assert not lock.held and not (tmp_path / "run").exists()
 
 
@@ -135,6 +135,6 @@ def test_only_the_writer_process_takes_it(tmp_path, monkeypatch):
 ])
 def test_unusable_workdirs_are_named(tmp_path, make, expected):
     workdir = make(tmp_path / "w")
-    with pytest.raises(rundir.UnusableWorkdirError, match=expected.replace("(", r"\(")):
-        rundir.WorkdirLock(workdir).__enter__()
+    with pytest.raises(workdir_io.UnusableWorkdirError, match=expected.replace("(", r"\(")):
+        workdir_io.WorkdirLock(workdir).__enter__()
     assert sorted(p.name for p in tmp_path.iterdir()) == (["w"] if (tmp_path / "w").exists() else [])

@@ -31,7 +31,7 @@ from distill_jax.data import grid as image_grid
 from distill_jax.formats.distilled import DistilledSet, save_distilled
 from distill_jax.distillation import common, dm, frepo
 from distill_jax.distillation.common import DEFAULT_MODEL, METHODS
-from distill_jax.training import rundir, runlife
+from distill_jax.training import runlife, workdir_io
 from distill_jax.training.runlife import report
 
 DEFAULT_PREPROCESSING = {"dm": "standardize", "frepo": "zca_frepo"}
@@ -132,7 +132,7 @@ def _stands(run: runlife.Run, done: dict) -> bool:
     """Whether the finished distillation `done` (its results.json) reached `distill.steps` with this
     config and its set is there."""
     return (done.get("steps", 0) >= run.config.distill.steps and (run.workdir / OUTPUT_NAME).is_file()
-            and not rundir.config_differences(done.get("config") or {}, run.config, run.defaults))
+            and not workdir_io.config_differences(done.get("config") or {}, run.config, run.defaults))
 
 
 def _grid_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
@@ -214,7 +214,7 @@ def _distill(run: runlife.Run, real) -> dict:
         if runlife.due(done, d.checkpoint_every_steps, end):
             with timer.paused():  # checkpoint time is not step time
                 run.save(done, state, {"history": history})
-                if rundir.is_writer():  # only process 0 writes
+                if workdir_io.is_writer():  # only process 0 writes
                     grid = image_grid.save_set_grid(_grid_path(workdir, done), np.asarray(state["images"]), classes,
                                                     real.preprocessing, real.num_classes)
                     writer.image("distilled_images", grid, done)
@@ -248,10 +248,10 @@ def _finish(run: runlife.Run, state, classes, real, recipe, model_name, options,
         "model": model_name, "model_options": options, "preprocessing_file": PREPROCESSING_NAME,
         "notes": f"distilled by distill_jax ({d.method}) from {real.description}",
     }
-    if rundir.is_writer():  # only process 0 writes; the others wait, since a later cell may read the set at once
+    if workdir_io.is_writer():  # only process 0 writes; the others wait, since a later cell may read the set at once
         save_distilled(DistilledSet(np.asarray(state["images"]), labels, real.num_classes, recipe, provenance), output)
         real.preprocessing.save(workdir / PREPROCESSING_NAME)
-    rundir.wait_for_writer("distilled set written")
+    workdir_io.wait_for_writer("distilled set written")
     results.update({"distilled_path": str(output), "preprocessing_path": str(workdir / PREPROCESSING_NAME)})
     speed = f"{seconds_per_step:.3f} s/step" if seconds_per_step is not None else "speed not measured"
     results["summary"] = (

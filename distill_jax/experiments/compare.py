@@ -35,7 +35,7 @@ from distill_jax.experiments import recipes, registry, reproduce
 from distill_jax.report import paper as published
 from distill_jax.report import plots, records, tables
 from distill_jax.training import metrics as metrics_lib
-from distill_jax.training import rundir
+from distill_jax.training import workdir_io
 
 
 class CompareError(UserError, ValueError):
@@ -83,7 +83,7 @@ def finished_runs(cell_dir: pathlib.Path) -> list[tuple[pathlib.Path, dict]]:
     """(run dir, results) of every finished run of a cell."""
     out = []
     for run in records.run_dirs(cell_dir):
-        results = _read_json(run / rundir.RESULTS_FILE)
+        results = _read_json(run / workdir_io.RESULTS_FILE)
         if results and results.get("finished"):
             out.append((run, results))
     return out
@@ -130,7 +130,7 @@ def recorded_config(cell_dir: pathlib.Path) -> Optional[dict]:
     if record and record.get("config"):
         return record["config"]
     for run in records.run_dirs(cell_dir):
-        config = _read_json(run / rundir.CONFIG_FILE)
+        config = _read_json(run / workdir_io.CONFIG_FILE)
         if config:
             return config
     return None
@@ -152,13 +152,13 @@ def _planned_seeds(root: pathlib.Path, plan: Optional[dict], cell_names) -> Opti
         return int(plan["config"]["num_seeds"])
     counts = []
     for name in cell_names:
-        config = _read_json(root / name / rundir.CONFIG_FILE)  # a cell that trains its seeds together
+        config = _read_json(root / name / workdir_io.CONFIG_FILE)  # a cell that trains its seeds together
         if config and config.get("num_seeds"):
             counts.append(int(config["num_seeds"]))
         record = _read_json(root / name / "record.json")
         if record and record.get("seeds"):
             counts.append(len(record["seeds"]))
-        counts.append(len([p for p in records.run_dirs(root / name) if p.name.startswith(rundir.SEED_PREFIX)]))
+        counts.append(len([p for p in records.run_dirs(root / name) if p.name.startswith(workdir_io.SEED_PREFIX)]))
     return max(counts) if counts and max(counts) > 0 else None
 
 
@@ -207,8 +207,8 @@ def _is_cell_dir(path: pathlib.Path) -> bool:
     """A folder of runs (not `<cell>.<hash>`, a cell rerun afresh beside its old dir)."""
     if not path.is_dir() or "." in path.name:
         return False
-    return (any((path / name).exists() for name in ("record.json", rundir.RESULTS_FILE, rundir.CONFIG_FILE))
-            or bool(rundir.seed_dirs(path)))
+    return (any((path / name).exists() for name in ("record.json", workdir_io.RESULTS_FILE, workdir_io.CONFIG_FILE))
+            or bool(workdir_io.seed_dirs(path)))
 
 
 def scale_label(scale: Optional[dict]) -> Optional[str]:
@@ -258,7 +258,7 @@ def read_workdir(path) -> dict:
     expected = (f"compare reads the experiment workdirs of `reproduce`: a folder holding {reproduce.PLAN_FILE} "
                 "(or reproduction.json) and one folder per cell")
     if plan is None:  # from before plan.json, an experiment workdir is told by its cell dirs
-        own = [name for name in (rundir.CONFIG_FILE, rundir.RESULTS_FILE) if (root / name).is_file()]
+        own = [name for name in (workdir_io.CONFIG_FILE, workdir_io.RESULTS_FILE) if (root / name).is_file()]
         if own:
             raise CompareError(f"workdir {root} is a single run ({' and '.join(own)} at its top), not an "
                                f"experiment: {expected}")
@@ -584,7 +584,7 @@ def write_comparison(workdirs: Sequence, out, *, labels: Optional[Sequence[str]]
     plots.plot_scale_curves(comparison["panels"], files["png"], references=references,
                             title=f"{comparison['experiment'] or 'experiment'}: test accuracy, mean over seeds "
                                   "(shaded: lowest to highest seed)")
-    rundir.write_text(files["md"], comparison["markdown"])
-    rundir.write_json(files["json"], summary_json(comparison))
+    workdir_io.write_text(files["md"], comparison["markdown"])
+    workdir_io.write_json(files["json"], summary_json(comparison))
     return {**comparison, "files": {k: str(v) for k, v in files.items()}}
 

@@ -15,7 +15,7 @@ import ml_collections
 from distill_jax import models
 from distill_jax.distillation import runner as distill_runner
 from distill_jax.experiments import recipes
-from distill_jax.training import rundir
+from distill_jax.training import workdir_io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ def _scaled(c, scale: Scale, teacher: bool):
 def teacher_dir(workdir, split_seeds: bool, seed: int) -> str:
     """The workdir a student's KD reads: the teacher cell (its first seed is used)."""
     base = pathlib.Path(workdir) / "teacher"
-    return str(rundir.seed_dir(base, seed)) if split_seeds else str(base)
+    return str(workdir_io.seed_dir(base, seed)) if split_seeds else str(base)
 
 
 # Where a paper experiment's KD teacher comes from: 'auto' imports the published one where it

@@ -34,7 +34,7 @@ from distill_jax.experiments import recipes, registry
 from distill_jax.report import plots, records, results_record, tables
 from distill_jax.errors import UserError
 from distill_jax.training import metrics as metrics_lib
-from distill_jax.training import loop, rundir, runs
+from distill_jax.training import loop, runs, workdir_io
 
 
 class ReproductionError(UserError, ValueError):
@@ -51,23 +51,23 @@ def data_key(data_cfg) -> str:
 
 
 def _finished_results(run_dir: pathlib.Path, config) -> Optional[dict]:
-    """The run's results if it already finished as this run (same identity: `rundir`), so it can
+    """The run's results if it already finished as this run (same identity: `workdir_io`), so it can
     be skipped. A run of another config is not skipped: training it refuses the workdir."""
-    path = run_dir / rundir.RESULTS_FILE
+    path = run_dir / workdir_io.RESULTS_FILE
     if not path.is_file():
         return None
     try:
         results = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    if results.get("finished") and not rundir.config_differences(results.get("config") or {}, config,
+    if results.get("finished") and not workdir_io.config_differences(results.get("config") or {}, config,
                                                                 config_lib.default_config()):
         return results
     return None
 
 
 def _run_dirs(cell: registry.Cell, cell_dir: pathlib.Path, split_seeds: bool):
-    return [(cell_dir if seed is None else rundir.seed_dir(cell_dir, seed), c)
+    return [(cell_dir if seed is None else workdir_io.seed_dir(cell_dir, seed), c)
             for seed, c in _seed_configs(cell.config, split_seeds and cell.role in ("teacher", "student"))]
 
 
@@ -80,15 +80,15 @@ def cell_conflicts(cell: registry.Cell, cell_dir: pathlib.Path, split_seeds: boo
     defaults = config_lib.default_config()
     lines = []
     for run_dir, config in _run_dirs(cell, cell_dir, split_seeds):
-        recorded = rundir.recorded_config(run_dir)
+        recorded = workdir_io.recorded_config(run_dir)
         if recorded is not None:
-            lines += [f"{run_dir.name}: {d}" for d in rundir.config_differences(recorded, config, defaults)]
+            lines += [f"{run_dir.name}: {d}" for d in workdir_io.config_differences(recorded, config, defaults)]
     return lines
 
 
 def fresh_cell_dir(cell_dir: pathlib.Path, config) -> pathlib.Path:
     """`<cell>.<hash>`: where a cell whose config changed runs afresh, beside (never over) the old one."""
-    digest = hashlib.sha256(json.dumps(rundir.identity(config), sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps(workdir_io.identity(config), sort_keys=True).encode()).hexdigest()[:8]
     return cell_dir.with_name(f"{cell_dir.name}.{digest}")
 
 
@@ -139,7 +139,7 @@ def _distill(cell: registry.Cell, cell_dir: pathlib.Path) -> dict:
         "best_over_training": None, "software": records.software_versions(), "device": records.device_description(),
         "hardware": records.hardware_description(),
     }
-    rundir.write_json(cell_dir / "record.json", record)
+    workdir_io.write_json(cell_dir / "record.json", record)
     return record
 
 
@@ -182,7 +182,7 @@ def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: 
         "software": records.software_versions(), "device": records.device_description(),
         "hardware": records.hardware_description(),
     }
-    rundir.write_json(cell_dir / "record.json", record)
+    workdir_io.write_json(cell_dir / "record.json", record)
     if cell.role not in ("import", "score"):
         plots.plot_schedules(cell.config, cell_dir / "schedules.png", steps_per_epoch=_steps_per_epoch(cell.config, data))
         if record["history"]:
@@ -209,7 +209,7 @@ def _place_cells(cells: list, workdir: pathlib.Path, split_seeds: bool, fresh: b
         cell = dataclasses.replace(cell, config=config)
         conflicts = cell_conflicts(cell, workdir / cell.name, split_seeds)
         if conflicts and not fresh:
-            raise rundir.RunConfigError(
+            raise workdir_io.RunConfigError(
                 f"reproduce: cell {cell.name} in {workdir / cell.name} was run with another config:\n  "
                 + "\n  ".join(conflicts) + "\nUse another workdir, or --config.reproduce.fresh_on_change=True "
                 "to run the changed cells afresh beside the old ones")
@@ -347,7 +347,7 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
                                     split_seeds=bool(r.split_seeds), num_seeds=config.num_seeds, seed=config.seed,
                                     teacher=r.teacher)
     cells = select_cells(inherit_fields(cells, config), r, r.experiment)
-    rundir.write_json(workdir / PLAN_FILE, {"experiment": r.experiment, "config": config.to_dict(),
+    workdir_io.write_json(workdir / PLAN_FILE, {"experiment": r.experiment, "config": config.to_dict(),
                                             "cells": [c.name for c in cells], "command": results_record.command_line()})
     cell_records = run_cells(cells, workdir, r, f"reproduce {r.experiment}", data_cache)
     trained = [rec for rec in cell_records if rec["role"] != "distill"]
@@ -358,11 +358,11 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
     suffix = subset_suffix(r, cells)
     if any(rec.get("history") or rec.get("final_accuracy") for rec in trained):  # not for a distill-only run
         plots.plot_experiment(trained, workdir / f"accuracy_by_cell{suffix}.png", title=r.experiment)
-    rundir.write_text(workdir / f"table{suffix}.md", heading + table)
+    workdir_io.write_text(workdir / f"table{suffix}.md", heading + table)
     summary = {"experiment": r.experiment, "config": config.to_dict(), "cells": cell_summaries(cell_records),
                "software": records.software_versions(), "device": records.device_description()}
-    rundir.write_json(workdir / f"reproduction{suffix}.json", summary)
-    if rundir.is_writer():  # the record reads back the files only process 0 wrote
+    workdir_io.write_json(workdir / f"reproduction{suffix}.json", summary)
+    if workdir_io.is_writer():  # the record reads back the files only process 0 wrote
         results_record.write_record(workdir / f"results_record{suffix}.json",
                                     results_record.from_workdir(workdir, summary_file=f"reproduction{suffix}.json"))
     return {**summary, "table": table, "summary": heading + table}

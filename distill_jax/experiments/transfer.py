@@ -26,7 +26,7 @@ from distill_jax import models
 from distill_jax.experiments import recipes, registry, reproduce
 from distill_jax.formats.distilled import load_distilled
 from distill_jax.report import plots, records, results_record, tables
-from distill_jax.training import rundir, runs
+from distill_jax.training import runs, workdir_io
 
 DEFAULT_POOL = ("convnet", "resnet18", "resnet50", "vgg11", "alexnet", "vit")
 RECIPES = ("baseline", "full")
@@ -201,7 +201,7 @@ def teacher_cell(spec: PoolSpec, workdir: pathlib.Path, scale: registry.Scale, n
     if runs.is_reference_file(source):
         label = f"Training network (imported {source.name}, as its publisher kept it)"
         return registry.Cell("teacher", label, c, "import"), str(workdir / "teacher")
-    model_file = source / rundir.MODEL_FILE
+    model_file = source / workdir_io.MODEL_FILE
     if not model_file.is_file():
         raise TransferError(f"config field 'transfer.teacher' = {spec.teacher!r}: neither a .pth file nor the "
                             f"workdir of a run of this package (no {model_file})")
@@ -297,12 +297,12 @@ def run_transfer(config, workdir, *, data_cache: Optional[dict] = None) -> dict:
                f"mean ± std (ddof=1) over {config.num_seeds} seed(s); differences are of the means. "
                f"{reproduce.scale_line(r)}\n\n")
     plot_transfer(cell_records, spec.networks, workdir / "transfer.png", title=title)
-    rundir.write_text(workdir / "transfer.md", heading + table)
+    workdir_io.write_text(workdir / "transfer.md", heading + table)
     summary = {"set": dataclasses.asdict(spec), "config": config.to_dict(),
                "cells": reproduce.cell_summaries(cell_records), "command": results_record.command_line(),
                "software": records.software_versions(), "device": records.device_description()}
-    rundir.write_json(workdir / "transfer.json", summary)
-    if rundir.is_writer():  # the record reads back the files only process 0 wrote
+    workdir_io.write_json(workdir / "transfer.json", summary)
+    if workdir_io.is_writer():  # the record reads back the files only process 0 wrote
         results_record.write_record(workdir / results_record.AUTO_FILE,
                                     results_record.from_workdir(workdir, summary_file="transfer.json"))
     return {**summary, "table": table, "summary": heading + table}

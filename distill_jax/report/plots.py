@@ -11,7 +11,7 @@ import numpy as np
 
 from distill_jax import atomic
 from distill_jax.optim import schedules
-from distill_jax.training import rundir
+from distill_jax.training import workdir_io
 
 
 def _pyplot():
@@ -25,7 +25,7 @@ def _pyplot():
 
 def _save(fig, path) -> pathlib.Path:
     path = pathlib.Path(path)
-    if not rundir.is_writer():  # one set of files per run, from process 0
+    if not workdir_io.is_writer():  # one set of files per run, from process 0
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic.write_with_path(path, lambda tmp: fig.savefig(tmp, dpi=100))

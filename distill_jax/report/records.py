@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from distill_jax.training import metrics, rundir
+from distill_jax.training import metrics, workdir_io
 from distill_jax.training.runlife import software_versions  # noqa: F401 - the software record, owned there
 
 
@@ -104,7 +104,7 @@ def merge_seed_results(results: list[dict]) -> dict:
 
 def run_dirs(cell_dir: pathlib.Path) -> list[pathlib.Path]:
     """The runs of a cell: its `seed_<s>` dirs (split seeds; in seed order), else the cell dir itself."""
-    return rundir.seed_dirs(cell_dir) or [pathlib.Path(cell_dir)]
+    return workdir_io.seed_dirs(cell_dir) or [pathlib.Path(cell_dir)]
 
 
 def last_train_accuracy(runs: Sequence[pathlib.Path]) -> Optional[dict]:

@@ -27,7 +27,7 @@ from distill_jax.distillation.common import centred_one_hot
 from distill_jax.errors import UserError
 from distill_jax.report import paper, results_record, tables
 from distill_jax.training import metrics as metrics_lib
-from distill_jax.training import rundir
+from distill_jax.training import workdir_io
 
 RESULTS_DIR = "results"
 RESULTS_DOC = "docs/results.md"
@@ -634,7 +634,7 @@ def write_all(root=".") -> list[str]:
     changed = []
     for path, text in render_all(root).items():
         if _read(root / path) != text:
-            rundir.write_text(root / path, text)
+            workdir_io.write_text(root / path, text)
             changed.append(path)
     return changed
 

@@ -17,7 +17,7 @@ Field meanings:
 - `source`: `{"kind": "run"}` for a record exported from a workdir; `{"kind": "transcribed",
   "from": ..., "reason": ...}` for one whose per-seed values were copied from a table printed
   when the workdir was not kept (its `config_digest` is null: the config is not known exactly).
-- `config_digest`: sha256 of the launched config's identity (`rundir.identity`: the whole
+- `config_digest`: sha256 of the launched config's identity (`workdir_io.identity`: the whole
   resolved config except the fields a rerun may change, such as where the data lives).
 - `wall_seconds` (per cell and in all): from each run's first output (`train_set.png`) to its
   `results.json`, summed over a cell's runs; pauses between resumes count. A distillation
@@ -41,7 +41,7 @@ from typing import Optional, Sequence
 from distill_jax import models
 from distill_jax.errors import InputFileError
 from distill_jax.report import records
-from distill_jax.training import rundir
+from distill_jax.training import workdir_io
 
 SCHEMA_VERSION = 1
 AUTO_FILE = "results_record.json"  # what `reproduce` and `transfer` write into their workdir
@@ -76,8 +76,8 @@ def dataset_label(name: str) -> str:
 
 
 def config_digest(config) -> str:
-    """sha256 (hex) of a config's identity (`rundir.identity`), from a ConfigDict or its dict."""
-    return hashlib.sha256(json.dumps(rundir.identity(config), sort_keys=True).encode()).hexdigest()
+    """sha256 (hex) of a config's identity (`workdir_io.identity`), from a ConfigDict or its dict."""
+    return hashlib.sha256(json.dumps(workdir_io.identity(config), sort_keys=True).encode()).hexdigest()
 
 
 def command_line(argv: Optional[Sequence[str]] = None, cwd=None) -> str:
@@ -295,7 +295,7 @@ def write_record(path, record: dict) -> pathlib.Path:
     path = pathlib.Path(path)
     validate(record, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(path, record)
+    workdir_io.write_json(path, record)
     return path
 
 
@@ -335,7 +335,7 @@ def last_step_train_accuracy(runs: Sequence[pathlib.Path]) -> Optional[dict]:
 
 
 def _span(run: pathlib.Path) -> Optional[float]:
-    start, end = run / rundir.TRAIN_SET_GRID, run / rundir.RESULTS_FILE
+    start, end = run / workdir_io.TRAIN_SET_GRID, run / workdir_io.RESULTS_FILE
     if not (start.is_file() and end.is_file()):
         return None
     return max(0.0, end.stat().st_mtime - start.stat().st_mtime)
@@ -461,12 +461,12 @@ def _assemble(kind: str, experiment: str, config: dict, cell_pairs: list, comman
         if name != dataset:
             cell["dataset"] = name
     walls = [c["wall_seconds"] for c in cells if c["wall_seconds"] is not None]
-    results = [run / rundir.RESULTS_FILE for _, cell_dir in cell_pairs for run in records.run_dirs(cell_dir)]
+    results = [run / workdir_io.RESULTS_FILE for _, cell_dir in cell_pairs for run in records.run_dirs(cell_dir)]
     record = {"schema_version": SCHEMA_VERSION, "kind": kind, "experiment": experiment, "dataset": dataset,
               "scale": scale, "source": {"kind": "run"}, "config_digest": config_digest(config),
               "command": command, "software": software, "hardware": hardware,
               "wall_seconds": float(sum(walls)) if walls else None, "date": _date(results), "cells": cells}
-    return validate(rundir.finite(record), str(where))
+    return validate(workdir_io.finite(record), str(where))
 
 
 def _experiment_record(root: pathlib.Path, summary_file: Optional[str], command: Optional[str]) -> dict:
@@ -507,7 +507,7 @@ def _experiment_record(root: pathlib.Path, summary_file: Optional[str], command:
 
 
 def _single_run_record(root: pathlib.Path, command: Optional[str]) -> dict:
-    results_path = root / rundir.RESULTS_FILE
+    results_path = root / workdir_io.RESULTS_FILE
     results = _read_json(results_path, "a training run's results")
     config = _get(results, "config", results_path)
     if not results.get("finished") and not results.get("diverged"):
@@ -529,7 +529,7 @@ def from_workdir(workdir, *, command: Optional[str] = None, summary_file: Option
     if summary_file or (root / "transfer.json").is_file() or any(root.glob("reproduction*.json")) \
             or (root / "plan.json").is_file():
         return _experiment_record(root, summary_file, command)
-    if (root / rundir.RESULTS_FILE).is_file():
+    if (root / workdir_io.RESULTS_FILE).is_file():
         return _single_run_record(root, command)
     raise RecordError(f"{root}: holds no reproduction.json, transfer.json or results.json: not a finished workdir "
                       "of this package")

@@ -1,8 +1,8 @@
 """Orbax checkpoints of the training state, with the run's identity and the arrays' digests.
 
 A checkpoint holds the state pytree and a JSON record: the identity of the run that wrote it
-(`rundir.identity`, the whole config but the fields safe to change), what it trained on
-(`rundir.run_inputs`: the data's and the teacher's digests) and a sha256 of every array.
+(`workdir_io.identity`, the whole config but the fields safe to change), what it trained on
+(`workdir_io.run_inputs`: the data's and the teacher's digests) and a sha256 of every array.
 Restoring into a run of another config or other inputs raises an error; a checkpoint whose
 arrays fail their digests is skipped for the previous kept one, with a warning. Nothing
 starts afresh silently: discarding hours of training, or mixing two experiments, is worse
@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from distill_jax.errors import DISK_ERRORS, UserError
-from distill_jax.training import rundir
+from distill_jax.training import workdir_io
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -192,7 +192,7 @@ class Checkpointer:
 
     def _remove_partial(self, step: int) -> None:
         """Removes what a failed save of `step` left (Orbax's temporary directory), on the writer."""
-        if not rundir.is_writer():
+        if not workdir_io.is_writer():
             return
         for _ in range(10):  # a write still in flight in tensorstore may recreate a folder: until none comes back
             partial = [p for p in self.directory.iterdir() if p.name.startswith(f"{step}.orbax-checkpoint-tmp")]
@@ -211,12 +211,12 @@ class Checkpointer:
             raise _Damaged(f"checkpoint {where} cannot be read (meta): {_first_line(err)}") from err
         saved_meta = saved_meta or {}
         if identity is not None and "identity" in saved_meta:  # checkpoints written before whole-config identity carry none
-            diff = rundir.config_differences(saved_meta["identity"], identity, defaults)
+            diff = workdir_io.config_differences(saved_meta["identity"], identity, defaults)
             if diff:
                 raise CheckpointError(f"checkpoint {where} belongs to a different run:\n  " + "\n  ".join(diff)
                                       + "\nUse another workdir, or delete the checkpoints to start afresh")
         if inputs is not None:
-            rundir.check_inputs(saved_meta.get("inputs"), inputs, f"checkpoint {where}")
+            workdir_io.check_inputs(saved_meta.get("inputs"), inputs, f"checkpoint {where}")
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         except Exception as err:
@@ -234,8 +234,8 @@ class Checkpointer:
         """Returns (step, state, saved meta) of the newest usable checkpoint, or None when there is none.
 
         `abstract_state` gives the expected structure, shapes, dtypes and shardings; `identity`
-        (`rundir.identity(config)`) what the checkpoint's run must have been, `inputs`
-        (`rundir.run_inputs`) what it must have trained on. A damaged newest checkpoint falls
+        (`workdir_io.identity(config)`) what the checkpoint's run must have been, `inputs`
+        (`workdir_io.run_inputs`) what it must have trained on. A damaged newest checkpoint falls
         back to the previous kept one with a warning naming both; a checkpoint of another run,
         or no readable one at all, is an error.
         """
@@ -273,17 +273,17 @@ class Checkpointer:
         except _Damaged as err:
             raise CheckpointError(
                 f"{err}; this network cannot be used. Retrain it, or repair the run in place: delete "
-                f"{self.directory / str(step)} and {self.directory.parent / rundir.RESULTS_FILE}, then rerun the "
+                f"{self.directory / str(step)} and {self.directory.parent / workdir_io.RESULTS_FILE}, then rerun the "
                 "command that trained it (it resumes from its previous checkpoint)") from err
         return int(step), state, meta
 
     def _set_aside(self, steps: list[int]) -> None:
         """Renames damaged checkpoints to damaged_<step> (kept for inspection, never restored), so
         the resumed run can save those steps again."""
-        if rundir.is_writer():
+        if workdir_io.is_writer():
             for step in steps:
                 self.directory.joinpath(str(step)).rename(self.directory / f"damaged_{step}")
-        rundir.wait_for_writer("checkpoints set aside")
+        workdir_io.wait_for_writer("checkpoints set aside")
         self._manager.reload()
 
     def close(self) -> None:

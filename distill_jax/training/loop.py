@@ -23,7 +23,7 @@ from distill_jax.data import pipeline
 from distill_jax.optim import make_optimizer, schedules
 from distill_jax.training import accuracy as accuracy_lib
 from distill_jax.training import metrics as metrics_lib
-from distill_jax.training import rundir, runlife, sharding, steps, teacher
+from distill_jax.training import runlife, sharding, steps, teacher, workdir_io
 from distill_jax.training.runlife import report
 
 
@@ -64,8 +64,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, data: Optional[pi
     """Trains `config.num_seeds` networks as the config says; returns and writes the results.
 
     A workdir that holds a run of another config, or one trained on other data or another
-    teacher (`rundir.check_inputs`), is refused before anything is written, and a live run in
-    the same workdir stops this one (`rundir`). A finished run is not trained again: its
+    teacher (`workdir_io.check_inputs`), is refused before anything is written, and a live run in
+    the same workdir stops this one (`workdir_io`). A finished run is not trained again: its
     results.json stands, and a rerun changes nothing. A run whose loss or parameters become
     non-finite stops at the next log step with `diverged` in results.json.
 
@@ -93,16 +93,16 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
     kd = None
     teacher_variables = None
     loaded_teacher = load_teacher(config) if t.kd.enabled else None
-    inputs = rundir.run_inputs(data, loaded_teacher.record if loaded_teacher else None)
+    inputs = workdir_io.run_inputs(data, loaded_teacher.record if loaded_teacher else None)
     done = run.finished_results()
     if done is not None:  # finished: its results stand, and nothing is written
-        diff = rundir.config_differences(done.get("config") or {}, config, run.defaults)
+        diff = workdir_io.config_differences(done.get("config") or {}, config, run.defaults)
         if diff:
-            raise rundir.RunConfigError(f"workdir {workdir} holds a finished run with a different config: "
+            raise workdir_io.RunConfigError(f"workdir {workdir} holds a finished run with a different config: "
                                         + "; ".join(diff) + ". Use another workdir for another config")
-        rundir.check_inputs(done.get("inputs"), inputs, f"workdir {workdir}")
+        workdir_io.check_inputs(done.get("inputs"), inputs, f"workdir {workdir}")
         report("%s already finished (%s); nothing to do. To train it again, use another workdir", workdir,
-               rundir.RESULTS_FILE)
+               workdir_io.RESULTS_FILE)
         return done
     if loaded_teacher is not None:
         kd = steps.KDSettings(loaded_teacher.module, alpha=t.kd.alpha, temperature=t.kd.temperature)
@@ -133,10 +133,10 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
         state = sharding.replicate(state, mesh)
         start_epoch = step // steps_per_epoch
         report("resuming at epoch %d (step %d)", start_epoch, step)
-    run.accept({rundir.MODEL_FILE: {"name": config.model.name, "num_classes": data.num_classes,
+    run.accept({workdir_io.MODEL_FILE: {"name": config.model.name, "num_classes": data.num_classes,
                                     "options": models.options_from_config(config.model)}})
-    if rundir.is_writer() and not (workdir / rundir.TRAIN_SET_GRID).exists():  # what this run trains on (once)
-        image_grid.save_set_grid(workdir / rundir.TRAIN_SET_GRID, data.train_images, data.train_labels,
+    if workdir_io.is_writer() and not (workdir / workdir_io.TRAIN_SET_GRID).exists():  # what this run trains on (once)
+        image_grid.save_set_grid(workdir / workdir_io.TRAIN_SET_GRID, data.train_images, data.train_labels,
                                  data.preprocessing, data.num_classes)
     diverged = None
 

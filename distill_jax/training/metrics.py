@@ -22,7 +22,7 @@ from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2
 
 from distill_jax import atomic
-from distill_jax.training import rundir
+from distill_jax.training import workdir_io
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 NOT_SCALARS = ("step", "epoch", "wall_time")  # record fields that are no curve
@@ -47,7 +47,7 @@ def _records(path: pathlib.Path) -> list[tuple[str, dict]]:
 def read_metrics(run) -> list[dict]:
     """The records of a run's metrics.jsonl in order ([] when it has none): the one reader of the
     file, for the writer's resume and for the reports."""
-    return [record for _, record in _records(pathlib.Path(run) / rundir.METRICS_FILE)]
+    return [record for _, record in _records(pathlib.Path(run) / workdir_io.METRICS_FILE)]
 
 
 class _EventFile:
@@ -79,17 +79,17 @@ class MetricsWriter:
     lines kept (and from `images`, a function giving `(tag, step, image, wall_time)` of the
     pictures logged before, which `metrics.jsonl` does not hold). A writer that records nothing
     (a finished run rerun) leaves `tb/` as it was. Only the writer process writes
-    (`rundir.is_writer`, the default of `enabled`); on the others every method does nothing.
+    (`workdir_io.is_writer`, the default of `enabled`); on the others every method does nothing.
     """
 
     def __init__(self, workdir, seeds: Sequence[int], *, start_step: int = 0, enabled: Optional[bool] = None,
                  images: Optional[Callable[[], Iterable[tuple]]] = None):
-        self.enabled = rundir.is_writer() if enabled is None else enabled
+        self.enabled = workdir_io.is_writer() if enabled is None else enabled
         self.seeds = list(seeds)
         if not self.enabled:
             return
         self.workdir = pathlib.Path(workdir)
-        self.path = self.workdir / rundir.METRICS_FILE
+        self.path = self.workdir / workdir_io.METRICS_FILE
         self._images = images
         self._file = None
         existing = self.path.read_text() if self.path.is_file() else ""
@@ -98,18 +98,18 @@ class MetricsWriter:
         self._kept = [record for _, record in kept]
         text = "".join(line + "\n" for line, _ in kept)
         if text != existing:
-            rundir.write_text(self.path, text)
+            workdir_io.write_text(self.path, text)
 
     def _open(self) -> None:
         """Opens metrics.jsonl for appending and rebuilds tb/ from what it holds (once)."""
         if self._file is not None:
             return
-        tb = self.workdir / rundir.TB_DIR
+        tb = self.workdir / workdir_io.TB_DIR
         if tb.is_dir():  # a killed run's events: whatever of them reached the disk
             for old in tb.rglob(EVENT_FILE_PREFIX + "*"):
                 old.unlink()
         self._tb = _EventFile(tb)
-        self._tb_seeds = {s: _EventFile(rundir.seed_dir(tb, s)) for s in self.seeds}
+        self._tb_seeds = {s: _EventFile(workdir_io.seed_dir(tb, s)) for s in self.seeds}
         for record in self._kept:
             self._add_events(record)
         for tag, step, image, wall_time in (self._images() if self._images is not None else ()):
@@ -144,8 +144,8 @@ class MetricsWriter:
         if not self.enabled:
             return
         self._open()
-        per_seed = {k: [rundir.finite(float(x)) for x in v] for k, v in (per_seed or {}).items()}
-        record = {"step": int(step), **{k: rundir.finite(v) for k, v in scalars.items()}, **per_seed,
+        per_seed = {k: [workdir_io.finite(float(x)) for x in v] for k, v in (per_seed or {}).items()}
+        record = {"step": int(step), **{k: workdir_io.finite(v) for k, v in scalars.items()}, **per_seed,
                   "wall_time": round(time.time(), 3)}
         try:
             self._file.write(json.dumps(record, allow_nan=False) + "\n")
@@ -156,7 +156,7 @@ class MetricsWriter:
             self._add_events(record)
             self._flush_events()
         except OSError as err:
-            raise atomic.named(err, self.workdir / rundir.TB_DIR)
+            raise atomic.named(err, self.workdir / workdir_io.TB_DIR)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """An HWC or HW (grayscale) uint8 image, e.g. the grid of a distilled set."""

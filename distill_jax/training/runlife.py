@@ -33,7 +33,7 @@ import jax
 from distill_jax.defaults import default_config
 from distill_jax.training import checkpoint as ckpt_lib
 from distill_jax.training import metrics as metrics_lib
-from distill_jax.training import rundir
+from distill_jax.training import workdir_io
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy", "ml-collections")
 
@@ -56,9 +56,9 @@ def due(step: int, every: int, end: int) -> bool:
 
 
 def report(message: str, *args) -> None:
-    """Logs a line of a run's progress or results on the writer process only (`rundir.is_writer`):
+    """Logs a line of a run's progress or results on the writer process only (`workdir_io.is_writer`):
     the other processes compute the same numbers, and their lines would only repeat its own."""
-    if rundir.is_writer():
+    if workdir_io.is_writer():
         logging.info(message, *args, stacklevel=2)
 
 
@@ -124,22 +124,22 @@ class Run:
     `run.config` is `config` with absolute paths (what the run records); `run.defaults` the
     package's default config, against which a config recorded before a field existed is compared.
     A workdir that holds a run of another config stops it before the lock is taken or anything
-    written (`rundir.check_identity`); a live run in the workdir stops it too (`rundir.WorkdirLock`).
+    written (`workdir_io.check_identity`); a live run in the workdir stops it too (`workdir_io.WorkdirLock`).
     An error anywhere closes what the run holds open, quietly, and releases the lock.
     """
 
     def __init__(self, config, workdir, *, defaults=None):
-        self.config = rundir.with_absolute_paths(config)
+        self.config = workdir_io.with_absolute_paths(config)
         self.workdir = pathlib.Path(workdir)
         self.defaults = default_config() if defaults is None else defaults
-        self.identity = rundir.identity(self.config)
+        self.identity = workdir_io.identity(self.config)
         self.inputs: Optional[dict] = None
         self.checkpointer: Optional[ckpt_lib.Checkpointer] = None
         self.writer: Optional[metrics_lib.MetricsWriter] = None
-        self._lock = rundir.WorkdirLock(self.workdir)
+        self._lock = workdir_io.WorkdirLock(self.workdir)
 
     def __enter__(self) -> "Run":
-        rundir.check_identity(self.workdir, self.config, self.defaults)
+        workdir_io.check_identity(self.workdir, self.config, self.defaults)
         self._lock.__enter__()
         return self
 
@@ -148,7 +148,7 @@ class Run:
             if exc_type is None:
                 self.close()
             else:
-                rundir.close_after_error(self.checkpointer, self.writer)
+                workdir_io.close_after_error(self.checkpointer, self.writer)
         finally:
             self._lock.__exit__(exc_type, exc, traceback)
         return False
@@ -157,7 +157,7 @@ class Run:
         """The results.json of a run in the workdir that says it finished, else None (also when
         there is none or it cannot be read)."""
         try:
-            results = json.loads((self.workdir / rundir.RESULTS_FILE).read_text())
+            results = json.loads((self.workdir / workdir_io.RESULTS_FILE).read_text())
         except (OSError, ValueError):
             return None
         return results if isinstance(results, dict) and results.get("finished") else None
@@ -165,11 +165,11 @@ class Run:
     def resume(self, abstract_state: Any, *, inputs: Optional[dict] = None) -> Optional[tuple[int, Any, list]]:
         """Opens the run's checkpoints and restores the newest usable one: (step, state, the
         history saved with it up to that step), or None for a fresh run. `abstract_state` gives the
-        state's structure, shapes, dtypes and shardings; `inputs` (`rundir.run_inputs`), when
+        state's structure, shapes, dtypes and shardings; `inputs` (`workdir_io.run_inputs`), when
         given, what the run trains on: a checkpoint of other inputs is refused, and every
         checkpoint saved (`save`) records them."""
         self.inputs = inputs
-        self.checkpointer = ckpt_lib.Checkpointer(self.workdir / rundir.CHECKPOINT_DIR,
+        self.checkpointer = ckpt_lib.Checkpointer(self.workdir / workdir_io.CHECKPOINT_DIR,
                                                   max_to_keep=self.config.keep_checkpoints)
         restored = self.checkpointer.restore_latest(abstract_state, self.identity, self.defaults, inputs)
         if restored is None:
@@ -180,9 +180,9 @@ class Run:
     def accept(self, files: Optional[dict] = None) -> None:
         """The run is accepted: only now does it write into its workdir. Writes config.json and
         `files` ({name: JSON content}), on the writer process."""
-        rundir.write_json(self.workdir / rundir.CONFIG_FILE, self.config.to_dict())
+        workdir_io.write_json(self.workdir / workdir_io.CONFIG_FILE, self.config.to_dict())
         for name, content in (files or {}).items():
-            rundir.write_json(self.workdir / name, content)
+            workdir_io.write_json(self.workdir / name, content)
 
     def metrics(self, seeds: Sequence[int], start_step: int, *,
                 images: Optional[Callable[[], Iterable[tuple]]] = None) -> metrics_lib.MetricsWriter:
@@ -207,5 +207,5 @@ class Run:
         writer process); returns them."""
         self.close()
         results["software"] = software_versions()
-        rundir.write_json(self.workdir / rundir.RESULTS_FILE, results)
+        workdir_io.write_json(self.workdir / workdir_io.RESULTS_FILE, results)
         return results

@@ -18,7 +18,7 @@ from distill_jax import models
 from distill_jax.errors import UserError
 from distill_jax.formats import torch_import
 from distill_jax.training import checkpoint as ckpt_lib
-from distill_jax.training import rundir
+from distill_jax.training import workdir_io
 
 REFERENCE_SUFFIXES = (".pth", ".pt")
 
@@ -50,9 +50,9 @@ def latest_state(path) -> tuple[int, dict, dict]:
     """(step, state, meta) of the newest checkpoint of the run in `path`, its arrays checked
     against the digests saved with them (`Checkpointer.read_latest`); nothing is written there."""
     path = pathlib.Path(path)
-    if not (path / rundir.CHECKPOINT_DIR).is_dir():
-        raise RunReadError(f"{path}: no checkpoint under {path / rundir.CHECKPOINT_DIR}")
-    checkpointer = ckpt_lib.Checkpointer(path / rundir.CHECKPOINT_DIR, read_only=True)
+    if not (path / workdir_io.CHECKPOINT_DIR).is_dir():
+        raise RunReadError(f"{path}: no checkpoint under {path / workdir_io.CHECKPOINT_DIR}")
+    checkpointer = ckpt_lib.Checkpointer(path / workdir_io.CHECKPOINT_DIR, read_only=True)
     try:  # closed on every path: a manager holds threads and file handles
         step, state, meta = checkpointer.read_latest()
     except ckpt_lib.CheckpointError as err:
@@ -73,8 +73,8 @@ class SavedRun(NamedTuple):
 def load_run(path) -> SavedRun:
     """A run's network, config and latest checkpoint."""
     path = pathlib.Path(path)
-    spec = _read_json(path / rundir.MODEL_FILE, "the network it trained")
-    recorded = ml_collections.ConfigDict(_read_json(path / rundir.CONFIG_FILE, "the config it ran with"))
+    spec = _read_json(path / workdir_io.MODEL_FILE, "the network it trained")
+    recorded = ml_collections.ConfigDict(_read_json(path / workdir_io.CONFIG_FILE, "the config it ran with"))
     step, state, meta = latest_state(path)
     variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
     return SavedRun(build_saved_model(spec), variables, recorded, step, meta)
@@ -107,12 +107,12 @@ def import_reference(pth_path, workdir, config) -> pathlib.Path:
     state = {"params": with_seed_axis(variables["params"])}
     if variables.get("batch_stats"):
         state["batch_stats"] = with_seed_axis(variables["batch_stats"])
-    checkpointer = ckpt_lib.Checkpointer(workdir / rundir.CHECKPOINT_DIR, max_to_keep=1)
+    checkpointer = ckpt_lib.Checkpointer(workdir / workdir_io.CHECKPOINT_DIR, max_to_keep=1)
     if checkpointer.latest_step() is None:
         checkpointer.save(0, state, {"imported_from": str(pathlib.Path(pth_path).resolve()), "epoch": meta.get("epoch")})
     checkpointer.close()
     recorded = config.to_dict()
     recorded["num_seeds"], recorded["seed"] = 1, 0
-    rundir.write_json(workdir / rundir.CONFIG_FILE, recorded)
-    rundir.write_json(workdir / rundir.MODEL_FILE, meta["spec"])
+    workdir_io.write_json(workdir / workdir_io.CONFIG_FILE, recorded)
+    workdir_io.write_json(workdir / workdir_io.MODEL_FILE, meta["spec"])
     return workdir

@@ -15,7 +15,7 @@ import numpy as np
 from distill_jax.errors import UserError
 from distill_jax.formats.distilled import file_sha256
 from distill_jax.training import checkpoint as ckpt_lib
-from distill_jax.training import rundir, runs
+from distill_jax.training import runs, workdir_io
 
 
 class TeacherError(UserError, RuntimeError):
@@ -31,7 +31,7 @@ def _reached_epoch(path: pathlib.Path, record: dict) -> str:
     if "epoch" in record:
         return str(record["epoch"])
     try:
-        history = json.loads((path / rundir.RESULTS_FILE).read_text()).get("history") or []
+        history = json.loads((path / workdir_io.RESULTS_FILE).read_text()).get("history") or []
         return str(history[-1]["epoch"]) if history else "unknown"
     except (OSError, ValueError, KeyError):
         return "unknown"
@@ -45,8 +45,8 @@ def check_finished(path: pathlib.Path, record: dict) -> None:
     if record.get("imported_from"):
         return
     try:
-        results = json.loads((path / rundir.RESULTS_FILE).read_text())
-        config = json.loads((path / rundir.CONFIG_FILE).read_text())
+        results = json.loads((path / workdir_io.RESULTS_FILE).read_text())
+        config = json.loads((path / workdir_io.CONFIG_FILE).read_text())
     except (OSError, ValueError):
         results, config = {}, {}
     if results.get("finished") and results.get("config") == config:
@@ -55,13 +55,13 @@ def check_finished(path: pathlib.Path, record: dict) -> None:
     raise TeacherError(
         f"teacher {path} is not finished: it reached epoch {_reached_epoch(path, record)} of {planned}. "
         f"Finish it by rerunning the command that started it with --workdir {path} (its config is "
-        f"{path / rundir.CONFIG_FILE}), or set train.kd.allow_unfinished_teacher=True to use it as it is")
+        f"{path / workdir_io.CONFIG_FILE}), or set train.kd.allow_unfinished_teacher=True to use it as it is")
 
 
 class Teacher(NamedTuple):
     module: Any
     variables: dict  # one network's params (and batch_stats), no seed axis
-    record: dict  # what a student records of it (`rundir.run_inputs`): {"step", "sha256"} of a run, {"sha256"} of a .pth
+    record: dict  # what a student records of it (`workdir_io.run_inputs`): {"step", "sha256"} of a run, {"sha256"} of a .pth
 
 
 def load(path: str | pathlib.Path, *, allow_unfinished: bool = False) -> Teacher:
@@ -71,8 +71,8 @@ def load(path: str | pathlib.Path, *, allow_unfinished: bool = False) -> Teacher
     if runs.is_reference_file(path) and path.is_file():
         module, variables, _ = runs.load_reference(path)
         return Teacher(module, variables, {"sha256": file_sha256(path)})
-    if not (path / rundir.MODEL_FILE).is_file():
-        raise TeacherError(f"teacher {path}: no {rundir.MODEL_FILE} (not a run of this project, nor a .pth file); "
+    if not (path / workdir_io.MODEL_FILE).is_file():
+        raise TeacherError(f"teacher {path}: no {workdir_io.MODEL_FILE} (not a run of this project, nor a .pth file); "
                            + HOW_TO_TRAIN)
     try:
         saved = runs.load_run(path)
