@@ -121,10 +121,10 @@ def register_show(subparsers) -> None:
     parser.set_defaults(handler=run_show)
 
 
-def run_launch(flags: Sequence[str]) -> int:
+def launch_command(flags: Sequence[str]) -> int:
     """`distill-jax run FLAGS...`: a launch with the launcher's absl flags (as launch/main.py)."""
     try:
-        launcher.run_main([f"{PROG} run", *flags])
+        launcher.main([f"{PROG} run", *flags])
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     return 0
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (usage errors and bad input: 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"]:
-        return run_launch(argv[1:])
+        return launch_command(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

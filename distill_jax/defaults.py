@@ -12,7 +12,7 @@ the launch, and for each cell an experiment builds.
 """
 import ml_collections
 
-# What `mode` may name: what a launch does (`distill_jax.run` dispatches each to its module).
+# What `mode` may name: what a launch does (`distill_jax.modes` dispatches each to its module).
 MODES = ("train", "teacher", "student", "distill", "evaluate", "reproduce", "transfer")
 
 

@@ -15,7 +15,7 @@ from typing import Optional
 from distill_jax.data import pipeline
 from distill_jax.report import records
 from distill_jax.errors import UserError
-from distill_jax.training import accuracy, metrics, runlife, runs, sharding, workdir_io
+from distill_jax.training import accuracy, metrics, runlife, saved_runs, sharding, workdir_io
 
 
 class EvaluationError(UserError, ValueError):
@@ -30,17 +30,17 @@ def run_evaluation(config, workdir, *, data: Optional[pipeline.TrainingData] = N
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        if runs.is_reference_file(path):
-            module, single, _ = runs.load_reference(path)
-            variables = runs.with_seed_axis(single)
+        if saved_runs.is_reference_file(path):
+            module, single, _ = saved_runs.load_reference(path)
+            variables = saved_runs.with_seed_axis(single)
             data_cfg, step, seeds = config.data, None, [None]
         else:
-            saved = runs.load_run(path)
+            saved = saved_runs.load_run(path)
             module, variables, step = saved.module, saved.variables, saved.step
             data_cfg = saved.config.data
             data_cfg.test_split = config.data.test_split
             seeds = [saved.config.seed + i for i in range(saved.config.num_seeds)]
-    except runs.RunReadError as err:
+    except saved_runs.RunReadError as err:
         raise EvaluationError(f"evaluate.path: {err}") from err
     data = data if data is not None else pipeline.load_training_data(data_cfg)
     mesh = sharding.make_mesh()

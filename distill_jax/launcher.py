@@ -2,7 +2,7 @@
 [--config.field=value ...]`, or `distill-jax run` with the same flags from a pip install.
 
 Logs the devices and a summary of the config, validates it, hands over to the mode
-(`distill_jax.run`), and turns user errors into one line with exit code 2. With
+(`distill_jax.modes`), and turns user errors into one line with exit code 2. With
 `--distributed`, process 0 logs and prints the run; the others log only warnings and errors.
 Where no cluster environment (TPU pod, SLURM, Open MPI) tells JAX who is who, pass
 `--coordinator_address`, `--num_processes` and `--process_id` with it.
@@ -16,10 +16,9 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from distill_jax import errors, paths
+from distill_jax import errors, modes, paths
 from distill_jax.config import load_config_file, validate
 from distill_jax.errors import ConfigError
-from distill_jax.run import run
 from distill_jax.training.workdir_io import CONFIG_FILE, RESULTS_FILE, check_workdir, is_writer
 
 FLAGS = flags.FLAGS
@@ -53,7 +52,8 @@ def distributed_settings(values: dict, distributed: bool) -> dict:
     return given
 
 
-def main(argv):
+def launch_from_flags(argv):
+    """absl's main: launches with the parsed flags (exits with the launch's code)."""
     del argv
     try:
         settings = distributed_settings({k: FLAGS[k].value for k in DISTRIBUTED_FLAGS}, FLAGS.distributed)
@@ -105,7 +105,7 @@ def launch(get_config, workdir, *, verbose: bool = False, distributed: bool = Fa
         else:
             logging.info("mode %s, %s on %s; the whole config goes to %s/%s (--verbose logs it)",
                          config.mode, config.model.name, config.data.dataset, workdir, CONFIG_FILE)
-        results = run(config, workdir)
+        results = modes.run(config, workdir)
     except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
         message = errors.user_error_message(err)
         if message is None or verbose:
@@ -197,7 +197,7 @@ def setup_logging(*, replace: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=replace)
 
 
-def run_main(argv=None) -> None:
+def main(argv=None) -> None:
     """Runs a launch as `python launch/main.py ...` or `distill-jax run ...` does (exits)."""
     setup_logging()
-    app.run(main, argv=argv, flags_parser=parse_flags)
+    app.run(launch_from_flags, argv=argv, flags_parser=parse_flags)

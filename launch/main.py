@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill_jax.launcher import run_main  # noqa: E402
+from distill_jax.launcher import main  # noqa: E402
 
 if __name__ == "__main__":
-    run_main()
+    main()

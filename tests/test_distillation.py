@@ -16,7 +16,7 @@ from distill_jax import models
 from distill_jax.formats import distilled as distilled_lib
 from distill_jax.data import preprocess
 from distill_jax.data import grid as image_grid
-from distill_jax.distillation import common, dm, frepo, runner
+from distill_jax.distillation import common, distill_mode, dm, frepo
 from distill_jax.training import checkpoint as ckpt_lib
 from distill_jax.training import runlife, workdir_io
 from distill_jax.training import loop
@@ -131,8 +131,8 @@ def test_centred_one_hot_and_flip_doubling():
     chex.assert_shape(doubled, (4, 2, 3, 1))
     np.testing.assert_array_equal(np.asarray(doubled[2:]), np.asarray(images)[:, :, ::-1])
     np.testing.assert_array_equal(np.asarray(labels), np.concatenate([y, y]))
-    assert runner._settings(_config("frepo", **{"distill.ipc": 1}), CLASSES)[0].flip_double is True
-    assert runner._settings(_config("frepo", **{"distill.ipc": 2}), CLASSES)[0].flip_double is False
+    assert distill_mode._settings(_config("frepo", **{"distill.ipc": 1}), CLASSES)[0].flip_double is True
+    assert distill_mode._settings(_config("frepo", **{"distill.ipc": 2}), CLASSES)[0].flip_double is False
 
 
 def test_per_class_sampling_stays_in_its_class():
@@ -267,10 +267,10 @@ def runs(tmp_path_factory):
     data = _write_npz_dataset(root / "data")
     out = {"data": data}
     for method in ("dm", "frepo"):
-        full = runner.run_distillation(_config(method, **{"data.data_dir": str(data)}), root / method / "full")
-        stopped = runner.run_distillation(_config(method, **{"data.data_dir": str(data), "distill.stop_after_steps": 3}),
+        full = distill_mode.run_distillation(_config(method, **{"data.data_dir": str(data)}), root / method / "full")
+        stopped = distill_mode.run_distillation(_config(method, **{"data.data_dir": str(data), "distill.stop_after_steps": 3}),
                                           root / method / "resumed")
-        resumed = runner.run_distillation(_config(method, **{"data.data_dir": str(data)}), root / method / "resumed")
+        resumed = distill_mode.run_distillation(_config(method, **{"data.data_dir": str(data)}), root / method / "resumed")
         out[method] = {"full": full, "stopped": stopped, "resumed": resumed, "workdir": root / method / "full"}
     return out
 
@@ -294,7 +294,7 @@ def test_produced_set_loads_and_trains_in_the_training_loop(runs, tmp_path):
     assert dset.preprocessing == "zca_frepo" and dset.label_kind == "vector"
     chex.assert_shape(dset.images, (CLASSES * 2, SIZE, SIZE, 1))
     np.testing.assert_array_equal(dset.class_counts(), [2] * CLASSES)
-    stored = preprocess.Preprocessing.load(work / runner.PREPROCESSING_NAME)
+    stored = preprocess.Preprocessing.load(work / distill_mode.PREPROCESSING_NAME)
     on_disk_pixels = np.round(_toy_pixels()[0] * 255).astype(np.uint8).astype(np.float32) / 255
     np.testing.assert_allclose(stored.zca_matrix, preprocess.fit("zca_frepo", on_disk_pixels).zca_matrix, rtol=1e-5, atol=1e-6)
     assert sorted(p.name for p in (work / "images").glob("*.png")) == [f"step_{s:07d}.png" for s in (3, 6)]
@@ -329,7 +329,7 @@ def test_every_file_of_a_distillation_and_of_a_training_on_its_set_has_the_mode_
     and a training on its set write gets the mode open() gives, 0666 less the umask (0644 under
     the usual 022), the set and its preprocessing included."""
     data = _write_npz_dataset(tmp_path / "data")
-    made = runner.run_distillation(_config(**{"data.data_dir": str(data), "distill.steps": 2}), tmp_path / "distill")
+    made = distill_mode.run_distillation(_config(**{"data.data_dir": str(data), "distill.steps": 2}), tmp_path / "distill")
     train = config_lib.default_config()
     train.data.dataset, train.data.data_dir = "npz", str(data)
     train.data.source, train.data.distilled_path = "distilled", made["distilled_path"]
@@ -339,7 +339,7 @@ def test_every_file_of_a_distillation_and_of_a_training_on_its_set_has_the_mode_
 
     files = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
              for folder in ("distill", "train") for p in (tmp_path / folder).rglob("*") if p.is_file()}
-    assert {"distill/" + name for name in (runner.OUTPUT_NAME, runner.PREPROCESSING_NAME, workdir_io.CONFIG_FILE,
+    assert {"distill/" + name for name in (distill_mode.OUTPUT_NAME, distill_mode.PREPROCESSING_NAME, workdir_io.CONFIG_FILE,
                                           workdir_io.RESULTS_FILE, workdir_io.METRICS_FILE, "images/step_0000002.png")} <= set(files)
     assert {"train/" + name for name in (workdir_io.CONFIG_FILE, workdir_io.MODEL_FILE, workdir_io.RESULTS_FILE,
                                          workdir_io.METRICS_FILE, workdir_io.TRAIN_SET_GRID)} <= set(files)
@@ -359,26 +359,26 @@ def test_unknown_method_is_rejected_by_validation():
 
 def test_unknown_augment_op_names_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"distill\.augment_ops.*'zoom'"):
-        runner.run_distillation(_config(**{"distill.augment_ops": "flip,zoom"}), tmp_path, real=_real("standardize"))
+        distill_mode.run_distillation(_config(**{"distill.augment_ops": "flip,zoom"}), tmp_path, real=_real("standardize"))
 
 
 def test_more_images_per_class_than_the_class_has(tmp_path):
     with pytest.raises(common.DistillationError, match=r"distill\.ipc = 13.*12"):
-        runner.run_distillation(_config(**{"distill.ipc": 13}), tmp_path, real=_real("standardize"))
+        distill_mode.run_distillation(_config(**{"distill.ipc": 13}), tmp_path, real=_real("standardize"))
 
 
 def test_real_data_in_another_pixel_space(tmp_path):
     with pytest.raises(common.DistillationError, match=r"'standardize'.*'zca_frepo'"):
-        runner.run_distillation(_config("frepo"), tmp_path, real=_real("standardize"))
+        distill_mode.run_distillation(_config("frepo"), tmp_path, real=_real("standardize"))
 
 
 def test_resuming_a_different_run_is_refused(tmp_path):
-    runner.run_distillation(_config(**{"distill.steps": 2}), tmp_path, real=_real("standardize"))
+    distill_mode.run_distillation(_config(**{"distill.steps": 2}), tmp_path, real=_real("standardize"))
     with pytest.raises(workdir_io.RunConfigError, match="distill.ipc: 2 -> 3"):
-        runner.run_distillation(_config(**{"distill.steps": 2, "distill.ipc": 3}), tmp_path, real=_real("standardize"))
+        distill_mode.run_distillation(_config(**{"distill.steps": 2, "distill.ipc": 3}), tmp_path, real=_real("standardize"))
     (tmp_path / "config.json").unlink()  # the checkpoints' own record still names the run
     with pytest.raises(ckpt_lib.CheckpointError, match="distill.ipc: 2 -> 3"):
-        runner.run_distillation(_config(**{"distill.steps": 2, "distill.ipc": 3}), tmp_path, real=_real("standardize"))
+        distill_mode.run_distillation(_config(**{"distill.steps": 2, "distill.ipc": 3}), tmp_path, real=_real("standardize"))
 
 
 def test_non_finite_loss_stops_the_run(tmp_path):
@@ -387,14 +387,14 @@ def test_non_finite_loss_stops_the_run(tmp_path):
     broken[:] = np.nan
     real = common.real_data_from_arrays(broken, real.labels, CLASSES, real.preprocessing, "broken")
     with pytest.raises(common.DistillationError, match=r"loss is nan at step 2"):
-        runner.run_distillation(_config(**{"distill.init": "noise"}), tmp_path, real=real)
+        distill_mode.run_distillation(_config(**{"distill.init": "noise"}), tmp_path, real=real)
 
 
 def test_only_the_writer_process_writes_the_set(tmp_path, monkeypatch):
     """A process other than process 0 of a multi-process run (`workdir_io.is_writer` False) leaves the
     set, its preprocessing and the records to process 0: it writes none of them."""
     monkeypatch.setattr(workdir_io, "is_writer", lambda: False)
-    results = runner.run_distillation(_config(**{"distill.steps": 2}), tmp_path, real=_real("standardize"))
-    assert results["finished"] and results["distilled_path"] == str(tmp_path / runner.OUTPUT_NAME)
-    for name in (runner.OUTPUT_NAME, runner.PREPROCESSING_NAME, "results.json", "config.json", "images"):
+    results = distill_mode.run_distillation(_config(**{"distill.steps": 2}), tmp_path, real=_real("standardize"))
+    assert results["finished"] and results["distilled_path"] == str(tmp_path / distill_mode.OUTPUT_NAME)
+    for name in (distill_mode.OUTPUT_NAME, distill_mode.PREPROCESSING_NAME, "results.json", "config.json", "images"):
         assert not (tmp_path / name).exists(), name

@@ -11,7 +11,7 @@ from distill_jax.data import pipeline, preprocess
 from distill_jax.evaluate import EvaluationError, run_evaluation
 from distill_jax.experiments import recipes, registry, reproduce
 from distill_jax.report import plots, records, tables
-from distill_jax.training import loop, metrics, runs
+from distill_jax.training import loop, metrics, saved_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -288,8 +288,8 @@ def test_published_teacher_logits_match_numpy_on_both_routes(tmp_path, teacher_p
     assert np.ptp(expected) > 0.1  # logits that vary: a dropped or transposed weight shows
 
     c = recipes.teacher_config("mtt", "cifar10_jpeg", 1)
-    runs.import_reference(pth, tmp_path / "teacher", c)
-    runs.import_reference(pth, tmp_path / "teacher", c)  # again, as a resumed reproduction does: no error
+    saved_runs.import_reference(pth, tmp_path / "teacher", c)
+    saved_runs.import_reference(pth, tmp_path / "teacher", c)  # again, as a resumed reproduction does: no error
     assert json.loads((tmp_path / "teacher" / "model.json").read_text())["name"] == "convnet"
     for route in (pth, tmp_path / "teacher"):  # the .pth as a KD teacher; the imported run as a KD teacher
         module, variables = teacher_lib.load_teacher(route)

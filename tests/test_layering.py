@@ -39,7 +39,7 @@ def _cells(line: str) -> list[str]:
 def layout_rows(readme: str) -> list[Row]:
     """The Layout table's rows that name modules of the package, top to bottom. A first column
     lists paths in backquotes; a bare file name after the first takes the first one's folder
-    (`distill_jax/run.py`, `launcher.py`). The third column lists row names in backquotes, or
+    (`distill_jax/modes.py`, `launcher.py`). The third column lists row names in backquotes, or
     'nothing'."""
     section = re.search(r"^## Layout\n(.*?)(?=^## )", readme, re.S | re.M)
     assert section, "README.md has no '## Layout' section"

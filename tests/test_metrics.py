@@ -96,9 +96,9 @@ def test_due_every_n_and_at_the_end():
 def test_a_distillation_writes_its_loss_and_image_grid_as_events(tmp_path):
     from test_distillation import _config as distill_config, _real
 
-    from distill_jax.distillation import runner
+    from distill_jax.distillation import distill_mode
 
-    runner.run_distillation(distill_config(), tmp_path, real=_real("standardize"))
+    distill_mode.run_distillation(distill_config(), tmp_path, real=_real("standardize"))
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4, 6]
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})

@@ -430,21 +430,21 @@ def test_a_finished_run_whose_checkpoints_were_deleted_is_not_retrained(finished
 def test_a_resumed_distillation_keeps_its_image_events_and_a_finished_one_is_left_as_it_is(tmp_path):
     from test_distillation import _config as distill_config, _real
 
-    from distill_jax.distillation import runner
+    from distill_jax.distillation import distill_mode
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     real = _real("standardize")
-    runner.run_distillation(distill_config(**{"distill.stop_after_steps": 3}), tmp_path, real=real)
+    distill_mode.run_distillation(distill_config(**{"distill.stop_after_steps": 3}), tmp_path, real=real)
     for events in (tmp_path / "tb").rglob("events.out.tfevents.*"):
         events.write_bytes(b"")  # killed before the events reached the disk
-    runner.run_distillation(distill_config(), tmp_path, real=real)
+    distill_mode.run_distillation(distill_config(), tmp_path, real=real)
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
     events.Reload()
     assert [e.step for e in events.Images("distilled_images")] == [3, 6]  # the grid of step 3 logged again
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [e.step for e in events.Scalars("loss")] == [r["step"] for r in lines] == [2, 3, 4, 6]
     before = _listing(tmp_path)
-    assert runner.run_distillation(distill_config(), tmp_path, real=real) == json.loads(before["results.json"])
+    assert distill_mode.run_distillation(distill_config(), tmp_path, real=real) == json.loads(before["results.json"])
     assert _listing(tmp_path) == before  # the set (whose digest its students record) is not rewritten
 
 

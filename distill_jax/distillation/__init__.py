@@ -1,6 +1,6 @@
 """Producing distilled sets in JAX: FRePo and distribution matching (DM), launcher mode 'distill'.
 
-`runner.run_distillation(config, workdir)` is the mode's entry point; the
+`distill_mode.run_distillation(config, workdir)` is the mode's entry point; the
 methods themselves are pure step builders in `dm.py` and `frepo.py`, sharing the parts in
 `common.py`.
 """

@@ -13,7 +13,7 @@ import pathlib
 import ml_collections
 
 from distill_jax import models
-from distill_jax.distillation import runner as distill_runner
+from distill_jax.distillation import distill_mode
 from distill_jax.experiments import recipes
 from distill_jax.training import workdir_io
 
@@ -123,7 +123,7 @@ def pipeline_experiment(distiller: str, dataset: str, ipc: int, model: str, work
     real = copy.deepcopy(teacher)  # the distiller's network and norm: a yardstick for the set, not the norm
     real.mode = "train"
     real.data.source, real.data.per_class, real.data.distilled_path = "real", ipc, ""
-    real.data.preprocessing = distill_runner.pixel_space(dc)  # the set's own pixel space
+    real.data.preprocessing = distill_mode.pixel_space(dc)  # the set's own pixel space
     cells.append(Cell("real_subset", f"{teacher.model.name} on {ipc} random real images/class", real, "student"))
     teacher_path = teacher_dir(workdir, split_seeds, seed)
     for variant in ("baseline", "full"):

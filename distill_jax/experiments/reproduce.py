@@ -29,12 +29,12 @@ from typing import Optional
 from distill_jax import config as config_lib
 from distill_jax import evaluate, models
 from distill_jax.data import pipeline
-from distill_jax.distillation import runner
+from distill_jax.distillation import distill_mode
 from distill_jax.experiments import recipes, registry
 from distill_jax.report import plots, records, results_record, tables
 from distill_jax.errors import UserError
 from distill_jax.training import metrics as metrics_lib
-from distill_jax.training import loop, runs, workdir_io
+from distill_jax.training import loop, saved_runs, workdir_io
 
 
 class ReproductionError(UserError, ValueError):
@@ -121,7 +121,7 @@ def network_label(name: str, width, norm) -> str:
 def _distill(cell: registry.Cell, cell_dir: pathlib.Path) -> dict:
     """A 'distill' cell: produce the set (skipped when it already finished with this config) and
     record what it cost; its accuracy is what the cells trained on it measure."""
-    results = _finished_results(cell_dir, cell.config) or runner.run_distillation(cell.config, cell_dir)
+    results = _finished_results(cell_dir, cell.config) or distill_mode.run_distillation(cell.config, cell_dir)
     if not results.get("finished"):
         raise ReproductionError(f"reproduce: the distillation in {cell_dir} stopped at step {results.get('steps')} "
                                 f"of {results.get('steps_planned')}; rerun the same command to continue it")
@@ -162,7 +162,7 @@ def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: 
     if cell.role in ("import", "score"):  # a .pth is imported as a run here; a run elsewhere is scored where it is
         scored = copy.deepcopy(cell.config)
         if cell.role == "import":
-            runs.import_reference(cell.config.evaluate.path, cell_dir, cell.config)
+            saved_runs.import_reference(cell.config.evaluate.path, cell_dir, cell.config)
             scored.evaluate.path = str(cell_dir)
         ev = evaluate.run_evaluation(scored, cell_dir, data=data)
         merged = {"finished": True, "seeds": ev["seeds"], "history": [], "final_accuracy": ev["accuracy"],

@@ -26,7 +26,7 @@ from distill_jax import models
 from distill_jax.experiments import recipes, registry, reproduce
 from distill_jax.formats.distilled import load_distilled
 from distill_jax.report import plots, records, results_record, tables
-from distill_jax.training import runs, workdir_io
+from distill_jax.training import saved_runs, workdir_io
 
 DEFAULT_POOL = ("convnet", "resnet18", "resnet50", "vgg11", "alexnet", "vit")
 RECIPES = ("baseline", "full")
@@ -198,7 +198,7 @@ def teacher_cell(spec: PoolSpec, workdir: pathlib.Path, scale: registry.Scale, n
     source = pathlib.Path(spec.teacher)
     c.mode, c.num_seeds = "evaluate", 1
     c.evaluate.path = spec.teacher
-    if runs.is_reference_file(source):
+    if saved_runs.is_reference_file(source):
         label = f"Training network (imported {source.name}, as its publisher kept it)"
         return registry.Cell("teacher", label, c, "import"), str(workdir / "teacher")
     model_file = source / workdir_io.MODEL_FILE

@@ -1,4 +1,4 @@
-"""A run's life in its workdir: the one skeleton of the training loop and the distillation runner.
+"""A run's life in its workdir: the one skeleton of the training loop and the distill mode.
 
 Both go through the same stages, owned here; what they train, log and record is theirs:
 

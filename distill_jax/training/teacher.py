@@ -15,7 +15,7 @@ import numpy as np
 from distill_jax.errors import UserError
 from distill_jax.formats.distilled import file_sha256
 from distill_jax.training import checkpoint as ckpt_lib
-from distill_jax.training import runs, workdir_io
+from distill_jax.training import saved_runs, workdir_io
 
 
 class TeacherError(UserError, RuntimeError):
@@ -40,7 +40,7 @@ def _reached_epoch(path: pathlib.Path, record: dict) -> str:
 def check_finished(path: pathlib.Path, record: dict) -> None:
     """A KD teacher must have trained all its epochs: a run that stopped early (preempted, or
     `train.stop_after_epochs`) would silently hand its students a weaker teacher. A published
-    network imported by `runs.import_reference` counts as finished; `record` is the meta saved
+    network imported by `saved_runs.import_reference` counts as finished; `record` is the meta saved
     with the run's latest checkpoint."""
     if record.get("imported_from"):
         return
@@ -68,15 +68,15 @@ def load(path: str | pathlib.Path, *, allow_unfinished: bool = False) -> Teacher
     """The teacher in inference form and its record; a run of this project must have finished
     unless `allow_unfinished`, and its checkpoint must pass its digests."""
     path = pathlib.Path(path)
-    if runs.is_reference_file(path) and path.is_file():
-        module, variables, _ = runs.load_reference(path)
+    if saved_runs.is_reference_file(path) and path.is_file():
+        module, variables, _ = saved_runs.load_reference(path)
         return Teacher(module, variables, {"sha256": file_sha256(path)})
     if not (path / workdir_io.MODEL_FILE).is_file():
         raise TeacherError(f"teacher {path}: no {workdir_io.MODEL_FILE} (not a run of this project, nor a .pth file); "
                            + HOW_TO_TRAIN)
     try:
-        saved = runs.load_run(path)
-    except runs.RunReadError as err:
+        saved = saved_runs.load_run(path)
+    except saved_runs.RunReadError as err:
         damaged = isinstance(err.__cause__, ckpt_lib.CheckpointError)
         raise TeacherError(f"teacher {path}: {err}" + ("" if damaged else "; " + HOW_TO_TRAIN)) from err
     if not allow_unfinished:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 
 # Mode -> its function. The names are the schema's (`distill_jax.defaults.MODES`, what the config
-# allows; tests/test_run.py checks that both name the same modes).
+# allows; tests/test_modes.py checks that both name the same modes).
 MODES = {
     "train": "distill_jax.training.loop:train_and_evaluate",      # any network on real or distilled data
     "teacher": "distill_jax.training.loop:train_and_evaluate",    # the training network (ConvNet) of a distilled set
     "student": "distill_jax.training.loop:train_and_evaluate",    # a test network with the method's parts
-    "distill": "distill_jax.distillation.runner:run_distillation", # produce a distilled set (FRePo, DM)
+    "distill": "distill_jax.distillation.distill_mode:run_distillation", # produce a distilled set (FRePo, DM)
     "evaluate": "distill_jax.evaluate:run_evaluation",            # accuracy of saved networks on a test split
     "reproduce": "distill_jax.experiments.reproduce:run_reproduction",  # every cell of an experiment, and its table
     "transfer": "distill_jax.experiments.transfer:run_transfer",  # a pool of networks on one set: Baseline vs Full
