@@ -276,9 +276,9 @@ def inherit_fields(cells: list, config) -> list:
     return cells
 
 
-def select_cells(cells: list, r, experiment: str) -> list:
+def select_cells(cells: list, settings, experiment: str) -> list:
     """The cells `reproduce.cells` names (all when empty), in the experiment's order."""
-    wanted = [n for n in r.cells.split(",") if n]
+    wanted = [n for n in settings.cells.split(",") if n]
     unknown = set(wanted) - {c.name for c in cells}
     if unknown:
         raise ReproductionError(f"config field 'reproduce.cells' names {sorted(unknown)}; cells of "
@@ -286,13 +286,13 @@ def select_cells(cells: list, r, experiment: str) -> list:
     return [c for c in cells if c.name in wanted] if wanted else cells
 
 
-def run_cells(cells: list, workdir: pathlib.Path, r, experiment: str, data_cache: Optional[dict] = None) -> list[dict]:
+def run_cells(cells: list, workdir: pathlib.Path, settings, experiment: str, data_cache: Optional[dict] = None) -> list[dict]:
     """Runs `cells` in order (teachers first) in `workdir/<cell>`, skipping finished runs, and
-    returns their records; `r` is the config's `reproduce` section (seeds split, fresh cells)."""
+    returns their records; `settings` is the config's `reproduce` section (`split_seeds`, `fresh_on_change`)."""
     data_cache = {} if data_cache is None else data_cache
     for cell in cells:  # the cells' configs are built here, not launched: checked before any cell runs
         config_lib.validate(cell.config)
-    cells = _place_cells(cells, workdir, bool(r.split_seeds), bool(r.fresh_on_change))
+    cells = _place_cells(cells, workdir, bool(settings.split_seeds), bool(settings.fresh_on_change))
     logging.info("%s: %d cells in %s: %s", experiment, len(cells), workdir, "; ".join(
         f"{c.name} ({c.label}, " + (f"{c.config.distill.steps} steps)" if c.role == "distill" else
                                      f"{c.config.num_seeds} seed(s) x {c.config.train.epochs} epochs)")
@@ -303,14 +303,14 @@ def run_cells(cells: list, workdir: pathlib.Path, r, experiment: str, data_cache
                      eta.line(cells[i - 1:]))
         started = time.perf_counter()
         trains = cell.role in ("teacher", "student") and any(
-            _finished_results(run_dir, c) is None for run_dir, c in _run_dirs(cell, workdir / cell.name, bool(r.split_seeds)))
+            _finished_results(run_dir, c) is None for run_dir, c in _run_dirs(cell, workdir / cell.name, bool(settings.split_seeds)))
         data = None
         if cell.role != "distill":  # a distill cell loads its own real data; later cells may read its output
             key = data_key(cell.config.data)
             if key not in data_cache:
                 data_cache[key] = pipeline.load_training_data(cell.config.data)
             data = data_cache[key]
-        cell_records.append(run_cell(cell, workdir / cell.name, data, split_seeds=bool(r.split_seeds)))
+        cell_records.append(run_cell(cell, workdir / cell.name, data, split_seeds=bool(settings.split_seeds)))
         if trains:
             eta.done(cell, time.perf_counter() - started)
         if cell_records[-1].get("diverged"):
@@ -318,9 +318,10 @@ def run_cells(cells: list, workdir: pathlib.Path, r, experiment: str, data_cache
     return cell_records
 
 
-def scale_line(r) -> str:
-    return (f"Scale: epochs / {r.epoch_divisor}, lr x {r.lr_multiplier}, test-network width "
-            f"{r.width or 'paper'}, teacher width {r.teacher_width or 'paper'}.")
+def scale_line(settings) -> str:
+    """The table's scale line, from `settings`, the config's `reproduce` section."""
+    return (f"Scale: epochs / {settings.epoch_divisor}, lr x {settings.lr_multiplier}, test-network width "
+            f"{settings.width or 'paper'}, teacher width {settings.teacher_width or 'paper'}.")
 
 
 def cell_summaries(cell_records) -> list[dict]:
@@ -328,38 +329,38 @@ def cell_summaries(cell_records) -> list[dict]:
                                  "best_over_training")} for rec in cell_records]
 
 
-def subset_suffix(r, cells: list) -> str:
+def subset_suffix(settings, cells: list) -> str:
     """'' for a run of the whole experiment; '.teacher+full' for one of some cells
     (`reproduce.cells`), whose table and reproduction file must not pass for the whole
     experiment's (reproduction.json is what says an experiment has finished)."""
-    return "." + "+".join(c.name for c in cells) if r.cells else ""
+    return "." + "+".join(c.name for c in cells) if settings.cells else ""
 
 
 def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> dict:
     """Runs the cells of `config.reproduce.experiment` in order (teachers first) and writes the table."""
-    r = config.reproduce
-    if not r.experiment:
+    settings = config.reproduce
+    if not settings.experiment:
         raise ReproductionError("config field 'reproduce.experiment' is empty; name one of "
                                 "distill_jax.experiments.registry.experiment_names(), e.g. frepo_cifar10_10_resnet18")
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cells = registry.get_experiment(r.experiment, workdir, registry.Scale.from_config(config),
-                                    split_seeds=bool(r.split_seeds), num_seeds=config.num_seeds, seed=config.seed,
-                                    teacher=r.teacher)
-    cells = select_cells(inherit_fields(cells, config), r, r.experiment)
-    workdir_io.write_json(workdir / PLAN_FILE, {"experiment": r.experiment, "config": config.to_dict(),
+    cells = registry.get_experiment(settings.experiment, workdir, registry.Scale.from_config(config),
+                                    split_seeds=bool(settings.split_seeds), num_seeds=config.num_seeds, seed=config.seed,
+                                    teacher=settings.teacher)
+    cells = select_cells(inherit_fields(cells, config), settings, settings.experiment)
+    workdir_io.write_json(workdir / PLAN_FILE, {"experiment": settings.experiment, "config": config.to_dict(),
                                             "cells": [c.name for c in cells], "command": results_record.command_line()})
-    cell_records = run_cells(cells, workdir, r, f"reproduce {r.experiment}", data_cache)
+    cell_records = run_cells(cells, workdir, settings, f"reproduce {settings.experiment}", data_cache)
     trained = [rec for rec in cell_records if rec["role"] != "distill"]
-    table = tables.experiment_table(trained, show_best=bool(r.show_best)) + teacher_note(trained)
+    table = tables.experiment_table(trained, show_best=bool(settings.show_best)) + teacher_note(trained)
     sets = "".join(describe_distill_record(rec) + "\n\n" for rec in cell_records if rec["role"] == "distill")
-    heading = (f"### {r.experiment}\n\n{sets}Final-epoch test accuracy, mean ± std (ddof=1) over seeds. "
-               f"{scale_line(r)}\n\n")
-    suffix = subset_suffix(r, cells)
+    heading = (f"### {settings.experiment}\n\n{sets}Final-epoch test accuracy, mean ± std (ddof=1) over seeds. "
+               f"{scale_line(settings)}\n\n")
+    suffix = subset_suffix(settings, cells)
     if any(rec.get("history") or rec.get("final_accuracy") for rec in trained):  # not for a distill-only run
-        plots.plot_experiment(trained, workdir / f"accuracy_by_cell{suffix}.png", title=r.experiment)
+        plots.plot_experiment(trained, workdir / f"accuracy_by_cell{suffix}.png", title=settings.experiment)
     workdir_io.write_text(workdir / f"table{suffix}.md", heading + table)
-    summary = {"experiment": r.experiment, "config": config.to_dict(), "cells": cell_summaries(cell_records),
+    summary = {"experiment": settings.experiment, "config": config.to_dict(), "cells": cell_summaries(cell_records),
                "software": records.software_versions(), "device": records.device_description()}
     workdir_io.write_json(workdir / f"reproduction{suffix}.json", summary)
     if workdir_io.is_writer():  # the record reads back the files only process 0 wrote

@@ -90,9 +90,9 @@ def transfer_config(set_path: str, dataset: str, *, networks=DEFAULT_POOL, num_s
     t.networks = networks if isinstance(networks, str) else ",".join(networks)
     t.widths = widths
     scale = scale or registry.Scale()
-    r = c.reproduce
-    r.epoch_divisor, r.lr_multiplier, r.width = scale.epoch_divisor, scale.lr_multiplier, scale.width
-    r.teacher_width, r.evals = scale.teacher_width, scale.evals
+    settings = c.reproduce
+    settings.epoch_divisor, settings.lr_multiplier, settings.width = scale.epoch_divisor, scale.lr_multiplier, scale.width
+    settings.teacher_width, settings.evals = scale.teacher_width, scale.evals
     return c
 
 
@@ -287,15 +287,15 @@ def run_transfer(config, workdir, *, data_cache: Optional[dict] = None) -> dict:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     spec, cells = transfer_cells(config, workdir)
-    r = config.reproduce
+    settings = config.reproduce
     title = config.transfer.name or pathlib.Path(spec.set_path).name
-    cells = reproduce.select_cells(reproduce.inherit_fields(cells, config), r, f"transfer {title}")
-    cell_records = reproduce.run_cells(cells, workdir, r, f"transfer {title}", data_cache)
+    cells = reproduce.select_cells(reproduce.inherit_fields(cells, config), settings, f"transfer {title}")
+    cell_records = reproduce.run_cells(cells, workdir, settings, f"transfer {title}", data_cache)
     table = transfer_table(cell_records, spec.networks) + reproduce.teacher_note(cell_records)
     heading = (f"### Cross-architecture transfer: {title}\n\nSet `{spec.set_path}` (source {spec.source}, "
                f"pixel space {spec.preprocessing}), test split of {spec.dataset}. Final-epoch test accuracy, "
                f"mean ± std (ddof=1) over {config.num_seeds} seed(s); differences are of the means. "
-               f"{reproduce.scale_line(r)}\n\n")
+               f"{reproduce.scale_line(settings)}\n\n")
     plot_transfer(cell_records, spec.networks, workdir / "transfer.png", title=title)
     workdir_io.write_text(workdir / "transfer.md", heading + table)
     summary = {"set": dataclasses.asdict(spec), "config": config.to_dict(),
