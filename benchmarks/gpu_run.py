@@ -160,32 +160,43 @@ def bundle_transform(out: pathlib.Path) -> dict:
 # ----------------------------------------------------------------------------------------- the table
 
 def _toy_data_root(bundle_data: pathlib.Path, root: pathlib.Path, per_class: int) -> pathlib.Path:
-    """A data root with the first `per_class` test images of each class and the bundle's sets (dry run)."""
+    """A data root with the first `per_class` test images of each class and the bundle's sets and
+    teachers (dry run)."""
     from distill_jax.data import datasets
     test = datasets.load_dataset(DATASET, "test", data_dir=bundle_data)
     keep = np.concatenate([np.flatnonzero(test.labels == c)[:per_class] for c in range(test.info.num_classes)])
     root.mkdir(parents=True, exist_ok=True)
     np.savez(root / f"{DATASET}_test.npz", image=test.images[keep], label=test.labels[keep])
-    if not (root / "distilled").exists():
-        shutil.copytree(bundle_data / "distilled", root / "distilled")
+    for folder in ("distilled", "teachers"):
+        if (bundle_data / folder).is_dir() and not (root / folder).exists():
+            shutil.copytree(bundle_data / folder, root / folder)
     return root
 
 
-def register_device_experiment(transform: pathlib.Path, checkpoints: int = CHECKPOINTS_PER_CELL) -> str:
-    """Registers DEVICE_EXPERIMENT: EXPERIMENT's cells, each reading the saved `transform` and
+def device_builder(cells_of, transform: pathlib.Path, checkpoints: int = CHECKPOINTS_PER_CELL):
+    """An experiment builder (registry.register_experiment) for the device: the cells of
+    `cells_of(workdir, scale, *, split_seeds, num_seeds, seed)`, each reading the saved `transform` and
     checkpointing `checkpoints` times (a field safe to change: it is no part of a run's identity)."""
-    from distill_jax.experiments import registry
 
     def build(workdir, scale, *, split_seeds, num_seeds, seed):
-        cells = registry.get_experiment(EXPERIMENT, workdir, scale, split_seeds=split_seeds, num_seeds=num_seeds,
-                                        seed=seed)
+        cells = cells_of(workdir, scale, split_seeds=split_seeds, num_seeds=num_seeds, seed=seed)
         for cell in cells:
             cell.config.data.preprocessing_path = str(transform)
             if cell.role in ("teacher", "student"):
                 cell.config.checkpoint_every_epochs = max(1, cell.config.train.epochs // checkpoints)
         return cells
 
-    registry.register_experiment(DEVICE_EXPERIMENT, build)
+    return build
+
+
+def register_device_experiment(transform: pathlib.Path, checkpoints: int = CHECKPOINTS_PER_CELL) -> str:
+    """Registers DEVICE_EXPERIMENT: EXPERIMENT's cells in their device form (`device_builder`)."""
+    from distill_jax.experiments import registry
+
+    def cells_of(workdir, scale, **kw):
+        return registry.get_experiment(EXPERIMENT, workdir, scale, **kw)
+
+    registry.register_experiment(DEVICE_EXPERIMENT, device_builder(cells_of, transform, checkpoints))
     return DEVICE_EXPERIMENT
 
 

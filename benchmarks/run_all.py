@@ -3,6 +3,7 @@
     python benchmarks/run_all.py                   # CPU preset (this machine, about 10-15 min)
     python benchmarks/run_all.py --preset gpu      # accelerator preset: MFU, 5 seeds vmapped vs 5 PyTorch runs
     python benchmarks/run_all.py --preset gpu_device  # the same for ResNet-18 b100 only, in ~2 min (device run)
+    python benchmarks/run_all.py --preset gpu_campaign  # ResNet-18 b100, 1/5/16/32 seeds, fp32 and bf16 (campaign)
     python benchmarks/run_all.py --preset layers   # one layer's forward + backward, JAX beside PyTorch (5 min)
     python benchmarks/run_all.py --preset smoke    # a few tiny cells: checks the machinery
     python benchmarks/run_all.py --groups convnet_b100 --repeats 5 --out my.json
@@ -127,7 +128,7 @@ class Cell:
 @dataclasses.dataclass
 class Group:
     """Cells timed together (interleaved). compare: (jax label, torch label) pairs;
-    scaling: (one-seed jax label, [vmapped labels], one-seed torch label or None)."""
+    scaling: (one-seed jax label, [vmapped labels], one-seed torch label or None), or a list of them."""
 
     name: str
     cells: list
@@ -224,6 +225,42 @@ def gpu_device_plan(repeats: int | None = None, *, toy: bool = False) -> list[Gr
                   scaling=("jax", ["jax_s3", "jax_s5", "jax_s3_grouped", "jax_s5_grouped"], "torch"))]
 
 
+CAMPAIGN_SEEDS = (1, 5, 16, 32)
+
+
+def bf16_available() -> bool:
+    """Does this version's config take train.compute_dtype = 'bfloat16'? (read from the schema alone)"""
+    sys.path.insert(0, os.path.dirname(HERE))
+    from distill_jax import defaults  # imports nothing of the package
+    return "compute_dtype" in defaults.default_config().train
+
+
+def gpu_campaign_plan(repeats: int | None = None, *, toy: bool = False, bf16: bool | None = None) -> list[Group]:
+    """The device campaign's measurement (scripts/gpu_campaign.sh), one group compiled at once: ResNet-18
+    at the paper's batch (100) with 1, 5, 16, 32 seeds vmapped, beside PyTorch's best setting for one
+    network (channels_last); the same in bfloat16 (compute_dtype) beside PyTorch's bf16 autocast, where
+    the config has train.compute_dtype. N PyTorch networks one after another are N x its one-network
+    step. `toy`: a tiny ConvNet on the CPU, 1 and 2 seeds (1 in bfloat16): the dry run."""
+    bf16 = bf16_available() if bf16 is None else bf16
+    if toy:
+        model, batch, extra, device, seeds = "convnet", 4, {"width": 4, "size": 8}, "cpu", {"float32": (1, 2),
+                                                                                         "bfloat16": (1,)}
+    else:
+        model, batch, extra, device = "resnet18", 100, {"norm": "batch"}, "cuda"
+        seeds = {"float32": CAMPAIGN_SEEDS, "bfloat16": CAMPAIGN_SEEDS}
+    cells, compare, scaling = [], [], []
+    for dtype in ("float32", "bfloat16") if bf16 else ("float32",):
+        suffix = "_bf16" if dtype != "float32" else ""
+        jax_extra = dict(extra, compute_dtype=dtype) if suffix else extra
+        cells += [_jax(f"jax_s{n}{suffix}", model, batch, seeds=n, **jax_extra) for n in seeds[dtype]]
+        cells.append(_torch(f"torch_cl{suffix}", model, batch, device=device, channels_last=True,
+                            **(dict(extra, autocast=dtype) if suffix else extra)))
+        compare.append((f"jax_s1{suffix}", f"torch_cl{suffix}"))
+        scaling.append((f"jax_s1{suffix}", [f"jax_s{n}{suffix}" for n in seeds[dtype][1:]], f"torch_cl{suffix}"))
+    return [Group(f"{model}_b{batch}", cells, repeats or (1 if toy else 10), parallel_build=True, compare=compare,
+                  scaling=scaling)]
+
+
 def smoke_plan(repeats: int | None = None) -> list[Group]:
     """Tiny cells (width 4, batch 4, 8 px) that exercise every path in seconds."""
     tiny = {"width": 4, "size": 8}
@@ -261,7 +298,8 @@ def layers_plan(repeats: int | None = None) -> list[Group]:
 
 
 PLANS = {"cpu": cpu_plan, "gpu": gpu_plan, "smoke": smoke_plan, "layers": layers_plan, "gpu_device": gpu_device_plan,
-         "gpu_device_toy": lambda repeats=None: gpu_device_plan(repeats, toy=True)}
+         "gpu_device_toy": lambda repeats=None: gpu_device_plan(repeats, toy=True),
+         "gpu_campaign": gpu_campaign_plan, "gpu_campaign_toy": lambda repeats=None: gpu_campaign_plan(repeats, toy=True)}
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -442,8 +480,9 @@ def format_tables(cells: list[dict], compares: list[dict], scalings: list[dict])
 def _borrow_flops(cells: dict) -> None:
     """PyTorch cells have no cost analysis: they take the FLOPs per seed and the device peak of the plain
     JAX cell of the same network, batch and norm in their group (same model, same arithmetic)."""
-    def key(config):
-        return config["model"], config["batch"], config.get("norm"), config.get("size", 32), config.get("width")
+    def key(config):  # a torch cell under bf16 autocast matches the JAX cell computing in bfloat16
+        dtype = config.get("compute_dtype") or config.get("autocast") or "float32"
+        return config["model"], config["batch"], config.get("norm"), config.get("size", 32), config.get("width"), dtype
 
     plain = {}
     for entry in cells.values():
@@ -469,7 +508,8 @@ def summarise(groups: list[dict], plan: list[Group]) -> dict:
         _borrow_flops(group["cells"])
         cells += [cell_row(group["name"], label, entry) for label, entry in group["cells"].items()]
         compares += compare_rows(group, spec.compare)
-        scalings += scaling_rows(group, spec.scaling)
+        for scaling in spec.scaling if isinstance(spec.scaling, list) else [spec.scaling]:
+            scalings += scaling_rows(group, scaling)
     return {"cells": cells, "compare": compares, "scaling": scalings}
 
 

@@ -20,6 +20,7 @@ Requires the optional `bench` extra (torch); nothing in distill_jax imports this
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -37,6 +38,7 @@ from torch import nn
 _WHERE = "benchmarks/torch_reference.py"
 MODEL_NAMES = ("convnet", "resnet18", "resnet50")
 NORMS = ("instance", "batch", "none")
+AUTOCAST_DTYPES = {"": None, "bfloat16": torch.bfloat16}  # PyTorch's mixed precision, beside compute_dtype
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -164,6 +166,7 @@ class TorchConfig:
     channels_last: bool = False
     threads: int = 2
     device: str = "cpu"
+    autocast: str = ""  # "" (float32) or "bfloat16": the forward under torch.autocast in that dtype
 
     def check(self) -> "TorchConfig":
         for field in ("batch", "seeds", "size", "channels", "threads"):
@@ -172,6 +175,9 @@ class TorchConfig:
                 raise ValueError(f"{_WHERE}: config field {field!r} must be a positive int, got {value!r}")
         if self.model not in MODEL_NAMES:
             raise ValueError(f"{_WHERE}: config field 'model' must be one of {MODEL_NAMES}, got {self.model!r}")
+        if self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"{_WHERE}: config field 'autocast' must be one of {tuple(AUTOCAST_DTYPES)}, "
+                             f"got {self.autocast!r}")
         if self.norm is not None and self.norm not in NORMS:
             raise ValueError(f"{_WHERE}: config field 'norm' must be one of {NORMS}, got {self.norm!r}")
         return self
@@ -211,9 +217,11 @@ class PreparedTorchStep:
         """One step of every network, one after another: (wall seconds, process CPU seconds)."""
         self._sync()
         wall0, cpu0 = time.perf_counter(), time.process_time()
+        dtype = AUTOCAST_DTYPES[self.config.autocast]
         for model, opt in zip(self.models, self.optimizers):
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(self.images), self.labels)
+            with torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+                loss = F.cross_entropy(model(self.images), self.labels)
             loss.backward()
             opt.step()
         self._sync()

@@ -48,6 +48,8 @@ from distill_jax.optim import make_optimizer  # noqa: E402
 from distill_jax.training import loop, sharding, steps  # noqa: E402
 
 _WHERE = "benchmarks/train_step.py"
+# The compute dtypes this version's networks take (the config's train.compute_dtype).
+COMPUTE_DTYPES = tuple(getattr(models, "COMPUTE_DTYPES", ("float32",)))
 
 # Dense peak FLOP/s per compute precision, matched by substring of the lower-cased device_kind
 # (first match wins, so specific names come first). Vendor datasheet figures, no sparsity.
@@ -120,11 +122,12 @@ def compute_precision(backend: str) -> str:
     return "fp32"
 
 
-def device_peak(device=None) -> dict:
-    """{'peak_flops', 'precision', 'source'} for the default device ('estimate' on CPU, None if unknown)."""
+def device_peak(device=None, compute_dtype: str = "float32") -> dict:
+    """{'peak_flops', 'precision', 'source'} for the default device ('estimate' on CPU, None if unknown);
+    a network computing in bfloat16 is held against the device's bf16 peak."""
     device = device or jax.devices()[0]
     backend = device.platform
-    precision = compute_precision(backend)
+    precision = "bf16" if compute_dtype == "bfloat16" and backend != "cpu" else compute_precision(backend)
     if backend == "cpu":
         info = read_cpu_info()
         if not info["ghz"]:
@@ -155,6 +158,7 @@ class StepConfig:
     kd: bool = False
     augment_k: int = 0
     sequential: bool = False
+    compute_dtype: str = "float32"  # of convolutions and matmuls (the config's train.compute_dtype)
 
     def check(self) -> "StepConfig":
         for field in ("batch", "seeds", "size", "channels"):
@@ -165,6 +169,9 @@ class StepConfig:
             raise ValueError(f"{_WHERE}: config field 'model' must be one of {models.MODEL_NAMES}, got {self.model!r}")
         if self.optimizer not in ("sgd", "lion"):
             raise ValueError(f"{_WHERE}: config field 'optimizer' must be 'sgd' or 'lion', got {self.optimizer!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"{_WHERE}: config field 'compute_dtype' must be one of {COMPUTE_DTYPES}, "
+                             f"got {self.compute_dtype!r}")
         if not (isinstance(self.augment_k, int) and 0 <= self.augment_k <= len(augment.DSA_OPS)):
             raise ValueError(f"{_WHERE}: config field 'augment_k' must be an int in [0, {len(augment.DSA_OPS)}], "
                              f"got {self.augment_k!r}")
@@ -176,6 +183,8 @@ def build_network(config: StepConfig, conv: str = "auto"):
     options = {"width": config.width} if config.width else {}
     if config.norm:
         options["norm"] = config.norm
+    if config.compute_dtype != "float32":
+        options["compute_dtype"] = config.compute_dtype
     accepted = models.model_options(config.model)  # DropPath: ResNets, VGG-11, AlexNet; the shortcut: ResNets
     options.update({name: value for name, value in (("droppath", config.droppath),
                                                     ("improved_shortcut", config.improved_shortcut))
@@ -383,7 +392,8 @@ class PreparedStep:
         return {"compile_s": self.compile_s, "lower_s": self.lower_s, "xla_compile_s": self.xla_compile_s,
                 "flops_per_step": self.flops, "compiled_flops": self.compiled_flops,
                 "num_parameters": self.num_parameters, "conv": self.conv, "cores": usable_cores(),
-                "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind, **device_peak()}
+                "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+                "compute_dtype": self.config.compute_dtype, **device_peak(compute_dtype=self.config.compute_dtype)}
 
 
 LAYERS = ("conv3x3", "batchnorm", "instancenorm")

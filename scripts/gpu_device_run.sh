@@ -45,94 +45,21 @@
 # /tmp/distill_jax_gpu_run), PYTHON (default python3), GPU_RUN_TOY=1 (the CPU dry run: the same
 # phases at toy size, labelled so; what scripts/tests/test_gpu_bundle.py runs).
 set -uo pipefail
-: "${OUT:?set OUT to the folder for the results}"
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BUNDLE=$(cd "${1:-$REPO/gpu_bundle}" 2>/dev/null && pwd) || {
-  echo "no bundle folder ${1:-$REPO/gpu_bundle}: build it with scripts/gpu_bundle.sh" | tee -a "$OUT/progress.txt"; exit 2; }
-cd "$REPO"
-TOY=${GPU_RUN_TOY:-0}
-BUDGET=${GPU_RUN_BUDGET_S:-560}
-BENCH_S=${GPU_RUN_BENCH_S:-180}
-WORK=${GPU_RUN_WORKDIR:-/tmp/distill_jax_gpu_run}
-PYTHON=${PYTHON:-python3}
+WORK_DEFAULT=/tmp/distill_jax_gpu_run
+BENCH_DEFAULT=180
+# shellcheck source=scripts/gpu_common.sh
+source "$(dirname "$0")/gpu_common.sh"
 CELLS=()  # benchmarks/gpu_run.py owns the default cells
 [ -n "${GPU_RUN_CELLS:-}" ] && CELLS=(--cells "$GPU_RUN_CELLS")
 WIDTH=()
 [ -n "${GPU_RUN_WIDTH:-}" ] && WIDTH=(--width "$GPU_RUN_WIDTH")
-mkdir -p "$WORK"
-START=$SECONDS
-export PYTHONUNBUFFERED=1
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$WORK/xla_cache}
-if [ "$TOY" = 1 ]; then PRESET=gpu_device_toy; TOY_FLAG=--toy; else PRESET=gpu_device; TOY_FLAG=; fi
-
-log() { echo "[$(date -u +%H:%M:%S)] +$((SECONDS - START))s $*" | tee -a "$OUT/progress.txt"; }
-left() { echo $((BUDGET - (SECONDS - START))); }
+if [ "$TOY" = 1 ]; then PRESET=gpu_device_toy; else PRESET=gpu_device; fi
 
 log "device run$([ "$TOY" = 1 ] && echo ' (TOY DRY RUN)'): bundle $BUNDLE, workdir $WORK, budget ${BUDGET}s, cells ${GPU_RUN_CELLS:-default}, width ${GPU_RUN_WIDTH:-paper}"
-if ! (cd "$BUNDLE" && sha256sum -c --quiet SHA256SUMS) >> "$OUT/progress.txt" 2>&1; then
-  log "the bundle does not match its SHA256SUMS: rebuild it with scripts/gpu_bundle.sh"; exit 2
-fi
-if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
-     "$BUNDLE"/wheels/*.whl >> "$OUT/progress.txt" 2>&1; then
-  log "installing the carried wheels failed (see above)"; exit 2
-fi
-export PYTHONPATH="$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
-{
-  if command -v nvidia-smi > /dev/null; then
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
-  else
-    echo "no nvidia-smi on this machine"
-  fi
-  "$PYTHON" - <<'EOF' > "$WORK/setup_check.txt" 2>&1
-import importlib.metadata as m, platform
-import jax
-def version(name):
-    for candidate in (name, name.replace("-", "_")):
-        try:
-            return m.version(candidate)
-        except m.PackageNotFoundError:
-            pass
-    return "absent"
-print("python", platform.python_version(), "| jax devices:", jax.devices())
-print("versions:", {n: version(n) for n in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex",
-                                          "ml-collections", "tensorboardX", "torch", "numpy")})
-import distill_jax.training.loop  # every module-level import the run needs
-import ml_collections, tensorboardX
-print("distill_jax imports: ok; ml_collections from", ml_collections.__file__, "| tensorboardX from", tensorboardX.__file__)
-EOF
-  SETUP_RC=$?
-  cat "$WORK/setup_check.txt"
-} >> "$OUT/progress.txt"
-if [ "$SETUP_RC" -ne 0 ]; then  # the phases below will fail the same way: say why at once
-  log "setup check failed (exit $SETUP_RC):"; tail -n 30 "$WORK/setup_check.txt"
-else
-  log "setup done"
-fi
+device_setup
 
 # ---- the benchmark
-if [ -f "$WORK/bench.json" ]; then
-  log "benchmark: finished in an earlier call, kept"
-else
-  cap=$(( $(left) - 60 < BENCH_S ? $(left) - 60 : BENCH_S ))
-  if [ "$cap" -le 10 ]; then
-    log "benchmark: skipped (GPU_RUN_BENCH_S=$BENCH_S, ${cap}s left for it)"
-  else
-    log "benchmark: preset $PRESET, at most ${cap}s"
-    timeout --kill-after=10 "$cap" "$PYTHON" benchmarks/run_all.py --preset "$PRESET" --out "$WORK/bench.partial.json" \
-      --log "$WORK/bench_workers.log" > "$OUT/bench.txt" 2>&1
-    rc=$?
-    BENCH_RC=$rc
-    [ $rc -eq 0 ] && mv "$WORK/bench.partial.json" "$WORK/bench.json"
-    log "benchmark: exit $rc$([ $rc -eq 124 ] || [ $rc -eq 137 ] && echo ' (time cap reached)')"
-  fi
-fi
-[ -f "$WORK/bench.json" ] && cp "$WORK/bench.json" "$OUT/bench.json"
-[ ! -f "$WORK/bench.json" ] && [ -f "$WORK/bench.partial.json" ] && cp "$WORK/bench.partial.json" "$OUT/bench.json"
-if [ -f "$WORK/bench_workers.log" ]; then
-  { echo; echo "---- worker log (last 200 lines)"; tail -n 200 "$WORK/bench_workers.log"; } >> "$OUT/bench.txt"
-fi
+bench_phase "$PRESET"
 
 # ---- the table
 cap=$(( $(left) - 25 ))
@@ -142,7 +69,7 @@ if [ "$cap" -gt 20 ]; then
     --out "$OUT" "${CELLS[@]}" "${WIDTH[@]}" $TOY_FLAG >> "$OUT/table_log.txt" 2>&1
   rc=$?
   TABLE_RC=$rc
-  log "table: exit $rc$([ $rc -eq 124 ] || [ $rc -eq 137 ] && echo ' (time budget reached: partial table; rerun to resume)')"
+  log "table: exit $rc$(timed_out $rc && echo ' (time budget reached: partial table; rerun to resume)')"
 fi
 
 # ---- what came of it
@@ -157,10 +84,5 @@ if [ -n "$RECORD" ]; then cp "$RECORD" "$OUT/"; else log "no results record: no 
 log "done (summary exit $rc)"
 cat "$WORK/summary.txt"
 # a phase that failed (not merely cut by the time budget): its last lines, at the end of the output
-timed_out() { [ "$1" -eq 124 ] || [ "$1" -eq 137 ]; }
-if [ "${BENCH_RC:-0}" -ne 0 ] && ! timed_out "${BENCH_RC:-0}"; then
-  echo "---- benchmark failed (exit $BENCH_RC); end of bench.txt:"; tail -n 25 "$OUT/bench.txt"
-fi
-if [ "${TABLE_RC:-0}" -ne 0 ] && ! timed_out "${TABLE_RC:-0}"; then
-  echo "---- table failed (exit $TABLE_RC); end of table_log.txt:"; tail -n 40 "$OUT/table_log.txt"
-fi
+failed_phase_tail benchmark "${BENCH_RC:-0}" "$OUT/bench.txt" 25
+failed_phase_tail table "${TABLE_RC:-0}" "$OUT/table_log.txt" 40
