@@ -5,6 +5,8 @@
 #
 #   data/cifar10_jpeg_test.npz              the CIFAR-10 (JPEG) test split (28.4 MB), as in the data root
 #   data/distilled/cifar10_10_frepo/        the published FRePo IPC 10 set (1.2 MB)
+#   data/distilled/cifar10_1_{frepo,mtt}/   the published IPC 1 sets (0.1 MB each; the campaign's IPC 1 rows)
+#   data/teachers/cifar10_1_mtt_convnet/    the published ConvNet trained on the MTT IPC 1 set (1.3 MB)
 #   zca_mtt.packed.npz                      zca_mtt fitted on the training split (18.9 MB packed; the split
 #                                           itself, 142 MB, stays here); benchmarks/gpu_run.py unpacks it
 #   wheels/                                 pure-Python wheels of what distill_jax imports at module level
@@ -12,8 +14,8 @@
 #                                           (tensorflow-datasets is imported only for tfds sources: not needed)
 #   MANIFEST.txt, SHA256SUMS                what was built from what; the device run checks the sums first
 #
-# No teacher travels: the FRePo IPC 10 table trains its own ConvNet-FRePo teacher (none is
-# published for that set). The bundle must stay under GPU_BUNDLE_MAX_MIB (default 60) MiB, and
+# The FRePo tables train their own ConvNet-FRePo teachers (none is published for those sets); the
+# MTT IPC 1 row imports the published one. The bundle must stay under GPU_BUNDLE_MAX_MIB (default 60) MiB, and
 # with the working tree that travels beside it under 64 MiB; the build fails otherwise (exit 2).
 # Wheels that cannot be downloaded fail the build with exit 3.
 #
@@ -61,20 +63,25 @@ fi
 BUNDLE=${1:-$HERE/gpu_bundle}
 DATA=${DISTILL_JAX_DATA:-$(cd "$HERE/.." && pwd)/shared/data}
 export DISTILL_JAX_DATA=$DATA
-for f in cifar10_jpeg_test.npz cifar10_jpeg_train.npz distilled/cifar10_10_frepo/images_best.pt \
-         distilled/cifar10_10_frepo/labels_best.pt; do
+SETS="cifar10_10_frepo cifar10_1_frepo cifar10_1_mtt"
+TEACHER=teachers/cifar10_1_mtt_convnet/checkpoint_best.pth
+for f in cifar10_jpeg_test.npz cifar10_jpeg_train.npz $TEACHER \
+         $(for s in $SETS; do echo "distilled/$s/images_best.pt distilled/$s/labels_best.pt"; done); do
   [ -f "$DATA/$f" ] || { echo "gpu_bundle.sh: $DATA/$f not found (set DISTILL_JAX_DATA to the data root)" >&2; exit 1; }
 done
 
 TMP="$BUNDLE.tmp.$$"
 trap 'rm -rf "$TMP"' EXIT
-mkdir -p "$TMP/data/distilled/cifar10_10_frepo" "$TMP/wheels"
+mkdir -p "$TMP/wheels" "$TMP/data/$(dirname "$TEACHER")"
 cp "$DATA/cifar10_jpeg_test.npz" "$TMP/data/"
-cp "$DATA/distilled/cifar10_10_frepo/images_best.pt" "$DATA/distilled/cifar10_10_frepo/labels_best.pt" \
-   "$TMP/data/distilled/cifar10_10_frepo/"
+cp "$DATA/$TEACHER" "$TMP/data/$TEACHER"
+for s in $SETS; do
+  mkdir -p "$TMP/data/distilled/$s"
+  cp "$DATA/distilled/$s/images_best.pt" "$DATA/distilled/$s/labels_best.pt" "$TMP/data/distilled/$s/"
+done
 if [ -f "$DATA/SHA256SUMS" ]; then  # the copies are the published files
-  (cd "$TMP/data" && grep -E '  (cifar10_jpeg_test\.npz|distilled/cifar10_10_frepo/.*)$' "$DATA/SHA256SUMS" \
-     | sha256sum -c --quiet -)
+  (cd "$TMP/data" && grep -E '  (cifar10_jpeg_test\.npz|distilled/cifar10_1?0?_(frepo|mtt)/.*|teachers/.*)$' \
+     "$DATA/SHA256SUMS" | sha256sum -c --quiet -)
 fi
 
 echo "fitting (or reading from the cache) zca_mtt on $DATA/cifar10_jpeg_train.npz ..."
@@ -93,7 +100,7 @@ fi
 
 {
   echo "distill_jax device bundle, built $(date -u +%Y-%m-%dT%H:%M:%SZ) from commit $(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo '?')"
-  echo "data root: $DATA (CIFAR-10 (JPEG) test split, distilled/cifar10_10_frepo)"
+  echo "data root: $DATA (CIFAR-10 (JPEG) test split, distilled/{${SETS// /,}}, $TEACHER)"
   echo "transform: $TRANSFORM_META"
   echo "wheels:$SPECS"
 } > "$TMP/MANIFEST.txt"

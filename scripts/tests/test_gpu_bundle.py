@@ -3,18 +3,15 @@ scripts/gpu_device_run.sh at toy size (GPU_RUN_TOY=1), so that the command works
 time a device is lent. No test here needs an accelerator; benchmarks/tests/test_gpu_run.py
 tests gpu_run.py's own parts.
 
-The bundle and the dry run need the real data (skipped without it, as elsewhere); the dry run
+The bundle (built once per session by conftest.py) and the dry run need the real data (skipped
+without it, as elsewhere); the dry run
 takes ~2 min on a loaded 2-core machine with the suite's XLA cache warm, ~3.5 min cold.
 """
 import json
-import os
 import pathlib
 import re
 import subprocess
 import sys
-import tempfile
-
-import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))  # the device run's Python side (tested in benchmarks/tests)
@@ -26,40 +23,12 @@ OUT_FILES = {"progress.txt", "bench.txt", "bench.json", "table_log.txt", "table.
              "runs.tar.gz"}
 
 
-def _env(**extra) -> dict:
-    """The scripts' environment: this interpreter, one CPU device (not the suite's 8 fake ones), and the
-    suite's persistent XLA cache, so repeated dry runs load their programs instead of compiling them."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update({"PYTHON": sys.executable, "JAX_PLATFORMS": "cpu",
-                "JAX_COMPILATION_CACHE_DIR": os.environ.get(
-                    "DISTILL_JAX_TEST_XLA_CACHE", os.path.join(tempfile.gettempdir(), "distill_jax_test_xla_cache")),
-                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
-    env.update(extra)
-    return env
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    """scripts/gpu_bundle.sh run into a temporary folder from the real data root."""
-    root = os.environ.get("DISTILL_JAX_DATA", "")
-    needed = ("cifar10_jpeg_test.npz", "cifar10_jpeg_train.npz", "distilled/cifar10_10_frepo/images_best.pt")
-    if not root or not all((pathlib.Path(root) / f).is_file() for f in needed):
-        pytest.skip(f"real data folder not available: set DISTILL_JAX_DATA to the folder holding "
-                    f"cifar10_jpeg_*.npz and distilled/cifar10_10_frepo (now {root!r})")
-    folder = tmp_path_factory.mktemp("device") / "gpu_bundle"
-    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_bundle.sh"), str(folder)], env=_env(),
-                          capture_output=True, text=True, timeout=900)
-    if done.returncode == 3:
-        pytest.skip(f"no package index to download the wheels from: {done.stderr.strip()[-300:]}")
-    assert done.returncode == 0, done.stdout + done.stderr
-    return folder
-
-
 def test_bundle_holds_what_the_device_run_needs_under_the_limit(bundle):
     files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
     assert {"data/cifar10_jpeg_test.npz", "data/distilled/cifar10_10_frepo/images_best.pt",
             "data/distilled/cifar10_10_frepo/labels_best.pt", "zca_mtt.packed.npz", "MANIFEST.txt",
-            "SHA256SUMS"} <= files
+            "SHA256SUMS", "data/distilled/cifar10_1_frepo/images_best.pt", "data/distilled/cifar10_1_mtt/labels_best.pt",
+            "data/teachers/cifar10_1_mtt_convnet/checkpoint_best.pth"} <= files  # the campaign's sets and teacher
     wheels = sorted(f for f in files if f.startswith("wheels/"))
     assert [re.sub(r"-.*", "", w[len("wheels/"):]).lower() for w in wheels] == ["ml_collections", "tensorboardx"]
     assert all(w.endswith("-py3-none-any.whl") for w in wheels)  # pure Python: any interpreter, any CPU
@@ -73,24 +42,24 @@ def test_bundle_holds_what_the_device_run_needs_under_the_limit(bundle):
     assert prep.fitted_on["images_sha256"] in (bundle / "MANIFEST.txt").read_text()
 
 
-def test_size_check_refuses_a_bundle_over_the_limit(tmp_path):
+def test_size_check_refuses_a_bundle_over_the_limit(tmp_path, script_env):
     folder = tmp_path / "big"
     folder.mkdir()
     (folder / "blob").write_bytes(b"\0" * (2 * 2 ** 20 + 1))
     check = [str(REPO / "scripts" / "gpu_bundle.sh"), "--check", str(folder)]
-    over = subprocess.run(["bash", *check], env=_env(GPU_BUNDLE_MAX_MIB="2"), capture_output=True, text=True)
+    over = subprocess.run(["bash", *check], env=script_env(GPU_BUNDLE_MAX_MIB="2"), capture_output=True, text=True)
     assert over.returncode == 2
     assert "over the limit of 2 MiB" in over.stderr and str(folder) in over.stderr
-    under = subprocess.run(["bash", *check], env=_env(GPU_BUNDLE_MAX_MIB="3"), capture_output=True, text=True)
+    under = subprocess.run(["bash", *check], env=script_env(GPU_BUNDLE_MAX_MIB="3"), capture_output=True, text=True)
     assert under.returncode == 0, under.stderr
     assert "2.0 MiB (limit 3)" in under.stdout
 
 
-def test_device_command_dry_run_on_cpu(bundle, tmp_path):
+def test_device_command_dry_run_on_cpu(bundle, tmp_path, script_env):
     """The device command at toy size: every phase, every out file, the carried wheels and transform
     used, and no training split or cached transform anywhere in reach."""
     out, work = tmp_path / "out", tmp_path / "work"
-    env = _env(OUT=str(out), GPU_RUN_TOY="1", GPU_RUN_WORKDIR=str(work), DISTILL_JAX_CACHE=str(tmp_path / "no_cache"))
+    env = script_env(OUT=str(out), GPU_RUN_TOY="1", GPU_RUN_WORKDIR=str(work), DISTILL_JAX_CACHE=str(tmp_path / "no_cache"))
     env.pop("DISTILL_JAX_DATA", None)  # the device has no data root but the bundle
     done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_device_run.sh"), str(bundle)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=1200)
@@ -124,11 +93,11 @@ def test_device_command_dry_run_on_cpu(bundle, tmp_path):
     assert not (tmp_path / "no_cache" / "preprocessing").exists()  # nothing was fitted (kernels/ may be built)
 
 
-def test_device_command_dry_run_of_chosen_cells_without_the_benchmark(bundle, tmp_path):
+def test_device_command_dry_run_of_chosen_cells_without_the_benchmark(bundle, tmp_path, script_env):
     """GPU_RUN_CELLS=no_dp_kd, GPU_RUN_WIDTH=2 and GPU_RUN_BENCH_S=0: that cell alone at width 2,
     no teacher, no benchmark."""
     out, work = tmp_path / "out", tmp_path / "work"
-    env = _env(OUT=str(out), GPU_RUN_TOY="1", GPU_RUN_WORKDIR=str(work), GPU_RUN_CELLS="no_dp_kd", GPU_RUN_BENCH_S="0",
+    env = script_env(OUT=str(out), GPU_RUN_TOY="1", GPU_RUN_WORKDIR=str(work), GPU_RUN_CELLS="no_dp_kd", GPU_RUN_BENCH_S="0",
                GPU_RUN_WIDTH="2")
     env.pop("DISTILL_JAX_DATA", None)
     done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_device_run.sh"), str(bundle)], cwd=tmp_path, env=env,
