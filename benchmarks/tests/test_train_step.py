@@ -134,6 +134,19 @@ def test_step_config_rejects_bad_fields():
         train_step.StepConfig("convnet", augment_k=99).check()
     with pytest.raises(ValueError, match="--seeds expects comma-separated positive ints"):
         train_step.parse_positive_ints("1,x", "--seeds")
+    with pytest.raises(ValueError, match="'compute_dtype' must be one of"):
+        train_step.StepConfig("convnet", compute_dtype="float16").check()
+
+
+@pytest.mark.skipif("bfloat16" not in train_step.COMPUTE_DTYPES, reason="this version's networks take no compute_dtype")
+def test_a_bfloat16_cell_computes_in_bfloat16_and_is_held_against_the_bf16_peak():
+    prepared = train_step.PreparedStep(train_step.StepConfig("convnet", compute_dtype="bfloat16", **TINY))
+    prepared.run()
+    assert np.isfinite(prepared.losses()).all() and prepared.info()["compute_dtype"] == "bfloat16"
+    hlo = jax.jit(train_step.seeded(prepared.step)).lower(
+        prepared.states[0], prepared.batches[0], prepared.keys[0], prepared.keep_rate, None).as_text()
+    assert "bf16" in hlo
+    assert train_step.device_peak(compute_dtype="bfloat16")["precision"] == "fp32"  # the CPU has no bf16 peak
 
 
 _NO_TORCH = importlib.util.find_spec("torch") is None
@@ -183,3 +196,5 @@ def test_torch_config_rejects_bad_fields():
         torch_reference.TorchConfig(norm="layer").check()
     with pytest.raises(ValueError, match="'seeds' must be a positive int"):
         torch_reference.TorchConfig(seeds=0).check()
+    with pytest.raises(ValueError, match="'autocast' must be one of"):
+        torch_reference.TorchConfig(autocast="float16").check()
