@@ -73,6 +73,7 @@ from distill_jax import config as config_lib
 from distill_jax.formats.distilled import load_distilled, save_distilled
 from distill_jax.experiments import registry, reproduce
 from distill_jax.report import show
+from distill_jax.report.results_record import Role
 
 print("JAX", jax.__version__, "on", jax.devices())
 workdir = pathlib.Path(WORKDIR)
@@ -94,13 +95,13 @@ if SET_PATH:
     set_file.parent.mkdir(parents=True, exist_ok=True)
     save_distilled(given, set_file)
 cells = registry.get_experiment(f"pipeline_{distiller}_{DATASET}_{IPC}_resnet18", workdir, scale, num_seeds=SEEDS)
-cells = [c for c in cells if c.name != "real_subset" and not (SET_PATH and c.role == "distill")]
+cells = [c for c in cells if c.name != "real_subset" and not (SET_PATH and c.role is Role.DISTILL)]
 for cell in cells:
-    if cell.role == "distill":
+    if cell.role is Role.DISTILL:
         cell.config.distill.steps = DISTILL_STEPS
 registry.register_experiment("quickstart", lambda *args, **kwargs: cells)
 for cell in cells:
-    print(f"{cell.name:8s} {cell.label}: " + (f"{cell.config.distill.steps} distillation steps" if cell.role == "distill"
+    print(f"{cell.name:8s} {cell.label}: " + (f"{cell.config.distill.steps} distillation steps" if cell.role is Role.DISTILL
           else f"{cell.config.num_seeds} seeds x {cell.config.train.epochs} epochs"))"""
 
 RUN_MD = """## Distil (if needed), train the teacher, then ResNet-18 Baseline and Full

@@ -15,6 +15,7 @@ import pytest
 from distill_jax import cli
 from distill_jax.experiments import compare, registry, reproduce
 from distill_jax.report import plots, records, results_record
+from distill_jax.report.results_record import Role
 from distill_jax.training import metrics
 from test_evaluation import _cache, _reproduce_config, _tiny_data, _tiny_experiment
 from test_records import _experiment_dir
@@ -70,8 +71,8 @@ def _write_cell(workdir, cell, finals, *, split=True, finished_seeds=None, train
     else:
         merged = _write_run(cell_dir, config, [0, 1, 2], finals, finished=bool(len(finished_seeds)), train_acc=train_acc)
     if record and merged and merged["finished"]:
-        rec = {"cell": cell.name, "label": cell.label, "role": cell.role, "network": "resnet18 (width 8, batch norm)"
-               if cell.role == "student" else "convnet_frepo (width 32, batch norm)",
+        rec = {"cell": cell.name, "label": cell.label, "role": cell.role.value, "network": "resnet18 (width 8, batch norm)"
+               if cell.role is Role.STUDENT else "convnet_frepo (width 32, batch norm)",
                "epochs": cell.config.train.epochs, "config": config, "split_seeds": split, "seeds": merged["seeds"],
                "history": merged["history"], "final_accuracy": merged["final_accuracy"], "diverged": None,
                "best_over_training": records.best_over_training(merged["history"]), "data": merged["data"],

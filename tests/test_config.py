@@ -9,6 +9,7 @@ from distill_jax import config as config_lib
 from distill_jax import errors
 from distill_jax.errors import ConfigError
 from distill_jax.experiments import registry, reproduce
+from distill_jax.report.results_record import Role
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -121,7 +122,7 @@ def test_an_experiment_validates_every_cell_before_the_first_runs(tmp_path):
     first.data.dataset, first.data.data_dir = "npz", str(tmp_path / "no_data")  # would fail to load, not validate
     last = config_lib.default_config()
     last.train.optimizer = "adagrad"
-    cells = [registry.Cell("first", "first", first, "teacher"), registry.Cell("last", "last", last, "student")]
+    cells = [registry.Cell("first", "first", first, Role.TEACHER), registry.Cell("last", "last", last, Role.STUDENT)]
     workdir = tmp_path / "work"
     workdir.mkdir()
     with pytest.raises(ConfigError, match=r"train\.optimizer.*'adagrad'"):

@@ -11,6 +11,7 @@ from distill_jax.data import pipeline, preprocess
 from distill_jax.evaluate import EvaluationError, run_evaluation
 from distill_jax.experiments import recipes, registry, reproduce
 from distill_jax.report import plots, records, tables
+from distill_jax.report.results_record import Role
 from distill_jax.training import loop, metrics, saved_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -43,8 +44,8 @@ def _tiny_experiment(workdir, scale, *, split_seeds, num_seeds, seed):
     student = _tiny_config("student", num_seeds)
     student.train.kd.enabled = True
     student.train.kd.teacher_path = registry.teacher_dir(workdir, split_seeds, seed)
-    return [registry.Cell("teacher", "Teacher", teacher, "teacher"),
-            registry.Cell("student", "Student + KD", student, "student")]
+    return [registry.Cell("teacher", "Teacher", teacher, Role.TEACHER),
+            registry.Cell("student", "Student + KD", student, Role.STUDENT)]
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from distill_jax import models
 from distill_jax.data import pipeline, preprocess
 from distill_jax.experiments import recipes, registry
 from distill_jax.optim import schedules
+from distill_jax.report.results_record import Role
 from distill_jax.experiments import reproduce
 from distill_jax.training import loop
 from distill_jax.training import teacher as teacher_lib
@@ -111,7 +112,7 @@ def test_paper_experiment_trains_its_teacher_first_and_points_students_at_it(tmp
     cells = registry.get_experiment("frepo_cifar10_10_resnet18", tmp_path, registry.Scale(epoch_divisor=20, width=8),
                               split_seeds=True, num_seeds=3, seed=4)
     assert [c.name for c in cells] == ["teacher", *recipes.VARIANTS]
-    assert cells[0].role == "teacher" and cells[0].config.model.name == "convnet_frepo"
+    assert cells[0].role is Role.TEACHER and cells[0].config.model.name == "convnet_frepo"
     for cell in cells[1:]:
         assert cell.config.seed == 4 and cell.config.num_seeds == 3 and cell.config.model.width == 8
         if cell.config.train.kd.enabled:
@@ -130,7 +131,7 @@ def test_realsubset_experiment_cells(tmp_path):
 
 def test_published_mtt_teacher_is_evaluated_not_trained(tmp_path, shared_data):
     cells = registry.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path)
-    assert cells[0].role == "import"
+    assert cells[0].role is Role.IMPORT
     assert cells[0].config.evaluate.path == str(shared_data / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth")
     assert cells[-1].config.train.kd.teacher_path == str(tmp_path / "teacher")  # where it is imported
 
@@ -150,7 +151,7 @@ def test_every_listed_experiment_builds(tmp_path):
 
 
 def test_registered_experiment_takes_precedence(tmp_path):
-    cell = registry.Cell("only", "Only", recipes.teacher_config("frepo", "cifar10", 1), "teacher")
+    cell = registry.Cell("only", "Only", recipes.teacher_config("frepo", "cifar10", 1), Role.TEACHER)
     registry.register_experiment("my_experiment", lambda workdir, scale, **kw: [cell])
     try:
         assert registry.get_experiment("my_experiment", tmp_path, seed=7)[0].config.seed == 7
@@ -208,7 +209,7 @@ def test_every_named_experiment_cell_names_its_norm(tmp_path):
     checked = 0
     for name in registry.experiment_names():
         for cell in registry.get_experiment(name, tmp_path):
-            if cell.role == "distill":
+            if cell.role is Role.DISTILL:
                 continue
             assert cell.config.model.get("norm") == _expected_norm(name), (name, cell.name)
             checked += 1
@@ -236,15 +237,22 @@ def test_mtt_teacher_is_published_and_labelled_as_test_selected_or_trained_here(
     published.write_bytes(b"")  # only its existence is looked at when building cells
     monkeypatch.setenv("DISTILL_JAX_DATA", str(tmp_path))
     cells = registry.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run")
-    assert (cells[0].role, cells[0].config.evaluate.path) == ("import", str(published))
+    assert (cells[0].role, cells[0].config.evaluate.path) == (Role.IMPORT, str(published))
     assert "selected on the test set" in cells[0].label
     own = registry.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run", teacher="trained")
-    assert own[0].role == "teacher" and "trained here, final epoch" in own[0].label
+    assert own[0].role is Role.TEACHER and "trained here, final epoch" in own[0].label
     assert (own[0].config.mode, own[0].config.model.name, own[0].config.model.norm) == ("teacher", "convnet", "instance")
     full = {c.name: c for c in own}["full"]
     assert full.config.train.kd.teacher_path == str(tmp_path / "run" / "teacher")
     with pytest.raises(recipes.ExperimentError, match=r"teacher source 'best'.*'auto', 'trained'"):
         registry.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run", teacher="best")
+
+
+def test_a_cell_takes_a_role_not_a_string():
+    config = recipes.teacher_config("frepo", "cifar10", 1)
+    assert registry.Cell("teacher", "Teacher", config, Role.TEACHER).role is Role.TEACHER
+    with pytest.raises(TypeError, match=r"cell 'teacher': role 'teacher'; expected a Role, one of Role.TEACHER, "):
+        registry.Cell("teacher", "Teacher", config, "teacher")
 
 
 def test_a_table_with_an_imported_teacher_says_it_was_selected_on_the_test_set():

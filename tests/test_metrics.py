@@ -109,8 +109,9 @@ def test_a_distillation_writes_its_loss_and_image_grid_as_events(tmp_path):
 
 def test_experiment_eta_from_the_cells_trained_so_far(monkeypatch):
     from distill_jax.experiments import registry, reproduce
+    from distill_jax.report.results_record import Role
 
-    def cell(epochs, seeds, role="student"):
+    def cell(epochs, seeds, role=Role.STUDENT):
         c = config_lib.default_config()
         c.train.epochs, c.num_seeds = epochs, seeds
         return registry.Cell("x", "x", c, role)
@@ -118,8 +119,8 @@ def test_experiment_eta_from_the_cells_trained_so_far(monkeypatch):
     eta = reproduce.ExperimentETA()
     assert eta.line([cell(10, 3)]).endswith("experiment eta ~?")  # nothing measured yet
     eta.done(cell(10, 3), seconds=60.0)  # 2 s per seed-epoch
-    eta.done(cell(5, 2, role="distill"), seconds=30.0)  # no seed-epochs: left out
-    assert reproduce.seed_epochs(cell(5, 2, role="distill")) == 0
+    eta.done(cell(5, 2, role=Role.DISTILL), seconds=30.0)  # no seed-epochs: left out
+    assert reproduce.seed_epochs(cell(5, 2, role=Role.DISTILL)) == 0
     assert eta.line([cell(20, 3), cell(5, 1)]).endswith("experiment eta ~0:02:10")  # (60 + 5) x 2 s
 
 

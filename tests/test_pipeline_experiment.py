@@ -13,6 +13,7 @@ import pytest
 from distill_jax import config as config_lib
 from distill_jax.formats import distilled as distilled_lib
 from distill_jax.experiments import recipes, registry, reproduce
+from distill_jax.report.results_record import Role
 from helpers import write_toy_npz_dataset
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -27,7 +28,7 @@ def _shrink(cells, data_dir):
     for cell in cells:
         c = cell.config
         c.data.dataset, c.data.data_dir = "npz", str(data_dir)
-        if cell.role == "distill":
+        if cell.role is Role.DISTILL:
             d = c.distill
             d.ipc, d.steps, d.checkpoint_every_steps, d.width, d.depth = 2, 2, 2, 4, 2
             d.augment_ops, d.dm.real_per_class = "flip", 4
@@ -128,7 +129,7 @@ def test_pipeline_cells_follow_the_distiller(tmp_path, distiller, model_name, st
     assert by_name["teacher"].config.model.name == model_name and by_name["teacher"].config.model.width == 32
     assert by_name["real_subset"].config.data.preprocessing == recipe and by_name["real_subset"].config.data.per_class == 10
     assert by_name["baseline"].config.model.get("norm") == student_norm
-    assert {c.config.model.get("norm") for c in cells if c.role != "distill"} == {student_norm}  # teacher, yardstick too
+    assert {c.config.model.get("norm") for c in cells if c.role is not Role.DISTILL} == {student_norm}  # teacher, yardstick too
     assert (by_name["baseline"].config.train.epochs, by_name["full"].config.train.epochs) == (50, 200)
     assert by_name["full"].config.train.kd.teacher_path == str(tmp_path / "teacher")
     for cell in cells:

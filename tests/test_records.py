@@ -17,6 +17,7 @@ from distill_jax import cli
 from distill_jax import config as config_lib
 from distill_jax.experiments import reproduce
 from distill_jax.report import records, render_docs, results_record
+from distill_jax.report.results_record import Role
 from distill_jax.training import metrics, workdir_io
 from test_evaluation import _cache, _reproduce_config, _tiny_data, tiny_experiment  # noqa: F401 (fixture)
 from test_pipeline_experiment import toy_pipeline  # noqa: F401 (fixture)
@@ -223,6 +224,26 @@ def test_export_of_an_unfinished_cell_names_it(tmp_path):
     (root / "full" / "record.json").unlink()
     with pytest.raises(results_record.RecordError, match=r"full/record\.json.*cell full"):
         results_record.from_workdir(root)
+
+
+def test_export_of_a_cell_whose_role_is_unknown_names_the_file_and_field(tmp_path):
+    root = _experiment_dir(tmp_path / "exp")
+    record = json.loads((root / "full" / "record.json").read_text())
+    (root / "full" / "record.json").write_text(json.dumps({**record, "role": "pupil"}))
+    with pytest.raises(results_record.RecordError, match=r"full/record\.json: field 'role': expected one of "
+                                                         r"\('teacher', 'student', 'train', 'import', 'score', 'distill'\) "
+                                                         r'\(got "pupil"\)'):
+        results_record.from_workdir(root)
+
+
+def test_roles_say_which_cells_train_which_are_scored_once_and_which_teach():
+    assert {role for role in Role if role.trains} == {Role.TEACHER, Role.STUDENT, Role.TRAIN}
+    assert {role for role in Role if role.scored_only} == {Role.IMPORT, Role.SCORE}
+    assert {role for role in Role if role.is_teacher} == {Role.TEACHER, Role.IMPORT, Role.SCORE}
+    assert not Role.DISTILL.trains and not Role.DISTILL.scored_only and not Role.DISTILL.is_teacher
+    # records store the plain strings, and read back compare equal to the roles
+    assert json.dumps({"role": Role.IMPORT}) == '{"role": "import"}' and f"{Role.SCORE}" == "score"
+    assert results_record.parse_role("distill", "x.json") is Role.DISTILL
 
 
 def test_export_of_a_missing_folder(tmp_path):

@@ -24,6 +24,7 @@ import pytest
 from distill_jax import config as config_lib
 from distill_jax import errors, evaluate, launcher
 from distill_jax.formats import distilled
+from distill_jax.report.results_record import Role
 from distill_jax.training import checkpoint as ckpt_lib
 from distill_jax.training import loop, workdir_io
 from distill_jax.training import metrics as metrics_lib
@@ -186,24 +187,32 @@ def _tiny_cells(workdir, lr):
     teacher.mode = "teacher"
     student = _config(**{"train.kd.enabled": True, "num_seeds": 1})
     student.train.kd.teacher_path = str(workdir / "teacher")
-    return [registry.Cell("teacher", "Teacher", teacher, "teacher"),
-            registry.Cell("student", "Student", student, "student")]
+    return [registry.Cell("teacher", "Teacher", teacher, Role.TEACHER),
+            registry.Cell("student", "Student", student, Role.STUDENT)]
 
 
 def test_reproduce_stops_on_a_changed_cell_or_runs_it_afresh_beside_the_old_one(tmp_path):
     from distill_jax.experiments import reproduce
 
-    loop.train_and_evaluate(_tiny_cells(tmp_path, 1e-3)[0].config, tmp_path / "teacher", data=_data())
+    data = _data()
+    loop.train_and_evaluate(_tiny_cells(tmp_path, 1e-3)[0].config, tmp_path / "teacher", data=data)
+    old_teacher = _snapshot(tmp_path / "teacher")
     changed = _tiny_cells(tmp_path, 2e-3)
     assert reproduce.cell_conflicts(changed[0], tmp_path / "teacher", False) == [
         "teacher: train.learning_rate: 0.001 -> 0.002"]
+    settings = config_lib.default_config().reproduce
+    cache = {reproduce.data_key(changed[0].config.data): data}
     with pytest.raises(workdir_io.RunConfigError, match="cell teacher .* another config"):
-        reproduce._place_cells(changed, tmp_path, False, fresh=False)
-    placed = reproduce._place_cells(changed, tmp_path, False, fresh=True)
+        reproduce.run_cells(changed, tmp_path, settings, "test", cache)
+    assert not (tmp_path / "student").exists()  # stopped before any cell ran
+    settings.fresh_on_change = True
+    cell_records = reproduce.run_cells(changed, tmp_path, settings, "test", cache)
     new_name = reproduce.fresh_cell_dir(tmp_path / "teacher", changed[0].config).name
-    assert placed[0].name == new_name and new_name.startswith("teacher.")
-    assert placed[1].name == "student"  # unchanged itself, but it now reads the fresh teacher
-    assert placed[1].config.train.kd.teacher_path == str(tmp_path / new_name)
+    assert new_name.startswith("teacher.") and [r["cell"] for r in cell_records] == [new_name, "student"]
+    assert workdir_io.recorded_config(tmp_path / new_name)["train"]["learning_rate"] == 2e-3
+    # the student is unchanged itself, but it learnt from the fresh teacher; the old one is left as it was
+    assert workdir_io.recorded_config(tmp_path / "student")["train"]["kd"]["teacher_path"] == str(tmp_path / new_name)
+    assert _snapshot(tmp_path / "teacher") == old_teacher
 
 
 def test_a_diverged_cell_is_shown_as_diverged():
@@ -256,9 +265,9 @@ def test_an_imported_teacher_cell_never_conflicts(tmp_path):
     config.seed = 3
     (tmp_path / "teacher").mkdir()
     workdir_io.write_json(tmp_path / "teacher" / "config.json", {**config.to_dict(), "seed": 0})  # as import_teacher writes it
-    cell = registry.Cell("teacher", "Teacher (published)", config, "import")
+    cell = registry.Cell("teacher", "Teacher (published)", config, Role.IMPORT)
     assert reproduce.cell_conflicts(cell, tmp_path / "teacher", False) == []
-    trained = registry.Cell("teacher", "Teacher", config, "teacher")
+    trained = registry.Cell("teacher", "Teacher", config, Role.TEACHER)
     assert reproduce.cell_conflicts(trained, tmp_path / "teacher", False) == ["teacher: seed: 0 -> 3"]
 
 

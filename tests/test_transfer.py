@@ -10,8 +10,9 @@ from distill_jax import config as config_lib
 from distill_jax import launcher
 from distill_jax.experiments import recipes, registry, transfer
 from distill_jax.formats import distilled as distilled_lib
-from helpers import write_toy_npz_dataset
 from distill_jax.report import plots
+from distill_jax.report.results_record import Role
+from helpers import write_toy_npz_dataset
 
 CLASSES, SIZE = 4, 8
 # Shortest schedules that keep every phase whole: 1000 -> 10 epochs, 4000 -> 40, keep-rate period 5.
@@ -160,7 +161,7 @@ def test_teacher_run_is_used_where_it_is(toy, tmp_path):
                                                 "options": {"width": 4, "norm": "instance"}}))
     toy.transfer.teacher = str(run)
     _, cells = transfer.transfer_cells(toy, tmp_path / "w")
-    assert cells[0].role == "score" and cells[0].config.evaluate.path == str(run)
+    assert cells[0].role is Role.SCORE and cells[0].config.evaluate.path == str(run)
     assert cells[0].config.model.width == 4
     assert all(c.config.train.kd.teacher_path == str(run) for c in cells if c.config.train.kd.enabled)
 
@@ -168,7 +169,7 @@ def test_teacher_run_is_used_where_it_is(toy, tmp_path):
 def test_students_of_a_teacher_trained_with_split_seeds_read_its_first_seed(toy, tmp_path):
     toy.reproduce.split_seeds, toy.seed = True, 7
     _, cells = transfer.transfer_cells(toy, tmp_path / "w")
-    assert cells[0].role == "teacher"
+    assert cells[0].role is Role.TEACHER
     readers = {c.config.train.kd.teacher_path for c in cells if c.config.train.kd.enabled}
     assert readers == {str(tmp_path / "w" / "teacher" / "seed_7")}
 

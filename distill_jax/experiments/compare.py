@@ -33,7 +33,8 @@ import numpy as np
 from distill_jax.errors import UserError
 from distill_jax.experiments import recipes, registry, reproduce
 from distill_jax.report import paper as published
-from distill_jax.report import plots, records, tables
+from distill_jax.report import plots, records, results_record, tables
+from distill_jax.report.results_record import Role
 from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import workdir_io
 
@@ -190,7 +191,8 @@ def read_cell(cell_dir: pathlib.Path, planned_seeds: Optional[int] = None) -> di
             state["status"] = "complete" if complete else "partial"
             if not (cell_dir / "record.json").is_file():
                 runs = [run for run, _ in finished_runs(cell_dir)]
-        if record.get("role") in ("import", "score"):  # a network scored once, not trained here
+        role = record.get("role")  # none in a partial cell's record, merged from runs that trained
+        if role is not None and results_record.parse_role(role, cell_dir / "record.json").scored_only:  # scored once
             state.update(history_source="scored once", epochs=None)
     if state["status"] == "not finished":
         state["history"] = logged_evaluations(runs)
@@ -230,9 +232,9 @@ def infer_scale(experiment: str, root: pathlib.Path) -> Optional[dict]:
         cells = registry.get_experiment(experiment, root)
     except UserError:
         return None
-    for role in ("student", "teacher"):
+    for role in (Role.STUDENT, Role.TEACHER):
         for cell in cells:
-            config = recorded_config(root / cell.name) if cell.role == role else None
+            config = recorded_config(root / cell.name) if cell.role is role else None
             if not config:
                 continue
             paper_epochs, epochs = int(cell.config.train.epochs), _field(config, "train.epochs")
@@ -241,7 +243,7 @@ def infer_scale(experiment: str, root: pathlib.Path) -> Optional[dict]:
                 continue
             scale = {"epoch_divisor": paper_epochs // int(epochs), "lr_multiplier": round(float(lr) / paper_lr, 6),
                      "inferred_from": cell.name}
-            if role == "student":
+            if role is Role.STUDENT:
                 scale["width"] = _field(config, "model.width") or 0
             return scale
     return None

@@ -15,17 +15,23 @@ import ml_collections
 from distill_jax import models
 from distill_jax.distillation import distill_mode
 from distill_jax.experiments import recipes
+from distill_jax.report.results_record import Role
 from distill_jax.training import workdir_io
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One run of an experiment: `name` is its sub-workdir, `label` its table row."""
+    """One run of an experiment: `name` is its sub-workdir, `label` its table row, `role` what it
+    is (a `Role`: a teacher, a student, an imported or scored network, a distillation)."""
     name: str
     label: str
     config: ml_collections.ConfigDict
-    role: str  # 'teacher' (trained; students distil from it), 'student', 'import' (a published .pth, imported and
-    # scored), 'score' (a finished run of this package, scored where it is) or 'distill' (a set made here)
+    role: Role
+
+    def __post_init__(self):
+        if not isinstance(self.role, Role):
+            raise TypeError(f"cell {self.name!r}: role {self.role!r}; expected a Role, one of "
+                            f"{', '.join('Role.' + r.name for r in Role)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,15 +78,15 @@ def paper_experiment(model: str, method: str, dataset: str, ipc: int, workdir, s
         c = recipes.teacher_config(method, dataset, ipc, num_seeds=1)
         c.mode = "evaluate"
         c.evaluate.path = shared
-        cells.append(Cell("teacher", PUBLISHED_TEACHER_LABEL, c, "import"))
+        cells.append(Cell("teacher", PUBLISHED_TEACHER_LABEL, c, Role.IMPORT))
         teacher_path = str(pathlib.Path(workdir) / "teacher")  # imported there as a run of this project
     else:
         c = _scaled(recipes.teacher_config(method, dataset, ipc, num_seeds=num_seeds), scale, teacher=True)
-        cells.append(Cell("teacher", f"Teacher ({c.model.name}, trained here, final epoch)", c, "teacher"))
+        cells.append(Cell("teacher", f"Teacher ({c.model.name}, trained here, final epoch)", c, Role.TEACHER))
         teacher_path = teacher_dir(workdir, split_seeds, seed)
     for variant in recipes.VARIANTS:
         c = recipes.paper_config(model, method, dataset, ipc, variant, teacher_path=teacher_path, num_seeds=num_seeds)
-        cells.append(Cell(variant, f"{model} {recipes.VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), "student"))
+        cells.append(Cell(variant, f"{model} {recipes.VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), Role.STUDENT))
     return cells
 
 
@@ -89,10 +95,10 @@ def realsubset_experiment(dataset: str, per_class: int, workdir, scale: Scale = 
     """ConvNet, then the test network as Baseline and with DropPath + KD from that ConvNet."""
     teacher_path = teacher_dir(workdir, split_seeds, seed)
     cells = [Cell("teacher", "ConvNet", _scaled(recipes.realsubset_config(dataset, per_class, "convnet", num_seeds=num_seeds),
-                                                 scale, teacher=True), "teacher")]
+                                                 scale, teacher=True), Role.TEACHER)]
     for variant in ("baseline", "dp_kd"):
         c = recipes.realsubset_config(dataset, per_class, variant, model=model, teacher_path=teacher_path, num_seeds=num_seeds)
-        cells.append(Cell(variant, f"{model} {recipes.REALSUBSET_LABELS[variant]}", _scaled(c, scale, teacher=False), "student"))
+        cells.append(Cell(variant, f"{model} {recipes.REALSUBSET_LABELS[variant]}", _scaled(c, scale, teacher=False), Role.STUDENT))
     return cells
 
 
@@ -111,7 +117,7 @@ def pipeline_experiment(distiller: str, dataset: str, ipc: int, model: str, work
     workdir = pathlib.Path(workdir)
     dc = recipes.distill_config(dataset, ipc, distiller)
     set_path = str(workdir / "distill" / "distilled.npz")
-    cells = [Cell("distill", f"{recipes.DISTILLER_LABELS[distiller]} set", dc, "distill")]
+    cells = [Cell("distill", f"{recipes.DISTILLER_LABELS[distiller]} set", dc, Role.DISTILL)]
     # The distiller's own network family: the instance-norm ConvNet of DM (as for MTT sets),
     # ConvNet-FRePo for FRePo; students take the norm of the set's source (docs/method.md §3).
     family = "frepo" if distiller == "frepo" else "mtt"
@@ -119,12 +125,12 @@ def pipeline_experiment(distiller: str, dataset: str, ipc: int, model: str, work
     recipes.use_own_set(teacher, dataset, set_path)
     teacher = _scaled(recipes.teacher_recipe(teacher, family, dataset), scale, teacher=True)
     cells.append(Cell("teacher", f"{teacher.model.name} on the {recipes.DISTILLER_LABELS[distiller]} set (KD teacher)",
-                      teacher, "teacher"))
+                      teacher, Role.TEACHER))
     real = copy.deepcopy(teacher)  # the distiller's network and norm: a yardstick for the set, not the norm
     real.mode = "train"
     real.data.source, real.data.per_class, real.data.distilled_path = "real", ipc, ""
     real.data.preprocessing = distill_mode.pixel_space(dc)  # the set's own pixel space
-    cells.append(Cell("real_subset", f"{teacher.model.name} on {ipc} random real images/class", real, "student"))
+    cells.append(Cell("real_subset", f"{teacher.model.name} on {ipc} random real images/class", real, Role.STUDENT))
     teacher_path = teacher_dir(workdir, split_seeds, seed)
     for variant in ("baseline", "full"):
         c = recipes.base_config(dataset, num_seeds)
@@ -133,7 +139,7 @@ def pipeline_experiment(distiller: str, dataset: str, ipc: int, model: str, work
         c.model.name = model
         c.model.norm = models.norm_for_set(distiller)
         recipes.apply_variant(c, variant, model, teacher_path)
-        cells.append(Cell(variant, f"{model} {recipes.VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), "student"))
+        cells.append(Cell(variant, f"{model} {recipes.VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), Role.STUDENT))
     return cells
 
 

@@ -32,6 +32,7 @@ from distill_jax.data import pipeline
 from distill_jax.distillation import distill_mode
 from distill_jax.experiments import recipes, registry
 from distill_jax.report import plots, records, results_record, tables
+from distill_jax.report.results_record import Role
 from distill_jax.errors import UserError
 from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import loop, saved_runs, workdir_io
@@ -68,14 +69,14 @@ def _finished_results(run_dir: pathlib.Path, config) -> Optional[dict]:
 
 def _run_dirs(cell: registry.Cell, cell_dir: pathlib.Path, split_seeds: bool):
     return [(cell_dir if seed is None else workdir_io.seed_dir(cell_dir, seed), c)
-            for seed, c in _seed_configs(cell.config, split_seeds and cell.role in ("teacher", "student"))]
+            for seed, c in _seed_configs(cell.config, split_seeds and cell.role.trains)]
 
 
 def cell_conflicts(cell: registry.Cell, cell_dir: pathlib.Path, split_seeds: bool) -> list[str]:
     """How the runs already in `cell_dir` differ from this cell's config ([] when they do not,
     or when there are none). An imported published network is no run of a config: it is
     re-imported, never trained, so it has nothing to conflict with."""
-    if cell.role in ("import", "score"):
+    if cell.role.scored_only:
         return []
     defaults = config_lib.default_config()
     lines = []
@@ -127,7 +128,7 @@ def _distill(cell: registry.Cell, cell_dir: pathlib.Path) -> dict:
                                 f"of {results.get('steps_planned')}; rerun the same command to continue it")
     history = results.get("history") or []
     record = {
-        "cell": cell.name, "label": cell.label, "role": cell.role,
+        "cell": cell.name, "label": cell.label, "role": cell.role.value,
         "network": network_label(results["model"]["name"], results["model"]["options"].get("width"),
                                   results["model"]["options"].get("norm")),
         "epochs": "", "method": results["method"], "ipc": results["ipc"], "steps": results["steps"],
@@ -157,11 +158,11 @@ def describe_distill_record(record: dict) -> str:
 def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: bool) -> dict:
     """Runs one cell (all its seeds) and returns its record (also written to record.json). The
     cell's config must be valid (`run_cells` validates every cell before the first runs)."""
-    if cell.role == "distill":
+    if cell.role is Role.DISTILL:
         return _distill(cell, cell_dir)
-    if cell.role in ("import", "score"):  # a .pth is imported as a run here; a run elsewhere is scored where it is
+    if cell.role.scored_only:  # a .pth is imported as a run here; a run elsewhere is scored where it is
         scored = copy.deepcopy(cell.config)
-        if cell.role == "import":
+        if cell.role is Role.IMPORT:
             saved_runs.import_reference(cell.config.evaluate.path, cell_dir, cell.config)
             scored.evaluate.path = str(cell_dir)
         ev = evaluate.run_evaluation(scored, cell_dir, data=data)
@@ -171,9 +172,9 @@ def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: 
         per_run = [_train(c, run_dir, data) for run_dir, c in _run_dirs(cell, cell_dir, split_seeds)]
         merged = per_run[0] if len(per_run) == 1 else records.merge_seed_results(per_run)
     record = {
-        "cell": cell.name, "label": cell.label, "role": cell.role,
+        "cell": cell.name, "label": cell.label, "role": cell.role.value,
         "network": network_label(cell.config.model.name, cell.config.model.get("width"), cell.config.model.get("norm")),
-        "epochs": cell.config.train.epochs if cell.role not in ("import", "score") else "",
+        "epochs": "" if cell.role.scored_only else cell.config.train.epochs,
         "config": cell.config.to_dict(), "split_seeds": bool(split_seeds),
         "seeds": merged["seeds"], "history": merged["history"],
         "final_accuracy": merged["final_accuracy"], "diverged": merged.get("diverged"),
@@ -183,7 +184,7 @@ def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: 
         "hardware": records.hardware_description(),
     }
     workdir_io.write_json(cell_dir / "record.json", record)
-    if cell.role not in ("import", "score"):
+    if not cell.role.scored_only:
         plots.plot_schedules(cell.config, cell_dir / "schedules.png", steps_per_epoch=_steps_per_epoch(cell.config, data))
         if record["history"]:
             plots.plot_accuracy(record, cell_dir / "accuracy.png", title=cell.label)
@@ -224,7 +225,7 @@ def _place_cells(cells: list, workdir: pathlib.Path, split_seeds: bool, fresh: b
 
 def seed_epochs(cell: registry.Cell) -> int:
     """A cell's training work in seed-epochs (0 for cells that do not train)."""
-    if cell.role not in ("teacher", "student"):
+    if not cell.role.trains:
         return 0
     return int(cell.config.train.epochs) * int(cell.config.num_seeds)
 
@@ -252,7 +253,7 @@ class ExperimentETA:
 def teacher_note(cell_records) -> str:
     """The line a table needs when its teacher was imported: the published teachers were kept at
     their best test accuracy, and students that learn from one inherit that selection."""
-    if not any(rec["role"] == "import" for rec in cell_records):
+    if not any(rec["role"] == Role.IMPORT for rec in cell_records):
         return ""
     return ("\nThe published teacher (`checkpoint_best.pth`) was kept by the reference code at its best test "
             "accuracy: its row, and the students that learn from it by KD, carry that test-set selection. "
@@ -294,7 +295,7 @@ def run_cells(cells: list, workdir: pathlib.Path, settings, experiment: str, dat
         config_lib.validate(cell.config)
     cells = _place_cells(cells, workdir, bool(settings.split_seeds), bool(settings.fresh_on_change))
     logging.info("%s: %d cells in %s: %s", experiment, len(cells), workdir, "; ".join(
-        f"{c.name} ({c.label}, " + (f"{c.config.distill.steps} steps)" if c.role == "distill" else
+        f"{c.name} ({c.label}, " + (f"{c.config.distill.steps} steps)" if c.role is Role.DISTILL else
                                      f"{c.config.num_seeds} seed(s) x {c.config.train.epochs} epochs)")
         for c in cells))
     cell_records, eta = [], ExperimentETA()
@@ -302,10 +303,10 @@ def run_cells(cells: list, workdir: pathlib.Path, settings, experiment: str, dat
         logging.info("%s: cell %d/%d %s (%s); %s", experiment, i, len(cells), cell.name, cell.label,
                      eta.line(cells[i - 1:]))
         started = time.perf_counter()
-        trains = cell.role in ("teacher", "student") and any(
+        trains = cell.role.trains and any(
             _finished_results(run_dir, c) is None for run_dir, c in _run_dirs(cell, workdir / cell.name, bool(settings.split_seeds)))
         data = None
-        if cell.role != "distill":  # a distill cell loads its own real data; later cells may read its output
+        if cell.role is not Role.DISTILL:  # a distill cell loads its own real data; later cells may read its output
             key = data_key(cell.config.data)
             if key not in data_cache:
                 data_cache[key] = pipeline.load_training_data(cell.config.data)
@@ -351,9 +352,9 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
     workdir_io.write_json(workdir / PLAN_FILE, {"experiment": settings.experiment, "config": config.to_dict(),
                                             "cells": [c.name for c in cells], "command": results_record.command_line()})
     cell_records = run_cells(cells, workdir, settings, f"reproduce {settings.experiment}", data_cache)
-    trained = [rec for rec in cell_records if rec["role"] != "distill"]
+    trained = [rec for rec in cell_records if rec["role"] != Role.DISTILL]
     table = tables.experiment_table(trained, show_best=bool(settings.show_best)) + teacher_note(trained)
-    sets = "".join(describe_distill_record(rec) + "\n\n" for rec in cell_records if rec["role"] == "distill")
+    sets = "".join(describe_distill_record(rec) + "\n\n" for rec in cell_records if rec["role"] == Role.DISTILL)
     heading = (f"### {settings.experiment}\n\n{sets}Final-epoch test accuracy, mean ± std (ddof=1) over seeds. "
                f"{scale_line(settings)}\n\n")
     suffix = subset_suffix(settings, cells)

@@ -26,6 +26,7 @@ from distill_jax import models
 from distill_jax.experiments import recipes, registry, reproduce
 from distill_jax.formats.distilled import load_distilled
 from distill_jax.report import plots, records, results_record, tables
+from distill_jax.report.results_record import Role
 from distill_jax.training import saved_runs, workdir_io
 
 DEFAULT_POOL = ("convnet", "resnet18", "resnet50", "vgg11", "alexnet", "vit")
@@ -180,7 +181,7 @@ def network_cell(spec: PoolSpec, name: str, recipe: str, teacher_path: str, scal
     width = _width(spec, name, scale)
     if width:
         c.model.width = width
-    return registry.Cell(f"{name}_{recipe}", label, c, "student")
+    return registry.Cell(f"{name}_{recipe}", label, c, Role.STUDENT)
 
 
 def teacher_cell(spec: PoolSpec, workdir: pathlib.Path, scale: registry.Scale, num_seeds: int, *,
@@ -194,13 +195,13 @@ def teacher_cell(spec: PoolSpec, workdir: pathlib.Path, scale: registry.Scale, n
         c = recipes.scale_config(c, epoch_divisor=scale.epoch_divisor, lr_multiplier=scale.lr_multiplier,
                                  width=spec.widths.get(c.model.name, scale.teacher_width), evals=scale.evals)
         label = f"Training network ({c.model.name}, trained here on the set, final epoch)"
-        return registry.Cell("teacher", label, c, "teacher"), registry.teacher_dir(workdir, split_seeds, seed)
+        return registry.Cell("teacher", label, c, Role.TEACHER), registry.teacher_dir(workdir, split_seeds, seed)
     source = pathlib.Path(spec.teacher)
     c.mode, c.num_seeds = "evaluate", 1
     c.evaluate.path = spec.teacher
     if saved_runs.is_reference_file(source):
         label = f"Training network (imported {source.name}, as its publisher kept it)"
-        return registry.Cell("teacher", label, c, "import"), str(workdir / "teacher")
+        return registry.Cell("teacher", label, c, Role.IMPORT), str(workdir / "teacher")
     model_file = source / workdir_io.MODEL_FILE
     if not model_file.is_file():
         raise TransferError(f"config field 'transfer.teacher' = {spec.teacher!r}: neither a .pth file nor the "
@@ -209,7 +210,7 @@ def teacher_cell(spec: PoolSpec, workdir: pathlib.Path, scale: registry.Scale, n
     c.model.name = saved["name"]
     for option, value in saved.get("options", {}).items():
         c.model[option] = value
-    return registry.Cell("teacher", f"Training network (run {source})", c, "score"), str(source)
+    return registry.Cell("teacher", f"Training network (run {source})", c, Role.SCORE), str(source)
 
 
 def transfer_cells(config, workdir) -> tuple[PoolSpec, list]:

@@ -26,6 +26,7 @@ from distill_jax import losses, models
 from distill_jax.distillation.common import centred_one_hot
 from distill_jax.errors import UserError
 from distill_jax.report import paper, results_record, tables
+from distill_jax.report.results_record import Role
 from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import workdir_io
 
@@ -129,7 +130,7 @@ def _network(cell: dict) -> str:
 
 
 def _origin(cell: dict) -> str:
-    if cell["role"] in ("teacher", "import", "score"):
+    if Role(cell["role"]).is_teacher:
         return ("trained here, final epoch" if cell["origin"] == results_record.TRAINED_HERE
                 else "published, selected on the test set")
     if cell["kd_teacher"]:
@@ -178,7 +179,7 @@ def caption(record: dict) -> str:
     datasets = [record["dataset"]] + [c["dataset"] for c in record["cells"] if c.get("dataset")]
     variants = " / ".join(dict.fromkeys(results_record.dataset_label(d) for d in datasets))
     norms = sorted({c["norm"] for c in record["cells"]})
-    teachers = {c["origin"] for c in record["cells"] if c["role"] in ("teacher", "import", "score")}
+    teachers = {c["origin"] for c in record["cells"] if Role(c["role"]).is_teacher}
     parts = [f"{variants} test accuracy (%), **final epoch**, mean ± std (ddof 1) over {_seed_count(record)}"]
     scale = scale_text(record)
     if scale:
@@ -239,7 +240,7 @@ def command_block(record: dict) -> str:
 def ph_table(ctx: Context, name: str) -> str:
     """`table:NAME`: the record's table (one row per cell) with its caption, provenance and command."""
     record = ctx.record(name)
-    cells = [c for c in record["cells"] if c["role"] != "distill"]
+    cells = [c for c in record["cells"] if c["role"] != Role.DISTILL]
     show_train = any(c["last_step_train_accuracy"] for c in cells)
     show_wall = any(c["wall_seconds"] is not None for c in cells)
     header = ["cell", "network", "epochs", "optimizer", "origin / KD", "final test acc. (%)", "per seed"]
@@ -253,7 +254,7 @@ def ph_table(ctx: Context, name: str) -> str:
         rows.append(row)
     out = [caption(record), "", tables.markdown_table(header, rows).rstrip("\n"), ""]
     for c in record["cells"]:
-        if c["role"] == "distill":
+        if c["role"] == Role.DISTILL:
             e = c.get("extra") or {}
             method = {"dm": "DM", "frepo": "FRePo"}.get(e.get("method"), e.get("method") or "a distilled set")
             speed = f", {e['seconds_per_step']:.3g} s/step" if e.get("seconds_per_step") else ""
@@ -300,7 +301,7 @@ def ph_transfer(ctx: Context, name: str) -> str:
     """`transfer:NAME`: a transfer pool, per network Baseline, Full, gain and each one's gap to the training network."""
     record = ctx.record(name)
     by_cell = {c["cell"]: c for c in record["cells"]}
-    teacher = next(c for c in record["cells"] if c["role"] in ("teacher", "import", "score"))
+    teacher = next(c for c in record["cells"] if Role(c["role"]).is_teacher)
     t = _final(teacher)
     nets = list(dict.fromkeys(c["cell"].rsplit("_", 1)[0] for c in record["cells"] if c is not teacher))
     header = ["network", "Baseline", "Full", "gain", "Baseline − training net", "Full − training net",
@@ -361,7 +362,7 @@ def ph_scales(ctx: Context, names: str, key: str = "") -> str:
     """`scales:A=label,B=label[:PAPERKEY]`: one experiment's records side by side, one column each, the
     paper's number last (with its footnotes and the caveats)."""
     named = _named(names)
-    cells = list(dict.fromkeys(c["cell"] for n, _ in named for c in ctx.record(n)["cells"] if c["role"] != "distill"))
+    cells = list(dict.fromkeys(c["cell"] for n, _ in named for c in ctx.record(n)["cells"] if c["role"] != Role.DISTILL))
     header = ["cell"] + [label for _, label in named] + (["paper (published; see the caveats)"] if key else [])
     marks = _marks(key) if key else {}
     rows = []

@@ -28,6 +28,7 @@ Field meanings:
 from __future__ import annotations
 
 import datetime
+import enum
 import hashlib
 import json
 import math
@@ -48,7 +49,6 @@ AUTO_FILE = "results_record.json"  # what `reproduce` and `transfer` write into 
 
 KINDS = ("reproduce", "transfer", "train", "collection")  # collection: cells of several separate runs
 SOURCE_KINDS = ("run", "transcribed")
-ROLES = ("teacher", "student", "train", "import", "score", "distill")
 TRAINED_HERE = "trained here"
 PUBLISHED = "published, selected on the test set"
 ORIGINS = (TRAINED_HERE, PUBLISHED)
@@ -68,6 +68,48 @@ _SCALE_FIELDS = {"epoch_divisor", "lr_multiplier", "width", "teacher_width", "ev
 
 class RecordError(InputFileError):
     """A results record that cannot be used: the message names the file and the field."""
+
+
+class Role(str, enum.Enum):
+    """What a cell is: a cell of an experiment (`experiments.registry.Cell.role`) and a record's
+    cell. The value is what records store (`"role": "teacher"`), so a role is written to JSON
+    and compared with a record's field as its plain string."""
+    TEACHER = "teacher"  # trained here; the students distil from it
+    STUDENT = "student"  # a test network trained here, with some of the method's parts
+    TRAIN = "train"  # the record of a single training run, outside any experiment
+    IMPORT = "import"  # a published .pth, imported as a run of this package and scored
+    SCORE = "score"  # a finished run of this package, scored where it is
+    DISTILL = "distill"  # a distilled set made here
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def trains(self) -> bool:
+        """Trained here: it has epochs, an optimiser and seeds trained over epochs."""
+        return self in (Role.TEACHER, Role.STUDENT, Role.TRAIN)
+
+    @property
+    def scored_only(self) -> bool:
+        """A network scored once, not trained here: no epochs, no curve."""
+        return self in (Role.IMPORT, Role.SCORE)
+
+    @property
+    def is_teacher(self) -> bool:
+        """The network the students distil from, however it came: trained here, imported or scored."""
+        return self in (Role.TEACHER, Role.IMPORT, Role.SCORE)
+
+
+# A single run's record: a run of mode teacher or student keeps that role, any other is 'train'.
+MODE_ROLES = {"teacher": Role.TEACHER, "student": Role.STUDENT}
+
+
+def parse_role(value, where, field: str = "role") -> Role:
+    """A record's `role` field as a `Role`; a `RecordError` naming `where` and `field` when it is none."""
+    try:
+        return Role(value)
+    except ValueError:
+        raise _fail(where, field, f"one of {tuple(r.value for r in Role)}", value) from None
 
 
 def dataset_label(name: str) -> str:
@@ -166,8 +208,7 @@ def _check_cell(cell, i: int, where: str, transcribed: bool) -> None:
     for key in ("cell", "label", "network", "norm"):
         if not (isinstance(cell[key], str) and cell[key]):
             raise _fail(where, p + key, "a non-empty string", cell[key])
-    if cell["role"] not in ROLES:
-        raise _fail(where, p + "role", f"one of {ROLES}", cell["role"])
+    role = parse_role(cell["role"], where, p + "role")
     for key in ("width", "epochs"):
         if cell[key] is not None and not (isinstance(cell[key], int) and not isinstance(cell[key], bool) and cell[key] > 0):
             raise _fail(where, p + key, "a positive integer or null", cell[key])
@@ -182,7 +223,7 @@ def _check_cell(cell, i: int, where: str, transcribed: bool) -> None:
         raise _fail(where, p + "seeds", "a list of distinct integer seeds", seeds)
     final = cell["final_test_accuracy"]
     if final is None:
-        if cell["role"] != "distill" and not cell.get("diverged"):
+        if role is not Role.DISTILL and not cell.get("diverged"):
             raise _fail(where, p + "final_test_accuracy", "one accuracy per seed (null only for a distillation "
                         "or a diverged cell)")
     else:
@@ -370,24 +411,22 @@ def _cell(rec: dict, cell_dir: pathlib.Path, published_cells: set, where: pathli
     """One record cell from a cell's record.json (as `reproduce.run_cell` writes it) and its runs."""
     config = _get(rec, "config", where)
     model = _get(config, "model", where)
-    role = rec.get("role") or "train"
-    if role == "distill" and isinstance(rec.get("model"), dict):  # the distiller's network, as the run saved it
+    role = parse_role(rec.get("role") or Role.TRAIN, where)
+    if role is Role.DISTILL and isinstance(rec.get("model"), dict):  # the distiller's network, as the run saved it
         model = {**rec["model"].get("options", {}), "name": rec["model"]["name"]}
-    if role not in ROLES:
-        raise RecordError(f"{where}: field 'role': expected one of {ROLES} (got {role!r})")
-    trains = role in ("teacher", "student", "train")
+    trains = role.trains
     kd = config.get("train", {}).get("kd", {})
     cell = {"cell": str(rec.get("cell") or cell_dir.name), "label": str(rec.get("label") or cell_dir.name),
-            "role": role, "network": model["name"], "width": _width(model), "norm": _norm(model),
+            "role": role.value, "network": model["name"], "width": _width(model), "norm": _norm(model),
             "epochs": int(config["train"]["epochs"]) if trains else None,
             "optimizer": config["train"]["optimizer"] if trains else None,
-            "origin": PUBLISHED if role == "import" else TRAINED_HERE,
+            "origin": PUBLISHED if role is Role.IMPORT else TRAINED_HERE,
             "kd_teacher": (_teacher_origin(kd.get("teacher_path", ""), published_cells)
                            if trains and kd.get("enabled") else None),
             "seeds": [int(s) for s in rec.get("seeds") or []], "final_test_accuracy": None,
             "last_step_train_accuracy": None, "wall_seconds": None,
             "dataset": _get(config, "data.dataset", where)}
-    if role == "distill":
+    if role is Role.DISTILL:
         cell["extra"] = {k: rec.get(k) for k in ("method", "ipc", "steps", "seconds_per_step", "compile_seconds",
                                                   "loss_first", "loss_last", "preprocessing")}
         if rec.get("seconds_per_step") and rec.get("steps"):
@@ -446,7 +485,7 @@ def _assemble(kind: str, experiment: str, config: dict, cell_pairs: list, comman
     if not command:
         raise RecordError(f"{where}: no command is stored with this workdir; give the command that produced it "
                           "(distill-jax record WORKDIR --out FILE --command '...')")
-    published = {rec.get("cell") for rec, _ in cell_pairs if rec.get("role") == "import"}
+    published = {rec.get("cell") for rec, _ in cell_pairs if rec.get("role") == Role.IMPORT}
     cells = [_cell(rec, cell_dir, published, cell_dir / "record.json") for rec, cell_dir in cell_pairs]
     recs = [rec for rec, _ in cell_pairs]
     software, other_sw = _machine(recs, "software", records.software_versions)
@@ -513,7 +552,7 @@ def _single_run_record(root: pathlib.Path, command: Optional[str]) -> dict:
     if not results.get("finished") and not results.get("diverged"):
         raise RecordError(f"{results_path}: field 'finished' is false: the run has not finished; rerun its command")
     rec = {"cell": "run", "label": f"{config['model']['name']} ({config.get('mode', 'train')})",
-           "role": config.get("mode") if config.get("mode") in ("teacher", "student") else "train",
+           "role": MODE_ROLES.get(config.get("mode"), Role.TRAIN).value,
            "config": config, "seeds": results.get("seeds"), "final_accuracy": results.get("final_accuracy"),
            "diverged": results.get("diverged"), "software": results.get("software")}
     return _assemble("train", "train", config, [(rec, root)], command or results.get("command"), results_path, None)
