@@ -327,7 +327,7 @@ def test_a_real_toy_reproduction_reads_back(tmp_path):
         config = _reproduce_config("tiny_compare", split_seeds=True, cells="teacher")
         reproduce.run_reproduction(config, tmp_path / "w", data_cache=_cache(config, tmp_path / "w", _tiny_data()))
     finally:
-        registry._REGISTERED.pop("tiny_compare")
+        registry.unregister_experiment("tiny_compare")
     plan = json.loads((tmp_path / "w" / reproduce.PLAN_FILE).read_text())
     assert plan["cells"] == ["teacher"] and plan["config"]["num_seeds"] == 2
     workdir = compare.read_workdir(tmp_path / "w")

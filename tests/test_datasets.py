@@ -512,7 +512,7 @@ def test_memory_error_becomes_data_format_error(tmp_path, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(datasets, "_make_dataset", out_of_memory)
+    monkeypatch.setattr(datasets, "read_npz", out_of_memory)  # the file reader, as datasets calls it
     with pytest.raises(DataFormatError, match=r"train.npz: ran out of memory \(MemoryError\)"):
         datasets.load_dataset("npz", "train", data_dir=tmp_path)
 

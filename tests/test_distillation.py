@@ -131,8 +131,8 @@ def test_centred_one_hot_and_flip_doubling():
     chex.assert_shape(doubled, (4, 2, 3, 1))
     np.testing.assert_array_equal(np.asarray(doubled[2:]), np.asarray(images)[:, :, ::-1])
     np.testing.assert_array_equal(np.asarray(labels), np.concatenate([y, y]))
-    assert distill_mode._settings(_config("frepo", **{"distill.ipc": 1}), CLASSES)[0].flip_double is True
-    assert distill_mode._settings(_config("frepo", **{"distill.ipc": 2}), CLASSES)[0].flip_double is False
+    assert distill_mode.step_settings(_config("frepo", **{"distill.ipc": 1}), CLASSES)[0].flip_double is True
+    assert distill_mode.step_settings(_config("frepo", **{"distill.ipc": 2}), CLASSES)[0].flip_double is False
 
 
 def test_per_class_sampling_stays_in_its_class():

@@ -477,7 +477,7 @@ def test_memory_error_becomes_distilled_format_error(tmp_path, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(distilled, "_to_nhwc", out_of_memory)
+    monkeypatch.setattr(distilled, "read_npz", out_of_memory)  # the file reader, as the formats call it
     with pytest.raises(DistilledFormatError, match=r"k.npz: ran out of memory \(MemoryError\)"):
         load_distilled(tmp_path / "k.npz")
 

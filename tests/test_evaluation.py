@@ -52,7 +52,7 @@ def _tiny_experiment(workdir, scale, *, split_seeds, num_seeds, seed):
 def tiny_experiment():
     registry.register_experiment("tiny_test", _tiny_experiment)
     yield "tiny_test"
-    registry._REGISTERED.pop("tiny_test")
+    registry.unregister_experiment("tiny_test")
 
 
 def _reproduce_config(name, **reproduce):

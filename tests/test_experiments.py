@@ -150,14 +150,19 @@ def test_every_listed_experiment_builds(tmp_path):
         assert registry.get_experiment(name, tmp_path)
 
 
-def test_registered_experiment_takes_precedence(tmp_path):
+def test_registered_experiment_takes_precedence_until_unregistered(tmp_path):
     cell = registry.Cell("only", "Only", recipes.teacher_config("frepo", "cifar10", 1), Role.TEACHER)
     registry.register_experiment("my_experiment", lambda workdir, scale, **kw: [cell])
     try:
         assert registry.get_experiment("my_experiment", tmp_path, seed=7)[0].config.seed == 7
         assert "my_experiment" in registry.experiment_names()
     finally:
-        registry._REGISTERED.pop("my_experiment")
+        registry.unregister_experiment("my_experiment")
+    assert "my_experiment" not in registry.experiment_names()
+    with pytest.raises(recipes.ExperimentError, match="experiment name 'my_experiment' is not of the form"):
+        registry.get_experiment("my_experiment", tmp_path)
+    with pytest.raises(recipes.ExperimentError, match="unregister_experiment: 'my_experiment' is not registered"):
+        registry.unregister_experiment("my_experiment")
 
 
 @pytest.mark.parametrize("spec, model, epochs", [

@@ -59,7 +59,7 @@ def toy_pipeline(tmp_path):
 
     registry.register_experiment("toy_pipeline", builder)
     yield "toy_pipeline"
-    registry._REGISTERED.pop("toy_pipeline")
+    registry.unregister_experiment("toy_pipeline")
 
 
 def test_pipeline_distils_then_trains_every_cell_on_that_set_and_resumes(tmp_path, toy_pipeline):

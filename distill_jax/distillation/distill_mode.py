@@ -69,8 +69,11 @@ def _network(config) -> tuple[str, dict]:
     return name, options
 
 
-def _settings(config, num_classes: int):
-    """(static step settings, image optimiser hyper-parameters) of the configured method."""
+def step_settings(config, num_classes: int):
+    """(static step settings, image optimiser hyper-parameters) of the configured method: the one
+    reading of a config's `distill` section into what the pure step takes (checked augmentation
+    ops; FRePo's `flip_double` on at 1 image per class unless set), for the mode and for anyone
+    building the same step."""
     d = config.distill
     ops, k = _augment_ops(config), d.augment_k
     if d.method == "dm":
@@ -165,7 +168,7 @@ def _distill(run: runlife.Run, real) -> dict:
     elif real.preprocessing.recipe != recipe:
         raise common.DistillationError(f"run_distillation: the real data given is in pixel space "
                                        f"{real.preprocessing.recipe!r} but this run distils in {recipe!r}")
-    settings, hyper = _settings(config, real.num_classes)
+    settings, hyper = step_settings(config, real.num_classes)
     step_fn, init_fn = _compiled(d.method, model_name, options, settings, hyper)
 
     base_key = jax.random.key(config.seed)

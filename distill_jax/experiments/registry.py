@@ -2,7 +2,7 @@
 
 An experiment builder turns a few names (set, network, scale) into cells whose configs come
 from `recipes`, so `reproduce` runs exactly the configs a user would launch by hand. Names
-follow `experiment_names()`; `register_experiment` adds one's own.
+follow `experiment_names()`; `register_experiment` adds one's own (`unregister_experiment` removes it).
 """
 from __future__ import annotations
 
@@ -153,6 +153,15 @@ def register_experiment(name: str, builder) -> None:
     if not name or "/" in name:
         raise recipes.ExperimentError(f"experiments.register_experiment: bad name {name!r}")
     _REGISTERED[name] = builder
+
+
+def unregister_experiment(name: str) -> None:
+    """Removes an experiment `register_experiment` added (the registry is the process's: a test or
+    a notebook that registered one for a while takes it out again)."""
+    if name not in _REGISTERED:
+        raise recipes.ExperimentError(f"experiments.unregister_experiment: {name!r} is not registered; "
+                                      f"registered: {sorted(_REGISTERED)}")
+    del _REGISTERED[name]
 
 
 def experiment_names() -> list[str]:
