@@ -394,7 +394,8 @@ def test_unknown_model_name_is_rejected():
 def test_unknown_option_is_rejected():
     with pytest.raises(ValueError, match="unknown option 'droppath' for 'convnet'.*width"):
         build_model("convnet", 10, droppath=True)
-    assert model_options("resnet50") == {"width", "norm", "droppath", "improved_shortcut", "weight_init", "conv"}
+    assert model_options("resnet50") == {"width", "norm", "droppath", "improved_shortcut", "weight_init", "conv",
+                                         "compute_dtype"}
 
 
 @pytest.mark.parametrize("option, value, message", [

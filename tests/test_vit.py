@@ -63,6 +63,6 @@ def test_vit_is_in_the_registry_with_its_options():
     from distill_jax import models
     from distill_jax.experiments import reproduce
 
-    assert models.model_options("vit") == {"width", "depth", "droppath", "weight_init", "conv"}
+    assert models.model_options("vit") == {"width", "depth", "droppath", "weight_init", "conv", "compute_dtype"}
     assert isinstance(models.build_model("vit", 10, width=32, droppath=True), ViT)
     assert reproduce.network_label("vit", 64, None) == "vit (width 64, layer norm)"

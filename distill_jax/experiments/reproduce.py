@@ -261,8 +261,9 @@ def teacher_note(cell_records) -> str:
 
 
 # Fields of the launched config that every cell takes: where the data lives and how big a test
-# batch is (both safe to change: they are not part of a run's identity).
-INHERITED_FIELDS = ("data.data_dir", "data.eval_batch_size")
+# batch is (both safe to change: they are not part of a run's identity), and the dtype the
+# networks compute in (part of it: a bfloat16 cell is another run than a float32 one).
+INHERITED_FIELDS = ("data.data_dir", "data.eval_batch_size", "train.compute_dtype")
 
 
 def inherit_fields(cells: list, config) -> list:

@@ -5,15 +5,17 @@ Every network is a linen Module applied as
 with x an NHWC float32 batch of any size; `keep_rate` may be a traced scalar and is ignored
 by networks without DropPath. Every network takes `conv` (one of CONV_CHOICES, default 'auto'):
 resolved once when it is built (`resolve_conv`), so `model.conv` is the implementation its
-convolutions use.
+convolutions use. Every network takes `compute_dtype` (one of COMPUTE_DTYPES, default 'float32';
+the config's `train.compute_dtype`): the dtype of its convolutions and matmuls; parameters,
+batch-norm statistics and the returned logits are float32 whatever it is (`layers`).
 """
 import dataclasses
 
 import flax.linen as nn
 
 from distill_jax.models.convnet import ConvNet, ConvNetFRePo
-from distill_jax.models.layers import (CONV_CHOICES, CONV_IMPLEMENTATIONS, INIT_KINDS, NORM_KINDS, TEST_NETWORK_NORM,
-                                      resolve_conv)
+from distill_jax.models.layers import (COMPUTE_DTYPES, CONV_CHOICES, CONV_IMPLEMENTATIONS, INIT_KINDS, NORM_KINDS,
+                                      TEST_NETWORK_NORM, resolve_conv)
 from distill_jax.models.plain import AlexNet, VGG11
 from distill_jax.models.resnet import ResNet
 from distill_jax.models.vit import ViT
@@ -70,6 +72,8 @@ def _check_value(name: str, option: str, value) -> None:
         raise ValueError(f"models: option 'weight_init' of {name!r} must be one of {INIT_KINDS}, got {value!r}")
     if option == "conv" and value not in CONV_CHOICES:
         raise ValueError(f"models: option 'conv' of {name!r} must be one of {CONV_CHOICES}, got {value!r}")
+    if option == "compute_dtype" and value not in COMPUTE_DTYPES:
+        raise ValueError(f"models: option 'compute_dtype' of {name!r} must be one of {COMPUTE_DTYPES}, got {value!r}")
 
 
 # The config fields (`config.model.*`) that are network options; None means the network's default.
@@ -79,6 +83,17 @@ CONFIG_OPTIONS = ("width", "depth", "norm", "droppath", "improved_shortcut", "we
 def options_from_config(model_cfg) -> dict:
     """The network options a config's `model` section sets (unset fields: the network's default)."""
     return {n: model_cfg[n] for n in CONFIG_OPTIONS if model_cfg.get(n) is not None}
+
+
+def network_options(config) -> dict:
+    """The network options a whole config sets: its `model` section's (`options_from_config`) and
+    the compute dtype of its training (`train.compute_dtype`; absent in configs older than the
+    field, which trained in float32)."""
+    options = options_from_config(config.model)
+    compute_dtype = config.train.get("compute_dtype", "float32")
+    if compute_dtype != "float32":
+        options["compute_dtype"] = compute_dtype
+    return options
 
 
 def check_options(name: str, options: dict) -> None:
@@ -109,5 +124,5 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
     return cls(num_classes=num_classes, **fixed, **options)
 
 
-__all__ = ["CONFIG_OPTIONS", "CONV_CHOICES", "CONV_IMPLEMENTATIONS", "INIT_KINDS", "MODEL_NAMES", "NORM_KINDS", "SET_SOURCE_NORMS", "build_model", "check_options",
-           "default_option", "model_options", "norm_for_set", "options_from_config", "resolve_conv", "ConvNet", "ConvNetFRePo", "ResNet", "VGG11", "AlexNet", "ViT"]
+__all__ = ["COMPUTE_DTYPES", "CONFIG_OPTIONS", "CONV_CHOICES", "CONV_IMPLEMENTATIONS", "INIT_KINDS", "MODEL_NAMES", "NORM_KINDS", "SET_SOURCE_NORMS", "build_model", "check_options",
+           "default_option", "model_options", "network_options", "norm_for_set", "options_from_config", "resolve_conv", "ConvNet", "ConvNetFRePo", "ResNet", "VGG11", "AlexNet", "ViT"]

@@ -2,13 +2,14 @@
 import flax.linen as nn
 import jax
 
-from distill_jax.models.layers import ConvChoice, avg_pool, check_images, conv, dense, make_norm
+from distill_jax.models.layers import ConvChoice, avg_pool, check_images, conv, dense, logits, make_norm
 
 
-def _conv_norm_relu_pool(x, widths, norm, weight_init, implementation, train):
+def _conv_norm_relu_pool(x, widths, norm, weight_init, implementation, compute_dtype, train):
     """depth x [conv3x3 -> norm -> relu -> avgpool 2] named conv_i / norm_i (torch import relies on it)."""
     for i, width in enumerate(widths):
-        x = conv(width, 3, implementation=implementation, weight_init=weight_init, name=f"conv_{i}")(x)
+        x = conv(width, 3, implementation=implementation, weight_init=weight_init, compute_dtype=compute_dtype,
+                 name=f"conv_{i}")(x)
         x = nn.relu(make_norm(norm, f"norm_{i}", train)(x))
         x = avg_pool(x, 2)
     return x
@@ -28,6 +29,7 @@ class ConvNet(ConvChoice):
     norm: str = "instance"
     weight_init: str = "torch"
     conv: str = "auto"  # the convolution implementation (layers.CONV_CHOICES), resolved when built
+    compute_dtype: str = "float32"  # of convs and matmuls (layers.COMPUTE_DTYPES); parameters stay float32
 
     def layer_widths(self) -> list[int]:
         return [self.width] * self.depth
@@ -35,8 +37,10 @@ class ConvNet(ConvChoice):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
         check_images(x, type(self).__name__)
-        x = _conv_norm_relu_pool(x, self.layer_widths(), self.norm, self.weight_init, self.conv, train)
-        return dense(self.num_classes, weight_init=self.weight_init, name="head")(x.reshape(x.shape[0], -1))
+        x = _conv_norm_relu_pool(x, self.layer_widths(), self.norm, self.weight_init, self.conv, self.compute_dtype,
+                                 train)
+        return logits(dense(self.num_classes, weight_init=self.weight_init, compute_dtype=self.compute_dtype,
+                            name="head")(x.reshape(x.shape[0], -1)))
 
 
 class ConvNetFRePo(ConvNet):

@@ -39,10 +39,12 @@ def residual_droppath(shortcut: jax.Array, branch: jax.Array, mask: jax.Array, k
     A dropped sample contributes exactly zero even when keep_rate is 0 (no 0/0).
     """
     scale = jnp.where(mask > 0, mask / jnp.maximum(keep_rate, 1e-12), 0.0)
+    scale = scale if branch.dtype == scale.dtype else scale.astype(branch.dtype)  # bfloat16 branches stay so
     return shortcut + branch * _per_sample(scale, branch.ndim)
 
 
 def virtual_shortcut_mix(main: jax.Array, shortcut: jax.Array, mask: jax.Array) -> jax.Array:
     """main * m + shortcut * (1 - m), per sample, without 1/p scaling (docs/method.md §2.2)."""
     m = _per_sample(mask, main.ndim)
+    m = m if main.dtype == m.dtype else m.astype(main.dtype)  # bfloat16 activations stay so
     return main * m + shortcut * (1.0 - m)

@@ -6,6 +6,12 @@ network's `conv` option by `resolve_conv` when the network is built. Layers foll
 symmetric padding k // 2, and (weight_init='torch') torch's default U(-1/sqrt(fan_in),
 1/sqrt(fan_in)) for weights and biases, or (weight_init='flax') Flax's lecun-normal / zeros.
 The option is not called `init` because a linen field of that name would hide Module.init.
+
+Compute dtype (a network's `compute_dtype`, the config's `train.compute_dtype`; one of
+COMPUTE_DTYPES): convolutions and dense layers multiply in that dtype; parameters (hence the
+optimiser state) are float32 whatever it is, norms compute their statistics and normalise in
+float32 (batch-norm statistics stay float32), and every network casts its logits to float32, so
+losses and softmaxes see float32. Activations between layers are in the compute dtype.
 """
 import dataclasses
 import functools
@@ -25,6 +31,20 @@ NORM_KINDS = ("batch", "instance", "none")
 # them on real subsets and on FRePo sets (docs/method.md §3; `models.norm_for_set` has the rest).
 TEST_NETWORK_NORM = "batch"
 INIT_KINDS = ("torch", "flax")
+# The dtypes convolutions and matmuls may compute in (this module owns the names; the config's
+# `train.compute_dtype` takes them). 'bfloat16' is mixed precision: float32 parameters, norms and
+# logits around bfloat16 products (TPU's native mode; tensor cores on GPU).
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_compute_dtype(compute_dtype: str, where: str = "layers.py") -> None:
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"{where}: compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+
+
+def cast(x, dtype):
+    """`x` in `dtype`; `x` itself when it already is (float32 programs get no conversions)."""
+    return x if x.dtype == jnp.dtype(dtype) else x.astype(dtype)
 
 
 def _check_init(weight_init: str) -> None:
@@ -65,13 +85,14 @@ def _initialisers(weight_init: str, fan_in: int) -> tuple[Callable, Callable]:
 
 class Conv(nn.Module):
     """2-D convolution on NHWC with bias and torch-style symmetric padding (k // 2), computed by
-    `implementation` (one of CONV_IMPLEMENTATIONS)."""
+    `implementation` (one of CONV_IMPLEMENTATIONS) in `compute_dtype` (float32 parameters)."""
 
     features: int
     kernel_size: int = 3
     strides: int = 1
     weight_init: str = "torch"
     implementation: str = dataclasses.field(kw_only=True)
+    compute_dtype: str = dataclasses.field(default="float32", kw_only=True)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -80,7 +101,8 @@ class Conv(nn.Module):
         kernel = self.param("kernel", kernel_init, (k, k, in_features, self.features))
         bias = self.param("bias", bias_init, (self.features,))
         pad = k // 2
-        return conv2d(x, kernel, self.strides, pad, self.implementation) + bias
+        dtype = self.compute_dtype
+        return conv2d(cast(x, dtype), cast(kernel, dtype), self.strides, pad, self.implementation) + cast(bias, dtype)
 
 
 # The convolution implementations (this module owns the names; the config's `model.conv` takes
@@ -151,10 +173,22 @@ def _check_implementation(implementation: str) -> None:
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: int, pad: int, implementation: str) -> jax.Array:
     """The one convolution every network uses (symmetric padding `pad`, NHWC/HWIO), computed by
-    `implementation` (one of CONV_IMPLEMENTATIONS; oneDNN's only for float32, else fast_conv's)."""
+    `implementation` (one of CONV_IMPLEMENTATIONS), in the operands' dtype.
+
+    This package's CPU convolutions ('onednn', 'taps') compute in float32: on bfloat16 operands
+    they convolve the operands (already rounded to bfloat16) in float32 and round the result to
+    bfloat16, which is a bfloat16 convolution with float32 accumulation, the gradients likewise.
+    The oneDNN library built here has float32 kernels only (oneDNN's bfloat16 ones need AVX-512
+    or AMX), and on an AVX2 CPU XLA's own bfloat16 convolution is no faster than its float32
+    one (benchmarks/README.md, "bfloat16 on CPU"). 'xla' and 'xla_per_seed' convolve in
+    bfloat16 themselves (GPU tensor cores, TPU).
+    """
     _check_implementation(implementation)
     pads = ((pad, pad), (pad, pad))
-    if implementation == "onednn" and x.dtype == jnp.float32 and kernel.dtype == jnp.float32:
+    if implementation in ("onednn", "taps") and (x.dtype != jnp.float32 or kernel.dtype != jnp.float32):
+        f32 = jnp.float32
+        return cast(conv2d(cast(x, f32), cast(kernel, f32), strides, pad, implementation), x.dtype)
+    if implementation == "onednn":
         return onednn_conv.conv2d(x, kernel, strides, pads)
     if implementation == "xla_per_seed":
         return fast_conv.per_seed_xla_conv2d(x, kernel, strides, pads)
@@ -165,41 +199,55 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: int, pad: int, implementati
 
 
 class Dense(nn.Module):
-    """Fully connected layer; kernel (in, out) and bias, initialised like Conv."""
+    """Fully connected layer; kernel (in, out) and bias, initialised like Conv, computed in
+    `compute_dtype` (float32 parameters)."""
 
     features: int
     weight_init: str = "torch"
+    compute_dtype: str = dataclasses.field(default="float32", kw_only=True)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel_init, bias_init = _initialisers(self.weight_init, x.shape[-1])
         kernel = self.param("kernel", kernel_init, (x.shape[-1], self.features))
         bias = self.param("bias", bias_init, (self.features,))
-        return x @ kernel + bias
+        dtype = self.compute_dtype
+        return cast(x, dtype) @ cast(kernel, dtype) + cast(bias, dtype)
 
 
 def conv(features: int, kernel_size: int = 3, strides: int = 1, *, implementation: str, weight_init: str = "torch",
-         name: str | None = None) -> Conv:
+         compute_dtype: str = "float32", name: str | None = None) -> Conv:
     """The one place networks create convolutions (call inside a compact method); `implementation`
-    is the network's resolved `conv` (one of CONV_IMPLEMENTATIONS)."""
+    is the network's resolved `conv` (one of CONV_IMPLEMENTATIONS), `compute_dtype` its own."""
     _check_init(weight_init)
     _check_implementation(implementation)
-    return Conv(features, kernel_size, strides, weight_init, implementation=implementation, name=name)
+    check_compute_dtype(compute_dtype)
+    return Conv(features, kernel_size, strides, weight_init, implementation=implementation,
+                compute_dtype=compute_dtype, name=name)
 
 
-def dense(features: int, *, weight_init: str = "torch", name: str | None = None) -> Dense:
+def dense(features: int, *, weight_init: str = "torch", compute_dtype: str = "float32",
+          name: str | None = None) -> Dense:
     """The one place networks create fully connected layers (call inside a compact method)."""
     _check_init(weight_init)
-    return Dense(features, weight_init, name=name)
+    check_compute_dtype(compute_dtype)
+    return Dense(features, weight_init, compute_dtype=compute_dtype, name=name)
+
+
+def logits(x: jax.Array) -> jax.Array:
+    """A network's output as float32 whatever its compute dtype: losses and softmaxes see float32."""
+    return cast(x, jnp.float32)
 
 
 class ConvChoice(nn.Module):
-    """Base of the networks with convolutions: the `conv` option (one of CONV_CHOICES) is resolved
-    to an implementation (`resolve_conv`) when the network is built, so `network.conv` is the one
-    its layers use (pass it down as their `implementation`)."""
+    """Base of the networks: the `conv` option (one of CONV_CHOICES) is resolved to an
+    implementation (`resolve_conv`) when the network is built, so `network.conv` is the one its
+    layers use (pass it down as their `implementation`); `compute_dtype` (one of COMPUTE_DTYPES)
+    is checked then too."""
 
     def __post_init__(self):
         self.conv = resolve_conv(self.conv)
+        check_compute_dtype(self.compute_dtype, type(self).__name__)
         super().__post_init__()
 
 
@@ -215,11 +263,19 @@ class InstanceNorm(nn.Module):
         channels = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (channels,))
         bias = self.param("bias", nn.initializers.zeros, (channels,))
-        stats = x.astype(jnp.float32)
+        stats = cast(x, jnp.float32)
         mean = jnp.mean(stats, axis=(1, 2), keepdims=True)
         centred = stats - mean
         var = jnp.mean(jnp.square(centred), axis=(1, 2), keepdims=True)
-        return (centred * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias).astype(x.dtype)
+        return cast(centred * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias, x.dtype)
+
+
+class BatchNorm(nn.BatchNorm):
+    """Flax's BatchNorm (same parameters and statistics) computing in float32, statistics
+    included, and returning its input's dtype."""
+
+    def __call__(self, x, *args, **kwargs):
+        return cast(super().__call__(cast(x, jnp.float32), *args, **kwargs), x.dtype)
 
 
 def make_norm(kind: str, name: str, train: bool) -> Callable[[jax.Array], jax.Array]:
@@ -228,9 +284,11 @@ def make_norm(kind: str, name: str, train: bool) -> Callable[[jax.Array], jax.Ar
     'batch': torch momentum 0.1 (Flax 0.9), eps 1e-5, batch statistics while training.
     'instance': `InstanceNorm`, as the reference's GroupNorm(C, C).
     'none': identity, creating no parameters.
+    Both norms compute in float32 (statistics included) and return their input's dtype.
     """
     if kind == "batch":
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+        return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=jnp.float32,
+                         param_dtype=jnp.float32, name=name)
     if kind == "instance":
         return InstanceNorm(epsilon=1e-5, name=name)
     if kind == "none":

@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax
 
 from distill_jax.models.droppath import sample_keep_mask, virtual_shortcut_mix
-from distill_jax.models.layers import TEST_NETWORK_NORM, ConvChoice, check_images, conv, dense, make_norm, max_pool
+from distill_jax.models.layers import (TEST_NETWORK_NORM, ConvChoice, check_images, conv, dense, logits, make_norm,
+                                      max_pool)
 from distill_jax.models.resnet import Shortcut
 
 POOL = "M"
@@ -86,21 +87,24 @@ class PlainBlock(nn.Module):
     droppath: bool = False
     weight_init: str = "torch"
     implementation: str = dataclasses.field(kw_only=True)  # the network's resolved conv
+    compute_dtype: str = dataclasses.field(default="float32", kw_only=True)  # the network's
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
         p = self.pair
-        main = conv(p.hidden, p.k1, implementation=self.implementation, weight_init=self.weight_init, name="conv_0")(x)
+        main = conv(p.hidden, p.k1, implementation=self.implementation, weight_init=self.weight_init,
+                    compute_dtype=self.compute_dtype, name="conv_0")(x)
         main = nn.relu(make_norm(self.norm, "norm_0", train)(main))
         if p.pool:
             main = max_pool(main, 2)
-        main = conv(p.out, p.k2, implementation=self.implementation, weight_init=self.weight_init, name="conv_1")(main)
+        main = conv(p.out, p.k2, implementation=self.implementation, weight_init=self.weight_init,
+                    compute_dtype=self.compute_dtype, name="conv_1")(main)
         main = nn.relu(make_norm(self.norm, "norm_1", train)(main))
         if not (self.droppath and (train or self.is_initializing())):
             return main
         shortcut = max_pool(x, 2) if p.pool else x
         shortcut = Shortcut(p.out, 1, self.norm, weight_init=self.weight_init, implementation=self.implementation,
-                            name="shortcut")(shortcut, train)
+                            compute_dtype=self.compute_dtype, name="shortcut")(shortcut, train)
         if not train:
             return main  # initialising in eval mode: the shortcut exists only to create its weights
         self.sow("intermediates", "keep_rate", keep_rate)
@@ -118,6 +122,7 @@ class _PlainNet(ConvChoice):
     droppath: bool = False
     weight_init: str = "torch"
     conv: str = "auto"  # the convolution implementation (layers.CONV_CHOICES), resolved when built
+    compute_dtype: str = "float32"  # of convs and matmuls (layers.COMPUTE_DTYPES); parameters stay float32
 
     def layout(self) -> tuple:
         raise NotImplementedError
@@ -129,16 +134,17 @@ class _PlainNet(ConvChoice):
         for item in self.layout():
             if isinstance(item, PlainConv):
                 x = conv(item.width, item.kernel, implementation=self.conv, weight_init=self.weight_init,
-                         name=f"conv_{convs}")(x)
+                         compute_dtype=self.compute_dtype, name=f"conv_{convs}")(x)
                 x = nn.relu(make_norm(self.norm, f"norm_{convs}", train)(x))
                 convs += 1
             elif isinstance(item, Pair):
                 x = PlainBlock(item, self.norm, self.droppath, self.weight_init, implementation=self.conv,
-                               name=f"block_{blocks}")(x, train, keep_rate)
+                               compute_dtype=self.compute_dtype, name=f"block_{blocks}")(x, train, keep_rate)
                 blocks += 1
             else:
                 x = max_pool(x, 2)
-        return dense(self.num_classes, weight_init=self.weight_init, name="head")(x.reshape(x.shape[0], -1))
+        return logits(dense(self.num_classes, weight_init=self.weight_init, compute_dtype=self.compute_dtype,
+                            name="head")(x.reshape(x.shape[0], -1)))
 
 
 class VGG11(_PlainNet):

@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax
 
 from distill_jax.models.droppath import residual_droppath, sample_keep_mask
-from distill_jax.models.layers import TEST_NETWORK_NORM, ConvChoice, check_images, conv, dense, make_norm, max_pool
+from distill_jax.models.layers import (TEST_NETWORK_NORM, ConvChoice, check_images, conv, dense, logits, make_norm,
+                                      max_pool)
 
 
 class Shortcut(nn.Module):
@@ -19,6 +20,7 @@ class Shortcut(nn.Module):
     improved: bool = False
     weight_init: str = "torch"
     implementation: str = dataclasses.field(kw_only=True)  # the network's resolved conv
+    compute_dtype: str = dataclasses.field(default="float32", kw_only=True)  # the network's
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -26,10 +28,10 @@ class Shortcut(nn.Module):
             return x
         if self.improved and self.strides > 1:
             x = conv(self.features, 1, 1, implementation=self.implementation, weight_init=self.weight_init,
-                     name="conv")(max_pool(x, self.strides))
+                     compute_dtype=self.compute_dtype, name="conv")(max_pool(x, self.strides))
         else:
             x = conv(self.features, 1, self.strides, implementation=self.implementation, weight_init=self.weight_init,
-                     name="conv")(x)
+                     compute_dtype=self.compute_dtype, name="conv")(x)
         return make_norm(self.norm, "norm", train)(x)
 
 
@@ -49,6 +51,7 @@ class ResidualBlock(nn.Module):
     improved_shortcut: bool = False
     weight_init: str = "torch"
     implementation: str = dataclasses.field(kw_only=True)  # the network's resolved conv
+    compute_dtype: str = dataclasses.field(default="float32", kw_only=True)  # the network's
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
@@ -60,12 +63,13 @@ class ResidualBlock(nn.Module):
         branch = x
         for i, (width, kernel, strides) in enumerate(layers):
             branch = conv(width, kernel, strides, implementation=self.implementation, weight_init=self.weight_init,
-                          name=f"conv_{i}")(branch)
+                          compute_dtype=self.compute_dtype, name=f"conv_{i}")(branch)
             branch = make_norm(self.norm, f"norm_{i}", train)(branch)
             if i < len(layers) - 1:
                 branch = nn.relu(branch)
         shortcut = Shortcut(branch.shape[-1], s, self.norm, self.improved_shortcut, self.weight_init,
-                            implementation=self.implementation, name="shortcut")(x, train)
+                            implementation=self.implementation, compute_dtype=self.compute_dtype,
+                            name="shortcut")(x, train)
         if not (self.droppath and train):
             return nn.relu(shortcut + branch)
         self.sow("intermediates", "keep_rate", keep_rate)
@@ -89,16 +93,20 @@ class ResNet(ConvChoice):
     improved_shortcut: bool = False
     weight_init: str = "torch"
     conv: str = "auto"  # the convolution implementation (layers.CONV_CHOICES), resolved when built
+    compute_dtype: str = "float32"  # of convs and matmuls (layers.COMPUTE_DTYPES); parameters stay float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
         check_images(x, type(self).__name__)
-        x = conv(self.width, 3, implementation=self.conv, weight_init=self.weight_init, name="stem_conv")(x)
+        x = conv(self.width, 3, implementation=self.conv, weight_init=self.weight_init, compute_dtype=self.compute_dtype,
+                 name="stem_conv")(x)
         x = nn.relu(make_norm(self.norm, "stem_norm", train)(x))
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 x = ResidualBlock(
                     self.width * 2**i, strides=2 if i > 0 and j == 0 else 1, bottleneck=self.bottleneck,
                     norm=self.norm, droppath=self.droppath, improved_shortcut=self.improved_shortcut,
-                    weight_init=self.weight_init, implementation=self.conv, name=f"stage{i}_block{j}")(x, train, keep_rate)
-        return dense(self.num_classes, weight_init=self.weight_init, name="head")(x.mean(axis=(1, 2)))
+                    weight_init=self.weight_init, implementation=self.conv, compute_dtype=self.compute_dtype,
+                    name=f"stage{i}_block{j}")(x, train, keep_rate)
+        return logits(dense(self.num_classes, weight_init=self.weight_init, compute_dtype=self.compute_dtype,
+                            name="head")(x.mean(axis=(1, 2))))

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from distill_jax.models.droppath import residual_droppath, sample_keep_mask
-from distill_jax.models.layers import ConvChoice, check_images, dense
+from distill_jax.models.layers import ConvChoice, cast, check_images, dense, logits
 
 PATCH = 4
 
@@ -28,14 +28,30 @@ class _Branch(nn.Module):
     width: int
     heads: int
     weight_init: str = "torch"
+    compute_dtype: str = "float32"  # of the matmuls; the norm and the attention's softmax compute in float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = nn.LayerNorm(epsilon=1e-6, name="norm")(x)
+        y = layer_norm("norm", x)
         if self.kind == "attention":
-            return nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.width, name="attention")(y, y)
-        y = nn.gelu(dense(4 * self.width, weight_init=self.weight_init, name="fc_0")(y))
-        return dense(self.width, weight_init=self.weight_init, name="fc_1")(y)
+            return nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.width,
+                                                   dtype=jnp.dtype(self.compute_dtype), param_dtype=jnp.float32,
+                                                   attention_fn=attention, name="attention")(y, y)
+        y = nn.gelu(dense(4 * self.width, weight_init=self.weight_init, compute_dtype=self.compute_dtype, name="fc_0")(y))
+        return dense(self.width, weight_init=self.weight_init, compute_dtype=self.compute_dtype, name="fc_1")(y)
+
+
+def attention(query: jax.Array, key: jax.Array, value: jax.Array, dtype=None) -> jax.Array:
+    """Flax's dot-product attention (no mask, no dropout) with its softmax in float32 and both
+    products in the inputs' dtype (Flax's own fp32 softmax leaves the second product in float32)."""
+    weights = nn.dot_product_attention_weights(query, key, dtype=dtype, force_fp32_for_softmax=True)
+    return jnp.einsum("...hqk,...khd->...qhd", cast(weights, value.dtype), value)
+
+
+def layer_norm(name: str, x: jax.Array) -> jax.Array:
+    """LayerNorm computed in float32, returned in x's dtype (call inside a compact method)."""
+    return cast(nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, param_dtype=jnp.float32, name=name)(
+        cast(x, jnp.float32)), x.dtype)
 
 
 class ViT(ConvChoice):
@@ -48,6 +64,7 @@ class ViT(ConvChoice):
     weight_init: str = "torch"
     # No convolutions: taken (and resolved) like every network's, so one config fits all of them.
     conv: str = "auto"
+    compute_dtype: str = "float32"  # of the matmuls (layers.COMPUTE_DTYPES); parameters stay float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
@@ -56,19 +73,21 @@ class ViT(ConvChoice):
         if h % PATCH or w % PATCH:
             raise ValueError(f"ViT: image sides {h}x{w} must be multiples of the patch size {PATCH}")
         patches = jax.lax.transpose(jax.lax.reshape(x, (b, h // PATCH, PATCH, w // PATCH, PATCH, c)), (0, 1, 3, 2, 4, 5))
-        tokens = dense(self.width, weight_init=self.weight_init, name="patch_embed")(
+        tokens = dense(self.width, weight_init=self.weight_init, compute_dtype=self.compute_dtype, name="patch_embed")(
             patches.reshape(b, (h // PATCH) * (w // PATCH), PATCH * PATCH * c))
         position = self.param("position", nn.initializers.normal(0.02), tokens.shape[1:])
-        tokens = tokens + position
+        tokens = tokens + cast(position, tokens.dtype)
         heads = max(1, self.width // 32)
         for i in range(self.depth):
             for kind in ("attention", "mlp"):
-                branch = _Branch(kind, self.width, heads, self.weight_init, name=f"block{i}_{kind}")(tokens)
+                branch = _Branch(kind, self.width, heads, self.weight_init, self.compute_dtype,
+                                 name=f"block{i}_{kind}")(tokens)
                 if self.droppath and train:
                     self.sow("intermediates", "keep_rate", keep_rate)
                     mask = sample_keep_mask(self.make_rng("droppath"), b, keep_rate)
                     tokens = residual_droppath(tokens, branch, mask, keep_rate)
                 else:
                     tokens = tokens + branch
-        pooled = nn.LayerNorm(epsilon=1e-6, name="head_norm")(jnp.mean(tokens, axis=1))
-        return dense(self.num_classes, weight_init=self.weight_init, name="head")(pooled)
+        pooled = layer_norm("head_norm", jnp.mean(tokens, axis=1))
+        return logits(dense(self.num_classes, weight_init=self.weight_init, compute_dtype=self.compute_dtype,
+                            name="head")(pooled))

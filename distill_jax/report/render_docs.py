@@ -126,7 +126,8 @@ def _duration(seconds: Optional[float]) -> str:
 def _network(cell: dict) -> str:
     name = NETWORK_LABELS.get(cell["network"], cell["network"])
     width = f"width {cell['width']}, " if cell["width"] else ""
-    return f"{name} ({width}{cell['norm']} norm)"
+    dtype = results_record.compute_dtype(cell)
+    return f"{name} ({width}{cell['norm']} norm{', ' + dtype if dtype != 'float32' else ''})"
 
 
 def _origin(cell: dict) -> str:

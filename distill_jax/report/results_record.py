@@ -1,8 +1,8 @@
 """The results record: one small JSON file per experiment and scale, behind every published number.
 
 A record holds what a table needs and nothing more (no checkpoints, no curves): per cell its
-network, width, norm, epochs, optimiser and where its KD teacher came from, and per seed the
-final-epoch test accuracy and the last logged step's training accuracy; for the whole
+network, width, norm, compute dtype, epochs, optimiser and where its KD teacher came from, and
+per seed the final-epoch test accuracy and the last logged step's training accuracy; for the whole
 experiment the config digest, the software versions, the hardware, the wall time, the date
 and the command that produced it. `docs/results.md` and the README's result table are
 rendered from the records in `results/` (`distill_jax.report.render_docs`).
@@ -19,6 +19,10 @@ Field meanings:
   when the workdir was not kept (its `config_digest` is null: the config is not known exactly).
 - `config_digest`: sha256 of the launched config's identity (`workdir_io.identity`: the whole
   resolved config except the fields a rerun may change, such as where the data lives).
+- `compute_dtype` (per cell): the dtype its networks' convolutions and matmuls computed in
+  (`train.compute_dtype`, one of `models.COMPUTE_DTYPES`); records written before the field
+  existed lack it, and their cells trained in float32 (`compute_dtype(cell)` reads it so); cells
+  that train nothing here (imports, scores, distillations) lack it too: they compute in float32.
 - `wall_seconds` (per cell and in all): from each run's first output (`train_set.png`) to its
   `results.json`, summed over a cell's runs; pauses between resumes count. A distillation
   counts its steps times its seconds per step plus its compile time.
@@ -62,7 +66,7 @@ _TOP_FIELDS = {"schema_version", "kind", "experiment", "dataset", "scale", "sour
 _OPTIONAL_TOP = {"notes"}
 _CELL_FIELDS = {"cell", "label", "role", "network", "width", "norm", "epochs", "optimizer", "origin", "kd_teacher",
                 "seeds", "final_test_accuracy", "last_step_train_accuracy", "wall_seconds"}
-_OPTIONAL_CELL = {"dataset", "diverged", "extra", "software", "hardware"}
+_OPTIONAL_CELL = {"dataset", "diverged", "extra", "software", "hardware", "compute_dtype"}
 _SCALE_FIELDS = {"epoch_divisor", "lr_multiplier", "width", "teacher_width", "evals", "split_seeds"}
 
 
@@ -110,6 +114,12 @@ def parse_role(value, where, field: str = "role") -> Role:
         return Role(value)
     except ValueError:
         raise _fail(where, field, f"one of {tuple(r.value for r in Role)}", value) from None
+
+
+def compute_dtype(cell: dict) -> str:
+    """The dtype a record cell's networks computed in: its `compute_dtype`, float32 when absent
+    (records older than the field)."""
+    return cell.get("compute_dtype", "float32")
 
 
 def dataset_label(name: str) -> str:
@@ -244,6 +254,8 @@ def _check_cell(cell, i: int, where: str, transcribed: bool) -> None:
             raise _fail(where, p + "last_step_train_accuracy.mean", "an accuracy in percent", train["mean"])
     if cell["wall_seconds"] is not None and not (_is_number(cell["wall_seconds"]) and cell["wall_seconds"] >= 0):
         raise _fail(where, p + "wall_seconds", "a number of seconds >= 0 or null", cell["wall_seconds"])
+    if "compute_dtype" in cell and cell["compute_dtype"] not in models.COMPUTE_DTYPES:
+        raise _fail(where, p + "compute_dtype", f"one of {models.COMPUTE_DTYPES}", cell["compute_dtype"])
     if "dataset" in cell and not (isinstance(cell["dataset"], str) and cell["dataset"]):
         raise _fail(where, p + "dataset", "a dataset name", cell["dataset"])
     if "extra" in cell and not isinstance(cell["extra"], dict):
@@ -426,6 +438,8 @@ def _cell(rec: dict, cell_dir: pathlib.Path, published_cells: set, where: pathli
             "seeds": [int(s) for s in rec.get("seeds") or []], "final_test_accuracy": None,
             "last_step_train_accuracy": None, "wall_seconds": None,
             "dataset": _get(config, "data.dataset", where)}
+    if trains:  # evaluations and distillations compute in float32
+        cell["compute_dtype"] = config["train"].get("compute_dtype", "float32")
     if role is Role.DISTILL:
         cell["extra"] = {k: rec.get(k) for k in ("method", "ipc", "steps", "seconds_per_step", "compile_seconds",
                                                   "loss_first", "loss_last", "preprocessing")}
