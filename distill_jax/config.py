@@ -35,6 +35,7 @@ CHOICES = {
     "model.conv": models.CONV_CHOICES,
     "train.optimizer": OPTIMIZER_NAMES,
     "train.lr_schedule": schedules.LR_SCHEDULE_KINDS,
+    "train.compute_dtype": models.COMPUTE_DTYPES,
     "distill.method": distill_common.METHODS,
     "distill.init": distill_common.INITS,
     "distill.model": ("auto",) + tuple(sorted(set(distill_common.DEFAULT_MODEL.values()))),

@@ -60,6 +60,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.optimizer = "lion"
     c.train.learning_rate = 5e-5
     c.train.weight_decay = 5e-3
+    c.train.compute_dtype = "float32"      # of convolutions and matmuls (distill_jax.models.COMPUTE_DTYPES); "bfloat16":
+                                           # parameters, optimiser state, norms and the loss stay float32
     c.train.lr_schedule = "warmup_cosine"  # constant | step | warmup_cosine | periodic
     c.train.warmup_fraction = 0.1          # warmup_cosine
     c.train.decay_at_fraction = 0.5        # step

@@ -36,8 +36,7 @@ def build_augment(config):
 
 
 def build_model(config, num_classes: int):
-    return models.build_model(config.model.name, num_classes=num_classes,
-                              **models.options_from_config(config.model))
+    return models.build_model(config.model.name, num_classes=num_classes, **models.network_options(config))
 
 
 def epoch_orders(seeds, epoch: int, num_train: int) -> np.ndarray:
