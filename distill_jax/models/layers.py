@@ -180,7 +180,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: int, pad: int, implementati
     bfloat16, which is a bfloat16 convolution with float32 accumulation, the gradients likewise.
     The oneDNN library built here has float32 kernels only (oneDNN's bfloat16 ones need AVX-512
     or AMX), and on an AVX2 CPU XLA's own bfloat16 convolution is no faster than its float32
-    one (benchmarks/README.md, "bfloat16 on CPU"). 'xla' and 'xla_per_seed' convolve in
+    one (`benchmarks/bf16_cpu.py`, docs/method.md §3). 'xla' and 'xla_per_seed' convolve in
     bfloat16 themselves (GPU tensor cores, TPU).
     """
     _check_implementation(implementation)
