@@ -55,6 +55,7 @@ RANGES = {
     "train.epochs": (1, None),
     "train.batch_size": (1, None),
     "train.stop_after_epochs": (0, None),
+    "train.steps_per_call": (0, None),
     "train.learning_rate": (0.0, None),
     "train.weight_decay": (0.0, None),
     "train.warmup_fraction": (0.0, 1.0),

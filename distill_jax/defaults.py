@@ -57,6 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.epochs = 1000
     c.train.batch_size = 100
     c.train.stop_after_epochs = 0        # >0: stop there (a time slot); rerunning the same workdir resumes
+    c.train.steps_per_call = 0           # steps the device runs per call: 0 = up to the next log line, evaluation
+                                         # or checkpoint (distill_jax.training.multi_seed); results do not depend on it
     c.train.optimizer = "lion"
     c.train.learning_rate = 5e-5
     c.train.weight_decay = 5e-3

@@ -66,12 +66,12 @@ def test_mesh_takes_the_same_devices_from_every_process():
     """A multi-process mesh needs devices of every process (each feeds its own), equally many."""
     Device = collections.namedtuple("Device", "id process_index")
     devices = [Device(i, i // 4) for i in range(8)]  # 2 processes x 4 devices
-    assert sharding.mesh_devices(devices, 8) == devices
-    assert sharding.mesh_devices(devices, 6) == devices[0:3] + devices[4:7]
-    assert sharding.mesh_devices(devices, 10) == [devices[0], devices[4]]  # not 5 of process 0's
-    assert sharding.mesh_devices(devices[:4], 6) == devices[:3]  # one process: any divisor
+    assert sharding.mesh_layout(devices, 8)[0] == devices
+    assert sharding.mesh_layout(devices, 6)[0] == devices[0:3] + devices[4:7]
+    assert sharding.mesh_layout(devices, 10)[0] == [devices[0], devices[4]]  # not 5 of process 0's
+    assert sharding.mesh_layout(devices[:4], 6)[0] == devices[:3]  # one process: any divisor
     with pytest.raises(sharding.MeshError, match="2 processes"):
-        sharding.mesh_devices(devices, 5)
+        sharding.mesh_layout(devices, 5)[0]
 
 
 def test_two_processes_train_together_as_one_and_only_process_0_writes(tmp_path):

@@ -1,6 +1,6 @@
 """Test accuracy of every seed's network: the one evaluation of the training loop and of mode `evaluate`.
 
-The split is cut into batches of one size, a multiple of the mesh's devices; the last batch is
+The split is cut into batches of one size, a multiple of the mesh's `data` devices; the last batch is
 padded and its padding masked out of the sums (`steps.make_eval_step`), so every batch runs the
 same compiled program and the accuracy counts each image once. Batches are sharded over the
 mesh and every seed's network runs on them at once (vmap over the leading seed axis).
@@ -20,13 +20,14 @@ from distill_jax.training import sharding, steps
 def make_accuracy(model, mesh: Mesh) -> Callable[..., np.ndarray]:
     """`accuracy(variables, images, labels, batch_size) -> (seeds,)` test accuracy in percent of
     every network in `variables` (`params` and `batch_stats`, each leaf with a leading seed axis,
-    placed on `mesh`: `sharding.replicate`), in inference mode. `batch_size` is rounded up to a
-    multiple of the mesh's devices. The program is compiled once per accuracy function."""
+    placed on `mesh` by seed: `sharding.shard_seeds`), in inference mode. `batch_size` is rounded
+    up to a multiple of the mesh's `data` devices. The program is compiled once per accuracy function."""
     evaluate = jax.jit(jax.vmap(steps.make_eval_step(model), in_axes=(0, 0, None)),
                        out_shardings=sharding.replicated(mesh))
 
     def accuracy(variables: Mapping, images: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
-        batch_size = int(math.ceil(batch_size / mesh.size) * mesh.size)
+        columns = mesh.shape[sharding.DATA_AXIS]
+        batch_size = int(math.ceil(batch_size / columns) * columns)
         params, batch_stats = variables["params"], variables.get("batch_stats") or {}
         correct, count = 0.0, 0.0
         for start in range(0, len(images), batch_size):

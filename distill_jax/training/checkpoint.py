@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from distill_jax.errors import DISK_ERRORS, UserError
-from distill_jax.training import workdir_io
+from distill_jax.training import sharding, workdir_io
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -164,8 +164,9 @@ class Checkpointer:
         A full, read-only or over-quota disk raises `CheckpointSaveError` (one line) with the
         half-written checkpoint removed."""
         # Host copies: Orbax's per-shard transfer of replicated device arrays is slow (seconds
-        # per save on many devices), and the state of these small networks fits in memory.
-        state = jax.device_get(state)
+        # per save on many devices), and the state of these small networks fits in memory. With
+        # several processes each holds only its seed rows: the copy gathers them all.
+        state = sharding.to_host(state)
         meta = {**meta, "digests": array_digests(state)}
         _quiet_background_errors()
         try:
@@ -225,7 +226,7 @@ class Checkpointer:
         if abstract_state is not None:
             _check_same_structure(abstract_state, state, where)
         digests = saved_meta.get("digests")
-        if digests is not None and digests != array_digests(jax.device_get(state)):
+        if digests is not None and digests != array_digests(sharding.to_host(state)):
             raise _Damaged(f"checkpoint {where} is damaged: its arrays do not match the digests saved with them")
         return state, saved_meta
 

@@ -23,7 +23,7 @@ from distill_jax.data import pipeline
 from distill_jax.optim import make_optimizer, schedules
 from distill_jax.training import accuracy as accuracy_lib
 from distill_jax.training import metrics as metrics_lib
-from distill_jax.training import runlife, sharding, steps, teacher, workdir_io
+from distill_jax.training import multi_seed, runlife, sharding, steps, teacher, workdir_io
 from distill_jax.training.runlife import report
 
 
@@ -84,7 +84,7 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
     batch_size = min(t.batch_size, num_train)
     steps_per_epoch = num_train // batch_size
     total_steps = t.epochs * steps_per_epoch
-    mesh = sharding.make_mesh(batch_size)
+    mesh = sharding.make_mesh(batch_size, num_seeds=config.num_seeds)
 
     model = build_model(config, data.num_classes)
     lr_schedule, keep_schedule = schedules.from_config(config.train, steps_per_epoch)
@@ -109,31 +109,22 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
     train_step = steps.make_train_step(model, optimizer, augment_fn=build_augment(config), kd=kd)
 
     seeds = [config.seed + i for i in range(config.num_seeds)]
-    seed_keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
-    init_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.wrap_key_data(k), 0))(seed_keys)
-    step_keys = jax.vmap(lambda k: jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(k), 1)))(seed_keys)
+    init_keys, step_keys = multi_seed.seed_keys(seeds)
     sample = jnp.asarray(data.train_images[:1])
-    init = jax.jit(jax.vmap(lambda k: steps.init_state(model, optimizer, k, sample)))
-    repl = sharding.replicated(mesh)
-    state = sharding.replicate(init(init_keys), mesh)
-    step_keys = sharding.replicate(step_keys, mesh)
-
-    def seeded_step(state, batch, key_data, keep_rate, teacher_vars):
-        return train_step(state, batch, jax.random.wrap_key_data(key_data), keep_rate, teacher_vars)
-
-    multi_step = jax.jit(jax.vmap(seeded_step, in_axes=(0, 0, 0, None, None)),
-                         out_shardings=(repl, repl), donate_argnums=(0,))
+    init = jax.jit(jax.vmap(lambda k: steps.init_state(model, optimizer, jax.random.wrap_key_data(k), sample)))
+    state = sharding.shard_seeds(init(init_keys), mesh)
+    step_keys = sharding.shard_seeds(step_keys, mesh)
     test_accuracy = accuracy_lib.make_accuracy(model, mesh)
 
-    restored = run.resume(jax.eval_shape(lambda: jax.device_get(state)), inputs=inputs)
+    restored = run.resume(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state), inputs=inputs)
     history, start_epoch = [], 0
     if restored is not None:
         step, state, history = restored
-        state = sharding.replicate(state, mesh)
+        state = sharding.shard_seeds(state, mesh)
         start_epoch = step // steps_per_epoch
         report("resuming at epoch %d (step %d)", start_epoch, step)
     run.accept({workdir_io.MODEL_FILE: {"name": config.model.name, "num_classes": data.num_classes,
-                                    "options": models.options_from_config(config.model)}})
+                                        "options": models.options_from_config(config.model)}})
     if workdir_io.is_writer() and not (workdir / workdir_io.TRAIN_SET_GRID).exists():  # what this run trains on (once)
         image_grid.save_set_grid(workdir / workdir_io.TRAIN_SET_GRID, data.train_images, data.train_labels,
                                  data.preprocessing, data.num_classes)
@@ -141,64 +132,87 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
 
     report("training %s x %d seeds on %d devices: %d images, batch %d, %d epochs (%d steps)",
            config.model.name, len(seeds), mesh.size, num_train, batch_size, t.epochs, total_steps)
+    report("%s", sharding.describe_layout(mesh, len(seeds), batch_size, len(jax.devices())))
     end_epoch = min(t.epochs, t.stop_after_epochs) if t.stop_after_epochs else t.epochs
-    writer = run.metrics(seeds, start_epoch * steps_per_epoch)
-    timer = runlife.StepTimer(end_epoch * steps_per_epoch, start_epoch * steps_per_epoch)
-    for epoch in range(start_epoch, end_epoch):
-        keep_rate = float(keep_schedule(epoch)) if keep_schedule is not None else 1.0
-        orders = epoch_orders(seeds, epoch, num_train)
-        train_losses = []
-        used_rates = []
-        for i in range(steps_per_epoch):
-            idx = orders[:, i * batch_size:(i + 1) * batch_size]  # (seeds, batch)
-            batch = sharding.shard_seeded_batch({"image": data.train_images[idx], "label": data.train_labels[idx]},
-                                                mesh)
-            state, metrics = multi_step(state, batch, step_keys, jnp.float32(keep_rate), teacher_variables)
-            train_losses.append(metrics["loss"])
-            if "keep_rate_used" in metrics:
-                used_rates.append(metrics["keep_rate_used"])
-            global_step = epoch * steps_per_epoch + i + 1
-            if timer.step(global_step, state):  # the first step compiles: timed apart, not in images/s
-                report("compiled and ran the first step in %.1f s", timer.compile_seconds)
-            if runlife.due(global_step, config.log_every_steps, total_steps):
-                finite = np.isfinite(np.asarray(metrics["loss"])) & np.asarray(_all_finite(state["params"]))
-                if not finite.all():
-                    diverged = {"epoch": epoch + 1, "step": global_step,
-                                "seeds": [s for s, ok in zip(seeds, finite) if not ok]}
-                    logging.error("diverged at step %d (epoch %d): non-finite loss or parameters for seed(s) %s; "
-                                  "stopping", global_step, epoch + 1, diverged["seeds"])
-                    break
-                timed, seconds = timer.lap()
-                losses, accs = np.asarray(metrics["loss"]), 100 * np.asarray(metrics["accuracy"])
-                used = metrics.get("keep_rate_used")
-                speed = timed * batch_size * len(seeds) / seconds if timed else None
-                scalars = {"epoch": epoch + 1, "lr": float(lr_schedule(global_step - 1)), "keep_rate": keep_rate,
-                           "images_per_s": speed, "loss_mean": float(losses.mean()),
-                           "train_accuracy_mean": float(accs.mean())}
-                if used is not None:
-                    scalars["keep_rate_used"] = float(np.asarray(used).mean())
-                writer.write(global_step, scalars, {"loss": losses, "train_accuracy": accs})
-                extra = f" keep_rate_used {scalars['keep_rate_used']:.3f}" if used is not None else ""
-                report("step %d/%d epoch %d loss %.4f train_acc %.1f%% lr %.3g keep_rate %.2f%s %s images/s %s",
-                       global_step, total_steps, epoch + 1, losses.mean(), accs.mean(), scalars["lr"],
-                       keep_rate, extra, f"{speed:.1f}" if speed else "-", timer.line())
-        if diverged:
-            break
+    start_step, end_step = start_epoch * steps_per_epoch, end_epoch * steps_per_epoch
+
+    def keep_rate_of(epoch: int) -> float:
+        return float(keep_schedule(epoch)) if keep_schedule is not None else 1.0
+
+    def host_work_after(step: int) -> bool:  # a log line, an evaluation or a checkpoint: the device call ends there
+        if runlife.due(step, config.log_every_steps, total_steps):
+            return True
+        epoch, rest = divmod(step, steps_per_epoch)
+        return rest == 0 and (runlife.due(epoch, config.eval_every_epochs, t.epochs)
+                              or runlife.due(epoch, config.checkpoint_every_epochs, end_epoch))
+
+    calls = multi_seed.stretches(start_step, end_step, host_work_after, max_steps=t.steps_per_call)
+    length = max((last - first for first, last in calls), default=1)
+    chunk = multi_seed.make_chunk(train_step, mesh, length)
+    train_data = sharding.replicate({"image": data.train_images, "label": data.train_labels}, mesh)
+    orders = {}  # epoch -> (seeds, num_train) data orders, for the epochs of the current call
+
+    writer = run.metrics(seeds, start_step)
+    timer = runlife.StepTimer(end_step, start_step)
+    epoch_losses, epoch_used = [], []  # each step's (seeds,) values in the current epoch
+    for first, last in calls:
+        call_orders = np.zeros((length, len(seeds), batch_size), np.int32)
+        keep_rates = np.ones((length,), np.float32)
+        for j, step in enumerate(range(first, last)):
+            epoch, i = divmod(step, steps_per_epoch)
+            if epoch not in orders:
+                orders = {epoch: epoch_orders(seeds, epoch, num_train)}
+            call_orders[j] = orders[epoch][:, i * batch_size:(i + 1) * batch_size]
+            keep_rates[j] = keep_rate_of(epoch)
+        state, logged = chunk(state, train_data, sharding.place(call_orders, sharding.stepped_batch_sharding(mesh)),
+                              sharding.replicate(keep_rates, mesh), np.int32(last - first), step_keys,
+                              teacher_variables)
+        if timer.step(last, state):  # the first call runs one step and compiles: timed apart, not in images/s
+            report("compiled and ran the first step in %.1f s", timer.compile_seconds)
+        logged = {k: v[:last - first] for k, v in sharding.to_host(logged).items()}
+        for j, step in enumerate(range(first, last)):
+            if step % steps_per_epoch == 0:  # a call may span epochs: each keeps its own steps
+                epoch_losses, epoch_used = [], []
+            epoch_losses.append(logged["loss"][j])
+            if "keep_rate_used" in logged:
+                epoch_used.append(logged["keep_rate_used"][j])
+        epoch = (last - 1) // steps_per_epoch
+        keep_rate = keep_rate_of(epoch)
+        if runlife.due(last, config.log_every_steps, total_steps):
+            finite = np.isfinite(logged["loss"][-1]) & sharding.to_host(_all_finite(state["params"]))
+            if not finite.all():
+                diverged = {"epoch": epoch + 1, "step": last, "seeds": [s for s, ok in zip(seeds, finite) if not ok]}
+                logging.error("diverged at step %d (epoch %d): non-finite loss or parameters for seed(s) %s; "
+                              "stopping", last, epoch + 1, diverged["seeds"])
+                break
+            timed, seconds = timer.lap()
+            losses, accs = logged["loss"][-1], 100 * logged["accuracy"][-1]
+            speed = timed * batch_size * len(seeds) / seconds if timed else None
+            scalars = {"epoch": epoch + 1, "lr": float(lr_schedule(last - 1)), "keep_rate": keep_rate,
+                       "images_per_s": speed, "loss_mean": float(losses.mean()),
+                       "train_accuracy_mean": float(accs.mean())}
+            if "keep_rate_used" in logged:
+                scalars["keep_rate_used"] = float(logged["keep_rate_used"][-1].mean())
+            writer.write(last, scalars, {"loss": losses, "train_accuracy": accs})
+            extra = f" keep_rate_used {scalars['keep_rate_used']:.3f}" if "keep_rate_used" in logged else ""
+            report("step %d/%d epoch %d loss %.4f train_acc %.1f%% lr %.3g keep_rate %.2f%s %s images/s %s",
+                   last, total_steps, epoch + 1, losses.mean(), accs.mean(), scalars["lr"],
+                   keep_rate, extra, f"{speed:.1f}" if speed else "-", timer.line())
+        if last % steps_per_epoch:
+            continue
         done = epoch + 1
         if runlife.due(done, config.eval_every_epochs, t.epochs):
             acc = test_accuracy(state, data.test_images, data.test_labels, config.data.eval_batch_size)
-            mean_loss = float(np.mean([np.asarray(l).mean() for l in train_losses]))
-            entry = {"epoch": done, "step": done * steps_per_epoch, "train_loss": mean_loss,
+            entry = {"epoch": done, "step": last, "train_loss": float(np.mean([l.mean() for l in epoch_losses])),
                      "keep_rate": keep_rate, "test_accuracy": [float(a) for a in acc]}
-            if used_rates:
-                entry["keep_rate_used"] = float(np.mean([np.asarray(u).mean() for u in used_rates]))
+            if epoch_used:
+                entry["keep_rate_used"] = float(np.mean([u.mean() for u in epoch_used]))
             history.append(entry)
-            writer.write(done * steps_per_epoch, {"epoch": done, "test_accuracy_mean": float(np.mean(acc))},
-                         {"test_accuracy": acc})
+            writer.write(last, {"epoch": done, "test_accuracy_mean": float(np.mean(acc))}, {"test_accuracy": acc})
             report("epoch %d test accuracy %s (mean %.2f%%) %s", done,
                    " ".join(f"{a:.2f}" for a in acc), float(np.mean(acc)), timer.line())
         if runlife.due(done, config.checkpoint_every_epochs, end_epoch):
-            run.save(done * steps_per_epoch, state, {"epoch": done, "history": history})
+            run.save(last, state, {"epoch": done, "history": history})
 
     finished = not diverged and history and history[-1]["epoch"] == t.epochs
     final = history[-1]["test_accuracy"] if finished else []
@@ -213,6 +227,7 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
         "history": history,
         "final_accuracy": metrics_lib.summarize(final) if finished else None,
         "devices": [str(d) for d in mesh.devices.flat],
+        "mesh": sharding.layout(mesh),
         "conv": model.conv,  # the convolution implementation config.model.conv resolved to (models.resolve_conv)
     })
     fa = results["final_accuracy"]

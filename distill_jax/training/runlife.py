@@ -70,7 +70,7 @@ class StepTimer:
 
     def __init__(self, total: int, done: int):
         self.progress = metrics_lib.Progress(total, done)
-        self._since, self._steps = None, 0
+        self._since, self._steps, self._done = None, 0, done
         self.timed_steps, self.timed_seconds = 0, 0.0
 
     @property
@@ -78,15 +78,17 @@ class StepTimer:
         return self.progress.compile_seconds
 
     def step(self, done: int, state) -> bool:
-        """Called after step `done` with the state it returned. The first call waits for the state
-        (compilation and the first step end there), starts the timing and returns True."""
+        """Called after the steps up to `done` (one or several since the previous call) with the
+        state they returned. The first call waits for the state (compilation and the first steps
+        end there), starts the timing and returns True."""
         first = self._since is None
         if first:
             jax.block_until_ready(state)
             self.progress.started(done)
             self._since = time.perf_counter()
         else:
-            self._steps += 1
+            self._steps += done - self._done
+        self._done = done
         self.progress.update(done)
         return first
 
