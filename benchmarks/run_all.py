@@ -226,6 +226,8 @@ def gpu_device_plan(repeats: int | None = None, *, toy: bool = False) -> list[Gr
 
 
 CAMPAIGN_SEEDS = (1, 5, 16, 32)
+# Steps per call of the campaign's JAX cells: the loop's default runs up to the next log line (every 50 steps).
+CAMPAIGN_STEPS_PER_CALL = 50
 
 
 def bf16_available() -> bool:
@@ -237,7 +239,8 @@ def bf16_available() -> bool:
 
 def gpu_campaign_plan(repeats: int | None = None, *, toy: bool = False, bf16: bool | None = None) -> list[Group]:
     """The device campaign's measurement (scripts/gpu_campaign.sh), one group compiled at once: ResNet-18
-    at the paper's batch (100) with 1, 5, 16, 32 seeds vmapped, beside PyTorch's best setting for one
+    at the paper's batch (100) with 1, 5, 16, 32 seeds vmapped, CAMPAIGN_STEPS_PER_CALL steps per call
+    (the loop's program, `multi_seed.make_chunk`; times per step), beside PyTorch's best setting for one
     network (channels_last); the same in bfloat16 (compute_dtype) beside PyTorch's bf16 autocast, where
     the config has train.compute_dtype. N PyTorch networks one after another are N x its one-network
     step. `toy`: a tiny ConvNet on the CPU, 1 and 2 seeds (1 in bfloat16): the dry run."""
@@ -245,14 +248,17 @@ def gpu_campaign_plan(repeats: int | None = None, *, toy: bool = False, bf16: bo
     if toy:
         model, batch, extra, device, seeds = "convnet", 4, {"width": 4, "size": 8}, "cpu", {"float32": (1, 2),
                                                                                          "bfloat16": (1,)}
+        per_call = 2
     else:
         model, batch, extra, device = "resnet18", 100, {"norm": "batch"}, "cuda"
         seeds = {"float32": CAMPAIGN_SEEDS, "bfloat16": CAMPAIGN_SEEDS}
+        per_call = CAMPAIGN_STEPS_PER_CALL
     cells, compare, scaling = [], [], []
     for dtype in ("float32", "bfloat16") if bf16 else ("float32",):
         suffix = "_bf16" if dtype != "float32" else ""
         jax_extra = dict(extra, compute_dtype=dtype) if suffix else extra
-        cells += [_jax(f"jax_s{n}{suffix}", model, batch, seeds=n, **jax_extra) for n in seeds[dtype]]
+        cells += [_jax(f"jax_s{n}{suffix}", model, batch, seeds=n, steps_per_call=per_call, **jax_extra)
+                  for n in seeds[dtype]]
         cells.append(_torch(f"torch_cl{suffix}", model, batch, device=device, channels_last=True,
                             **(dict(extra, autocast=dtype) if suffix else extra)))
         compare.append((f"jax_s1{suffix}", f"torch_cl{suffix}"))

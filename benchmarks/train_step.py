@@ -4,10 +4,11 @@
 
 The program is the one training runs (distill_jax.training.loop): the step from
 `steps.make_train_step` (forward, loss, backward, optimiser update, optionally with the KD
-teacher's forward (--kd) and k-fold DSA (--augment k)), its seeds vmapped into one program, each
-seed with its own batch drawn in its own order from a synthetic training set (`loop.epoch_orders`)
-and its own step key, the batch sharded over the data mesh and the state replicated
-(`training.sharding`), the state donated. "sequential" is the same seeds run one after another
+teacher's forward (--kd) and k-fold DSA (--augment k)), its seeds vmapped into one program and
+`--steps-per-call` K steps run on the device per call (`multi_seed.make_chunk`), each seed with its
+own batches gathered on the device in its own order from a synthetic training set
+(`loop.epoch_orders`) and its own step key, state and batches laid out by seed over the
+`(seeds, data)` mesh (`training.sharding`), the state donated. Times are per step (a call / K). "sequential" is the same seeds run one after another
 with the one-seed program (N x the one-seed step, or measured with --sequential).
 
 Defaults match benchmarks/torch_reference.py so the two can be compared: SGD with momentum,
@@ -45,7 +46,7 @@ import numpy as np  # noqa: E402
 from distill_jax import models  # noqa: E402
 from distill_jax.data import augment  # noqa: E402
 from distill_jax.optim import make_optimizer  # noqa: E402
-from distill_jax.training import loop, sharding, steps  # noqa: E402
+from distill_jax.training import loop, multi_seed, sharding, steps  # noqa: E402
 
 _WHERE = "benchmarks/train_step.py"
 # The compute dtypes this version's networks take (the config's train.compute_dtype).
@@ -159,9 +160,10 @@ class StepConfig:
     augment_k: int = 0
     sequential: bool = False
     compute_dtype: str = "float32"  # of convolutions and matmuls (the config's train.compute_dtype)
+    steps_per_call: int = 1  # steps of every seed per call of the program (the config's train.steps_per_call)
 
     def check(self) -> "StepConfig":
-        for field in ("batch", "seeds", "size", "channels"):
+        for field in ("batch", "seeds", "size", "channels", "steps_per_call"):
             value = getattr(self, field)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
                 raise ValueError(f"{_WHERE}: config field {field!r} must be a positive int, got {value!r}")
@@ -276,6 +278,15 @@ def seed_batches(images: np.ndarray, labels: np.ndarray, seeds: list[int], batch
     return {"image": images[idx], "label": labels[idx]}
 
 
+def seed_orders(seeds: list[int], batch: int, num_train: int, steps: int) -> np.ndarray:
+    """(steps, seeds, batch) indices: every seed's batches of steps 0..steps-1, each epoch in that seed's
+    order (`loop.epoch_orders`), as the training loop hands them to a call of `multi_seed.make_chunk`."""
+    per_epoch = num_train // batch
+    return np.stack([loop.epoch_orders(seeds, i // per_epoch, num_train)[:, (i % per_epoch) * batch:
+                                                                        (i % per_epoch + 1) * batch]
+                     for i in range(steps)]).astype(np.int32)
+
+
 def seeded(step: Callable) -> Callable:
     """The training loop's multi-seed step: state, batch and step key data on a leading seed axis,
     keep rate and teacher shared."""
@@ -310,33 +321,41 @@ def model_cost(step: Callable, args: tuple) -> dict:
 
 
 class PreparedStep:
-    """A compiled train step, laid out as training runs it: the seeds' replicated states, their
-    own sharded batches and step keys; `run()` performs one timed step of every seed."""
+    """The program training runs, compiled and laid out as the loop lays it out
+    (`distill_jax.training.multi_seed.make_chunk` on the `(seeds, data)` mesh of `sharding.make_mesh`):
+    the seeds' states sharded by seed row, the training set on the devices, each seed's batches
+    gathered there from its own data order, `steps_per_call` steps of every seed per call without
+    returning to the host. `run()` performs one timed call (one per seed when sequential) and
+    returns the time per step."""
 
     def __init__(self, config: StepConfig):
         self.config = config = config.check()
         program = build_program(config)
-        self.step, self.teacher_vars, self.keep_rate = program.step, program.teacher_vars, program.keep_rate
+        self.step, self.teacher_vars = program.step, program.teacher_vars
         self.cost_step, self.conv = program.cost_step, program.conv
+        k = self.steps_per_call = config.steps_per_call
         seeds = list(range(config.seeds))
         # sequential: the one-seed program once per seed; else one program for all seeds
         self.groups = [[s] for s in seeds] if config.sequential else [seeds]
-        self.mesh = mesh = sharding.make_mesh(config.batch)
-        repl = sharding.replicated(mesh)
+        self.mesh = mesh = sharding.make_mesh(config.batch, num_seeds=len(self.groups[0]))
         init = jax.jit(program.init)
-        self.states, self.batches, self.keys = [], [], []
+        self.data = sharding.replicate({"image": program.images, "label": program.labels}, mesh)
+        self.states, self.orders, self.keys = [], [], []
         for group in self.groups:
-            init_keys, step_keys = seed_keys(group)
-            self.states.append(sharding.replicate(init(init_keys), mesh))
-            self.batches.append(sharding.shard_seeded_batch(
-                seed_batches(program.images, program.labels, group, config.batch), mesh))
-            self.keys.append(sharding.replicate(step_keys, mesh))
+            init_keys, step_keys = multi_seed.seed_keys(group)
+            self.states.append(sharding.shard_seeds(init(jax.random.wrap_key_data(init_keys)), mesh))
+            self.orders.append(sharding.place(seed_orders(group, config.batch, len(program.images), k),
+                                              sharding.stepped_batch_sharding(mesh)))
+            self.keys.append(sharding.shard_seeds(step_keys, mesh))
+        self.keep_rates = sharding.replicate(np.full(k, float(program.keep_rate), np.float32), mesh)
+        self.num_steps = jnp.int32(k)
         if self.teacher_vars is not None:
             self.teacher_vars = sharding.replicate(self.teacher_vars, mesh)
-        self.metrics = [None] * len(self.groups)
-        args = (self.states[0], self.batches[0], self.keys[0], self.keep_rate, self.teacher_vars)
+        self.logged = [None] * len(self.groups)
+        args = (self.states[0], self.data, self.orders[0], self.keep_rates, self.num_steps, self.keys[0],
+                self.teacher_vars)
         t0 = time.perf_counter()
-        lowered = jax.jit(seeded(self.step), out_shardings=(repl, repl), donate_argnums=(0,)).lower(*args)
+        lowered = multi_seed.make_chunk(self.step, mesh, k).lower(*args)
         t1 = time.perf_counter()
         self.compiled = lowered.compile()
         t2 = time.perf_counter()
@@ -347,8 +366,11 @@ class PreparedStep:
         except Exception:  # not every backend offers cost analysis
             self.compiled_flops = None
         self.memory_analysis = self._memory_analysis()
-        try:
-            one_call = model_cost(self.cost_step, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args))
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (
+            self.states[0], jax.eval_shape(lambda d, o: {n: v[o[0]] for n, v in d.items()}, self.data, self.orders[0]),
+            self.keys[0], program.keep_rate, self.teacher_vars))
+        try:  # one step of every seed (the chunk's loop body would be counted once, whatever its length)
+            one_call = model_cost(self.cost_step, abstract)
         except Exception:
             one_call = {"flops": None, "bytes_accessed": None}
         self.flops = one_call["flops"] * len(self.groups) if one_call["flops"] else None
@@ -365,17 +387,19 @@ class PreparedStep:
             return {}
 
     def run(self) -> tuple[float, float]:
-        """One step of every seed (one call, or one call per seed when sequential): (wall s, process CPU s)."""
+        """One call of `steps_per_call` steps of every seed (one call per seed when sequential): (wall s,
+        process CPU s) per step."""
         wall0, cpu0 = time.perf_counter(), time.process_time()
         for i in range(len(self.groups)):
-            self.states[i], self.metrics[i] = self.compiled(self.states[i], self.batches[i], self.keys[i],
-                                                            self.keep_rate, self.teacher_vars)
-        jax.block_until_ready((self.states, self.metrics))
-        return time.perf_counter() - wall0, time.process_time() - cpu0
+            self.states[i], self.logged[i] = self.compiled(self.states[i], self.data, self.orders[i], self.keep_rates,
+                                                           self.num_steps, self.keys[i], self.teacher_vars)
+        jax.block_until_ready((self.states, self.logged))
+        k = self.steps_per_call
+        return (time.perf_counter() - wall0) / k, (time.process_time() - cpu0) / k
 
-    def losses(self) -> np.ndarray:
-        """Every seed's training loss in the last step run (seeds in order)."""
-        return np.concatenate([np.asarray(m["loss"]) for m in self.metrics])
+    def losses(self, step: int = 0) -> np.ndarray:
+        """Every seed's training loss at `step` of the last call (seeds in order)."""
+        return np.concatenate([np.asarray(logged["loss"][step]) for logged in self.logged])
 
     def memory(self) -> dict:
         """Peak resident memory of this process; on accelerators also the device's peak bytes in use."""
@@ -390,6 +414,7 @@ class PreparedStep:
 
     def info(self) -> dict:
         return {"compile_s": self.compile_s, "lower_s": self.lower_s, "xla_compile_s": self.xla_compile_s,
+                "steps_per_call": self.steps_per_call, "layout": sharding.layout(self.mesh),
                 "flops_per_step": self.flops, "compiled_flops": self.compiled_flops,
                 "num_parameters": self.num_parameters, "conv": self.conv, "cores": usable_cores(),
                 "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
@@ -531,6 +556,8 @@ def main(argv=None) -> dict:
     p.add_argument("--improved-shortcut", action="store_true")
     p.add_argument("--kd", action="store_true", help="include the ConvNet teacher's forward")
     p.add_argument("--augment", type=int, default=0, help="k DSA ops per batch (0 = none)")
+    p.add_argument("--compute-dtype", default="float32", choices=COMPUTE_DTYPES)
+    p.add_argument("--steps-per-call", type=int, default=1, help="steps of every seed per call (on the device)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
@@ -545,7 +572,7 @@ def main(argv=None) -> dict:
                 for sequential in ([False, True] if args.sequential and seeds > 1 else [False]):
                     config = StepConfig(name, batch, seeds, args.size, args.channels, args.width or None,
                                         args.norm or None, args.optimizer, args.droppath, args.improved_shortcut,
-                                        args.kd, args.augment, sequential)
+                                        args.kd, args.augment, sequential, args.compute_dtype, args.steps_per_call)
                     r = time_config(config, args.repeats)
                     rows.append(r)
                     mfu = _fmt(r["mfu"] and 100 * r["mfu"], "6.2f", "     ?")

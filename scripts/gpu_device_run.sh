@@ -4,7 +4,8 @@
 # scripts/tests/test_gpu_bundle.py.
 #
 #   1. checks the bundle (scripts/gpu_bundle.sh) against its SHA256SUMS and installs its wheels
-#      (ml-collections, tensorboardX) with pip --no-index into $WORK/site;
+#      (ml-collections, tensorboardX) with pip --no-index into $WORK/site (scripts/gpu_common.sh, shared
+#      with scripts/gpu_campaign.sh);
 #   2. the accelerator benchmark (benchmarks/run_all.py --preset gpu_device): ResNet-18 at the
 #      paper's batch 100, MFU against the card's TF32 peak, 1/3/5 seeds vmapped, 5 seeds one after
 #      another in JAX and in PyTorch (whatever PyTorch the image has; if none, the table says so);

@@ -160,6 +160,7 @@ def test_measurement_preset_seeds_and_dtypes(bf16):
     assert labels == expected
     by_label = {c.label: c for c in group.cells}
     assert by_label["torch_cl"].config["channels_last"] and by_label["torch_cl"].config["device"] == "cuda"
+    assert all(c.config["steps_per_call"] == run_all.CAMPAIGN_STEPS_PER_CALL for c in group.cells if c.lib == "jax")
     if bf16:
         assert by_label["jax_s32_bf16"].config["compute_dtype"] == "bfloat16"
         assert by_label["torch_cl_bf16"].config["autocast"] == "bfloat16"

@@ -84,6 +84,28 @@ def test_the_timed_program_is_the_training_loops_first_step(tmp_path, sequential
     assert prepared.losses()[0] != prepared.losses()[1]
 
 
+def test_several_steps_per_call_are_the_training_loops_steps(tmp_path):
+    """With K steps per call (multi_seed.make_chunk), step i of the call is the loop's step i + 1 for
+    every seed, across an epoch boundary (the synthetic set holds 2 batches): the same batches in
+    each seed's order, the same keys, the same optimiser (Lion, constant learning rate)."""
+    config = train_step.StepConfig("convnet", seeds=2, augment_k=1, optimizer="lion", steps_per_call=3, **TINY)
+    prepared = train_step.PreparedStep(config)
+    wall, _ = prepared.run()
+    assert wall > 0 and prepared.info()["steps_per_call"] == 3
+    program = train_step.build_program(config)
+    none = preprocess.fit("none", np.zeros((2, TINY["size"], TINY["size"], 3), np.float32))
+    data = pipeline.TrainingData(program.images, program.labels, program.images[:4], program.labels[:4], 10, none,
+                                 "benchmark synthetic set")
+    c = _loop_config(config, 2)
+    c.train.epochs, c.train.optimizer, c.train.learning_rate, c.train.weight_decay = 2, "lion", 5e-5, 5e-3
+    c.train.lr_schedule = "constant"
+    loop.train_and_evaluate(config_lib.validate(c), tmp_path, data=data)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    for i in range(3):
+        assert logged[i]["step"] == i + 1
+        np.testing.assert_allclose(prepared.losses(i), logged[i]["loss"], rtol=1e-5)
+
+
 def test_every_seed_steps_on_its_own_batch_in_its_own_order():
     program = train_step.build_program(train_step.StepConfig("convnet", **TINY))
     assert len(program.images) == train_step.TRAIN_BATCHES * TINY["batch"]
