@@ -261,13 +261,11 @@ def build_program(config: StepConfig, conv: str = "auto") -> Program:
                    images=images, labels=labels, teacher_vars=teacher_vars, keep_rate=jnp.float32(0.8))
 
 
-def seed_keys(seeds: list[int]) -> tuple[jax.Array, np.ndarray]:
-    """(init keys, step key data) of `seeds`, one row per seed, derived as training.loop derives
-    them: fold_in(key(seed), 0) initialises the network, fold_in(key(seed), 1) drives its steps."""
-    base = [jax.random.key(s) for s in seeds]
-    init_keys = jnp.stack([jax.random.fold_in(k, 0) for k in base])
-    step_keys = np.stack([np.asarray(jax.random.key_data(jax.random.fold_in(k, 1))) for k in base])
-    return init_keys, step_keys
+def seed_keys(seeds: list[int]) -> tuple[jax.Array, jax.Array]:
+    """(init keys, step key data) of `seeds`, one row per seed, as training derives them
+    (`multi_seed.seed_keys`), the init keys typed for `Program.init`."""
+    init_keys, step_keys = multi_seed.seed_keys(seeds)
+    return jax.random.wrap_key_data(init_keys), step_keys
 
 
 def seed_batches(images: np.ndarray, labels: np.ndarray, seeds: list[int], batch: int, epoch: int = 0,
@@ -342,8 +340,8 @@ class PreparedStep:
         self.data = sharding.replicate({"image": program.images, "label": program.labels}, mesh)
         self.states, self.orders, self.keys = [], [], []
         for group in self.groups:
-            init_keys, step_keys = multi_seed.seed_keys(group)
-            self.states.append(sharding.shard_seeds(init(jax.random.wrap_key_data(init_keys)), mesh))
+            init_keys, step_keys = seed_keys(group)
+            self.states.append(sharding.shard_seeds(init(init_keys), mesh))
             self.orders.append(sharding.place(seed_orders(group, config.batch, len(program.images), k),
                                               sharding.stepped_batch_sharding(mesh)))
             self.keys.append(sharding.shard_seeds(step_keys, mesh))
