@@ -17,7 +17,8 @@ from distill_jax.experiments import reproduce
 from distill_jax.models import layers, onednn_conv
 from distill_jax.optim import make_optimizer
 from distill_jax.report import render_docs, results_record
-from distill_jax.training import steps
+from distill_jax.training import loop, saved_runs, steps
+from helpers import synthetic_data, tiny_run_config
 from test_records import _experiment_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -205,3 +206,14 @@ def test_a_record_from_a_workdir_carries_each_training_cell_compute_dtype(tmp_pa
         path.write_text(json.dumps(rec))
     record = results_record.from_workdir(root)
     assert [c["compute_dtype"] for c in record["cells"]] == ["float32", "bfloat16"]
+
+
+def test_a_saved_bfloat16_run_is_rebuilt_in_bfloat16(tmp_path):
+    """model.json carries the dtype, so `evaluate` and KD teachers run the network it trained."""
+    config = tiny_run_config(**{"train.compute_dtype": "bfloat16", "train.epochs": 1, "num_seeds": 1})
+    loop.train_and_evaluate(config, tmp_path / "bf16", data=synthetic_data())
+    spec = json.loads((tmp_path / "bf16" / "model.json").read_text())
+    assert spec["options"]["compute_dtype"] == "bfloat16"
+    assert saved_runs.load_run(tmp_path / "bf16").module.compute_dtype == "bfloat16"
+    loop.train_and_evaluate(tiny_run_config(**{"train.epochs": 1, "num_seeds": 1}), tmp_path / "f32", data=synthetic_data())
+    assert "compute_dtype" not in json.loads((tmp_path / "f32" / "model.json").read_text())["options"]

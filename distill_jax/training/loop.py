@@ -124,7 +124,7 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
         start_epoch = step // steps_per_epoch
         report("resuming at epoch %d (step %d)", start_epoch, step)
     run.accept({workdir_io.MODEL_FILE: {"name": config.model.name, "num_classes": data.num_classes,
-                                        "options": models.options_from_config(config.model)}})
+                                        "options": models.network_options(config)}})
     if workdir_io.is_writer() and not (workdir / workdir_io.TRAIN_SET_GRID).exists():  # what this run trains on (once)
         image_grid.save_set_grid(workdir / workdir_io.TRAIN_SET_GRID, data.train_images, data.train_labels,
                                  data.preprocessing, data.num_classes)
