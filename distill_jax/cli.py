@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 from distill_jax import errors, launcher
 from distill_jax.data import pipeline
 from distill_jax.experiments import compare, registry, transfer
-from distill_jax.report import render_docs, results_record, show
 from distill_jax.formats.distilled import FORMATS, PREPROCESSING, load_distilled, save_distilled, summarize_distilled
+from distill_jax.report import render_docs, results_record, show
 
 PROG = "distill-jax"
 

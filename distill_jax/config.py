@@ -23,7 +23,6 @@ from distill_jax.distillation import common as distill_common
 from distill_jax.distillation import frepo
 from distill_jax.optim import OPTIMIZER_NAMES, schedules
 
-
 # Enumerated fields: dotted name -> allowed values, each taken from the module that owns the rule.
 CHOICES = {
     "mode": MODES,

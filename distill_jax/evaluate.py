@@ -13,8 +13,8 @@ import pathlib
 from typing import Optional
 
 from distill_jax.data import pipeline
-from distill_jax.report import records
 from distill_jax.errors import UserError
+from distill_jax.report import records
 from distill_jax.training import accuracy, metrics, runlife, saved_runs, sharding, workdir_io
 
 

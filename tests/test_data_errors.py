@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from distill_jax import cli, config as config_lib, errors
+from distill_jax import cli, errors
+from distill_jax import config as config_lib
 from distill_jax.data import datasets, pipeline
 from distill_jax.formats import distilled
 from distill_jax.report import show

@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 
 from distill_jax import config as config_lib
-from distill_jax.errors import ConfigError
 from distill_jax import models
-from distill_jax.formats import distilled as distilled_lib
-from distill_jax.data import preprocess
 from distill_jax.data import grid as image_grid
+from distill_jax.data import preprocess
 from distill_jax.distillation import common, distill_mode, dm, frepo
+from distill_jax.errors import ConfigError
+from distill_jax.formats import distilled as distilled_lib
 from distill_jax.training import checkpoint as ckpt_lib
-from distill_jax.training import runlife, workdir_io
-from distill_jax.training import loop
+from distill_jax.training import loop, runlife, workdir_io
 from helpers import override
 
 CLASSES, SIZE, PER_CLASS = 3, 8, 12

@@ -14,8 +14,8 @@ from distill_jax.formats.distilled import (
     DistilledSet,
     detect_format,
     load_distilled,
-    save_distilled,
     restore_msgpack,
+    save_distilled,
     summarize_distilled,
 )
 from test_torch_pickle import tensor, write_torch_file

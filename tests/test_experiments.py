@@ -10,10 +10,9 @@ from configs import pipeline as pipeline_configs
 from distill_jax import config as config_lib
 from distill_jax import models
 from distill_jax.data import pipeline, preprocess
-from distill_jax.experiments import recipes, registry
+from distill_jax.experiments import recipes, registry, reproduce
 from distill_jax.optim import schedules
 from distill_jax.report.results_record import Role
-from distill_jax.experiments import reproduce
 from distill_jax.training import loop
 from distill_jax.training import teacher as teacher_lib
 

@@ -191,9 +191,8 @@ def test_missing_teacher_says_how_to_train_one(tmp_path):
 
 
 def test_teacher_from_a_reference_pth(shared_data):
-    from test_torch_import import torch_convnet_forward
-
     from distill_jax.formats.torch_pickle import load_torch_file
+    from test_torch_import import torch_convnet_forward
 
     path = shared_data / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth"
     module, variables = teacher_lib.load_teacher(path)

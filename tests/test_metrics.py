@@ -9,7 +9,6 @@ from distill_jax import config as config_lib
 from distill_jax.training import loop, metrics, runlife, workdir_io
 from helpers import synthetic_data, tiny_run_config
 
-
 _config = tiny_run_config
 
 
@@ -94,9 +93,9 @@ def test_due_every_n_and_at_the_end():
 
 
 def test_a_distillation_writes_its_loss_and_image_grid_as_events(tmp_path):
-    from test_distillation import _config as distill_config, _real
-
     from distill_jax.distillation import distill_mode
+    from test_distillation import _config as distill_config
+    from test_distillation import _real
 
     distill_mode.run_distillation(distill_config(), tmp_path, real=_real("standardize"))
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -11,8 +11,16 @@ import pytest
 
 from distill_jax.models import MODEL_NAMES, build_model, model_options
 from distill_jax.models.layers import Conv, Dense, avg_pool, conv, make_norm, max_pool
-from distill_jax.models.plain import (ALEXNET_LAYOUT, POOL, VGG11_LAYOUT, Pair, PlainBlock, PlainConv, layer_sequence,
-                                      scale_layout)
+from distill_jax.models.plain import (
+    ALEXNET_LAYOUT,
+    POOL,
+    VGG11_LAYOUT,
+    Pair,
+    PlainBlock,
+    PlainConv,
+    layer_sequence,
+    scale_layout,
+)
 from distill_jax.models.resnet import ResidualBlock, Shortcut
 
 TINY = {"convnet": {"width": 4}, "convnet_frepo": {"width": 4}, "resnet10": {"width": 4}, "resnet18": {"width": 4},

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from distill_jax import config as config_lib
-from distill_jax.errors import ConfigError
 from distill_jax.data import pipeline, preprocess
+from distill_jax.errors import ConfigError
 from distill_jax.formats import distilled
 
 

@@ -5,14 +5,14 @@ shrunk to toy sizes and pointed at a tiny on-disk dataset so that every mode loa
 the way it does in real use.
 """
 import json
-import sys
 import pathlib
+import sys
 
 import pytest
 
 from distill_jax import config as config_lib
-from distill_jax.formats import distilled as distilled_lib
 from distill_jax.experiments import recipes, registry, reproduce
+from distill_jax.formats import distilled as distilled_lib
 from distill_jax.report.results_record import Role
 from helpers import write_toy_npz_dataset
 

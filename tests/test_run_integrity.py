@@ -437,10 +437,11 @@ def test_a_finished_run_whose_checkpoints_were_deleted_is_not_retrained(finished
 
 
 def test_a_resumed_distillation_keeps_its_image_events_and_a_finished_one_is_left_as_it_is(tmp_path):
-    from test_distillation import _config as distill_config, _real
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from distill_jax.distillation import distill_mode
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_distillation import _config as distill_config
+    from test_distillation import _real
 
     real = _real("standardize")
     distill_mode.run_distillation(distill_config(**{"distill.stop_after_steps": 3}), tmp_path, real=real)

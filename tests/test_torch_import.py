@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from distill_jax.models import build_model
 from distill_jax.formats.torch_import import CheckpointFormatError, convert_reference_convnet, load_reference_convnet
+from distill_jax.models import build_model
 from test_torch_pickle import tensor, write_torch_file
 
 # --------------------------------------------------------------------------------------

@@ -5,9 +5,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from distill_jax import cli
+from distill_jax import cli, launcher
 from distill_jax import config as config_lib
-from distill_jax import launcher
 from distill_jax.experiments import recipes, registry, transfer
 from distill_jax.formats import distilled as distilled_lib
 from distill_jax.report import plots

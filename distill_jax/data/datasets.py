@@ -41,8 +41,8 @@ import numpy as np
 
 from distill_jax import paths
 from distill_jax.data import cifar
-from distill_jax.formats.torch_pickle import MALFORMED_ERRORS, describe_error, npz_keys, read_npz
 from distill_jax.errors import MAX_CLASSES, InputFileError, UserError, check_class_count, max_array_bytes
+from distill_jax.formats.torch_pickle import MALFORMED_ERRORS, describe_error, npz_keys, read_npz
 
 PathLike = str | pathlib.Path
 

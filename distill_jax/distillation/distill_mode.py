@@ -25,12 +25,12 @@ import numpy as np
 from PIL import Image
 
 from distill_jax import models
-from distill_jax.errors import ConfigError
 from distill_jax.data import augment
 from distill_jax.data import grid as image_grid
-from distill_jax.formats.distilled import DistilledSet, save_distilled
 from distill_jax.distillation import common, dm, frepo
-from distill_jax.distillation.common import DEFAULT_MODEL, METHODS
+from distill_jax.distillation.common import DEFAULT_MODEL
+from distill_jax.errors import ConfigError
+from distill_jax.formats.distilled import DistilledSet, save_distilled
 from distill_jax.training import runlife, workdir_io
 from distill_jax.training.runlife import report
 

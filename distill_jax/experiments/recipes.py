@@ -19,6 +19,7 @@ import ml_collections
 from distill_jax import config as config_lib
 from distill_jax import models
 from distill_jax.data import datasets
+from distill_jax.distillation import common as distill_common
 from distill_jax.distillation import distill_mode
 from distill_jax.errors import UserError
 
@@ -247,7 +248,7 @@ def scale_config(c, *, epoch_divisor: int = 1, lr_multiplier: float = 1.0, width
     return c
 
 
-DISTILLERS = distill_mode.METHODS
+DISTILLERS = distill_common.METHODS
 DISTILLER_LABELS = distill_mode.DISPLAY_NAME
 DISTILL_DATASETS = ("fashion_mnist", "cifar10_jpeg", "cifar10", "cifar100")
 

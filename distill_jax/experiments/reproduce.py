@@ -30,12 +30,12 @@ from distill_jax import config as config_lib
 from distill_jax import evaluate, models
 from distill_jax.data import pipeline
 from distill_jax.distillation import distill_mode
+from distill_jax.errors import UserError
 from distill_jax.experiments import recipes, registry
 from distill_jax.report import plots, records, results_record, tables
 from distill_jax.report.results_record import Role
-from distill_jax.errors import UserError
-from distill_jax.training import metrics as metrics_lib
 from distill_jax.training import loop, saved_runs, workdir_io
+from distill_jax.training import metrics as metrics_lib
 
 
 class ReproductionError(UserError, ValueError):

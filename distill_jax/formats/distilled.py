@@ -54,6 +54,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from distill_jax import atomic
+from distill_jax.errors import MAX_CLASSES, InputFileError, check_class_count, max_array_bytes
 from distill_jax.formats.torch_pickle import (
     MALFORMED_ERRORS,
     TorchFileError,
@@ -63,7 +64,6 @@ from distill_jax.formats.torch_pickle import (
     npz_keys,
     read_npz,
 )
-from distill_jax.errors import MAX_CLASSES, InputFileError, check_class_count, max_array_bytes
 
 __all__ = [
     "DistilledSet",

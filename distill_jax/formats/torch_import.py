@@ -22,8 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from distill_jax.formats.torch_pickle import describe_error, load_torch_file
 from distill_jax.errors import InputFileError
+from distill_jax.formats.torch_pickle import describe_error, load_torch_file
 
 __all__ = ["CheckpointFormatError", "convert_reference_convnet", "load_reference_convnet"]
 

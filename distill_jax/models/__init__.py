@@ -14,9 +14,16 @@ import dataclasses
 import flax.linen as nn
 
 from distill_jax.models.convnet import ConvNet, ConvNetFRePo
-from distill_jax.models.layers import (COMPUTE_DTYPES, CONV_CHOICES, CONV_IMPLEMENTATIONS, INIT_KINDS, NORM_KINDS,
-                                      TEST_NETWORK_NORM, resolve_conv)
-from distill_jax.models.plain import AlexNet, VGG11
+from distill_jax.models.layers import (
+    COMPUTE_DTYPES,
+    CONV_CHOICES,
+    CONV_IMPLEMENTATIONS,
+    INIT_KINDS,
+    NORM_KINDS,
+    TEST_NETWORK_NORM,
+    resolve_conv,
+)
+from distill_jax.models.plain import VGG11, AlexNet
 from distill_jax.models.resnet import ResNet
 from distill_jax.models.vit import ViT
 

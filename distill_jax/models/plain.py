@@ -18,8 +18,16 @@ import flax.linen as nn
 import jax
 
 from distill_jax.models.droppath import sample_keep_mask, virtual_shortcut_mix
-from distill_jax.models.layers import (TEST_NETWORK_NORM, ConvChoice, check_images, conv, dense, logits, make_norm,
-                                      max_pool)
+from distill_jax.models.layers import (
+    TEST_NETWORK_NORM,
+    ConvChoice,
+    check_images,
+    conv,
+    dense,
+    logits,
+    make_norm,
+    max_pool,
+)
 from distill_jax.models.resnet import Shortcut
 
 POOL = "M"

@@ -6,8 +6,16 @@ import flax.linen as nn
 import jax
 
 from distill_jax.models.droppath import residual_droppath, sample_keep_mask
-from distill_jax.models.layers import (TEST_NETWORK_NORM, ConvChoice, check_images, conv, dense, logits, make_norm,
-                                      max_pool)
+from distill_jax.models.layers import (
+    TEST_NETWORK_NORM,
+    ConvChoice,
+    check_images,
+    conv,
+    dense,
+    logits,
+    make_norm,
+    max_pool,
+)
 
 
 class Shortcut(nn.Module):

@@ -14,9 +14,9 @@ import numpy as np
 
 from distill_jax import losses
 from distill_jax.data import datasets, grid, pipeline, preprocess
-from distill_jax.formats.distilled import load_distilled
 from distill_jax.distillation.distill_mode import PREPROCESSING_NAME
 from distill_jax.errors import UserError
+from distill_jax.formats.distilled import load_distilled
 from distill_jax.report import plots
 
 # Which dataset to guess among those with a set's image shape and class count (Fashion-MNIST before
