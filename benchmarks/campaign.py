@@ -23,7 +23,8 @@ and `run` re-reads `results/` too, so a record committed after the queue was wri
 Planning (`plan`): the pending cells in queue order; a cell starts only when its estimate fits the
 seconds left (a cell that does not fit is not started, and the next smaller ones may still be);
 a cell with KD needs its experiment's teacher in the call's workdir (a fresh machine has none), so
-its cost includes the teacher's when the teacher is not already there.
+its cost includes the teacher's when the teacher is not already there, and a pending teacher
+starts with its experiment's first KD cell rather than alone.
 
 Every finished cell's experiment record comes back at once, in the results/ format
 (`results_record.read_record` / `write_record`), named `<experiment>.<cells>.json`: the newest
@@ -222,16 +223,24 @@ def plan(queue: dict, done, left_s: float, finished_here=(), *, toy: bool = Fals
          next_s: float = 0.0) -> tuple[list, list]:
     """(units to start, cells not started): each unit a list of cells run together (a KD cell
     preceded by its teacher when the workdir has none), taken in queue order while the estimates
-    fit `left_s`; every pending cell that does not fit is listed with the reason.
+    fit `left_s`; every pending cell that does not fit is listed with the reason. A pending teacher
+    whose experiment has pending KD cells is not started alone: it starts with the first of them that
+    fits (a fresh machine would train it again for them).
 
     `next_s`: seconds a following call on the same machine will have (its workdir kept): one unit
     may then start that ends only in that call (cut off here, resumed there from its checkpoint)."""
     teachers = {c["experiment"]: c for c in queue["cells"] if c["cell"] == "teacher"}
     have = set(finished_here)
+    todo = pending(queue, done)
+    with_kd = {c["experiment"] for c in todo if c["needs"] == "teacher"}
     units, skipped, left, spill = [], [], left_s, next_s
-    for cell in pending(queue, done):
+    for cell in todo:
         key = (cell["experiment"], cell["cell"])
         if key in have:
+            continue
+        if cell["cell"] == "teacher" and cell["experiment"] in with_kd:  # trained once, with its first KD cell
+            skipped.append({"experiment": cell["experiment"], "cell": "teacher", "estimate_s": cell_estimate(cell, toy),
+                            "left_s": round(left, 1), "reason": "deferred: starts with its experiment's first KD cell"})
             continue
         unit = [cell]
         if cell["needs"] == "teacher" and (cell["experiment"], "teacher") not in have:
@@ -457,7 +466,7 @@ def run_campaign(bundle: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path,
         left = deadline - reserve_s - time.time()
         units, skipped = plan(queue, done, left, finished | attempted, toy=toy, next_s=next_s)
         if not units:
-            log.data["not_started"] = skipped
+            log.data["not_started"] = [s for s in skipped if (s["experiment"], s["cell"]) not in attempted]
             log.write()
             break
         unit = units[0]

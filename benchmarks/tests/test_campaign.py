@@ -103,13 +103,17 @@ def test_a_cell_starts_only_if_its_estimate_fits(queue):
     q = dict(queue, cells=[cells[n] for n in ("teacher", "baseline", "full", "no_dp_kd")])
     t, b, f, n = (cells[k]["estimate_s"] for k in ("teacher", "baseline", "full", "no_dp_kd"))
     units, skipped = campaign.plan(q, {}, t + b + n + 1)  # the Full does not fit; the smaller cell after it does
-    assert [[c["cell"] for c in u] for u in units] == [["teacher"], ["baseline"], ["no_dp_kd"]]
-    assert [s["cell"] for s in skipped] == ["full"]
-    assert skipped[0]["reason"] == f"estimate {f:.0f} s > {n + 1:.0f} s left"
+    assert [[c["cell"] for c in u] for u in units] == [["baseline"], ["no_dp_kd"]]
+    assert [(s["cell"], s["reason"]) for s in skipped] == [
+        ("teacher", "deferred: starts with its experiment's first KD cell"),  # not trained for nothing
+        ("full", f"estimate {t + f:.0f} s (with its teacher, which this workdir lacks) > {t + n + 1:.0f} s left")]
     units, skipped = campaign.plan(q, {}, t + b + f + n + 1)
-    assert [c["cell"] for u in units for c in u] == ["teacher", "baseline", "full", "no_dp_kd"] and not skipped
+    assert [[c["cell"] for c in u] for u in units] == [["baseline"], ["teacher", "full"], ["no_dp_kd"]]
+    assert [s["cell"] for s in skipped] == ["teacher"]
     units, skipped = campaign.plan(q, {}, 0.5 * min(t, b, n))
     assert not units and [s["cell"] for s in skipped] == ["teacher", "baseline", "full", "no_dp_kd"]
+    alone = dict(q, cells=[cells["teacher"], cells["baseline"]])  # no KD cell left: the teacher runs alone
+    assert [[c["cell"] for c in u] for u in campaign.plan(alone, {}, t + b + 1)[0]] == [["teacher"], ["baseline"]]
 
 
 def test_a_kd_cell_brings_its_teacher_unless_the_workdir_has_it(queue):
@@ -132,11 +136,11 @@ def test_one_cell_may_end_in_a_following_call(queue):
     t, f = cells["teacher"]["estimate_s"], cells["full"]["estimate_s"]
     assert f + t > 560  # longer than one call
     units, skipped = campaign.plan(q, {}, 560, next_s=300)
-    assert [[c["cell"] for c in u] for u in units] == [["teacher"], ["full"]]  # the baseline waits: no time left
-    assert [s["cell"] for s in skipped] == ["baseline"]
+    assert [[c["cell"] for c in u] for u in units] == [["teacher", "full"]]  # the baseline waits: no time left
+    assert [s["cell"] for s in skipped] == ["teacher", "baseline"]
     units, skipped = campaign.plan(q, {}, 560)  # without a following call the Full never starts
-    assert [[c["cell"] for c in u] for u in units] == [["teacher"], ["baseline"]]
-    assert [s["cell"] for s in skipped] == ["full"]
+    assert [[c["cell"] for c in u] for u in units] == [["baseline"]]
+    assert [s["cell"] for s in skipped] == ["teacher", "full"]
 
 
 def test_toy_estimates_are_divided_by_the_toy_epoch_divisor(queue):

@@ -4,7 +4,7 @@ rules (validation, done markers, planning) are tested without data in benchmarks
 
 Needs the real data (the bundle; skipped without it). The dry run takes ~75 s on a loaded 2-core
 machine with the suite's XLA cache warm (setup 5 s, the measurement's 3 tiny programs 35 s, two toy
-cells 30 s), ~3 min cold.
+cells 30 s; 95 s measured at a load of 4-6), ~3 min cold.
 """
 import json
 import pathlib
@@ -24,12 +24,13 @@ OUT_FILES = {"progress.txt", "bench.txt", "bench.json", "campaign_log.txt", "cam
 
 
 def _toy_queue(path: pathlib.Path) -> None:
-    """The committed queue's FRePo IPC 1 teacher and Baseline (estimates of 100 s: 1 s at toy size), and
-    between them its Full with an estimate no budget holds: it must not start, and the Baseline after it must."""
+    """The committed queue's FRePo IPC 1 teacher and w/o DP (KD; estimates of 100 s: 1 s at toy size),
+    and between them its Full (KD) with an estimate no budget holds: the Full must not start, and the
+    w/o DP after it must, with the teacher first."""
     cells = {c["cell"]: c for c in campaign.read_queue()["cells"] if c["experiment"] == EXPERIMENT}
     queue = dict(campaign.read_queue(), cells=[dict(cells["teacher"], estimate_s=100.0),
                                                dict(cells["full"], estimate_s=1e9),
-                                               dict(cells["baseline"], estimate_s=100.0)])
+                                               dict(cells["no_dp"], estimate_s=100.0)])
     campaign.write_queue(path, queue)
 
 
@@ -45,7 +46,7 @@ def test_campaign_dry_run_on_cpu(bundle, tmp_path, script_env):
                           capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    record_name = f"{EXPERIMENT}.teacher+baseline.json"
+    record_name = f"{EXPERIMENT}.teacher+no_dp.json"
     assert {p.name for p in out.iterdir()} == OUT_FILES | {record_name}, wall
     progress = (out / "progress.txt").read_text()
     assert f"ml_collections from {work}/site" in progress and "benchmark: exit 0" in progress
@@ -54,16 +55,17 @@ def test_campaign_dry_run_on_cpu(bundle, tmp_path, script_env):
     bench = json.loads((out / "bench.json").read_text())
     measured = {r["cell"]: r for r in bench["cells"]}
     assert {"jax_s1", "jax_s2", "torch_cl"} <= set(measured) and measured["jax_s2"]["wall_s"] > 0
-    # the cells: the Full does not fit and is not started; the Baseline after it runs
+    # the cells: the Full does not fit and is not started; the w/o DP after it runs, its teacher first
     log = json.loads((out / "campaign.json").read_text())
-    assert [(r["cells"], r["finished"]) for r in log["ran"]] == [(["teacher"], True), (["baseline"], True)]
+    assert [(r["cells"], r["finished"]) for r in log["ran"]] == [(["teacher", "no_dp"], True)]
     assert [(s["cell"], s["reason"].split(" s ")[0]) for s in log["not_started"]] == [("full", "estimate 10000000")]
     assert "> " in log["not_started"][0]["reason"] and "left" in log["not_started"][0]["reason"]
     assert not (work / "campaign" / EXPERIMENT / "full").exists()
     # the record comes back in the results/ format, ready to commit
     record = results_record.read_record(out / record_name)
     assert record["experiment"] == EXPERIMENT and record["source"]["kind"] == "run"
-    assert [c["cell"] for c in record["cells"]] == ["teacher", "baseline"]
+    assert [c["cell"] for c in record["cells"]] == ["teacher", "no_dp"]
+    assert record["cells"][1]["kd_teacher"] == results_record.TRAINED_HERE
     assert all(len(c["final_test_accuracy"]) == 1 for c in record["cells"])
     assert record["command"] == "bash scripts/gpu_campaign.sh gpu_bundle"
     summary = (out / "summary.md").read_text()
