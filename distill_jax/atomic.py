@@ -46,7 +46,10 @@ def _replace(path: pathlib.Path, fill: Callable[[int, pathlib.Path], object]) ->
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        raise named(err, path)
+        renamed = named(err, path)
+        if renamed is err:
+            raise
+        raise renamed from err
     return path
 
 

@@ -190,7 +190,7 @@ def _dsa_thetas(op, params):
     [[cos, -sin, 0], [sin, cos, 0]] (degrees to radians)."""
     if op == "scale":
         return np.stack([np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0]])
-                         for sx, sy in zip(np.asarray(params["scale_x"], np.float64), np.asarray(params["scale_y"], np.float64))])
+                         for sx, sy in zip(np.asarray(params["scale_x"], np.float64), np.asarray(params["scale_y"], np.float64), strict=True)])
     return np.stack([_rotation_theta(d) for d in np.asarray(params["degrees"], np.float64)])
 
 
@@ -340,9 +340,9 @@ def test_single_flip_op_gives_flip_or_identity_per_sample():
     x = _images(24, (16, 8, 8, 2))
     out = np.asarray(aug.augment(jax.random.key(25), x, ops=("flip",), k=1))
     xn = np.asarray(x)
-    flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, xn)]
-    kept = [np.array_equal(o, i) for o, i in zip(out, xn)]
-    assert all(f != k for f, k in zip(flipped, kept))  # exactly one of the two
+    flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, xn, strict=True)]
+    kept = [np.array_equal(o, i) for o, i in zip(out, xn, strict=True)]
+    assert all(f != k for f, k in zip(flipped, kept, strict=True))  # exactly one of the two
     assert any(flipped) and any(kept)
 
 

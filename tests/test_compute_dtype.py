@@ -95,7 +95,7 @@ def test_cpu_convolutions_take_bfloat16_and_return_it(implementation):
     grads = grad(x, kernel, implementation)
     assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16]
     exact_grads = grad(x.astype(jnp.float32), kernel.astype(jnp.float32), "xla")
-    for g, e in zip(grads, exact_grads):
+    for g, e in zip(grads, exact_grads, strict=True):
         np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e), rtol=3e-2, atol=3e-2 * float(jnp.abs(e).max()))
 
 
@@ -124,7 +124,7 @@ def test_a_bfloat16_train_step_keeps_float32_state_and_loss_close_to_float32():
     # losses agree to a few parts in a hundred, and are not equal (the products were rounded).
     np.testing.assert_allclose(np.asarray(losses16), np.asarray(losses32), rtol=3e-2)
     assert float(losses16[0]) != float(losses32[0])
-    for a, b in zip(jax.tree.leaves(state16["params"]), jax.tree.leaves(state32["params"])):
+    for a, b in zip(jax.tree.leaves(state16["params"]), jax.tree.leaves(state32["params"]), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-2)
 
 

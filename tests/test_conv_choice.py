@@ -137,7 +137,7 @@ def test_a_network_gives_the_same_values_and_gradients_with_every_implementation
     for impl in implementations:
         model = models.build_model("resnet10", 3, width=4, norm="instance", conv=impl)
 
-        def loss(v):
+        def loss(v, model=model):
             logits = model.apply(v, x, train=True)
             return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
 

@@ -150,7 +150,7 @@ def test_initial_images_are_distinct_real_images_grouped_by_class():
     real = _real("standardize")
     images, classes = common.initial_images(real, 3, "real", seed=0)
     np.testing.assert_array_equal(classes, np.repeat(np.arange(CLASSES), 3))
-    for image, c in zip(images, classes):
+    for image, c in zip(images, classes, strict=True):
         matches = np.flatnonzero(np.all(real.images == image, axis=(1, 2, 3)))
         assert len(matches) == 1 and real.labels[matches[0]] == c
     assert len(np.unique(images.reshape(len(images), -1), axis=0)) == len(images)

@@ -499,7 +499,7 @@ def test_restore_msgpack_reads_what_flax_writes(monkeypatch):
     assert b"__msgpack_chunked_array__" in payload
     expected, got = serialization.msgpack_restore(payload), restore_msgpack(payload, "x")
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expected)
-    for want, have in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got)):
+    for want, have in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got), strict=True):
         assert type(have) is type(want)
         if isinstance(want, np.ndarray):
             assert have.dtype == want.dtype and have.shape == want.shape

@@ -295,7 +295,7 @@ def test_published_teacher_logits_match_numpy_on_both_routes(tmp_path, teacher_p
     for route in (pth, tmp_path / "teacher"):  # the .pth as a KD teacher; the imported run as a KD teacher
         module, variables = teacher_lib.load_teacher(route)
         assert (module.width, module.depth, module.norm) == (128, 3, "instance")
-        logits = jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, images)
+        logits = jax.jit(lambda v, x, module=module: module.apply(v, x, train=False))(variables, images)
         chex.assert_shape(logits, (12, 10))
         np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4, err_msg=str(route))
 

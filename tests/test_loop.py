@@ -70,7 +70,7 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed["finished"] is True
     a = _restore_params(tmp_path / "full")
     b = _restore_params(tmp_path / "resumed")
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
     full_results = json.loads((tmp_path / "full" / "results.json").read_text())
     assert resumed["history"] == full_results["history"]

@@ -72,8 +72,9 @@ def test_output_shape_for_every_network_and_image_size(name):
         x = jax.ShapeDtypeStruct(shape, jnp.float32)
         variables = shapes_of_init(model, x, train=True)
         for train in (True, False):
-            out = jax.eval_shape(lambda v: model.apply(v, x, train, 0.5, rngs={"droppath": jax.random.key(0)},
-                                                       mutable=["batch_stats"])[0], variables)
+            out = jax.eval_shape(lambda v, x=x, train=train: model.apply(v, x, train, 0.5,
+                                                                         rngs={"droppath": jax.random.key(0)},
+                                                                         mutable=["batch_stats"])[0], variables)
             assert out.shape == (2, 7) and out.dtype == jnp.float32, (shape, train)
 
 
@@ -302,7 +303,10 @@ def test_improved_shortcut_sees_every_position():
         module = Shortcut(3, strides=2, norm="none", improved=improved, implementation="xla")
         variables = module.init(jax.random.key(0), x0, True)
         base = module.apply(variables, x0, True)
-        bump = lambda i, j: module.apply(variables, x0.at[0, i, j, :].set(10.0), True)
+
+        def bump(i, j):
+            return module.apply(variables, x0.at[0, i, j, :].set(10.0), True)
+
         bumped = jax.jit(jax.vmap(bump))(positions[:, 0], positions[:, 1])
         return np.asarray(jnp.abs(bumped - base).max(axis=(1, 2, 3, 4)) > 0).reshape(8, 8)
 
@@ -318,7 +322,8 @@ def test_improved_shortcut_shapes_match_the_branch(size, out_size):
     for improved in (True, False):
         block = ResidualBlock(6, strides=2, improved_shortcut=improved, implementation="xla")
         variables = shapes_of_init(block, x)
-        chex.assert_shape(jax.eval_shape(lambda v: block.apply(v, x, False), variables), (2, out_size, out_size, 6))
+        chex.assert_shape(jax.eval_shape(lambda v, block=block: block.apply(v, x, False), variables),
+                          (2, out_size, out_size, 6))
         chex.assert_shape(variables["params"]["shortcut"]["conv"]["kernel"], (1, 1, 4, 6))
 
 
@@ -346,7 +351,7 @@ def test_virtual_shortcut_semantics():
     mixed = np.asarray(train(variables, x, 0.5, 4))
     is_main = [np.allclose(mixed[b], main[b]) for b in range(6)]
     is_short = [np.allclose(mixed[b], shortcut[b], atol=1e-5) for b in range(6)]
-    assert all(m != s for m, s in zip(is_main, is_short)) and any(is_main) and any(is_short)
+    assert all(m != s for m, s in zip(is_main, is_short, strict=True)) and any(is_main) and any(is_short)
     zeroed = dict(variables["params"], shortcut=jax.tree.map(jnp.zeros_like, variables["params"]["shortcut"]))
     np.testing.assert_array_equal(evaluate({"params": zeroed}, x, 0.5, 0), main)  # eval never uses the shortcut
 
@@ -386,8 +391,11 @@ def test_plain_droppath_blocks_record_the_keep_rate(name, blocks):
     x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
     model = build_model(name, 5, width=4, droppath=True)  # batch norm: its statistics are mutable too
     variables = shapes_of_init(model, x)
-    run = lambda train: jax.eval_shape(lambda v: model.apply(v, x, train, 0.7, rngs={"droppath": jax.random.key(0)},
-                                                             mutable=["intermediates", "batch_stats"])[1], variables)
+
+    def run(train):
+        return jax.eval_shape(lambda v: model.apply(v, x, train, 0.7, rngs={"droppath": jax.random.key(0)},
+                                                    mutable=["intermediates", "batch_stats"])[1], variables)
+
     assert len(jax.tree.leaves(run(True).get("intermediates", {}))) == blocks  # pairs only: the first convs stay plain
     assert not jax.tree.leaves(run(False).get("intermediates", {}))  # nothing is dropped, hence nothing recorded, at evaluation
 
@@ -446,7 +454,7 @@ def test_conv_implementations_agree_in_value_and_gradient():
     for impl in ("xla", "taps"):
         layer = Conv(features=4, kernel_size=3, strides=2, implementation=impl)
         variables = layer.init(jax.random.key(0), x)
-        results[impl] = jax.value_and_grad(lambda v, x: jnp.sum(layer.apply(v, x) ** 2), argnums=(0, 1))(variables, x)
+        results[impl] = jax.value_and_grad(lambda v, x, layer=layer: jnp.sum(layer.apply(v, x) ** 2), argnums=(0, 1))(variables, x)
     chex.assert_trees_all_close(results["xla"], results["taps"], rtol=1e-4, atol=1e-5)
     for bad in ("auto", "cudnn"):
         with pytest.raises(ValueError, match=r"layers.py: the convolution implementation must be one of .*got '"):

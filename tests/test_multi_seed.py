@@ -60,7 +60,7 @@ def _run_chunks(train_step, state, step_keys, data, orders, mesh, sizes, keep_ra
         assert not out["loss"][n:].any(), "rows past num_steps stay zero"
         logged.append({k: v[:n] for k, v in out.items()})
         start += n
-    return sharding.to_host(state), {k: np.concatenate([l[k] for l in logged]) for k in logged[0]}
+    return sharding.to_host(state), {k: np.concatenate([part[k] for part in logged]) for k in logged[0]}
 
 
 _CHUNKS = {}
@@ -167,7 +167,9 @@ def test_the_layout_line_explains_idle_devices():
 
 
 def test_stretches_end_where_the_host_has_work():
-    due = lambda step: step % 4 == 0
+    def due(step):
+        return step % 4 == 0
+
     assert multi_seed.stretches(0, 10, due) == [(0, 1), (1, 4), (4, 8), (8, 10)]
     assert multi_seed.stretches(0, 10, due, first_alone=False) == [(0, 4), (4, 8), (8, 10)]
     assert multi_seed.stretches(4, 10, due, max_steps=2) == [(4, 5), (5, 7), (7, 8), (8, 10)]
@@ -190,5 +192,5 @@ def test_the_loop_gives_the_same_run_whatever_the_steps_per_call_and_records_its
     assert saved["mesh"] == {"seeds": 8, "data": 1}
     assert any("mesh: 8 seed(s) over 8 device row(s)" in r.getMessage() for r in caplog.records)
     # every step was logged where due, whatever the calls: steps 3 and 6 and the last (8)
-    lines = [json.loads(l) for l in (tmp_path / "0" / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines if "loss_mean" in l] == [3, 6, 8]
+    lines = [json.loads(line) for line in (tmp_path / "0" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in lines if "loss_mean" in record] == [3, 6, 8]

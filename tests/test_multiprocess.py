@@ -57,7 +57,7 @@ def _finish(procs) -> list[str]:
         for p in procs:
             p.kill()
         pytest.fail(f"runs did not finish in {TIMEOUT_S} s:\n" + "\n---\n".join(p.communicate()[0] for p in procs))
-    for p, text in zip(procs, outputs):
+    for p, text in zip(procs, outputs, strict=True):
         assert p.returncode == 0, f"a run failed (exit {p.returncode}):\n{text}"
     return outputs
 
@@ -125,7 +125,7 @@ def _assert_same_state(state, expected):
     for rounding, gloo's cross-process sums round otherwise than one process's, and Adam's
     normalisation magnifies that noise (to ~1e-4 in these biases and the batch-norm means
     after them); the other arrays agree to ~1e-9."""
-    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(expected)):
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3, err_msg=jax.tree_util.keystr(path))
 
 

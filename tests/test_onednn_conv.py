@@ -72,7 +72,7 @@ def test_cpu_default_is_onednn_and_the_network_layer_agrees_with_xla(monkeypatch
     for impl in ("xla", "onednn"):
         conv = layers.Conv(features=4, kernel_size=3, strides=2, implementation=impl)
         variables = conv.init(jax.random.key(0), x)
-        results[impl] = jax.value_and_grad(lambda v, x_: jnp.sum(conv.apply(v, x_) ** 2), argnums=(0, 1))(variables, x)
+        results[impl] = jax.value_and_grad(lambda v, x_, conv=conv: jnp.sum(conv.apply(v, x_) ** 2), argnums=(0, 1))(variables, x)
     chex.assert_trees_all_close(results["xla"], results["onednn"], rtol=1e-4, atol=1e-5)
 
 

@@ -88,7 +88,7 @@ def _compare(name, lr, wd, reference_kw=None, **kw):
     history = _run_optax(make_optimizer(name, lr, wd, **kw), params, grads)
     for key in params:
         expected = REFERENCES[name](params[key], [g[key] for g in grads], lr, wd, **(reference_kw or {}))
-        for step, (got, want) in enumerate(zip((h[key] for h in history), expected)):
+        for step, (got, want) in enumerate(zip((h[key] for h in history), expected, strict=True)):
             np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"{name} {key} step {step}")
 
 
@@ -137,7 +137,7 @@ def test_lion_spec_setting():
     for key in params:
         leaf_grads = [g[key] for g in grads]
         expected = _torch_lion(params[key], leaf_grads, lr, wd)  # betas 0.95, 0.98
-        for step, (got, want) in enumerate(zip((h[key] for h in history), expected)):
+        for step, (got, want) in enumerate(zip((h[key] for h in history), expected, strict=True)):
             np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=f"lion {key} step {step}")
         for how in ("not applied", "without lr (p -= wd * p)", "after the sign step"):
             wrong = _lion_with_decay_misplaced(params[key], leaf_grads, lr, wd, how)[-1]

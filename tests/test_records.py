@@ -53,7 +53,7 @@ def test_command_line_is_typed_from_the_repository_root(tmp_path):
         == "distill-jax transfer /elsewhere/set.npz"
 
 
-def test_reproduce_writes_its_results_record_and_record_command_exports_the_same(tmp_path, tiny_experiment,
+def test_reproduce_writes_its_results_record_and_record_command_exports_the_same(tmp_path, tiny_experiment,  # noqa: F811 (fixture)
                                                                                   monkeypatch, capsys):
     data = _tiny_data()
     config = _reproduce_config(tiny_experiment)
@@ -358,7 +358,7 @@ def test_unreadable_files(tmp_path, content, message):
         results_record.read_record(path)
 
 
-def test_the_pipeline_of_the_readme_writes_its_record(tmp_path, toy_pipeline, monkeypatch):
+def test_the_pipeline_of_the_readme_writes_its_record(tmp_path, toy_pipeline, monkeypatch):  # noqa: F811 (fixture)
     """The README's main job (`configs/pipeline.py`, mode reproduce with a distill cell), at toy size."""
     config = config_lib.default_config()
     config.mode, config.num_seeds = "reproduce", 2

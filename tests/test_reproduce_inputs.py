@@ -15,7 +15,7 @@ def _listing(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_a_teacher_retrained_in_place_on_other_data_stops_the_rerun(tmp_path, tiny_experiment):
+def test_a_teacher_retrained_in_place_on_other_data_stops_the_rerun(tmp_path, tiny_experiment):  # noqa: F811 (fixture)
     data, other = _tiny_data(seed=0), _tiny_data(seed=1)
     config = _reproduce_config(tiny_experiment)
     reproduce.run_reproduction(config, tmp_path, data_cache=_cache(config, tmp_path, data))

@@ -178,7 +178,7 @@ def test_strided_views_sharing_one_storage(tmp_path):
     def by_index(offset, size, stride):  # independent reference: element by element
         out = np.empty(size, np.float32)
         for index in np.ndindex(*size):
-            out[index] = storage.flat[offset + sum(i * s for i, s in zip(index, stride))]
+            out[index] = storage.flat[offset + sum(i * s for i, s in zip(index, stride, strict=True))]
         return out
 
     for name, view in views.items():

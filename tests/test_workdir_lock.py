@@ -58,7 +58,7 @@ def test_simultaneous_starts_give_exactly_one_holder(tmp_path):
     winners = [[pid for _, pid, kind, _ in these if kind == "won"] for these in rounds]
     assert [len(w) for w in winners] == [1] * ROUNDS, "holders per round"
     host = socket.gethostname()
-    for these, (winner,) in zip(rounds, winners):
+    for these, (winner,) in zip(rounds, winners, strict=True):
         for _, _, kind, message in these:
             if kind == "lost":
                 assert f"workdir {tmp_path} in use by PID {winner} on {host}" in message, message

@@ -275,8 +275,8 @@ def _tensor_from_storage(
         flat = flat[:usable].view(dtype)
     count = math.prod(size)
     nbytes = count * flat.dtype.itemsize
-    if count and storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) >= flat.size:
-        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if count and storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) >= flat.size:
+        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         raise TorchFileError(
             f"{path}: storage {storage.key} holds {flat.size} elements but the tensor "
             f"(offset {storage_offset}, size {size}, stride {stride}) reaches element {last}"

@@ -167,15 +167,15 @@ def _vmap_friendly(fn: Callable, foldable: tuple[bool, ...]) -> Callable:
 
     @wrapped.def_vmap
     def rule(axis_size, in_batched, *arrays):
-        if all(fold or not batched for fold, batched in zip(foldable, in_batched)):
-            folded = [a.reshape((-1,) + a.shape[2:]) if batched else a for a, batched in zip(arrays, in_batched)]
+        if all(fold or not batched for fold, batched in zip(foldable, in_batched, strict=True)):
+            folded = [a.reshape((-1,) + a.shape[2:]) if batched else a for a, batched in zip(arrays, in_batched, strict=True)]
             out = fn(*folded)
             return out.reshape((axis_size, -1) + out.shape[1:]), True
         if axis_size <= UNROLL_SEEDS:
             # Unrolled: one ordinary convolution per seed (lax.map's loop cost 1.7x a step on CPU).
-            outs = [fn(*[a[i] if batched else a for a, batched in zip(arrays, in_batched)]) for i in range(axis_size)]
+            outs = [fn(*[a[i] if batched else a for a, batched in zip(arrays, in_batched, strict=True)]) for i in range(axis_size)]
             return jnp.stack(outs), True
-        broadcast = [a if batched else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, batched in zip(arrays, in_batched)]
+        broadcast = [a if batched else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, batched in zip(arrays, in_batched, strict=True)]
         return lax.map(lambda args: fn(*args), tuple(broadcast)), True
 
     return wrapped

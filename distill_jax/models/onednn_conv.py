@@ -195,7 +195,7 @@ def require() -> None:
 
 def _attrs(strides, pads) -> dict:
     (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
-    return {name: np.int64(value) for name, value in zip(("sh", "sw", "pt", "pb", "pl", "pr"), (sh, sw, pt, pb, pl, pr))}
+    return {name: np.int64(value) for name, value in zip(("sh", "sw", "pt", "pb", "pl", "pr"), (sh, sw, pt, pb, pl, pr), strict=True)}
 
 
 def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, strides, pads) -> jax.Array:

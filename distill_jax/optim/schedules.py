@@ -217,7 +217,7 @@ def periodic_warmup_cosine(
     for s in phase_start_epochs:
         _check_number(func, "phase_start_epochs entries", s, low=0)
     starts = [float(s) for s in phase_start_epochs]
-    if any(b <= a for a, b in zip(starts, starts[1:])):
+    if any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
         _fail(func, f"phase_start_epochs must be strictly increasing, got {list(phase_start_epochs)}")
     if starts and starts[-1] >= total_epochs:
         _fail(func, f"phase_start_epochs must lie before total_epochs={total_epochs}, got {list(phase_start_epochs)}")

@@ -181,7 +181,7 @@ def plot_scale_curves(panels: dict, path, *, title: str = "", xlabel: str = "fra
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
-    for ax, (panel, series) in zip(axes.flat, panels.items()):
+    for ax, (panel, series) in zip(axes.flat, panels.items(), strict=False):
         for label, (x, curves) in series.items():
             curves = np.asarray(curves, dtype=np.float64).reshape(len(curves), -1) if len(curves) else np.zeros((0, 1))
             if x is None:

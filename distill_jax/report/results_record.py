@@ -510,7 +510,7 @@ def _assemble(kind: str, experiment: str, config: dict, cell_pairs: list, comman
         cells[i]["hardware"] = value
     datasets = [c.pop("dataset") for c in cells]
     dataset = datasets[0]
-    for cell, name in zip(cells, datasets):
+    for cell, name in zip(cells, datasets, strict=True):
         if name != dataset:
             cell["dataset"] = name
     walls = [c["wall_seconds"] for c in cells if c["wall_seconds"] is not None]

@@ -128,7 +128,7 @@ class MetricsWriter:
             if isinstance(value, (int, float)):
                 self._tb.add(tb_summary.scalar(name, float(value)), step, wall_time)
             elif isinstance(value, list):
-                for seed, v in zip(self.seeds, value):
+                for seed, v in zip(self.seeds, value, strict=True):
                     if isinstance(v, (int, float)) and not isinstance(v, bool):
                         self._tb_seeds[seed].add(tb_summary.scalar(name, float(v)), step, wall_time)
 
@@ -151,12 +151,18 @@ class MetricsWriter:
             self._file.write(json.dumps(record, allow_nan=False) + "\n")
             self._file.flush()
         except OSError as err:
-            raise atomic.named(err, self.path)
+            renamed = atomic.named(err, self.path)
+            if renamed is err:
+                raise
+            raise renamed from err
         try:
             self._add_events(record)
             self._flush_events()
         except OSError as err:
-            raise atomic.named(err, self.workdir / workdir_io.TB_DIR)
+            renamed = atomic.named(err, self.workdir / workdir_io.TB_DIR)
+            if renamed is err:
+                raise
+            raise renamed from err
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """An HWC or HW (grayscale) uint8 image, e.g. the grid of a distilled set."""
