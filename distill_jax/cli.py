@@ -174,8 +174,12 @@ def register_transfer(subparsers) -> None:
         description="Cross-architecture report for one distilled set: its training network (the KD teacher), then "
                     "every network of the pool with the Baseline and the Full recipe; writes transfer.md and "
                     "transfer.png in the workdir. Resumable: rerun the same command.")
-    parser.add_argument("set_path", metavar="SET", help="a distilled set (file or folder), or published:<method>_<dataset>_<ipc> "
-                        "for a set of the paper in the data root")
+    parser.add_argument(
+        "set_path",
+        metavar="SET",
+        help="a distilled set (file or folder), or published:<method>_<dataset>_<ipc> "
+        "for a set of the paper in the data root",
+    )
     parser.add_argument("--workdir", required=True, help="where the cells and the report go")
     parser.add_argument("--dataset", default="", help="the real dataset whose test split scores the networks")
     parser.add_argument("--networks", default=",".join(transfer.DEFAULT_POOL), help="comma-separated pool")
@@ -190,7 +194,9 @@ def register_transfer(subparsers) -> None:
     parser.add_argument("--lr-multiplier", type=float, default=1.0, help="multiply the peak learning rates")
     parser.add_argument("--evals", type=int, default=0, help="evaluations per run (0: every 100 epochs / divisor)")
     parser.add_argument("--split-seeds", action="store_true", help="one program per seed (faster on CPU)")
-    parser.add_argument("--data-dir", default="", help="the data root (default: $DISTILL_JAX_DATA, else the user cache)")
+    parser.add_argument(
+        "--data-dir", default="", help="the data root (default: $DISTILL_JAX_DATA, else the user cache)"
+    )
     parser.set_defaults(handler=run_transfer)
 
 

@@ -112,8 +112,10 @@ def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
                                  "config (a ConfigDict, e.g. distill_jax.config.default_config() with fields changed)")
     config = module.get_config() if arg is None else module.get_config(arg)
     if not isinstance(config, ml_collections.ConfigDict):
-        raise errors.ConfigError(f"config file {path}: get_config() returned {_short(config)} ({type(config).__name__}); "
-                                 "expected a ConfigDict (is its return statement missing?)")
+        raise errors.ConfigError(
+            f"config file {path}: get_config() returned {_short(config)} ({type(config).__name__}); "
+            "expected a ConfigDict (is its return statement missing?)"
+        )
     return config
 
 
@@ -152,7 +154,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise errors.ConfigError(f"config field '{name}' = {value!r}; expected a number")
         if (low is not None and value < low) or (high is not None and value > high):
-            raise errors.ConfigError(f"config field '{name}' = {value!r}; allowed range: [{low}, {high if high is not None else 'inf'}]")
+            raise errors.ConfigError(
+                f"config field '{name}' = {value!r}; allowed range: [{low}, {high if high is not None else 'inf'}]"
+            )
     _validate_model(config)
     _validate_combinations(config)
     _validate_schedules(config)
@@ -161,7 +165,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _validate_model(config):
     if config.model.name not in models.MODEL_NAMES:
-        raise errors.ConfigError(f"config field 'model.name' = {config.model.name!r}; allowed values: {models.MODEL_NAMES}")
+        raise errors.ConfigError(
+            f"config field 'model.name' = {config.model.name!r}; allowed values: {models.MODEL_NAMES}"
+        )
     for option, value in models.options_from_config(config.model).items():
         try:
             models.check_options(config.model.name, {option: value})
@@ -189,16 +195,22 @@ def _validate_schedules(config):
                 f"train.epochs = {t.epochs} ends before the last (final-rate) phase; give at least "
                 f"{starts[-1] + 1} epochs or a shorter train.keep_rate.period_epochs")
     if t.lr_schedule == "periodic" and t.warmup_epochs > t.cycle_epochs:
-        raise errors.ConfigError(f"config field 'train.warmup_epochs' = {t.warmup_epochs} exceeds 'train.cycle_epochs' = "
-                                 f"{t.cycle_epochs}: the warm-up must fit in one cycle")
+        raise errors.ConfigError(
+            f"config field 'train.warmup_epochs' = {t.warmup_epochs} exceeds 'train.cycle_epochs' = "
+            f"{t.cycle_epochs}: the warm-up must fit in one cycle"
+        )
 
 
 def _validate_combinations(config):
     if config.data.source == "distilled" and not config.data.distilled_path:
-        raise errors.ConfigError("config field 'data.distilled_path' is empty but data.source = 'distilled'; give the set's path")
+        raise errors.ConfigError(
+            "config field 'data.distilled_path' is empty but data.source = 'distilled'; give the set's path"
+        )
     if config.data.get("preprocessing_path") and not pathlib.Path(config.data.preprocessing_path).is_file():
-        raise errors.ConfigError(f"config field 'data.preprocessing_path' = {config.data.preprocessing_path!r}: no such file "
-                                 "(a fitted transform saved by distill_jax.data.preprocess; \"\" fits one on the training split)")
+        raise errors.ConfigError(
+            f"config field 'data.preprocessing_path' = {config.data.preprocessing_path!r}: no such file "
+            "(a fitted transform saved by distill_jax.data.preprocess; \"\" fits one on the training split)"
+        )
     if config.train.keep_rate.enabled and not config.model.get("droppath"):
         raise errors.ConfigError("config field 'train.keep_rate.enabled' is True but 'model.droppath' is not: "
                                  "the keep-rate schedule needs a network with DropPath blocks")
@@ -210,4 +222,7 @@ def _validate_combinations(config):
         if op not in augment.DSA_OPS:
             raise errors.ConfigError(f"config field 'train.augment.ops' names '{op}'; allowed ops: {augment.DSA_OPS}")
     if config.train.augment.k > len(ops):
-        raise errors.ConfigError(f"config field 'train.augment.k' = {config.train.augment.k} exceeds the {len(ops)} ops listed in 'train.augment.ops'")
+        raise errors.ConfigError(
+            f"config field 'train.augment.k' = {config.train.augment.k} exceeds the {len(ops)} ops listed in "
+            "'train.augment.ops'"
+        )

@@ -62,8 +62,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.optimizer = "lion"
     c.train.learning_rate = 5e-5
     c.train.weight_decay = 5e-3
-    c.train.compute_dtype = "float32"      # of convolutions and matmuls (distill_jax.models.COMPUTE_DTYPES); "bfloat16":
-                                           # parameters, optimiser state, norms and the loss stay float32
+    c.train.compute_dtype = "float32"      # of convolutions and matmuls (distill_jax.models.COMPUTE_DTYPES);
+                                           # "bfloat16": parameters, optimiser state, norms and the loss stay
+                                           # float32
     c.train.lr_schedule = "warmup_cosine"  # constant | step | warmup_cosine | periodic
     c.train.warmup_fraction = 0.1          # warmup_cosine
     c.train.decay_at_fraction = 0.5        # step
@@ -124,7 +125,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Mode "reproduce" (distill_jax.experiments.reproduce): every cell of a named experiment.
     c.reproduce = ml_collections.ConfigDict()
-    c.reproduce.experiment = ""            # e.g. "frepo_cifar10_10_resnet18"; see experiments.registry.experiment_names()
+    c.reproduce.experiment = ""            # e.g. "frepo_cifar10_10_resnet18"; see
+                                           # experiments.registry.experiment_names()
     c.reproduce.epoch_divisor = 1          # shorten every schedule by this factor (same phase structure)
     c.reproduce.lr_multiplier = 1.0        # scale peak learning rates (keeps lr x steps when schedules shrink)
     c.reproduce.width = 0                  # >0: width of the test networks (depth kept)
@@ -132,8 +134,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.reproduce.evals = 0                  # >0: evaluate this many times per run (test-set passes are costly on CPU)
     c.reproduce.split_seeds = False        # one program per seed (faster on CPU than vmapped convs)
     c.reproduce.show_best = False          # also show best-over-training accuracy, labelled as test-set selection
-    c.reproduce.teacher = "auto"           # "auto": import a published teacher where one exists (MTT); "trained": train it here
-    c.reproduce.fresh_on_change = False    # True: a cell whose config changed runs afresh in <cell>.<hash>, beside the old one
+    c.reproduce.teacher = "auto"           # "auto": import a published teacher where one exists (MTT);
+                                           # "trained": train it here
+    c.reproduce.fresh_on_change = False    # True: a cell whose config changed runs afresh in <cell>.<hash>,
+                                           # beside the old one
     c.reproduce.cells = ""                 # "" = every cell; else comma-separated cell names
 
     # Mode "transfer" (distill_jax.experiments.transfer): a pool of networks trained on one set with

@@ -37,9 +37,13 @@ def max_array_bytes() -> int:
     try:
         cap = int(value)
     except ValueError:
-        raise UserError(f"environment variable DISTILL_JAX_MAX_ARRAY_BYTES={value!r}; expected a number of bytes") from None
+        raise UserError(
+            f"environment variable DISTILL_JAX_MAX_ARRAY_BYTES={value!r}; expected a number of bytes"
+        ) from None
     if cap <= 0:
-        raise UserError(f"environment variable DISTILL_JAX_MAX_ARRAY_BYTES={value!r}; expected a positive number of bytes")
+        raise UserError(
+            f"environment variable DISTILL_JAX_MAX_ARRAY_BYTES={value!r}; expected a positive number of bytes"
+        )
     return cap
 
 
@@ -59,7 +63,9 @@ def check_class_count(count, where: str, field: str, error: type[UserError] = In
         raise error(f"{where}: field '{field}': expected a number of classes in [1, {MAX_CLASSES}], got {count!r}")
     if not 1 <= value <= MAX_CLASSES:
         why = " (a class count this large is corrupt or crafted)" if value > MAX_CLASSES else ""
-        raise error(f"{where}: field '{field}': {value} classes, expected a number of classes in [1, {MAX_CLASSES}]{why}")
+        raise error(
+            f"{where}: field '{field}': {value} classes, expected a number of classes in [1, {MAX_CLASSES}]{why}"
+        )
     return value
 
 

@@ -47,11 +47,17 @@ def run_evaluation(config, workdir, *, data: Optional[pipeline.TrainingData] = N
     acc = accuracy.make_accuracy(module, mesh)(sharding.replicate(variables, mesh), data.test_images,
                                                data.test_labels, config.data.eval_batch_size)
     result = {
-        "path": str(path), "checkpoint_step": step, "split": config.data.test_split,
+        "path": str(path),
+        "checkpoint_step": step,
+        "split": config.data.test_split,
         "data": data.description,
-        "preprocessing": data.preprocessing.recipe if hasattr(data.preprocessing, "recipe") else str(data.preprocessing),
-        "seeds": seeds, "accuracy": metrics.summarize(acc),
-        "software": runlife.software_versions(), "device": records.device_description(),
+        "preprocessing": data.preprocessing.recipe
+        if hasattr(data.preprocessing, "recipe")
+        else str(data.preprocessing),
+        "seeds": seeds,
+        "accuracy": metrics.summarize(acc),
+        "software": runlife.software_versions(),
+        "device": records.device_description(),
     }
     workdir_io.write_json(workdir / "evaluation.json", result)
     a = result["accuracy"]

@@ -70,8 +70,8 @@ import jax
 from IPython.display import Image, Markdown, display
 
 from distill_jax import config as config_lib
-from distill_jax.formats.distilled import load_distilled, save_distilled
 from distill_jax.experiments import registry, reproduce
+from distill_jax.formats.distilled import load_distilled, save_distilled
 from distill_jax.report import show
 from distill_jax.report.results_record import Role
 
@@ -101,8 +101,9 @@ for cell in cells:
         cell.config.distill.steps = DISTILL_STEPS
 registry.register_experiment("quickstart", lambda *args, **kwargs: cells)
 for cell in cells:
-    print(f"{cell.name:8s} {cell.label}: " + (f"{cell.config.distill.steps} distillation steps" if cell.role is Role.DISTILL
-          else f"{cell.config.num_seeds} seeds x {cell.config.train.epochs} epochs"))"""
+    steps = (f"{cell.config.distill.steps} distillation steps" if cell.role is Role.DISTILL
+             else f"{cell.config.num_seeds} seeds x {cell.config.train.epochs} epochs")
+    print(f"{cell.name:8s} {cell.label}: {steps}")"""
 
 RUN_MD = """## Distil (if needed), train the teacher, then ResNet-18 Baseline and Full
 

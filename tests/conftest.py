@@ -15,8 +15,10 @@ import pytest  # noqa: E402
 
 # Many tests build the same small programs; a persistent compilation cache turns every
 # repeated XLA compile (seconds to tens of seconds for a ResNet on CPU) into a file read.
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("DISTILL_JAX_TEST_XLA_CACHE", os.path.join(tempfile.gettempdir(), "distill_jax_test_xla_cache")))
+jax.config.update(
+    "jax_compilation_cache_dir",
+    os.environ.get("DISTILL_JAX_TEST_XLA_CACHE", os.path.join(tempfile.gettempdir(), "distill_jax_test_xla_cache")),
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

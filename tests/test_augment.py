@@ -189,8 +189,14 @@ def _dsa_thetas(op, params):
     """The reference code's theta per sample: rand_scale [[sx, 0, 0], [0, sy, 0]], rand_rotate
     [[cos, -sin, 0], [sin, cos, 0]] (degrees to radians)."""
     if op == "scale":
-        return np.stack([np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0]])
-                         for sx, sy in zip(np.asarray(params["scale_x"], np.float64), np.asarray(params["scale_y"], np.float64), strict=True)])
+        return np.stack(
+            [
+                np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0]])
+                for sx, sy in zip(
+                    np.asarray(params["scale_x"], np.float64), np.asarray(params["scale_y"], np.float64), strict=True
+                )
+            ]
+        )
     return np.stack([_rotation_theta(d) for d in np.asarray(params["degrees"], np.float64)])
 
 
@@ -480,7 +486,9 @@ def test_apply_op_wrong_param_keys():
 
 
 def test_apply_op_wrong_param_batch():
-    with pytest.raises(ValueError, match=r"params\['degrees'\] of op 'rotate' must have shape \(4,\) or \(1,\), got \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"params\['degrees'\] of op 'rotate' must have shape \(4,\) or \(1,\), got \(3,\)"
+    ):
         aug.apply_op("rotate", _images(0), {"degrees": jnp.zeros(3)})
 
 

@@ -36,7 +36,9 @@ def cifar10_binary(folder, per_batch=3):
     members, truth = {}, {"train": ([], []), "test": ([], [])}
     for i, member in enumerate([f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]):
         pixels, labels = _pixels(per_batch, i), (np.arange(per_batch) + i) % 10
-        members[f"cifar-10-batches-bin/{member}"] = np.concatenate([labels[:, None].astype(np.uint8), pixels], 1).tobytes()
+        members[f"cifar-10-batches-bin/{member}"] = np.concatenate(
+            [labels[:, None].astype(np.uint8), pixels], 1
+        ).tobytes()
         split = "test" if member.startswith("test") else "train"
         truth[split][0].append(pixels), truth[split][1].append(labels)
     members["cifar-10-batches-bin/batches.meta.txt"] = ("\n".join(CIFAR10_NAMES) + "\n\n").encode()
@@ -109,7 +111,9 @@ def test_a_truncated_batch_is_refused_naming_the_archive(tmp_path):
         members = {m.name: archive.extractfile(m).read() for m in archive.getmembers()}
     members["cifar-10-batches-bin/test_batch.bin"] = members["cifar-10-batches-bin/test_batch.bin"][:-5]
     _tar(path, members)
-    with pytest.raises(cifar.CifarArchiveError, match=rf"{path}: member 'cifar-10-batches-bin/test_batch.bin' .*record"):
+    with pytest.raises(
+        cifar.CifarArchiveError, match=rf"{path}: member 'cifar-10-batches-bin/test_batch.bin' .*record"
+    ):
         datasets.load_dataset("cifar10", "test", data_dir=tmp_path)
     path.write_bytes(path.read_bytes()[:200])  # a cut download
     with pytest.raises(cifar.CifarArchiveError, match="not a readable CIFAR archive"):

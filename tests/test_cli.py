@@ -10,7 +10,16 @@ import pytest
 from distill_jax import cli
 from test_torch_pickle import tensor, write_torch_file
 
-JSON_KEYS = {"format", "num_images", "image_shape", "label_kind", "num_classes", "class_counts", "value_range", "preprocessing"}
+JSON_KEYS = {
+    "format",
+    "num_images",
+    "image_shape",
+    "label_kind",
+    "num_classes",
+    "class_counts",
+    "value_range",
+    "preprocessing",
+}
 
 
 @pytest.fixture
@@ -117,14 +126,21 @@ def test_installed_console_script(toy_set):
     folder, _ = toy_set
     script = pathlib.Path(sys.executable).parent / "distill-jax"
     assert script.is_file(), f"console script {script} is not installed (pip install -e .)"
-    result = subprocess.run([str(script), "inspect", str(folder), "--json"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(script), "inspect", str(folder), "--json"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["class_counts"] == [1, 2, 1]
-    failed = subprocess.run([str(script), "inspect", str(folder / "missing")], capture_output=True, text=True, timeout=120)
+    failed = subprocess.run(
+        [str(script), "inspect", str(folder / "missing")], capture_output=True, text=True, timeout=120
+    )
     assert failed.returncode == 2 and "Traceback" not in failed.stderr and "missing" in failed.stderr
 
 
-@pytest.mark.parametrize("name, label_kind, count", [("cifar10_1_mtt", "index", 10), ("cifar10_1_frepo", "vector", 10), ("cifar10_10_frepo", "vector", 100)])
+@pytest.mark.parametrize(
+    "name, label_kind, count",
+    [("cifar10_1_mtt", "index", 10), ("cifar10_1_frepo", "vector", 10), ("cifar10_10_frepo", "vector", 100)],
+)
 def test_inspect_shared_sets(shared_data, capsys, name, label_kind, count):
     code, out, _ = run(["inspect", shared_data / "distilled" / name, "--json"], capsys)
     summary = json.loads(out)

@@ -69,14 +69,30 @@ def _write_cell(workdir, cell, finals, *, split=True, finished_seeds=None, train
                                    train_acc=None if train_acc is None else [train_acc[s]]))
         merged = records.merge_seed_results(runs) if all(r["finished"] for r in runs) else None
     else:
-        merged = _write_run(cell_dir, config, [0, 1, 2], finals, finished=bool(len(finished_seeds)), train_acc=train_acc)
+        merged = _write_run(
+            cell_dir, config, [0, 1, 2], finals, finished=bool(len(finished_seeds)), train_acc=train_acc
+        )
     if record and merged and merged["finished"]:
-        rec = {"cell": cell.name, "label": cell.label, "role": cell.role.value, "network": "resnet18 (width 8, batch norm)"
-               if cell.role is Role.STUDENT else "convnet_frepo (width 32, batch norm)",
-               "epochs": cell.config.train.epochs, "config": config, "split_seeds": split, "seeds": merged["seeds"],
-               "history": merged["history"], "final_accuracy": merged["final_accuracy"], "diverged": None,
-               "best_over_training": records.best_over_training(merged["history"]), "data": merged["data"],
-               "preprocessing": merged["preprocessing"], "software": {}, "device": {}}
+        rec = {
+            "cell": cell.name,
+            "label": cell.label,
+            "role": cell.role.value,
+            "network": "resnet18 (width 8, batch norm)"
+            if cell.role is Role.STUDENT
+            else "convnet_frepo (width 32, batch norm)",
+            "epochs": cell.config.train.epochs,
+            "config": config,
+            "split_seeds": split,
+            "seeds": merged["seeds"],
+            "history": merged["history"],
+            "final_accuracy": merged["final_accuracy"],
+            "diverged": None,
+            "best_over_training": records.best_over_training(merged["history"]),
+            "data": merged["data"],
+            "preprocessing": merged["preprocessing"],
+            "software": {},
+            "device": {},
+        }
         (cell_dir / "record.json").write_text(json.dumps(rec))
     return cell_dir
 
@@ -159,7 +175,10 @@ def test_partial_and_unfinished_cells_are_marked(scales):
     comparison = compare.build_comparison([div20, div5])
     assert [s["label"] for s in comparison["scales"]] == ["epochs/20, lr ×20, width 8", "epochs/5, lr ×5, width 16"]
     assert comparison["experiment"] == EXPERIMENT
-    assert "inferred from cell" in comparison["markdown"] and "not finished (no reproduction.json yet)" in comparison["markdown"]
+    assert (
+        "inferred from cell" in comparison["markdown"]
+        and "not finished (no reproduction.json yet)" in comparison["markdown"]
+    )
 
 
 def test_plan_json_gives_seeds_not_yet_started_and_the_scale(tmp_path):
@@ -333,14 +352,22 @@ def test_a_real_toy_reproduction_reads_back(tmp_path):
     workdir = compare.read_workdir(tmp_path / "w")
     assert workdir["experiment"] == "tiny_compare" and workdir["num_seeds"] == 2
     assert not workdir["finished"]  # one cell of two: its files are reproduction.teacher.json, table.teacher.md
-    assert (tmp_path / "w" / "reproduction.teacher.json").is_file() and not (tmp_path / "w" / "reproduction.json").exists()
+    assert (tmp_path / "w" / "reproduction.teacher.json").is_file() and not (
+        tmp_path / "w" / "reproduction.json"
+    ).exists()
     teacher = workdir["cells"]["teacher"]
     record = json.loads((tmp_path / "w" / "teacher" / "record.json").read_text())
     assert teacher["status"] == "complete" and teacher["final_accuracy"] == record["final_accuracy"]
     assert teacher["epochs"] == 2 and [h["epoch"] for h in teacher["history"]] == [1, 2]
-    last = [json.loads(line) for line in (tmp_path / "w" / "teacher" / "seed_1" / "metrics.jsonl").read_text().splitlines()
-            if "train_accuracy" in line][-1]
-    assert teacher["train_accuracy"]["epoch"] == 2 and teacher["train_accuracy"]["per_seed"][1] == last["train_accuracy"][0]
+    last = [
+        json.loads(line)
+        for line in (tmp_path / "w" / "teacher" / "seed_1" / "metrics.jsonl").read_text().splitlines()
+        if "train_accuracy" in line
+    ][-1]
+    assert (
+        teacher["train_accuracy"]["epoch"] == 2
+        and teacher["train_accuracy"]["per_seed"][1] == last["train_accuracy"][0]
+    )
     comparison = compare.build_comparison([tmp_path / "w"])
     assert comparison["scales"][0]["label"] == "epochs/1, lr ×1, width paper"
     table = compare.comparison_table(comparison["scales"], expected=comparison["cells"])

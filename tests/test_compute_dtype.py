@@ -96,7 +96,9 @@ def test_cpu_convolutions_take_bfloat16_and_return_it(implementation):
     assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16]
     exact_grads = grad(x.astype(jnp.float32), kernel.astype(jnp.float32), "xla")
     for g, e in zip(grads, exact_grads, strict=True):
-        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e), rtol=3e-2, atol=3e-2 * float(jnp.abs(e).max()))
+        np.testing.assert_allclose(
+            np.asarray(g, np.float32), np.asarray(e), rtol=3e-2, atol=3e-2 * float(jnp.abs(e).max())
+        )
 
 
 def _two_steps(compute_dtype: str):
@@ -215,5 +217,7 @@ def test_a_saved_bfloat16_run_is_rebuilt_in_bfloat16(tmp_path):
     spec = json.loads((tmp_path / "bf16" / "model.json").read_text())
     assert spec["options"]["compute_dtype"] == "bfloat16"
     assert saved_runs.load_run(tmp_path / "bf16").module.compute_dtype == "bfloat16"
-    loop.train_and_evaluate(tiny_run_config(**{"train.epochs": 1, "num_seeds": 1}), tmp_path / "f32", data=synthetic_data())
+    loop.train_and_evaluate(
+        tiny_run_config(**{"train.epochs": 1, "num_seeds": 1}), tmp_path / "f32", data=synthetic_data()
+    )
     assert "compute_dtype" not in json.loads((tmp_path / "f32" / "model.json").read_text())["options"]

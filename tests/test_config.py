@@ -18,7 +18,9 @@ def test_default_config_is_valid():
     config_lib.validate(config_lib.default_config())
 
 
-@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py"), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py"), ids=lambda p: p.name
+)
 def test_every_shipped_config_is_valid(path):
     config = config_lib.load_config_file(path)
     if config.data.source == "distilled":
@@ -90,17 +92,39 @@ def test_missing_config_file():
 
 
 def test_command_line_override_of_unknown_field_fails(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "launch" / "main.py"), "--config", str(ROOT / "configs" / "default.py"),
-                          "--workdir", str(tmp_path), "--config.train.nonexistent=3"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "launch" / "main.py"),
+            "--config",
+            str(ROOT / "configs" / "default.py"),
+            "--workdir",
+            str(tmp_path),
+            "--config.train.nonexistent=3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "nonexistent" in out.stderr
 
 
 def test_command_line_bad_value_fails_with_message(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "launch" / "main.py"), "--config", str(ROOT / "configs" / "default.py"),
-                          "--workdir", str(tmp_path), "--config.train.lr_schedule=linear"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "launch" / "main.py"),
+            "--config",
+            str(ROOT / "configs" / "default.py"),
+            "--workdir",
+            str(tmp_path),
+            "--config.train.lr_schedule=linear",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "train.lr_schedule" in out.stderr and "warmup_cosine" in out.stderr
 

@@ -87,7 +87,9 @@ def test_show_with_an_unknown_dataset_is_one_line_exit_2(tmp_path, capsys):
     path = _cifar_shaped_set(tmp_path / "set.npz")
     assert cli.main(["show", str(path), "--out", str(tmp_path / "g.png"), "--dataset", "cifar11"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("distill-jax: error: --dataset: unknown dataset 'cifar11'; expected one of")
+    assert len(err) == 1 and err[0].startswith(
+        "distill-jax: error: --dataset: unknown dataset 'cifar11'; expected one of"
+    )
 
 
 def test_show_with_a_dataset_of_another_shape_is_one_line_exit_2(gray_npz, capsys):

@@ -217,7 +217,9 @@ def test_tfds_prepared_as_tfrecord_says_to_prepare_array_record(tmp_path):
     # What download_and_prepare() leaves by default: TFRecord files, unreadable without TensorFlow.
     (variant / "dataset_info.json").write_text(
         '{"name": "cifar10", "version": "3.0.2", "fileFormat": "tfrecord", "splits": [{"name": "train", '
-        '"shardLengths": ["10"], "numBytes": "100", "filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"}]}')
+        '"shardLengths": ["10"], "numBytes": "100", '
+        '"filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"}]}'
+    )
     with pytest.raises(DataFormatError, match=r"(?s)cannot be read without TensorFlow.*file_format='array_record'"):
         datasets.load_dataset("cifar10", "train", data_dir=tmp_path, source="tfds")
 
@@ -275,7 +277,9 @@ def test_npz_soft_labels_rejected(tmp_path):
 
 
 def test_cifar10_jpeg_missing_says_where(tmp_path):
-    with pytest.raises(DataNotFoundError, match=r"cifar10_jpeg_train.npz not found.*in the data root \(\$DISTILL_JAX_DATA"):
+    with pytest.raises(
+        DataNotFoundError, match=r"cifar10_jpeg_train.npz not found.*in the data root \(\$DISTILL_JAX_DATA"
+    ):
         datasets.load_dataset("cifar10_jpeg", "train", data_dir=tmp_path)
 
 
@@ -475,15 +479,22 @@ def test_truncated_npz_names_the_file(tmp_path):
 
 def test_deflate_bomb_npz_is_refused(tmp_path):
     # 6.3 MB of zero pixels deflate to ~6 kB; numpy inflated whatever the member declared.
-    np.savez_compressed(tmp_path / "train.npz", image=np.zeros((2048, 32, 32, 3), np.uint8), label=np.zeros(2048, np.int64))
-    with pytest.raises(DataFormatError, match=r"train.npz: archive member 'image.npy' inflates \d+ compressed bytes .*zip bomb"):
+    np.savez_compressed(
+        tmp_path / "train.npz", image=np.zeros((2048, 32, 32, 3), np.uint8), label=np.zeros(2048, np.int64)
+    )
+    with pytest.raises(
+        DataFormatError, match=r"train.npz: archive member 'image.npy' inflates \d+ compressed bytes .*zip bomb"
+    ):
         datasets.load_dataset("npz", "train", data_dir=tmp_path)
 
 
 def test_npz_array_over_the_cap_is_refused(tmp_path, monkeypatch):
     np.savez(tmp_path / "train.npz", image=np.zeros((100, 32, 32, 3), np.uint8), label=np.zeros(100, np.int64))
     monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(200_000))
-    with pytest.raises(DataFormatError, match=r"train.npz: archive member 'image.npy' declares 307328 bytes uncompressed, over the cap of 200000"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"train.npz: archive member 'image.npy' declares 307328 bytes uncompressed, over the cap of 200000",
+    ):
         datasets.load_dataset("npz", "train", data_dir=tmp_path)
 
 
@@ -502,7 +513,10 @@ def test_npz_member_without_npy_suffix_is_not_an_array(tmp_path):
 
 def test_npz_dataset_errors_name_the_file(tmp_path):
     np.savez(tmp_path / "train.npz", image=np.zeros((2, 2, 2, 1), np.uint8), label=np.array([0, 12]))
-    with pytest.raises(DataFormatError, match=r"npz file .*train.npz: dataset 'cifar10_jpeg' split 'train': labels must lie in \[0, 10\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"npz file .*train.npz: dataset 'cifar10_jpeg' split 'train': labels must lie in \[0, 10\)",
+    ):
         datasets.load_dataset("cifar10_jpeg", "train", data_dir=tmp_path, file_pattern="{split}.npz")
 
 
@@ -520,7 +534,10 @@ def test_memory_error_becomes_data_format_error(tmp_path, monkeypatch):
 def test_idx_gzip_declaring_more_than_the_cap_is_refused_before_inflating(tmp_path, monkeypatch):
     path = _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((100, 100, 100), np.uint8), compress=True)
     monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(500_000))
-    with pytest.raises(DataFormatError, match=r"train-images-idx3-ubyte.gz: dimensions \(100, 100, 100\) declare 1000000 bytes, over the cap of 500000"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"train-images-idx3-ubyte.gz: dimensions \(100, 100, 100\) declare 1000000 bytes, over the cap of 500000",
+    ):
         datasets.read_idx(path)
 
 
@@ -650,8 +667,11 @@ def test_cifar_python_array_must_hold_its_own_bytes(tmp_path):
             return rebuild, args, (state[0], (1000, 3072)) + state[2:]
 
     path = _python_archive(tmp_path, {b"data": Lying(), b"labels": [0] * 1000})
-    with pytest.raises(datasets.cifar.CifarArchiveError, match=rf"{path}: .*shape \(1000, 3072\) uint8 \(3072000 bytes\) "
-                                                               r"holds 6144 bytes"):
+    with pytest.raises(
+        datasets.cifar.CifarArchiveError,
+        match=rf"{path}: .*shape \(1000, 3072\) uint8 \(3072000 bytes\) "
+        r"holds 6144 bytes",
+    ):
         datasets.load_dataset("cifar10", "train", data_dir=tmp_path)
 
 
@@ -666,7 +686,9 @@ def test_cifar_python_pickle_memo_index_past_its_length_is_refused(tmp_path):
 def test_cifar_binary_gzip_bomb_is_refused_while_inflating(tmp_path):
     # Six members of zero records: ~32 MB of tar from a ~33 kB archive (over 200:1).
     zeros = bytes(3073 * 1700)
-    members = {f"cifar-10-batches-bin/{m}": zeros for m in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]}
+    members = {
+        f"cifar-10-batches-bin/{m}": zeros for m in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]
+    }
     members["cifar-10-batches-bin/batches.meta.txt"] = b"\n".join(b"c%d" % k for k in range(10))
     path = _tar_gz(tmp_path / "cifar-10-binary.tar.gz", members)
     assert path.stat().st_size * 200 < 6 * len(zeros)
@@ -678,7 +700,9 @@ def test_cifar_binary_gzip_bomb_is_refused_while_inflating(tmp_path):
 def test_cifar_binary_member_over_the_cap_is_refused_before_reading(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     record = rng.integers(0, 10, (40, 3073), dtype=np.uint8).tobytes()  # 123 kB, incompressible
-    members = {f"cifar-10-batches-bin/{m}": record for m in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]}
+    members = {
+        f"cifar-10-batches-bin/{m}": record for m in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]
+    }
     members["cifar-10-batches-bin/batches.meta.txt"] = b"\n".join(b"c%d" % k for k in range(10))
     path = _tar_gz(tmp_path / "cifar-10-binary.tar.gz", members, level=1)
     assert len(datasets.load_dataset("cifar10", "train", data_dir=tmp_path)) == 200

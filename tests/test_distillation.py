@@ -77,7 +77,9 @@ def test_krr_prediction_and_loss_match_numpy():
     ft, yt = rng.normal(size=(5, 9)), rng.normal(size=(5, 3))
     reg = 1e-2
     expected = _numpy_krr(fs, ys, ft, reg)
-    got = frepo.krr_predict(jnp.asarray(fs, jnp.float32), jnp.asarray(ys, jnp.float32), jnp.asarray(ft, jnp.float32), reg)
+    got = frepo.krr_predict(
+        jnp.asarray(fs, jnp.float32), jnp.asarray(ys, jnp.float32), jnp.asarray(ft, jnp.float32), reg
+    )
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4)
     loss = frepo.krr_loss(*(jnp.asarray(a, jnp.float32) for a in (fs, ys, ft, yt)), reg)
     np.testing.assert_allclose(float(loss), np.mean((expected - yt) ** 2), rtol=1e-4)
@@ -164,7 +166,8 @@ def test_image_grid_layout():
     assert grid.shape == (2 * 32 + 1, 2 * 32 + 1) and grid.dtype == np.uint8
     assert grid[0, 0] == 128 and grid[0, 33] == 255 and grid[33, 0] == 0 and grid[33 + zoom, 33 + zoom] == 255
     named = image_grid.image_grid(pixels, classes, num_classes=2, class_names=["zero", "one"])
-    assert named.shape == (65, image_grid.LABEL_WIDTH + 65) and named[:, :image_grid.LABEL_WIDTH].min() < 128  # dark text
+    # A dark text column at the left.
+    assert named.shape == (65, image_grid.LABEL_WIDTH + 65) and named[:, :image_grid.LABEL_WIDTH].min() < 128
 
 
 # --------------------------------------------------------------------------- steps
@@ -267,9 +270,12 @@ def runs(tmp_path_factory):
     out = {"data": data}
     for method in ("dm", "frepo"):
         full = distill_mode.run_distillation(_config(method, **{"data.data_dir": str(data)}), root / method / "full")
-        stopped = distill_mode.run_distillation(_config(method, **{"data.data_dir": str(data), "distill.stop_after_steps": 3}),
-                                          root / method / "resumed")
-        resumed = distill_mode.run_distillation(_config(method, **{"data.data_dir": str(data)}), root / method / "resumed")
+        stopped = distill_mode.run_distillation(
+            _config(method, **{"data.data_dir": str(data), "distill.stop_after_steps": 3}), root / method / "resumed"
+        )
+        resumed = distill_mode.run_distillation(
+            _config(method, **{"data.data_dir": str(data)}), root / method / "resumed"
+        )
         out[method] = {"full": full, "stopped": stopped, "resumed": resumed, "workdir": root / method / "full"}
     return out
 
@@ -283,7 +289,9 @@ def test_resume_is_exact(runs, method):
     b = distilled_lib.load_distilled(resumed["distilled_path"])
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.labels, b.labels)
-    assert [h["loss"] for h in full["history"] if h["step"] > 4] == [h["loss"] for h in resumed["history"] if h["step"] > 4]
+    assert [h["loss"] for h in full["history"] if h["step"] > 4] == [
+        h["loss"] for h in resumed["history"] if h["step"] > 4
+    ]
 
 
 def test_produced_set_loads_and_trains_in_the_training_loop(runs, tmp_path):
@@ -295,10 +303,14 @@ def test_produced_set_loads_and_trains_in_the_training_loop(runs, tmp_path):
     np.testing.assert_array_equal(dset.class_counts(), [2] * CLASSES)
     stored = preprocess.Preprocessing.load(work / distill_mode.PREPROCESSING_NAME)
     on_disk_pixels = np.round(_toy_pixels()[0] * 255).astype(np.uint8).astype(np.float32) / 255
-    np.testing.assert_allclose(stored.zca_matrix, preprocess.fit("zca_frepo", on_disk_pixels).zca_matrix, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        stored.zca_matrix, preprocess.fit("zca_frepo", on_disk_pixels).zca_matrix, rtol=1e-5, atol=1e-6
+    )
     assert sorted(p.name for p in (work / "images").glob("*.png")) == [f"step_{s:07d}.png" for s in (3, 6)]
     on_disk = json.loads((work / "results.json").read_text())
-    assert on_disk["finished"] and on_disk["seconds_per_step"] > 0 and [h["step"] for h in on_disk["history"]] == [2, 4, 6]
+    assert (
+        on_disk["finished"] and on_disk["seconds_per_step"] > 0 and [h["step"] for h in on_disk["history"]] == [2, 4, 6]
+    )
     assert distilled_lib.load_distilled(runs["dm"]["full"]["distilled_path"]).label_kind == "index"
 
     train = config_lib.default_config()
@@ -328,7 +340,9 @@ def test_every_file_of_a_distillation_and_of_a_training_on_its_set_has_the_mode_
     and a training on its set write gets the mode open() gives, 0666 less the umask (0644 under
     the usual 022), the set and its preprocessing included."""
     data = _write_npz_dataset(tmp_path / "data")
-    made = distill_mode.run_distillation(_config(**{"data.data_dir": str(data), "distill.steps": 2}), tmp_path / "distill")
+    made = distill_mode.run_distillation(
+        _config(**{"data.data_dir": str(data), "distill.steps": 2}), tmp_path / "distill"
+    )
     train = config_lib.default_config()
     train.data.dataset, train.data.data_dir = "npz", str(data)
     train.data.source, train.data.distilled_path = "distilled", made["distilled_path"]
@@ -338,8 +352,17 @@ def test_every_file_of_a_distillation_and_of_a_training_on_its_set_has_the_mode_
 
     files = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
              for folder in ("distill", "train") for p in (tmp_path / folder).rglob("*") if p.is_file()}
-    assert {"distill/" + name for name in (distill_mode.OUTPUT_NAME, distill_mode.PREPROCESSING_NAME, workdir_io.CONFIG_FILE,
-                                          workdir_io.RESULTS_FILE, workdir_io.METRICS_FILE, "images/step_0000002.png")} <= set(files)
+    assert {
+        "distill/" + name
+        for name in (
+            distill_mode.OUTPUT_NAME,
+            distill_mode.PREPROCESSING_NAME,
+            workdir_io.CONFIG_FILE,
+            workdir_io.RESULTS_FILE,
+            workdir_io.METRICS_FILE,
+            "images/step_0000002.png",
+        )
+    } <= set(files)
     assert {"train/" + name for name in (workdir_io.CONFIG_FILE, workdir_io.MODEL_FILE, workdir_io.RESULTS_FILE,
                                          workdir_io.METRICS_FILE, workdir_io.TRAIN_SET_GRID)} <= set(files)
     assert any(name.startswith(f"train/{workdir_io.CHECKPOINT_DIR}/") for name in files)
@@ -358,7 +381,9 @@ def test_unknown_method_is_rejected_by_validation():
 
 def test_unknown_augment_op_names_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"distill\.augment_ops.*'zoom'"):
-        distill_mode.run_distillation(_config(**{"distill.augment_ops": "flip,zoom"}), tmp_path, real=_real("standardize"))
+        distill_mode.run_distillation(
+            _config(**{"distill.augment_ops": "flip,zoom"}), tmp_path, real=_real("standardize")
+        )
 
 
 def test_more_images_per_class_than_the_class_has(tmp_path):
@@ -374,10 +399,14 @@ def test_real_data_in_another_pixel_space(tmp_path):
 def test_resuming_a_different_run_is_refused(tmp_path):
     distill_mode.run_distillation(_config(**{"distill.steps": 2}), tmp_path, real=_real("standardize"))
     with pytest.raises(workdir_io.RunConfigError, match="distill.ipc: 2 -> 3"):
-        distill_mode.run_distillation(_config(**{"distill.steps": 2, "distill.ipc": 3}), tmp_path, real=_real("standardize"))
+        distill_mode.run_distillation(
+            _config(**{"distill.steps": 2, "distill.ipc": 3}), tmp_path, real=_real("standardize")
+        )
     (tmp_path / "config.json").unlink()  # the checkpoints' own record still names the run
     with pytest.raises(ckpt_lib.CheckpointError, match="distill.ipc: 2 -> 3"):
-        distill_mode.run_distillation(_config(**{"distill.steps": 2, "distill.ipc": 3}), tmp_path, real=_real("standardize"))
+        distill_mode.run_distillation(
+            _config(**{"distill.steps": 2, "distill.ipc": 3}), tmp_path, real=_real("standardize")
+        )
 
 
 def test_non_finite_loss_stops_the_run(tmp_path):

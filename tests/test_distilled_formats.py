@@ -224,7 +224,12 @@ def test_save_overwrites_atomically_and_refuses_bad_provenance(tmp_path):
 def test_own_format_newer_version_is_refused(tmp_path):
     meta = {"format": "distill_jax", "format_version": 99, "num_classes": 1, "preprocessing": "none"}
     path = tmp_path / "future.npz"
-    np.savez(path, images=np.zeros((1, 2, 2, 1), np.float32), labels=np.zeros(1, np.int64), metadata=np.array(json.dumps(meta)))
+    np.savez(
+        path,
+        images=np.zeros((1, 2, 2, 1), np.float32),
+        labels=np.zeros(1, np.int64),
+        metadata=np.array(json.dumps(meta)),
+    )
     with pytest.raises(DistilledFormatError, match="format_version"):
         load_distilled(path)
 
@@ -235,7 +240,11 @@ def test_own_format_newer_version_is_refused(tmp_path):
 
 
 def test_truncated_files(tmp_path):
-    np.savez(tmp_path / "full.npz", images=RNG.normal(size=(50, 8, 8, 3)).astype(np.float32), labels=np.eye(50, dtype=np.float32)[:, :10])
+    np.savez(
+        tmp_path / "full.npz",
+        images=RNG.normal(size=(50, 8, 8, 3)).astype(np.float32),
+        labels=np.eye(50, dtype=np.float32)[:, :10],
+    )
     cut = tmp_path / "cut.npz"
     cut.write_bytes((tmp_path / "full.npz").read_bytes()[:3000])
     with pytest.raises(DistilledFormatError, match=f"{cut}: truncated or corrupt npz"):
@@ -246,7 +255,9 @@ def test_truncated_files(tmp_path):
     with pytest.raises(DistilledFormatError, match=f"{images}: .*truncated"):
         load_distilled(folder)
     checkpoint = tmp_path / "c.msgpack"
-    checkpoint.write_bytes(serialization.msgpack_serialize({"params": {"x_proto": np.zeros((2, 4, 4, 3), np.float32)}})[:40])
+    checkpoint.write_bytes(
+        serialization.msgpack_serialize({"params": {"x_proto": np.zeros((2, 4, 4, 3), np.float32)}})[:40]
+    )
     with pytest.raises(DistilledFormatError, match=f"{checkpoint}: truncated or corrupt msgpack"):
         load_distilled(checkpoint)
 
@@ -280,10 +291,14 @@ def test_non_finite_pixels(tmp_path, bad):
 
 def test_labels_out_of_range(tmp_path):
     folder = _write_pair(tmp_path / "range", _nchw(), np.array([0, 1, 5, -1]))
-    with pytest.raises(DistilledFormatError, match=r"labels_best.pt: field 'labels': class indices must lie in \[0, 10\)"):
+    with pytest.raises(
+        DistilledFormatError, match=r"labels_best.pt: field 'labels': class indices must lie in \[0, 10\)"
+    ):
         load_distilled(folder, num_classes=10)
     np.savez(tmp_path / "k.npz", images=np.zeros((2, 4, 4, 3), np.float32), labels=np.zeros((2, 3), np.float32))
-    with pytest.raises(DistilledFormatError, match=r"k.npz: field 'labels': label vectors have 3 entries, expected num_classes=10"):
+    with pytest.raises(
+        DistilledFormatError, match=r"k.npz: field 'labels': label vectors have 3 entries, expected num_classes=10"
+    ):
         load_distilled(tmp_path / "k.npz", num_classes=10)
     np.savez(tmp_path / "n.npz", images=np.zeros((2, 4, 4, 3), np.float32), labels=np.full((2, 3), np.nan, np.float32))
     with pytest.raises(DistilledFormatError, match=r"n.npz: field 'labels': label vectors hold NaN"):
@@ -394,32 +409,56 @@ def test_deflate_bomb_npz_is_refused(tmp_path):
     path = tmp_path / "bomb.npz"
     np.savez_compressed(path, images=np.zeros((512, 32, 32, 3), np.float32), labels=np.eye(512, 10, dtype=np.float32))
     assert path.stat().st_size < 64 << 10
-    with pytest.raises(DistilledFormatError, match=rf"{path}: archive member 'images.npy' inflates \d+ compressed bytes to 6291584 .*zip bomb"):
+    with pytest.raises(
+        DistilledFormatError,
+        match=rf"{path}: archive member 'images.npy' inflates \d+ compressed bytes to 6291584 .*zip bomb",
+    ):
         load_distilled(path, format="kip_npz")
     # Real pixels deflate far less and still load.
-    np.savez_compressed(tmp_path / "real.npz", images=RNG.normal(size=(64, 32, 32, 3)).astype(np.float32), labels=np.eye(64, 10, dtype=np.float32))
+    np.savez_compressed(
+        tmp_path / "real.npz",
+        images=RNG.normal(size=(64, 32, 32, 3)).astype(np.float32),
+        labels=np.eye(64, 10, dtype=np.float32),
+    )
     assert load_distilled(tmp_path / "real.npz", format="kip_npz").num_images == 64
 
 
 def test_npz_member_over_the_cap_is_refused(tmp_path, monkeypatch):
-    np.savez(tmp_path / "big.npz", images=np.zeros((32, 32, 32, 3), np.float32), labels=np.eye(32, 10, dtype=np.float32))
+    np.savez(
+        tmp_path / "big.npz", images=np.zeros((32, 32, 32, 3), np.float32), labels=np.eye(32, 10, dtype=np.float32)
+    )
     monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(64 << 10))
     # The zip directory already says too much (checked before opening the member) ...
-    with pytest.raises(DistilledFormatError, match=r"big.npz: archive member 'images.npy' declares 393344 bytes uncompressed, over the cap of 65536"):
+    with pytest.raises(
+        DistilledFormatError,
+        match=r"big.npz: archive member 'images.npy' declares 393344 bytes uncompressed, over the cap of 65536",
+    ):
         load_distilled(tmp_path / "big.npz", format="kip_npz")
     # ... or, just over, the npy header does (checked before reading the data).
     np.savez(tmp_path / "over.npz", images=np.zeros((6, 32, 32, 3), np.float32), labels=np.eye(6, 10, dtype=np.float32))
-    with pytest.raises(DistilledFormatError, match=r"over.npz: array 'images.npy' declares shape \(6, 32, 32, 3\) of float32 = 73728 bytes, over the cap of 65536"):
+    with pytest.raises(
+        DistilledFormatError,
+        match=r"over.npz: array 'images.npy' declares shape \(6, 32, 32, 3\) of float32 = 73728 bytes, "
+        r"over the cap of 65536",
+    ):
         load_distilled(tmp_path / "over.npz", format="kip_npz")
 
 
 def test_npy_header_declaring_more_than_its_member_is_refused(tmp_path):
     # numpy allocates what the header declares (here 384 TB: MemoryError) before reading.
     path = _npz_with_header(tmp_path / "huge.npz", (1_000_000, 1_000_000, 32, 3))
-    with pytest.raises(DistilledFormatError, match=r"huge.npz: array 'images.npy' declares shape \(1000000, 1000000, 32, 3\) of float32 = \d+ bytes, over the cap"):
+    with pytest.raises(
+        DistilledFormatError,
+        match=r"huge.npz: array 'images.npy' declares shape \(1000000, 1000000, 32, 3\) of float32 = \d+ bytes, "
+        r"over the cap",
+    ):
         load_distilled(path, format="kip_npz")
     path = _npz_with_header(tmp_path / "short.npz", (2, 4, 4, 3))
-    with pytest.raises(DistilledFormatError, match=r"short.npz: array 'images.npy' declares shape \(2, 4, 4, 3\) of float32 = 384 bytes but the member holds 16"):
+    with pytest.raises(
+        DistilledFormatError,
+        match=r"short.npz: array 'images.npy' declares shape \(2, 4, 4, 3\) of float32 = 384 bytes "
+        r"but the member holds 16",
+    ):
         load_distilled(path, format="kip_npz")
 
 
@@ -432,7 +471,10 @@ def test_msgpack_array_over_the_cap_is_refused(tmp_path, monkeypatch):
                        r"decoded whole, so it may take at most the cap of 1048576 bytes"):
         load_distilled(path)
     # ... and each array inside a payload too.
-    with pytest.raises(DistilledFormatError, match=r"x: an array declares shape \(100, 32, 32, 3\) of float32 = 1228800 bytes, over the cap of 1048576"):
+    with pytest.raises(
+        DistilledFormatError,
+        match=r"x: an array declares shape \(100, 32, 32, 3\) of float32 = 1228800 bytes, over the cap of 1048576",
+    ):
         restore_msgpack(path.read_bytes(), "x")
     # An ndarray entry whose declared shape does not match its bytes.
     import msgpack
@@ -440,7 +482,10 @@ def test_msgpack_array_over_the_cap_is_refused(tmp_path, monkeypatch):
     entry = msgpack.ExtType(1, msgpack.packb(((10**6, 10**6), "float32", b"\0" * 16), use_bin_type=True))
     odd = tmp_path / "odd.msgpack"
     odd.write_bytes(msgpack.packb({"params": {"x_proto": entry, "y_proto": entry}}, use_bin_type=True))
-    with pytest.raises(DistilledFormatError, match=rf"{odd}: an array declares shape \(1000000, 1000000\) of float32 = 4000000000000 bytes, over the cap"):
+    with pytest.raises(
+        DistilledFormatError,
+        match=rf"{odd}: an array declares shape \(1000000, 1000000\) of float32 = 4000000000000 bytes, over the cap",
+    ):
         load_distilled(odd)
 
 
@@ -465,7 +510,9 @@ def test_msgpack_nested_container_headers_stay_bounded(tmp_path):
 
 def test_msgpack_prototypes_must_be_arrays(tmp_path):
     ragged = _msgpack(tmp_path / "ragged.msgpack", {"params": {"x_proto": [[1.0, 2.0], [3.0]], "y_proto": [0, 1]}})
-    with pytest.raises(DistilledFormatError, match=r"ragged.msgpack: field 'params/x_proto': expected an image tensor, got list"):
+    with pytest.raises(
+        DistilledFormatError, match=r"ragged.msgpack: field 'params/x_proto': expected an image tensor, got list"
+    ):
         load_distilled(ragged)
 
 
@@ -491,9 +538,16 @@ def test_restore_msgpack_reads_what_flax_writes(monkeypatch):
 
     from distill_jax.formats.distilled import restore_msgpack
 
-    tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, ml_dtypes.bfloat16), "c": np.float64(1.5),
-            "d": 3, "e": "text", "f": [1, 2, [3, 4]], "g": complex(1, 2),
-            "h": {"i": np.array(True), "j": np.zeros((0, 4), np.int8), "k": np.arange(30, dtype=np.int64).reshape(5, 6)}}
+    tree = {
+        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "b": np.ones(2, ml_dtypes.bfloat16),
+        "c": np.float64(1.5),
+        "d": 3,
+        "e": "text",
+        "f": [1, 2, [3, 4]],
+        "g": complex(1, 2),
+        "h": {"i": np.array(True), "j": np.zeros((0, 4), np.int8), "k": np.arange(30, dtype=np.int64).reshape(5, 6)},
+    }
     monkeypatch.setattr(flax_serialization, "MAX_CHUNK_SIZE", 64)  # 'k' (240 bytes) is written in chunks
     payload = serialization.msgpack_serialize(tree)
     assert b"__msgpack_chunked_array__" in payload
@@ -541,7 +595,12 @@ def test_own_format_num_classes_of_fifty_million_is_refused(tmp_path):
     path = tmp_path / "own.npz"
     metadata = {"format": "distill_jax", "format_version": 1, "num_classes": 50_000_000, "preprocessing": "none",
                 "label_kind": "index", "image_layout": "NHWC", "provenance": {}}
-    np.savez(path, images=np.zeros((2, 4, 4, 3), np.float32), labels=np.array([0, 1]), metadata=np.array(json.dumps(metadata)))
+    np.savez(
+        path,
+        images=np.zeros((2, 4, 4, 3), np.float32),
+        labels=np.array([0, 1]),
+        metadata=np.array(json.dumps(metadata)),
+    )
 
     def load():
         with pytest.raises(DistilledFormatError, match=rf"{path}: field 'metadata.num_classes': 50000000 classes, "
@@ -585,7 +644,12 @@ def test_msgpack_file_over_the_cap_is_refused_before_reading(tmp_path, monkeypat
 
 
 def test_msgpack_bytes_after_the_checkpoint_are_neither_read_nor_copied(tmp_path):
-    tree = {"params": {"x_proto": RNG.normal(size=(2, 4, 4, 3)).astype(np.float32), "y_proto": np.eye(2, 3, dtype=np.float32)}}
+    tree = {
+        "params": {
+            "x_proto": RNG.normal(size=(2, 4, 4, 3)).astype(np.float32),
+            "y_proto": np.eye(2, 3, dtype=np.float32),
+        }
+    }
     path = _msgpack(tmp_path / "checkpoint_2", tree)
     size = path.stat().st_size
     with open(path, "r+b") as handle:
@@ -597,16 +661,20 @@ def test_msgpack_bytes_after_the_checkpoint_are_neither_read_nor_copied(tmp_path
     import sys
 
     # (VmHWM, the peak of this process image: ru_maxrss would carry the forking parent's over exec.)
-    probe = ("import sys\n"
-             "from distill_jax.formats.distilled import DistilledFormatError, load_distilled\n"
-             "def peak():\n    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
-             "before = peak()\n"
-             "try:\n    load_distilled(sys.argv[1])\nexcept DistilledFormatError as err:\n    print(err)\n"
-             "print(peak() - before)\n")
+    probe = (
+        "import sys\n"
+        "from distill_jax.formats.distilled import DistilledFormatError, load_distilled\n"
+        "def peak():\n    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
+        "before = peak()\n"
+        "try:\n    load_distilled(sys.argv[1])\nexcept DistilledFormatError as err:\n    print(err)\n"
+        "print(peak() - before)\n"
+    )
     done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=120)
     message, growth_kib = done.stdout.strip().splitlines()
     assert int(growth_kib) < 16 << 10, f"peak resident memory grew by {growth_kib} KiB"
-    assert message == f"{path}: 67108864 bytes after the checkpoint's data (expected one msgpack object filling the file)"
+    assert (
+        message == f"{path}: 67108864 bytes after the checkpoint's data (expected one msgpack object filling the file)"
+    )
 
 
 def test_msgpack_checkpoint_read_in_blocks_equals_flax(tmp_path):

@@ -22,7 +22,9 @@ def _tiny_data(classes=4, per_class=5, size=8, seed=0):
     labels = np.repeat(np.arange(classes), per_class)
     images = rng.normal(size=(len(labels), size, size, 1)).astype(np.float32) + labels[:, None, None, None] * 0.5
     test_labels = np.repeat(np.arange(classes), 6)
-    test_images = rng.normal(size=(len(test_labels), size, size, 1)).astype(np.float32) + test_labels[:, None, None, None] * 0.5
+    test_images = (
+        rng.normal(size=(len(test_labels), size, size, 1)).astype(np.float32) + test_labels[:, None, None, None] * 0.5
+    )
     prep = preprocess.fit("none", np.zeros((2, 8, 8, images.shape[-1]), np.float32))
     return pipeline.TrainingData(images, labels, test_images, test_labels, classes, prep, "synthetic 8x8")
 
@@ -173,8 +175,15 @@ def test_best_over_training_is_per_seed_max_and_labelled():
 
 
 def test_merge_keeps_common_epochs_and_requires_every_seed_finished():
-    a = {"finished": True, "seeds": [0], "final_accuracy": metrics.summarize([50.0]),
-         "history": [{"epoch": 1, "train_loss": 1.0, "test_accuracy": [40.0]}, {"epoch": 2, "train_loss": 0.5, "test_accuracy": [50.0]}]}
+    a = {
+        "finished": True,
+        "seeds": [0],
+        "final_accuracy": metrics.summarize([50.0]),
+        "history": [
+            {"epoch": 1, "train_loss": 1.0, "test_accuracy": [40.0]},
+            {"epoch": 2, "train_loss": 0.5, "test_accuracy": [50.0]},
+        ],
+    }
     b = {"finished": False, "seeds": [1], "final_accuracy": None,
          "history": [{"epoch": 1, "train_loss": 3.0, "test_accuracy": [30.0]}]}
     merged = records.merge_seed_results([a, b])
@@ -205,7 +214,10 @@ def test_schedule_curves_of_the_full_configuration():
 def test_plots_write_png_files(tmp_path):
     c = recipes.paper_config("resnet18", "frepo", "cifar10", 10, "baseline")
     assert plots.plot_schedules(c, tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC
-    run = {"seeds": [0, 1], "history": [{"epoch": 1, "test_accuracy": [10.0, 20.0]}, {"epoch": 2, "test_accuracy": [30.0, 35.0]}]}
+    run = {
+        "seeds": [0, 1],
+        "history": [{"epoch": 1, "test_accuracy": [10.0, 20.0]}, {"epoch": 2, "test_accuracy": [30.0, 35.0]}],
+    }
     assert plots.plot_accuracy(run, tmp_path / "a.png").read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match="no evaluations"):
         plots.plot_accuracy({"history": []}, tmp_path / "b.png")
@@ -232,7 +244,8 @@ def _reference_convnet_logits(state_dict, images_nhwc):
         n, _, h, w = x.shape
         padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
         # cross-correlation: out[n, o, y, x] = b[o] + sum_{i, dy, dx} W[o, i, dy, dx] * padded[n, i, y + dy, x + dx]
-        patches = np.stack([[padded[:, :, dy:dy + h, dx:dx + w] for dx in range(3)] for dy in range(3)])  # (3, 3, N, I, H, W)
+        # (3, 3, N, I, H, W)
+        patches = np.stack([[padded[:, :, dy:dy + h, dx:dx + w] for dx in range(3)] for dy in range(3)])
         x = np.einsum("abnihw,oiab->nohw", patches, weight, optimize=True) + bias[None, :, None, None]
         # instance norm: per sample and channel over (H, W), biased variance, eps 1e-5, per-channel affine
         mean, var = x.mean(axis=(2, 3), keepdims=True), x.var(axis=(2, 3), keepdims=True)

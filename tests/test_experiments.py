@@ -125,13 +125,19 @@ def test_realsubset_experiment_cells(tmp_path):
     convnet, baseline, dp_kd = (c.config for c in cells)
     assert convnet.data.source == "real" and convnet.data.per_class == 10 and convnet.model.name == "convnet"
     assert baseline.train.optimizer == "adamw" and not baseline.model.droppath
-    assert dp_kd.model.droppath and dp_kd.train.keep_rate.enabled and dp_kd.train.kd.teacher_path == str(tmp_path / "teacher")
+    assert (
+        dp_kd.model.droppath
+        and dp_kd.train.keep_rate.enabled
+        and dp_kd.train.kd.teacher_path == str(tmp_path / "teacher")
+    )
 
 
 def test_published_mtt_teacher_is_evaluated_not_trained(tmp_path, shared_data):
     cells = registry.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path)
     assert cells[0].role is Role.IMPORT
-    assert cells[0].config.evaluate.path == str(shared_data / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth")
+    assert cells[0].config.evaluate.path == str(
+        shared_data / "teachers" / "cifar10_1_mtt_convnet" / "checkpoint_best.pth"
+    )
     assert cells[-1].config.train.kd.teacher_path == str(tmp_path / "teacher")  # where it is imported
 
 
@@ -185,7 +191,15 @@ def test_student_with_missing_teacher_says_how_to_train_one(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.normal(size=(20, 8, 8, 3)).astype(np.float32)
     labels = np.repeat(np.arange(10), 2)
-    data = pipeline.TrainingData(images, labels, images, labels, 10, preprocess.fit("none", np.zeros((2, 8, 8, images.shape[-1]), np.float32)), "synthetic")
+    data = pipeline.TrainingData(
+        images,
+        labels,
+        images,
+        labels,
+        10,
+        preprocess.fit("none", np.zeros((2, 8, 8, images.shape[-1]), np.float32)),
+        "synthetic",
+    )
     c = recipes.paper_config("resnet18", "frepo", "cifar10", 10, "full", teacher_path=str(tmp_path / "no_teacher"))
     with pytest.raises(teacher_lib.TeacherError, match=r"train one with .*launch/main.py"):
         loop.train_and_evaluate(c, tmp_path / "run", data=data)
@@ -245,7 +259,11 @@ def test_mtt_teacher_is_published_and_labelled_as_test_selected_or_trained_here(
     assert "selected on the test set" in cells[0].label
     own = registry.get_experiment("mtt_cifar10_jpeg_1_resnet18", tmp_path / "run", teacher="trained")
     assert own[0].role is Role.TEACHER and "trained here, final epoch" in own[0].label
-    assert (own[0].config.mode, own[0].config.model.name, own[0].config.model.norm) == ("teacher", "convnet", "instance")
+    assert (own[0].config.mode, own[0].config.model.name, own[0].config.model.norm) == (
+        "teacher",
+        "convnet",
+        "instance",
+    )
     full = {c.name: c for c in own}["full"]
     assert full.config.train.kd.teacher_path == str(tmp_path / "run" / "teacher")
     with pytest.raises(recipes.ExperimentError, match=r"teacher source 'best'.*'auto', 'trained'"):

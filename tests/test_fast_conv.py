@@ -102,7 +102,9 @@ def test_kernel_grad_chunking_equals_whole_batch(chunk_bytes):
     grad_out = normal((7, 8, 8, 5), 6)
     pads = ((1, 1), (1, 1))
     _, kernel_vjp = jax.vjp(lambda k: lax_conv(x, k, 1, pads), jnp.zeros((3, 3, 4, 5)))
-    got = jax.jit(lambda x_, g_: kernel_grad_by_taps(x_, g_, (3, 3), (1, 1), pads, chunk_bytes=chunk_bytes))(x, grad_out)
+    got = jax.jit(lambda x_, g_: kernel_grad_by_taps(x_, g_, (3, 3), (1, 1), pads, chunk_bytes=chunk_bytes))(
+        x, grad_out
+    )
     chex.assert_trees_all_close(got, kernel_vjp(grad_out)[0], **TOL)
 
 
@@ -115,7 +117,9 @@ def test_vmap_over_seeds_matches_lax(in_axes):
     kernel = kernel if in_axes[1] == 0 else kernel[0]
 
     def per_seed(conv):
-        return jax.jit(jax.vmap(lambda x_, k_: output_and_grads(conv, x_, k_, (2, 2), "SAME"), in_axes=in_axes))(x, kernel)
+        return jax.jit(jax.vmap(lambda x_, k_: output_and_grads(conv, x_, k_, (2, 2), "SAME"), in_axes=in_axes))(
+            x, kernel
+        )
 
     chex.assert_trees_all_close(per_seed(conv2d), per_seed(lax_conv), **TOL)
 
@@ -148,7 +152,12 @@ def test_explicit_padding_hand_computed(padding, image, kernel, strides, expecte
 
 @pytest.mark.parametrize(
     "padding, message",
-    [("FULL", "padding must be"), ((1, 2, 3), "padding must be"), ((1, (2,)), "each padding entry"), (-1, "each padding entry")],
+    [
+        ("FULL", "padding must be"),
+        ((1, 2, 3), "padding must be"),
+        ((1, (2,)), "each padding entry"),
+        (-1, "each padding entry"),
+    ],
 )
 def test_bad_padding_raises(padding, message):
     x, kernel = random_pair((1, 4, 4, 1), (3, 3, 1, 1))
@@ -187,7 +196,9 @@ def test_seed_vmap_unrolled_and_looped_paths_agree_with_xla(monkeypatch, unroll)
         return jnp.sum(conv(x, k) ** 2)
 
     ours = jax.vmap(jax.value_and_grad(lambda k: loss(lambda a, b: fast_conv.conv2d(a, b, 1, pads), k)))(kernels)
-    ref = jax.vmap(jax.value_and_grad(lambda k: loss(lambda a, b: fast_conv.xla_conv2d(a, b, (1, 1), pads), k)))(kernels)
+    ref = jax.vmap(jax.value_and_grad(lambda k: loss(lambda a, b: fast_conv.xla_conv2d(a, b, (1, 1), pads), k)))(
+        kernels
+    )
     chex.assert_trees_all_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 

@@ -39,8 +39,14 @@ def test_a_built_wheel_trains_from_a_config_file_anywhere(tmp_path):
     assert where.startswith(str(site)), where  # the installed copy, not the checkout
     if onednn_conv.unavailable_reason() is None:  # the wheel ships the kernels' C++ source
         env_cache = {**env, onednn_conv.CACHE_ENV: str(tmp_path / "kernels")}
-        impl = subprocess.run([sys.executable, "-c", "from distill_jax import models; print(models.resolve_conv('auto'))"],
-                              cwd=elsewhere, env=env_cache, capture_output=True, text=True, check=True).stdout.strip()
+        impl = subprocess.run(
+            [sys.executable, "-c", "from distill_jax import models; print(models.resolve_conv('auto'))"],
+            cwd=elsewhere,
+            env=env_cache,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         assert impl == "onednn" and list((tmp_path / "kernels").glob("onednn_conv-*.so")), impl
     result = subprocess.run([sys.executable, "-m", "distill_jax.cli", "run", "--config=my_config.py",
                              "--workdir=run"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)

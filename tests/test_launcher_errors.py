@@ -85,20 +85,34 @@ def test_user_error_message_kinds():
 
 
 def test_a_diverging_run_exits_non_zero_without_a_final_accuracy(tmp_path):
-    result = launch("--config=configs/fashion_mnist_ipc10.py", "--config.train.optimizer=sgd",
-                    "--config.train.learning_rate=1e38", "--config.train.lr_schedule=constant", "--config.train.epochs=4",
-                    "--config.model.width=4",
-                    "--config.num_seeds=1", "--config.log_every_steps=1", workdir=tmp_path / "run")
+    result = launch(
+        "--config=configs/fashion_mnist_ipc10.py",
+        "--config.train.optimizer=sgd",
+        "--config.train.learning_rate=1e38",
+        "--config.train.lr_schedule=constant",
+        "--config.train.epochs=4",
+        "--config.model.width=4",
+        "--config.num_seeds=1",
+        "--config.log_every_steps=1",
+        workdir=tmp_path / "run",
+    )
     assert result.returncode == errors.DIVERGED_EXIT, result.stderr[-2000:]
     assert "diverged at step" in result.stderr and "final test accuracy" not in result.stdout
 
 
 def test_a_missing_flag_is_named_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "launch" / "main.py"), "--config=configs/fashion_mnist_ipc10.py"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300,
-                            env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "main.py"), "--config=configs/fashion_mnist_ipc10.py"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == errors.USER_ERROR_EXIT and "Traceback" not in result.stderr
-    assert error_lines(result) == ["error: flags: flag --workdir=None: Flag --workdir must have a value other than None."]
+    assert error_lines(result) == [
+        "error: flags: flag --workdir=None: Flag --workdir must have a value other than None."
+    ]
 
 
 def test_distributed_flags_reach_jax_distributed_initialize(monkeypatch, tmp_path):

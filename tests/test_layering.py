@@ -45,7 +45,9 @@ def layout_rows(readme: str) -> list[Row]:
     assert section, "README.md has no '## Layout' section"
     lines = [line for line in section.group(1).splitlines() if line.startswith("|")]
     header = _cells(lines[0])
-    assert len(header) >= 3 and header[2].startswith("imports"), f"Layout table header {header}: third column is not the imports"
+    assert len(header) >= 3 and header[2].startswith("imports"), (
+        f"Layout table header {header}: third column is not the imports"
+    )
     rows = []
     for line in lines[2:]:
         cells = _cells(line)
@@ -59,7 +61,9 @@ def layout_rows(readme: str) -> list[Row]:
             dotted = full.rstrip("/").removesuffix(".py").replace("/", ".")
             units[dotted.rsplit(".", 1)[-1]] = dotted
         imports = set(re.findall(r"`([^`]+)`", cells[2]))
-        assert imports or cells[2] == "nothing", f"Layout row {cells[0]}: third column {cells[2]!r} names no rows and is not 'nothing'"
+        assert imports or cells[2] == "nothing", (
+            f"Layout row {cells[0]}: third column {cells[2]!r} names no rows and is not 'nothing'"
+        )
         rows.append(Row(len(rows), cells[0], units, imports))
     return rows
 
@@ -100,10 +104,19 @@ def module_imports(root: pathlib.Path, modules: dict[str, pathlib.Path]) -> list
                     anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                     base = ".".join(anchor + ([node.module] if node.module else []))
                 # `from pkg import sub` imports the module pkg.sub; `from mod import name`, mod
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
-            elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-                  and isinstance(node.args[0].value, str)
-                  and (getattr(node.func, "attr", None) == "import_module" or getattr(node.func, "id", None) == "__import__")):
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+                ]
+            elif (
+                isinstance(node, ast.Call)
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+                and (
+                    getattr(node.func, "attr", None) == "import_module"
+                    or getattr(node.func, "id", None) == "__import__"
+                )
+            ):
                 targets = [node.args[0].value]
             for target in targets:
                 if target == PACKAGE or target.startswith(PACKAGE + "."):
@@ -149,7 +162,9 @@ def test_every_module_of_the_package_has_a_row():
     modules = package_modules(ROOT)
     for row in rows:
         for dotted in row.units.values():
-            assert any(m == dotted or m.startswith(dotted + ".") for m in modules), f"Layout row {row.label}: no module {dotted}"
+            assert any(m == dotted or m.startswith(dotted + ".") for m in modules), (
+                f"Layout row {row.label}: no module {dotted}"
+            )
     missing = sorted(m for m in modules if m != PACKAGE and row_of(m, rows)[0] is None)
     assert missing == [], f"modules without a row in README.md's Layout table: {missing}"
     root_imports = [i for i in module_imports(ROOT, modules) if i.importer == PACKAGE]
@@ -175,7 +190,9 @@ def test_third_column_names_exactly_the_rows_each_row_imports():
             problems.append(f"row {row.label}: third column omits {extra} ("
                             + "; ".join(actual[row.index][n] for n in extra) + ")")
         if listed_only:
-            problems.append(f"row {row.label}: third column lists {listed_only}, which it does not import at module level")
+            problems.append(
+                f"row {row.label}: third column lists {listed_only}, which it does not import at module level"
+            )
     assert problems == [], "README.md's Layout table:\n" + "\n".join(problems)
 
 

@@ -21,7 +21,10 @@ def _data(n_per_class=4, classes=4, size=8, channels=1, seed=0):
     labels = np.repeat(np.arange(classes), n_per_class)
     images = rng.normal(size=(len(labels), size, size, channels)).astype(np.float32) + labels[:, None, None, None] * 0.5
     test_labels = np.repeat(np.arange(classes), 5)
-    test_images = rng.normal(size=(len(test_labels), size, size, channels)).astype(np.float32) + test_labels[:, None, None, None] * 0.5
+    test_images = (
+        rng.normal(size=(len(test_labels), size, size, channels)).astype(np.float32)
+        + test_labels[:, None, None, None] * 0.5
+    )
     prep = preprocess.fit("none", np.zeros((2, size, size, channels), np.float32))
     return pipeline.TrainingData(images, labels, test_images, test_labels, classes, prep, "synthetic test data")
 
@@ -142,7 +145,9 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     with pytest.raises(workdir_io.RunConfigError, match="model.width: 4 -> 8"):
         loop.train_and_evaluate(_config(**{"model.width": 8}), tmp_path, data=data)
     (tmp_path / "config.json").unlink()
-    with pytest.raises(ckpt_lib.CheckpointError, match=r"belongs to a different run:\n  train.learning_rate: 0.001 -> 0.002"):
+    with pytest.raises(
+        ckpt_lib.CheckpointError, match=r"belongs to a different run:\n  train.learning_rate: 0.001 -> 0.002"
+    ):
         loop.train_and_evaluate(_config(**{"train.learning_rate": 2e-3}), tmp_path, data=data)
 
 

@@ -45,7 +45,9 @@ def init(module, x, train=True):
 
 def shapes_of_init(module, x, train=False):
     """Parameter shapes without compiling anything."""
-    return jax.eval_shape(lambda x: module.init({"params": jax.random.key(0), "droppath": jax.random.key(1)}, x, train), x)
+    return jax.eval_shape(
+        lambda x: module.init({"params": jax.random.key(0), "droppath": jax.random.key(1)}, x, train), x
+    )
 
 
 def applier(module, train, mutable=False):
@@ -208,7 +210,9 @@ def test_conv_matches_numpy_with_symmetric_padding(size, stride):
     variables = init(layer, x)
     p = variables["params"]
     out = jax.jit(layer.apply)(variables, x)
-    np.testing.assert_allclose(out, conv_reference(x, np.asarray(p["kernel"]), np.asarray(p["bias"]), stride), atol=1e-5)
+    np.testing.assert_allclose(
+        out, conv_reference(x, np.asarray(p["kernel"]), np.asarray(p["bias"]), stride), atol=1e-5
+    )
 
 
 def test_torch_init_bounds():
@@ -284,9 +288,14 @@ def test_block_expectation_over_masks_equals_eval_output():
 def test_keep_rate_one_in_training_equals_no_droppath(block_kind):
     x = images((4, 8, 8, 3))
     if block_kind == "residual":
-        with_dp, without = (ResidualBlock(6, strides=2, norm="batch", droppath=d, implementation="xla") for d in (True, False))
+        with_dp, without = (
+            ResidualBlock(6, strides=2, norm="batch", droppath=d, implementation="xla") for d in (True, False)
+        )
     else:
-        with_dp, without = (PlainBlock(Pair(6, 5, 3, 3, pool=True), norm="batch", droppath=d, implementation="xla") for d in (True, False))
+        with_dp, without = (
+            PlainBlock(Pair(6, 5, 3, 3, pool=True), norm="batch", droppath=d, implementation="xla")
+            for d in (True, False)
+        )
     variables = init(with_dp, x)
     out, stats = applier(with_dp, True, ["batch_stats"])(variables, x, 1.0, 5)
     ref, ref_stats = applier(without, True, ["batch_stats"])(variables, x, 1.0, 5)
@@ -397,7 +406,8 @@ def test_plain_droppath_blocks_record_the_keep_rate(name, blocks):
                                                     mutable=["intermediates", "batch_stats"])[1], variables)
 
     assert len(jax.tree.leaves(run(True).get("intermediates", {}))) == blocks  # pairs only: the first convs stay plain
-    assert not jax.tree.leaves(run(False).get("intermediates", {}))  # nothing is dropped, hence nothing recorded, at evaluation
+    # Nothing is dropped, hence nothing recorded, at evaluation.
+    assert not jax.tree.leaves(run(False).get("intermediates", {}))
 
 
 # ---------------------------------------------------------------- errors
@@ -454,7 +464,9 @@ def test_conv_implementations_agree_in_value_and_gradient():
     for impl in ("xla", "taps"):
         layer = Conv(features=4, kernel_size=3, strides=2, implementation=impl)
         variables = layer.init(jax.random.key(0), x)
-        results[impl] = jax.value_and_grad(lambda v, x, layer=layer: jnp.sum(layer.apply(v, x) ** 2), argnums=(0, 1))(variables, x)
+        results[impl] = jax.value_and_grad(lambda v, x, layer=layer: jnp.sum(layer.apply(v, x) ** 2), argnums=(0, 1))(
+            variables, x
+        )
     chex.assert_trees_all_close(results["xla"], results["taps"], rtol=1e-4, atol=1e-5)
     for bad in ("auto", "cudnn"):
         with pytest.raises(ValueError, match=r"layers.py: the convolution implementation must be one of .*got '"):

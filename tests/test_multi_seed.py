@@ -38,7 +38,9 @@ def _program(num_seeds, droppath=False, optimizer="lion"):
     rng = np.random.default_rng(0)
     data = {"image": rng.normal(size=(NUM_TRAIN, 8, 8, 1)).astype(np.float32),
             "label": rng.integers(0, CLASSES, NUM_TRAIN).astype(np.int32)}
-    orders = np.stack([[rng.permutation(NUM_TRAIN)[:BATCH] for _ in range(num_seeds)] for _ in range(6)]).astype(np.int32)
+    orders = np.stack([[rng.permutation(NUM_TRAIN)[:BATCH] for _ in range(num_seeds)] for _ in range(6)]).astype(
+        np.int32
+    )
     return train_step, jax.device_get(state), np.asarray(step_keys), data, orders
 
 

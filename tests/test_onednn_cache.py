@@ -20,7 +20,9 @@ from distill_jax.models import onednn_conv
 
 pytestmark = pytest.mark.skipif(
     onednn_conv.unavailable_reason() is not None,
-    reason=f"oneDNN convolutions unavailable (launch/setup.sh installs g++ and libdnnl-dev): {onednn_conv.unavailable_reason()}")
+    reason="oneDNN convolutions unavailable (launch/setup.sh installs g++ and libdnnl-dev): "
+    f"{onednn_conv.unavailable_reason()}",
+)
 
 DAMAGE_LINE = "onednn_conv.py: the compiled library"
 

@@ -16,7 +16,9 @@ from distill_jax.models import fast_conv, layers, onednn_conv
 
 pytestmark = pytest.mark.skipif(
     onednn_conv.unavailable_reason() is not None,
-    reason=f"oneDNN convolutions unavailable (launch/setup.sh installs g++ and libdnnl-dev): {onednn_conv.unavailable_reason()}")
+    reason="oneDNN convolutions unavailable (launch/setup.sh installs g++ and libdnnl-dev): "
+    f"{onednn_conv.unavailable_reason()}",
+)
 
 TOL = dict(rtol=2e-5, atol=5e-5)
 
@@ -27,8 +29,11 @@ def normal(shape, seed):
 
 def reference_value_and_grads(x, kernel, strides, pads, cotangent):
     """Independent reference: XLA's convolution and its autodiff."""
-    y, vjp = jax.vjp(lambda x_, k_: lax.conv_general_dilated(x_, k_, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")),
-                     x, kernel)
+    y, vjp = jax.vjp(
+        lambda x_, k_: lax.conv_general_dilated(x_, k_, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")),
+        x,
+        kernel,
+    )
     return (y,) + vjp(cotangent)
 
 
@@ -59,8 +64,12 @@ def test_vmap_over_seeds_equals_xla(kernel_batched):
     def loss(conv, x, kernel):
         return jnp.sum(jnp.sin(conv(x, kernel, (1, 1), ((1, 1), (1, 1)))))
 
-    got = jax.jit(jax.vmap(jax.value_and_grad(lambda x, k: loss(onednn_conv.conv2d, x, k), argnums=(0, 1)), in_axes))(xs, kernels)
-    want = jax.vmap(jax.value_and_grad(lambda x, k: loss(fast_conv.xla_conv2d, x, k), argnums=(0, 1)), in_axes)(xs, kernels)
+    got = jax.jit(jax.vmap(jax.value_and_grad(lambda x, k: loss(onednn_conv.conv2d, x, k), argnums=(0, 1)), in_axes))(
+        xs, kernels
+    )
+    want = jax.vmap(jax.value_and_grad(lambda x, k: loss(fast_conv.xla_conv2d, x, k), argnums=(0, 1)), in_axes)(
+        xs, kernels
+    )
     chex.assert_trees_all_close(got, want, **TOL)
 
 
@@ -72,7 +81,9 @@ def test_cpu_default_is_onednn_and_the_network_layer_agrees_with_xla(monkeypatch
     for impl in ("xla", "onednn"):
         conv = layers.Conv(features=4, kernel_size=3, strides=2, implementation=impl)
         variables = conv.init(jax.random.key(0), x)
-        results[impl] = jax.value_and_grad(lambda v, x_, conv=conv: jnp.sum(conv.apply(v, x_) ** 2), argnums=(0, 1))(variables, x)
+        results[impl] = jax.value_and_grad(lambda v, x_, conv=conv: jnp.sum(conv.apply(v, x_) ** 2), argnums=(0, 1))(
+            variables, x
+        )
     chex.assert_trees_all_close(results["xla"], results["onednn"], rtol=1e-4, atol=1e-5)
 
 

@@ -89,7 +89,10 @@ def test_pipeline_distils_then_trains_every_cell_on_that_set_and_resumes(tmp_pat
     assert json.loads((work / "real_subset" / "record.json").read_text())["config"]["data"]["source"] == "real"
 
     table = (work / "table.md").read_text()
-    assert "Distilled set: DM, 2 image(s) per class, 2 steps of convnet (width 4, instance norm)" in table and str(set_path) in table
+    assert (
+        "Distilled set: DM, 2 image(s) per class, 2 steps of convnet (width 4, instance norm)" in table
+        and str(set_path) in table
+    )
     assert table.count("\n| ") == 5  # header + the four trained cells; the distill cell is not a row
     assert out["summary"].endswith(out["table"])
 
@@ -127,9 +130,13 @@ def test_pipeline_cells_follow_the_distiller(tmp_path, distiller, model_name, st
     by_name = {c.name: c for c in cells}
     assert by_name["distill"].config.distill.method == distiller and by_name["distill"].config.distill.steps == 300
     assert by_name["teacher"].config.model.name == model_name and by_name["teacher"].config.model.width == 32
-    assert by_name["real_subset"].config.data.preprocessing == recipe and by_name["real_subset"].config.data.per_class == 10
+    assert (
+        by_name["real_subset"].config.data.preprocessing == recipe
+        and by_name["real_subset"].config.data.per_class == 10
+    )
     assert by_name["baseline"].config.model.get("norm") == student_norm
-    assert {c.config.model.get("norm") for c in cells if c.role is not Role.DISTILL} == {student_norm}  # teacher, yardstick too
+    # The teacher and the yardstick too.
+    assert {c.config.model.get("norm") for c in cells if c.role is not Role.DISTILL} == {student_norm}
     assert (by_name["baseline"].config.train.epochs, by_name["full"].config.train.epochs) == (50, 200)
     assert by_name["full"].config.train.kd.teacher_path == str(tmp_path / "teacher")
     for cell in cells:
@@ -137,7 +144,9 @@ def test_pipeline_cells_follow_the_distiller(tmp_path, distiller, model_name, st
 
 
 def test_distill_config_file_and_library_builder_agree():
-    assert distill_configs.get_config("cifar10_jpeg,50").to_dict() == recipes.distill_config("cifar10_jpeg", 50).to_dict()
+    assert (
+        distill_configs.get_config("cifar10_jpeg,50").to_dict() == recipes.distill_config("cifar10_jpeg", 50).to_dict()
+    )
     with pytest.raises(recipes.ExperimentError, match=r"distillation method 'kip' is not known"):
         recipes.distill_config("fashion_mnist", 10, "kip")
     with pytest.raises(recipes.ExperimentError, match=r"dataset 'svhn' is not known"):

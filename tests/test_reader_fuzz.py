@@ -188,11 +188,15 @@ def _seed_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
     write_torch_file(pair / "images_best.pt", tensor(images, "cuda:0"), prefix="images_best")
     write_torch_file(pair / "labels_best.pt", tensor(rng.normal(size=(4, 3)).astype(np.float32)), prefix="labels_best")
     seeds["pt_images"] = seeds["pt_labels"] = pair
-    content = {"data": [[tensor(images[:2, :1]), tensor(np.array([0, 1]))]], "accs_all_exps": {"ConvNet": [np.float64(0.3)]}}
+    content = {
+        "data": [[tensor(images[:2, :1]), tensor(np.array([0, 1]))]],
+        "accs_all_exps": {"ConvNet": [np.float64(0.3)]},
+    }
     seeds["dc_res"] = write_torch_file(root / "res_DC_toy.pt", content)
     state = synthetic_state_dict(rng, width=4, depth=2, num_classes=5, side=2, batch_norm=True)
     seeds["teacher_pth"] = write_torch_file(
-        root / "teacher.pth", {"state_dict": collections.OrderedDict((k, tensor(v)) for k, v in state.items()), "epoch": 3}
+        root / "teacher.pth",
+        {"state_dict": collections.OrderedDict((k, tensor(v)) for k, v in state.items()), "epoch": 3},
     )
     dset = DistilledSet(rng.normal(size=(4, 6, 5, 3)), np.array([0, 1, 2, 1]), 3, "zca_frepo", {"source": "frepo"})
     seeds["distill_npz"] = pathlib.Path(save_distilled(dset, root / "own.npz"))
@@ -213,14 +217,27 @@ def _seed_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
     write_torch_file(index_pair / "labels_best.pt", tensor(np.array([0, 2, 1, 2])), prefix="labels_best")
     seeds["pt_index_labels"] = index_pair
     pixels = lambda n: rng.integers(0, 256, (n, 3072), dtype=np.uint8)  # noqa: E731
-    members = {f"cifar-10-batches-bin/{m}": np.concatenate([rng.integers(0, 10, (3, 1), dtype=np.uint8), pixels(3)], 1).tobytes()
-               for m in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]}
+    members = {
+        f"cifar-10-batches-bin/{m}": np.concatenate(
+            [rng.integers(0, 10, (3, 1), dtype=np.uint8), pixels(3)], 1
+        ).tobytes()
+        for m in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]
+    }
     members["cifar-10-batches-bin/batches.meta.txt"] = "\n".join(f"class{k}" for k in range(10)).encode()
     (root / "cifar10_binary").mkdir()
     seeds["cifar10_binary"] = _tar_gz(root / "cifar10_binary" / "cifar-10-binary.tar.gz", members)
-    members = {f"cifar-100-python/{split}": pickle.dumps({b"data": pixels(3), b"fine_labels": [7, 99, 0],
-                                                          b"coarse_labels": [1, 19, 0], b"filenames": [b"a", b"b", b"c"]},
-                                                         protocol=2) for split in ("train", "test")}
+    members = {
+        f"cifar-100-python/{split}": pickle.dumps(
+            {
+                b"data": pixels(3),
+                b"fine_labels": [7, 99, 0],
+                b"coarse_labels": [1, 19, 0],
+                b"filenames": [b"a", b"b", b"c"],
+            },
+            protocol=2,
+        )
+        for split in ("train", "test")
+    }
     members["cifar-100-python/meta"] = pickle.dumps({b"fine_label_names": [b"c%d" % k for k in range(100)]}, protocol=2)
     (root / "cifar100_python").mkdir()
     seeds["cifar100_python"] = _tar_gz(root / "cifar100_python" / "cifar-100-python.tar.gz", members)
@@ -249,7 +266,9 @@ def _probe_files(root: pathlib.Path) -> list[dict]:
         return path
 
     pair = folder("probe_pt_label_50M")
-    write_torch_file(pair / "images_best.pt", tensor(rng.normal(size=(26, 3, 32, 32)).astype(np.float32)), prefix="images_best")
+    write_torch_file(
+        pair / "images_best.pt", tensor(rng.normal(size=(26, 3, 32, 32)).astype(np.float32)), prefix="images_best"
+    )
     write_torch_file(pair / "labels_best.pt", tensor(np.where(np.arange(26) == 3, 50_000_000, np.arange(26) % 10)),
                      prefix="labels_best")
     cases[-1]["path"] = str(pair)
@@ -262,7 +281,9 @@ def _probe_files(root: pathlib.Path) -> list[dict]:
     batches = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
     members = {f"cifar-10-batches-py/{m}": pickle.dumps({b"data": _StrideZero(), b"labels": [0] * 50000}, protocol=2)
                for m in batches}
-    members["cifar-10-batches-py/batches.meta"] = pickle.dumps({b"label_names": [b"c%d" % k for k in range(10)]}, protocol=2)
+    members["cifar-10-batches-py/batches.meta"] = pickle.dumps(
+        {b"label_names": [b"c%d" % k for k in range(10)]}, protocol=2
+    )
     path = _tar_gz(folder("probe_cifar_python_stride0") / "cifar-10-python.tar.gz", members)
     cases[-1]["path"] = str(path)
     zeros = bytes(3073 * 6500)  # 20 MB of zero records a member, under the cap: ~120 MB from a ~120 kB archive
@@ -354,7 +375,12 @@ def _make_cases(seeds: dict[str, pathlib.Path], counts: dict, root: pathlib.Path
         rng = np.random.default_rng([seed, fmt_index])
         source = seeds[fmt]
         original = _mutated_file(fmt, source).read_bytes()
-        plan = [("truncate", raw_cut), ("flip", raw_flip), ("member_truncate", member_cut), ("member_flip", member_flip)]
+        plan = [
+            ("truncate", raw_cut),
+            ("flip", raw_flip),
+            ("member_truncate", member_cut),
+            ("member_flip", member_flip),
+        ]
         number = 0
         for kind, count in plan:
             for _ in range(count):
@@ -401,7 +427,10 @@ def _check(report: dict, title: str) -> None:
     lines = [f"{title}: {len(results)} cases (RLIMIT_AS {report['limit'] >> 20} MiB, cap {CAP >> 20} MiB, "
              f"resident peak grew {report['resident_growth'] / 2**20:.0f} MiB)"]
     for fmt, outcomes in table.items():
-        lines.append(f"  {fmt:22s} {sum(outcomes.values()):4d} tried: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+        lines.append(
+            f"  {fmt:22s} {sum(outcomes.values()):4d} tried: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
+        )
     slowest = max(results, key=lambda case: case["seconds"])
     biggest = max(results, key=lambda case: case["peak_bytes"])
     lines.append(f"  slowest case {slowest['seconds']:.2f} s ({slowest['format']}), largest peak "

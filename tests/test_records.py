@@ -230,9 +230,12 @@ def test_export_of_a_cell_whose_role_is_unknown_names_the_file_and_field(tmp_pat
     root = _experiment_dir(tmp_path / "exp")
     record = json.loads((root / "full" / "record.json").read_text())
     (root / "full" / "record.json").write_text(json.dumps({**record, "role": "pupil"}))
-    with pytest.raises(results_record.RecordError, match=r"full/record\.json: field 'role': expected one of "
-                                                         r"\('teacher', 'student', 'train', 'import', 'score', 'distill'\) "
-                                                         r'\(got "pupil"\)'):
+    with pytest.raises(
+        results_record.RecordError,
+        match=r"full/record\.json: field 'role': expected one of "
+        r"\('teacher', 'student', 'train', 'import', 'score', 'distill'\) "
+        r'\(got "pupil"\)',
+    ):
         results_record.from_workdir(root)
 
 
@@ -370,7 +373,9 @@ def test_the_pipeline_of_the_readme_writes_its_record(tmp_path, toy_pipeline, mo
     assert list(cells) == ["distill", "teacher", "real_subset", "baseline", "full"]
     distill = cells["distill"]
     assert (distill["network"], distill["width"], distill["norm"]) == ("convnet", 4, "instance")
-    assert distill["final_test_accuracy"] is None and distill["extra"]["steps"] == 2 and distill["extra"]["method"] == "dm"
+    assert (
+        distill["final_test_accuracy"] is None and distill["extra"]["steps"] == 2 and distill["extra"]["method"] == "dm"
+    )
     assert cells["full"]["kd_teacher"] == results_record.TRAINED_HERE and cells["full"]["epochs"] == 4
     assert all(len(cells[c]["final_test_accuracy"]) == 2 for c in ("teacher", "real_subset", "baseline", "full"))
     assert rec["dataset"] == "npz" and rec["scale"]["epoch_divisor"] == 1

@@ -102,7 +102,11 @@ def test_render_writes_both_files_and_only_the_readme_block(root, capsys):
     assert page.count(render_docs.TRANSCRIBED_LABEL) == 1  # the transcribed record's table only
     old, new = page.split("Record `results/new.json`")[0], page.split("Record `results/old.json`")[1]
     assert render_docs.TRANSCRIBED_LABEL in old and render_docs.TRANSCRIBED_LABEL not in new
-    assert "| full | ResNet-18 (width 8, batch norm) | 50 | lion | no KD | 56.00 ± 1.00 | 55.00, 56.00, 57.00 | 90, 90, 90 |" in page
+    assert (
+        "| full | ResNet-18 (width 8, batch norm) | 50 | lion | no KD | 56.00 ± 1.00 "
+        "| 55.00, 56.00, 57.00 | 90, 90, 90 |"
+        in page
+    )
     assert "CIFAR-10 (JPEG) test accuracy (%), **final epoch**" in page and "Some CPU" in page
     assert "```bash\npython launch/main.py --config c.py --workdir runs/x\n```" in page
     assert cli.main(["render-docs", "--check", "--root", str(root)]) == 0
@@ -142,7 +146,10 @@ def test_the_machine_of_a_record_in_words():
         "AMD EPYC, 2 cores (family 25, model 1, AVX2)"
     gpu = {"described": "at run time", "backend": "gpu", "device_kinds": ["NVIDIA H200"], "device_count": 1,
            "cpu": {**cpu, "flags": ["avx2", "avx512f"]}, "cpu_count": 16}
-    assert render_docs.machine_text(gpu) == "1 × NVIDIA H200 (gpu); host CPU AMD EPYC, 16 cores (family 25, model 1, AVX-512)"
+    assert (
+        render_docs.machine_text(gpu)
+        == "1 × NVIDIA H200 (gpu); host CPU AMD EPYC, 16 cores (family 25, model 1, AVX-512)"
+    )
     assert render_docs.machine_text({"described": "as stated with the table", "stated": "a CPU"}) == "a CPU"
 
 

@@ -79,8 +79,9 @@ def test_a_field_added_to_the_package_later_is_no_difference_at_its_default(fini
     del recorded["train"]["kd"]["allow_unfinished_teacher"]  # as if written before the field existed
     defaults = config_lib.default_config()
     assert workdir_io.config_differences(recorded, _config(), defaults) == []
-    assert workdir_io.config_differences(recorded, _config(**{"train.kd.allow_unfinished_teacher": True}), defaults) == [
-        "train.kd.allow_unfinished_teacher: (not recorded) -> True"]
+    assert workdir_io.config_differences(
+        recorded, _config(**{"train.kd.allow_unfinished_teacher": True}), defaults
+    ) == ["train.kd.allow_unfinished_teacher: (not recorded) -> True"]
 
 
 def test_files_are_strict_json_and_readable_by_others(finished, tmp_path):
@@ -117,8 +118,9 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                             jax.eval_shape(lambda: jax.device_get(_restorable(tmp_path))))
     with caplog.at_level("WARNING"):
-        step, _, _ = checkpointer.restore_latest(abstract, workdir_io.identity(_config(**{"train.stop_after_epochs": 2})),
-                                                 config_lib.default_config())
+        step, _, _ = checkpointer.restore_latest(
+            abstract, workdir_io.identity(_config(**{"train.stop_after_epochs": 2})), config_lib.default_config()
+        )
     checkpointer.close()
     assert step < bad
     assert f"checkpoints/{bad} is damaged" in caplog.text and f"checkpoints/{step} instead" in caplog.text
@@ -264,7 +266,8 @@ def test_an_imported_teacher_cell_never_conflicts(tmp_path):
     config = _config()
     config.seed = 3
     (tmp_path / "teacher").mkdir()
-    workdir_io.write_json(tmp_path / "teacher" / "config.json", {**config.to_dict(), "seed": 0})  # as import_teacher writes it
+    # As import_teacher writes it.
+    workdir_io.write_json(tmp_path / "teacher" / "config.json", {**config.to_dict(), "seed": 0})
     cell = registry.Cell("teacher", "Teacher (published)", config, Role.IMPORT)
     assert reproduce.cell_conflicts(cell, tmp_path / "teacher", False) == []
     trained = registry.Cell("teacher", "Teacher", config, Role.TEACHER)
@@ -372,7 +375,9 @@ def test_evaluate_and_a_kd_teacher_refuse_a_damaged_checkpoint(finished, tmp_pat
     config.mode, config.evaluate.path = "evaluate", str(run)
     with pytest.raises(evaluate.EvaluationError, match=rf"checkpoints/{step} is damaged: its arrays do not match"):
         evaluate.run_evaluation(config, tmp_path / "eval", data=_data())
-    with pytest.raises(teacher_lib.TeacherError, match=rf"checkpoints/{step} is damaged: .*this network cannot be used"):
+    with pytest.raises(
+        teacher_lib.TeacherError, match=rf"checkpoints/{step} is damaged: .*this network cannot be used"
+    ):
         teacher_lib.load_teacher(run)
     assert _listing(run) == before  # read only: nothing set aside or created in the run read
 
@@ -497,7 +502,8 @@ jax.config.update("jax_compilation_cache_dir", {cache!r})
 logging.basicConfig(level=logging.WARNING)
 from distill_jax.training import loop
 from helpers import synthetic_data, tiny_run_config
-print(loop.train_and_evaluate(tiny_run_config(), {workdir!r}, data=synthetic_data(per_class=4, test_per_class=2))["finished"])
+data = synthetic_data(per_class=4, test_per_class=2)
+print(loop.train_and_evaluate(tiny_run_config(), {workdir!r}, data=data)["finished"])
 
 # How many reads the failed restore abandoned depends on timing; one more, made here the way
 # tensorstore makes them (a callback into a closed event loop, its error unraisable), must not

@@ -33,7 +33,10 @@ def torch_convnet_forward(state_dict, x_nchw, norm="instance", eps=1e-5):
     h = np.asarray(x_nchw, np.float64)
     for i in conv_ids:
         h = _conv3x3_nchw(h, sd[f"features.{i}.weight"], sd[f"features.{i}.bias"])
-        gamma, beta = sd[f"features.{i + 1}.weight"][None, :, None, None], sd[f"features.{i + 1}.bias"][None, :, None, None]
+        gamma, beta = (
+            sd[f"features.{i + 1}.weight"][None, :, None, None],
+            sd[f"features.{i + 1}.bias"][None, :, None, None],
+        )
         if norm == "instance":  # statistics per sample and channel over H, W
             mean, var = h.mean(axis=(2, 3), keepdims=True), h.var(axis=(2, 3), keepdims=True)
         else:  # batch norm at inference: running statistics
@@ -106,7 +109,9 @@ def test_layout_of_converted_weights():
 def test_synthetic_logits_match_numpy_reference(tmp_path):
     rng = np.random.default_rng(1)
     sd = synthetic_state_dict(rng, width=4, depth=2, num_classes=5, side=2)
-    path = write_torch_file(tmp_path / "net.pth", {"state_dict": collections.OrderedDict((k, tensor(v)) for k, v in sd.items()), "epoch": 7})
+    path = write_torch_file(
+        tmp_path / "net.pth", {"state_dict": collections.OrderedDict((k, tensor(v)) for k, v in sd.items()), "epoch": 7}
+    )
     variables, meta = load_reference_convnet(path)
     assert meta["epoch"] == 7 and meta["path"] == str(path)
     x = rng.normal(size=(3, 3, 8, 8)).astype(np.float32)
@@ -120,12 +125,16 @@ def test_batch_norm_checkpoint():
     assert meta["model_options"]["norm"] == "batch"
     np.testing.assert_array_equal(variables["batch_stats"]["norm_1"]["var"], sd["features.5.running_var"])
     x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
-    np.testing.assert_allclose(_flax_logits(variables, meta, x), torch_convnet_forward(sd, x, norm="batch"), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        _flax_logits(variables, meta, x), torch_convnet_forward(sd, x, norm="batch"), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_bare_state_dict_with_dataparallel_prefix(tmp_path):
     sd = synthetic_state_dict(np.random.default_rng(3), width=4, depth=1, num_classes=2, side=4)
-    path = write_torch_file(tmp_path / "bare.pth", collections.OrderedDict((f"module.{k}", tensor(v)) for k, v in sd.items()))
+    path = write_torch_file(
+        tmp_path / "bare.pth", collections.OrderedDict((f"module.{k}", tensor(v)) for k, v in sd.items())
+    )
     variables, meta = load_reference_convnet(path)
     assert meta["epoch"] is None and meta["model_options"]["depth"] == 1 and meta["feature_hw"] == [4, 4]
     np.testing.assert_array_equal(variables["params"]["head"]["bias"], sd["classifier.bias"])
@@ -134,13 +143,27 @@ def test_bare_state_dict_with_dataparallel_prefix(tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda sd: sd.update({"features.2.weight": np.ones(4, np.float32), "features.2.bias": np.ones(4, np.float32)}), r"key 'features.2.weight': a norm layer must follow"),
+        (
+            lambda sd: sd.update(
+                {"features.2.weight": np.ones(4, np.float32), "features.2.bias": np.ones(4, np.float32)}
+            ),
+            r"key 'features.2.weight': a norm layer must follow",
+        ),
         (lambda sd: sd.update({"fc.weight": np.zeros((2, 2), np.float32)}), r"unexpected key 'fc.weight'"),
         (lambda sd: sd.pop("classifier.bias"), r"key 'classifier.bias' is missing"),
         (lambda sd: sd.pop("features.4.bias"), r"key 'features.4.bias' is missing"),
-        (lambda sd: sd.update({"features.5.weight": np.ones(3, np.float32)}), r"key 'features.5.weight': expected shape \(4,\), got \(3,\)"),
-        (lambda sd: sd.update({"features.4.weight": np.ones((4, 3, 3, 3), np.float32)}), r"key 'features.4.weight': expected shape \(4, 4, 3, 3\)"),
-        (lambda sd: sd.update({"classifier.weight": np.ones((5, 12), np.float32)}), r"key 'classifier.weight': 12 inputs is not 4 channels"),
+        (
+            lambda sd: sd.update({"features.5.weight": np.ones(3, np.float32)}),
+            r"key 'features.5.weight': expected shape \(4,\), got \(3,\)",
+        ),
+        (
+            lambda sd: sd.update({"features.4.weight": np.ones((4, 3, 3, 3), np.float32)}),
+            r"key 'features.4.weight': expected shape \(4, 4, 3, 3\)",
+        ),
+        (
+            lambda sd: sd.update({"classifier.weight": np.ones((5, 12), np.float32)}),
+            r"key 'classifier.weight': 12 inputs is not 4 channels",
+        ),
     ],
 )
 def test_mismatched_keys_and_shapes(edit, message):
@@ -194,8 +217,14 @@ def test_checkpoint_format_error_is_an_input_file_error():
         # non-string keys used to end in TypeError / AttributeError
         (lambda sd: sd.update({3: np.zeros(2, np.float32)}), r"state dict key 3 is not a string"),
         # a zero-width network used to end in ZeroDivisionError
-        (lambda sd: sd.update({"features.4.weight": np.zeros((0, 4, 3, 3), np.float32)}), r"key 'features.4.weight': empty tensor"),
-        (lambda sd: sd.update({"classifier.bias": np.zeros(5, np.complex64)}), r"key 'classifier.bias': expected real numbers"),
+        (
+            lambda sd: sd.update({"features.4.weight": np.zeros((0, 4, 3, 3), np.float32)}),
+            r"key 'features.4.weight': empty tensor",
+        ),
+        (
+            lambda sd: sd.update({"classifier.bias": np.zeros(5, np.complex64)}),
+            r"key 'classifier.bias': expected real numbers",
+        ),
     ],
 )
 def test_malformed_state_dicts(edit, message):

@@ -150,8 +150,16 @@ def test_round_trip_nested_containers_and_gpu_locations(tmp_path):
     images = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
     labels = np.array([3, 1], dtype=np.int64)
     weights = rng.normal(size=(6, 2)).astype(np.float32)
-    state = collections.OrderedDict([("layer.weight", FakeParameter(tensor(weights, "cuda:0"))), ("layer.bias", tensor(np.zeros(6, np.float32)))])
-    obj = {"data": [[tensor(images, "cuda:0"), tensor(labels, "cuda:1")]], "state_dict": state, "epoch": 7, "name": "x", "lr": 0.5}
+    state = collections.OrderedDict(
+        [("layer.weight", FakeParameter(tensor(weights, "cuda:0"))), ("layer.bias", tensor(np.zeros(6, np.float32)))]
+    )
+    obj = {
+        "data": [[tensor(images, "cuda:0"), tensor(labels, "cuda:1")]],
+        "state_dict": state,
+        "epoch": 7,
+        "name": "x",
+        "lr": 0.5,
+    }
     loaded = load_torch_file(write_torch_file(tmp_path / "a.pt", obj))
 
     assert loaded["epoch"] == 7 and loaded["name"] == "x" and loaded["lr"] == 0.5
@@ -451,7 +459,9 @@ def load_in_limited_process(function, path, headroom=256 << 20, cap=None):
     import subprocess
 
     here = pathlib.Path(__file__).resolve().parent
-    code = _LIMITED_CHILD.format(paths=[str(here.parent), str(here)], function=function, headroom=headroom, path=str(path))
+    code = _LIMITED_CHILD.format(
+        paths=[str(here.parent), str(here)], function=function, headroom=headroom, path=str(path)
+    )
     env = {k: v for k, v in os.environ.items() if k != "DISTILL_JAX_MAX_ARRAY_BYTES"}
     if cap is not None:
         env["DISTILL_JAX_MAX_ARRAY_BYTES"] = str(cap)
@@ -475,7 +485,10 @@ def test_stride0_huge_tensor_is_refused_quickly_naming_the_file(tmp_path, size, 
 def test_declared_size_over_the_cap_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", str(1 << 20))
     big = write_torch_file(tmp_path / "big.pt", tensor(np.zeros(300_000, np.float32)))  # 1.2 MB storage
-    with pytest.raises(TorchFileError, match=rf"{big}: storage 'archive/data/\d+' declares 300000 x float32 = 1200000 bytes, over the cap of 1048576"):
+    with pytest.raises(
+        TorchFileError,
+        match=rf"{big}: storage 'archive/data/\d+' declares 300000 x float32 = 1200000 bytes, over the cap of 1048576",
+    ):
         load_torch_file(big)
     # A storage under the cap viewed (stride 0 on a new axis) as a tensor over it.
     storage = FakeStorage(np.zeros(200_000, np.float32))  # 800 kB
@@ -545,7 +558,9 @@ def test_memory_error_becomes_torch_file_error(tmp_path):
     path = write_torch_file(tmp_path / "large.pt", tensor(np.zeros(6 << 20, np.float32)))
     result = load_in_limited_process("distill_jax.formats.torch_pickle:load_torch_file", path, headroom=24 << 20)
     assert result["outcome"] == "refused", result
-    assert result["message"].startswith(f"TorchFileError: {path}: ") and "out of memory (MemoryError)" in result["message"]
+    assert (
+        result["message"].startswith(f"TorchFileError: {path}: ") and "out of memory (MemoryError)" in result["message"]
+    )
 
 
 def test_torch_file_error_is_an_input_file_error():
@@ -601,7 +616,9 @@ def test_tar_member_reads_follow_the_zip_rules(tmp_path, monkeypatch):
             archive.read("c")
     monkeypatch.setenv("DISTILL_JAX_MAX_ARRAY_BYTES", "2000")
     with torch_pickle.BoundedTarGz(path, TorchFileError) as archive:
-        with pytest.raises(TorchFileError, match=rf"{path}: archive member 'a' declares 3000 bytes uncompressed, over the cap of 2000"):
+        with pytest.raises(
+            TorchFileError, match=rf"{path}: archive member 'a' declares 3000 bytes uncompressed, over the cap of 2000"
+        ):
             archive.read("a")
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(path.read_bytes()[:40])

@@ -3,12 +3,14 @@
 https://www.cs.toronto.edu/~kriz/cifar.html publishes each set in a binary and a python
 version; both are read straight from the tar.gz (nothing is extracted to disk):
 
-| archive | members | record |
-|---|---|---|
-| cifar-10-binary.tar.gz | cifar-10-batches-bin/data_batch_{1..5}.bin, test_batch.bin, batches.meta.txt | 1 label byte + 3072 pixel bytes (R, G, B planes of 32x32) |
-| cifar-100-binary.tar.gz | cifar-100-binary/train.bin, test.bin, fine_label_names.txt | coarse byte, fine byte, 3072 pixel bytes |
-| cifar-10-python.tar.gz | cifar-10-batches-py/data_batch_{1..5}, test_batch, batches.meta | pickled dict: b'data' (N, 3072) uint8, b'labels' |
-| cifar-100-python.tar.gz | cifar-100-python/train, test, meta | pickled dict: b'data', b'fine_labels', b'coarse_labels' |
+- cifar-10-binary.tar.gz: cifar-10-batches-bin/data_batch_{1..5}.bin, test_batch.bin,
+  batches.meta.txt; a record is 1 label byte + 3072 pixel bytes (R, G, B planes of 32x32).
+- cifar-100-binary.tar.gz: cifar-100-binary/train.bin, test.bin, fine_label_names.txt; a record
+  is a coarse byte, a fine byte, 3072 pixel bytes.
+- cifar-10-python.tar.gz: cifar-10-batches-py/data_batch_{1..5}, test_batch, batches.meta;
+  pickled dicts: b'data' (N, 3072) uint8, b'labels'.
+- cifar-100-python.tar.gz: cifar-100-python/train, test, meta; pickled dicts: b'data',
+  b'fine_labels', b'coarse_labels'.
 
 The python version's pickles go through `NumpyPickleReader`, which accepts only what those
 files hold (dicts, lists, bytes, numbers and plain numeric arrays pickled as numpy does it,
@@ -202,7 +204,9 @@ def _unpickle(archive: BoundedTarGz, member: str, path: pathlib.Path) -> dict:
         loaded = NumpyPickleReader(archive.read(member), str(path)).load()
     except CifarArchiveError as err:
         message = str(err)
-        raise CifarArchiveError(message if message.startswith(str(path)) else f"{path}: member '{member}': {message}") from None
+        raise CifarArchiveError(
+            message if message.startswith(str(path)) else f"{path}: member '{member}': {message}"
+        ) from None
     if not isinstance(loaded, dict):
         raise CifarArchiveError(f"{path}: member '{member}' holds a {type(loaded).__name__}, expected a dict")
     return {key: value.array if isinstance(value, _ArrayState) else value for key, value in loaded.items()}

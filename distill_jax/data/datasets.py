@@ -192,7 +192,9 @@ def read_idx(path: PathLike) -> np.ndarray:
         with opener(path, "rb") as f:
             head = f.read(4)
             if len(head) < 4 or head[0] != 0 or head[1] != 0:
-                raise DataFormatError(f"IDX file {path}: bad magic {head[:4].hex() or '(empty)'}, expected 0000<type><ndim>")
+                raise DataFormatError(
+                    f"IDX file {path}: bad magic {head[:4].hex() or '(empty)'}, expected 0000<type><ndim>"
+                )
             type_code, ndim = head[2], head[3]
             if type_code not in _IDX_DTYPES:
                 raise DataFormatError(f"IDX file {path}: unknown type code 0x{type_code:02x} in the magic number")
@@ -286,9 +288,11 @@ def _load_tfds(name: str, split: str, data_dir: Optional[PathLike], *, class_nam
         if not builder.is_prepared():
             raise DataNotFoundError(f"tfds dataset {name!r} is not prepared in {builder.data_dir}; "
                                     f"{_tfds_prepare_hint(name, data_dir)}") from exc
-        raise DataFormatError(f"tfds dataset {name!r} at {builder.data_dir} cannot be read without TensorFlow "
-                              f"({exc}); delete {builder.data_dir} (or pick another data_dir) and prepare it as array_record: "
-                              f"{_tfds_prepare_hint(name, data_dir)}") from exc
+        raise DataFormatError(
+            f"tfds dataset {name!r} at {builder.data_dir} cannot be read without TensorFlow "
+            f"({exc}); delete {builder.data_dir} (or pick another data_dir) and prepare it as array_record: "
+            f"{_tfds_prepare_hint(name, data_dir)}"
+        ) from exc
     features = source.dataset_info.features
     for key in (image_key, label_key):
         if key not in features:
@@ -336,7 +340,9 @@ def _load_npz(name: str, split: str, data_dir: Optional[PathLike], *, file_patte
         if class_names is None and "class_names" in arrays:
             names = arrays["class_names"]
             if names.ndim != 1 or names.dtype.kind not in "USiu":
-                raise DataFormatError(f"{where}: 'class_names' must be a 1-D array of names, got {names.dtype} {names.shape}")
+                raise DataFormatError(
+                    f"{where}: 'class_names' must be a 1-D array of names, got {names.dtype} {names.shape}"
+                )
             class_names = tuple(str(c) for c in names)
         if images.dtype != np.uint8 or images.ndim not in (3, 4):
             raise DataFormatError(f"{where}: {image_key!r} must be uint8 NHWC (or NHW), got "

@@ -118,8 +118,10 @@ def saved_preprocessing(data_cfg, recipe: str, image_shape, train_images_uint8=N
     path = pathlib.Path(data_cfg.preprocessing_path)
     where = f"config field 'data.preprocessing_path' = {str(path)!r}"
     if not path.is_file():
-        raise preprocess.PreprocessingError(f"{where}: no such file (expected a fitted transform saved by "
-                                            "distill_jax.data.preprocess, e.g. a distiller's distilled.preprocessing.npz)")
+        raise preprocess.PreprocessingError(
+            f"{where}: no such file (expected a fitted transform saved by "
+            "distill_jax.data.preprocess, e.g. a distiller's distilled.preprocessing.npz)"
+        )
     prep = preprocess.load(path)
     needed = f"data.preprocessing = {data_cfg.preprocessing!r}" + (
         ", the distilled set's own recipe" if data_cfg.preprocessing == "auto" else "")
@@ -191,7 +193,11 @@ def load_training_data(data_cfg) -> TrainingData:
         prep = transform(recipe)
         train_images = np.asarray(dset.images, np.float32)
         labels = np.asarray(dset.labels)
-        train_labels = np.asarray(losses.label_temperature(labels, data_cfg.label_temperature), np.float32) if labels.ndim == 2 else labels.astype(np.int64)
+        train_labels = (
+            np.asarray(losses.label_temperature(labels, data_cfg.label_temperature), np.float32)
+            if labels.ndim == 2
+            else labels.astype(np.int64)
+        )
         what = f"distilled set {data_cfg.distilled_path} ({dset.provenance.get('format', '?')})"
         sha256 = dict(dset.provenance.get("sha256") or {})
     test_images = prep.apply(datasets.to_float(real_test.images))

@@ -59,7 +59,11 @@ def _augment_ops(config) -> tuple[str, ...]:
 
 def pixel_space(config) -> str:
     """The preprocessing recipe a distillation runs in: `data.preprocessing`, or the method's own for 'auto'."""
-    return DEFAULT_PREPROCESSING[config.distill.method] if config.data.preprocessing == "auto" else config.data.preprocessing
+    return (
+        DEFAULT_PREPROCESSING[config.distill.method]
+        if config.data.preprocessing == "auto"
+        else config.data.preprocessing
+    )
 
 
 def _network(config) -> tuple[str, dict]:
@@ -210,9 +214,17 @@ def _distill(run: runlife.Run, real) -> dict:
             seconds = elapsed / timed if timed else None
             history.append({"step": done, "loss": loss, "seconds_per_step": seconds})
             writer.write(done, {"loss": loss, "seconds_per_step": seconds})
-            report("distill %s step %d/%d loss %.6g %s %s", d.method, done, d.steps, loss,
-                   f"{seconds:.3f} s/step" if seconds is not None else f"(first step, compile {timer.compile_seconds:.1f} s)",
-                   timer.line())
+            report(
+                "distill %s step %d/%d loss %.6g %s %s",
+                d.method,
+                done,
+                d.steps,
+                loss,
+                f"{seconds:.3f} s/step"
+                if seconds is not None
+                else f"(first step, compile {timer.compile_seconds:.1f} s)",
+                timer.line(),
+            )
             window_losses = []
         if runlife.due(done, d.checkpoint_every_steps, end):
             with timer.paused():  # checkpoint time is not step time
@@ -258,10 +270,11 @@ def _finish(run: runlife.Run, state, classes, real, recipe, model_name, options,
     results.update({"distilled_path": str(output), "preprocessing_path": str(workdir / PREPROCESSING_NAME)})
     speed = f"{seconds_per_step:.3f} s/step" if seconds_per_step is not None else "speed not measured"
     results["summary"] = (
-        f"distilled {config.data.dataset} with {DISPLAY_NAME[d.method]}: {d.ipc} image(s) per class x {real.num_classes} "
-        f"classes, {final_step} steps ({speed}), final loss {results['final_loss']:.4g}\n"
+        f"distilled {config.data.dataset} with {DISPLAY_NAME[d.method]}: {d.ipc} image(s) per class x "
+        f"{real.num_classes} classes, {final_step} steps ({speed}), final loss {results['final_loss']:.4g}\n"
         f"set: {output} (preprocessing {recipe}); train a ConvNet on it with\n"
         f"  python launch/main.py --config configs/fashion_mnist_ipc10.py --workdir {workdir}/eval "
         f"--config.data.dataset={config.data.dataset} --config.data.source=distilled "
-        f"--config.data.distilled_path={output}")
+        f"--config.data.distilled_path={output}"
+    )
     return run.finish(results)

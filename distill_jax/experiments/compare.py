@@ -187,7 +187,9 @@ def read_cell(cell_dir: pathlib.Path, planned_seeds: Optional[int] = None) -> di
         elif final:
             state["final_accuracy"] = final
             state["seeds_finished"] = len(final["per_seed"])
-            complete = (cell_dir / "record.json").is_file() or (planned_seeds and state["seeds_finished"] >= planned_seeds)
+            complete = (cell_dir / "record.json").is_file() or (
+                planned_seeds and state["seeds_finished"] >= planned_seeds
+            )
             state["status"] = "complete" if complete else "partial"
             if not (cell_dir / "record.json").is_file():
                 runs = [run for run, _ in finished_runs(cell_dir)]
@@ -560,14 +562,30 @@ def summary_json(comparison: dict) -> dict:
     """What compare.json holds: per scale its cells (status, numbers, per seed) and orderings."""
     keep = ("cell", "status", "seeds_finished", "seeds_planned", "epochs", "network", "role", "final_accuracy",
             "diverged", "train_accuracy", "logged_epoch", "history", "history_source")
-    return {"experiment": comparison["experiment"], "cells": comparison["cells"], "paper_key": comparison["paper_key"],
-            "paper": comparison["paper"] and {"source": comparison["paper"]["source"], "header": PAPER_HEADER,
-                                              "cells": {c: {"value": v, "note": n}
-                                                        for c, (v, n) in comparison["paper"]["cells"].items()}},
-            "scales": [{"label": s["label"], "path": s["path"], "experiment": s["experiment"], "finished": s["finished"],
-                        "scale": s["scale"], "num_seeds": s["num_seeds"],
-                        "cells": {c: {k: st[k] for k in keep} for c, st in s["cells"].items()},
-                        "orderings": s["orderings"]} for s in comparison["scales"]]}
+    return {
+        "experiment": comparison["experiment"],
+        "cells": comparison["cells"],
+        "paper_key": comparison["paper_key"],
+        "paper": comparison["paper"]
+        and {
+            "source": comparison["paper"]["source"],
+            "header": PAPER_HEADER,
+            "cells": {c: {"value": v, "note": n} for c, (v, n) in comparison["paper"]["cells"].items()},
+        },
+        "scales": [
+            {
+                "label": s["label"],
+                "path": s["path"],
+                "experiment": s["experiment"],
+                "finished": s["finished"],
+                "scale": s["scale"],
+                "num_seeds": s["num_seeds"],
+                "cells": {c: {k: st[k] for k in keep} for c, st in s["cells"].items()},
+                "orderings": s["orderings"],
+            }
+            for s in comparison["scales"]
+        ],
+    }
 
 
 def write_comparison(workdirs: Sequence, out, *, labels: Optional[Sequence[str]] = None,

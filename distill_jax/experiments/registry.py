@@ -86,7 +86,9 @@ def paper_experiment(model: str, method: str, dataset: str, ipc: int, workdir, s
         teacher_path = teacher_dir(workdir, split_seeds, seed)
     for variant in recipes.VARIANTS:
         c = recipes.paper_config(model, method, dataset, ipc, variant, teacher_path=teacher_path, num_seeds=num_seeds)
-        cells.append(Cell(variant, f"{model} {recipes.VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), Role.STUDENT))
+        cells.append(
+            Cell(variant, f"{model} {recipes.VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), Role.STUDENT)
+        )
     return cells
 
 
@@ -94,11 +96,23 @@ def realsubset_experiment(dataset: str, per_class: int, workdir, scale: Scale = 
                           split_seeds: bool = False, num_seeds: int = 3, seed: int = 0) -> list[Cell]:
     """ConvNet, then the test network as Baseline and with DropPath + KD from that ConvNet."""
     teacher_path = teacher_dir(workdir, split_seeds, seed)
-    cells = [Cell("teacher", "ConvNet", _scaled(recipes.realsubset_config(dataset, per_class, "convnet", num_seeds=num_seeds),
-                                                 scale, teacher=True), Role.TEACHER)]
+    cells = [
+        Cell(
+            "teacher",
+            "ConvNet",
+            _scaled(recipes.realsubset_config(dataset, per_class, "convnet", num_seeds=num_seeds), scale, teacher=True),
+            Role.TEACHER,
+        )
+    ]
     for variant in ("baseline", "dp_kd"):
-        c = recipes.realsubset_config(dataset, per_class, variant, model=model, teacher_path=teacher_path, num_seeds=num_seeds)
-        cells.append(Cell(variant, f"{model} {recipes.REALSUBSET_LABELS[variant]}", _scaled(c, scale, teacher=False), Role.STUDENT))
+        c = recipes.realsubset_config(
+            dataset, per_class, variant, model=model, teacher_path=teacher_path, num_seeds=num_seeds
+        )
+        cells.append(
+            Cell(
+                variant, f"{model} {recipes.REALSUBSET_LABELS[variant]}", _scaled(c, scale, teacher=False), Role.STUDENT
+            )
+        )
     return cells
 
 
@@ -139,7 +153,9 @@ def pipeline_experiment(distiller: str, dataset: str, ipc: int, model: str, work
         c.model.name = model
         c.model.norm = models.norm_for_set(distiller)
         recipes.apply_variant(c, variant, model, teacher_path)
-        cells.append(Cell(variant, f"{model} {recipes.VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), Role.STUDENT))
+        cells.append(
+            Cell(variant, f"{model} {recipes.VARIANT_LABELS[variant]}", _scaled(c, scale, teacher=False), Role.STUDENT)
+        )
     return cells
 
 
@@ -167,12 +183,22 @@ def unregister_experiment(name: str) -> None:
 def experiment_names() -> list[str]:
     """Every named experiment: '<method>_<dataset>_<ipc>_<model>' (published sets),
     'realsubset_<dataset>_<n>_<model>' and 'pipeline_<dm|frepo>_<dataset>_<ipc>_<model>' (sets made here)."""
-    names = sorted(_REGISTERED) + [f"{m}_{d}_{i}_{n}" for m in recipes.METHODS for d in ("cifar10", "cifar10_jpeg", "cifar100", "tiny_imagenet")
-             for i in recipes.IPCS for n in recipes.TEST_NETWORKS]
+    names = sorted(_REGISTERED) + [
+        f"{m}_{d}_{i}_{n}"
+        for m in recipes.METHODS
+        for d in ("cifar10", "cifar10_jpeg", "cifar100", "tiny_imagenet")
+        for i in recipes.IPCS
+        for n in recipes.TEST_NETWORKS
+    ]
     names += [f"realsubset_{d}_{n}_{m}" for d in ("fashion_mnist", "cifar10", "cifar10_jpeg") for n in (10, 100)
               for m in ("resnet18", "resnet50")]
-    names += [f"pipeline_{m}_{d}_{i}_{n}" for m in recipes.DISTILLERS for d in recipes.DISTILL_DATASETS for i in recipes.IPCS
-              for n in recipes.TEST_NETWORKS]
+    names += [
+        f"pipeline_{m}_{d}_{i}_{n}"
+        for m in recipes.DISTILLERS
+        for d in recipes.DISTILL_DATASETS
+        for i in recipes.IPCS
+        for n in recipes.TEST_NETWORKS
+    ]
     return names
 
 
@@ -191,9 +217,11 @@ def get_experiment(name: str, workdir, scale: Scale = Scale(), *, split_seeds: b
     except (IndexError, ValueError):
         dataset = ""
     if not dataset:
-        raise recipes.ExperimentError(f"experiment name {name!r} is not of the form <method>_<dataset>_<ipc>_<model>, "
-                              f"realsubset_<dataset>_<per_class>_<model> or pipeline_<dm|frepo>_<dataset>_<ipc>_<model>, "
-                              f"e.g. frepo_cifar10_10_resnet18")
+        raise recipes.ExperimentError(
+            f"experiment name {name!r} is not of the form <method>_<dataset>_<ipc>_<model>, "
+            f"realsubset_<dataset>_<per_class>_<model> or pipeline_<dm|frepo>_<dataset>_<ipc>_<model>, "
+            f"e.g. frepo_cifar10_10_resnet18"
+        )
     where = f"experiment {name!r}"
     common = dict(split_seeds=split_seeds, num_seeds=num_seeds, seed=seed)
     if kind == "realsubset":

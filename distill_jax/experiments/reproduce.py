@@ -185,7 +185,9 @@ def run_cell(cell: registry.Cell, cell_dir: pathlib.Path, data, *, split_seeds: 
     }
     workdir_io.write_json(cell_dir / "record.json", record)
     if not cell.role.scored_only:
-        plots.plot_schedules(cell.config, cell_dir / "schedules.png", steps_per_epoch=_steps_per_epoch(cell.config, data))
+        plots.plot_schedules(
+            cell.config, cell_dir / "schedules.png", steps_per_epoch=_steps_per_epoch(cell.config, data)
+        )
         if record["history"]:
             plots.plot_accuracy(record, cell_dir / "accuracy.png", title=cell.label)
     return record
@@ -288,7 +290,9 @@ def select_cells(cells: list, settings, experiment: str) -> list:
     return [c for c in cells if c.name in wanted] if wanted else cells
 
 
-def run_cells(cells: list, workdir: pathlib.Path, settings, experiment: str, data_cache: Optional[dict] = None) -> list[dict]:
+def run_cells(
+    cells: list, workdir: pathlib.Path, settings, experiment: str, data_cache: Optional[dict] = None
+) -> list[dict]:
     """Runs `cells` in order (teachers first) in `workdir/<cell>`, skipping finished runs, and
     returns their records; `settings` is the config's `reproduce` section (`split_seeds`, `fresh_on_change`)."""
     data_cache = {} if data_cache is None else data_cache
@@ -305,7 +309,9 @@ def run_cells(cells: list, workdir: pathlib.Path, settings, experiment: str, dat
                      eta.line(cells[i - 1:]))
         started = time.perf_counter()
         trains = cell.role.trains and any(
-            _finished_results(run_dir, c) is None for run_dir, c in _run_dirs(cell, workdir / cell.name, bool(settings.split_seeds)))
+            _finished_results(run_dir, c) is None
+            for run_dir, c in _run_dirs(cell, workdir / cell.name, bool(settings.split_seeds))
+        )
         data = None
         if cell.role is not Role.DISTILL:  # a distill cell loads its own real data; later cells may read its output
             key = data_key(cell.config.data)
@@ -346,9 +352,15 @@ def run_reproduction(config, workdir, *, data_cache: Optional[dict] = None) -> d
                                 "distill_jax.experiments.registry.experiment_names(), e.g. frepo_cifar10_10_resnet18")
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cells = registry.get_experiment(settings.experiment, workdir, registry.Scale.from_config(config),
-                                    split_seeds=bool(settings.split_seeds), num_seeds=config.num_seeds, seed=config.seed,
-                                    teacher=settings.teacher)
+    cells = registry.get_experiment(
+        settings.experiment,
+        workdir,
+        registry.Scale.from_config(config),
+        split_seeds=bool(settings.split_seeds),
+        num_seeds=config.num_seeds,
+        seed=config.seed,
+        teacher=settings.teacher,
+    )
     cells = select_cells(inherit_fields(cells, config), settings, settings.experiment)
     workdir_io.write_json(workdir / PLAN_FILE, {"experiment": settings.experiment, "config": config.to_dict(),
                                             "cells": [c.name for c in cells], "command": results_record.command_line()})

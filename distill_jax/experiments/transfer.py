@@ -87,12 +87,22 @@ def transfer_config(set_path: str, dataset: str, *, networks=DEFAULT_POOL, num_s
     c = recipes.base_config(dataset, num_seeds)
     c.mode = "transfer"
     t = c.transfer
-    t.set_path, t.set_source, t.preprocessing, t.teacher, t.name = str(set_path), set_source, preprocessing, str(teacher), name
+    t.set_path, t.set_source, t.preprocessing, t.teacher, t.name = (
+        str(set_path),
+        set_source,
+        preprocessing,
+        str(teacher),
+        name,
+    )
     t.networks = networks if isinstance(networks, str) else ",".join(networks)
     t.widths = widths
     scale = scale or registry.Scale()
     settings = c.reproduce
-    settings.epoch_divisor, settings.lr_multiplier, settings.width = scale.epoch_divisor, scale.lr_multiplier, scale.width
+    settings.epoch_divisor, settings.lr_multiplier, settings.width = (
+        scale.epoch_divisor,
+        scale.lr_multiplier,
+        scale.width,
+    )
     settings.teacher_width, settings.evals = scale.teacher_width, scale.evals
     return c
 

@@ -208,7 +208,11 @@ def _validated_arrays(images, labels, num_classes, preprocessing, provenance):
     if images.ndim != 4:
         _fail(provenance, "images", f"expected rank 4 (N, H, W, C), got shape {images.shape}")
     if images.shape[-1] not in _CHANNEL_COUNTS:
-        _fail(provenance, "images", f"expected NHWC with {_CHANNEL_COUNTS} channels in the last axis, got shape {images.shape}")
+        _fail(
+            provenance,
+            "images",
+            f"expected NHWC with {_CHANNEL_COUNTS} channels in the last axis, got shape {images.shape}",
+        )
     if min(images.shape) < 1:
         _fail(provenance, "images", f"expected a non-empty set, got shape {images.shape}")
     if not np.issubdtype(images.dtype, np.floating):
@@ -238,7 +242,11 @@ def _validated_arrays(images, labels, num_classes, preprocessing, provenance):
         if not np.issubdtype(labels.dtype, np.floating):
             _fail(provenance, "labels", f"expected float label vectors, got dtype {labels.dtype}")
         if labels.shape[1] != num_classes:
-            _fail(provenance, "labels", f"label vectors have {labels.shape[1]} entries, expected num_classes={int(num_classes)}")
+            _fail(
+                provenance,
+                "labels",
+                f"label vectors have {labels.shape[1]} entries, expected num_classes={int(num_classes)}",
+            )
         labels = np.array(labels, dtype=np.float32, copy=True)
         if not np.all(np.isfinite(labels)):
             _fail(provenance, "labels", "label vectors hold NaN or infinite values")
@@ -308,7 +316,9 @@ def _resolve_preprocessing(preprocessing: str | None, source: str, path: str, la
     if preprocessing is None:
         return layout_space or DEFAULT_PREPROCESSING[source]
     if preprocessing not in PREPROCESSING:
-        raise DistilledFormatError(f"{path}: field 'preprocessing': expected one of {PREPROCESSING}, got {preprocessing!r}")
+        raise DistilledFormatError(
+            f"{path}: field 'preprocessing': expected one of {PREPROCESSING}, got {preprocessing!r}"
+        )
     return preprocessing
 
 
@@ -334,7 +344,9 @@ def _to_nhwc(array: Any, layout: str, path: str, field: str) -> np.ndarray:
     if not isinstance(array, np.ndarray):
         raise DistilledFormatError(f"{path}: field '{field}': expected an image tensor, got {type(array).__name__}")
     if array.ndim != 4:
-        raise DistilledFormatError(f"{path}: field '{field}': expected a rank-4 {layout} image tensor, got shape {array.shape}")
+        raise DistilledFormatError(
+            f"{path}: field '{field}': expected a rank-4 {layout} image tensor, got shape {array.shape}"
+        )
     channel_axis = 1 if layout == "NCHW" else 3
     if array.shape[channel_axis] not in _CHANNEL_COUNTS:
         other = "NHWC" if layout == "NCHW" else "NCHW"
@@ -463,7 +475,9 @@ def read_dc_res(
     path = os.fspath(path)
     content = _load_torch(path)
     if not isinstance(content, dict) or "data" not in content:
-        raise DistilledFormatError(f"{path}: field 'data' is missing (expected a dict with 'data' = [[images, labels], ...])")
+        raise DistilledFormatError(
+            f"{path}: field 'data' is missing (expected a dict with 'data' = [[images, labels], ...])"
+        )
     experiments = content["data"]
     if not isinstance(experiments, (list, tuple)) or not experiments:
         raise DistilledFormatError(f"{path}: field 'data': expected a non-empty list of [images, labels]")
@@ -524,7 +538,13 @@ def _msgpack_dtype(name: Any) -> np.dtype:
 
         return np.dtype(ml_dtypes.bfloat16)
     dtype = np.dtype(text)
-    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind == "V" or dtype.itemsize == 0:
+    if (
+        dtype.hasobject
+        or dtype.fields is not None
+        or dtype.subdtype is not None
+        or dtype.kind == "V"
+        or dtype.itemsize == 0
+    ):
         raise _MsgpackError(f"refusing array dtype {text!r} (only plain numeric and string dtypes)")
     return dtype
 
@@ -606,7 +626,9 @@ def _msgpack_options(length: int, cap: int) -> dict:
         if code == _EXT_NPSCALAR:
             return _msgpack_ndarray(data, cap)[()]
         if code == _EXT_COMPLEX:
-            real, imag = msgpack.unpackb(data, max_array_len=2, max_map_len=0, max_str_len=0, max_bin_len=0, max_ext_len=0)
+            real, imag = msgpack.unpackb(
+                data, max_array_len=2, max_map_len=0, max_str_len=0, max_bin_len=0, max_ext_len=0
+            )
             return complex(real, imag)
         return msgpack.ExtType(code, data)
 
@@ -749,19 +771,25 @@ def _read_npz_images_labels(
 @_input_errors
 def read_frepo_npz(path, *, preprocessing: str | None = None, num_classes: int | None = None) -> DistilledSet:
     """FRePo npz export: ``image`` NHWC, ``label`` learned (N, C)."""
-    return _read_npz_images_labels(os.fspath(path), "frepo_npz", "frepo", "image", "label", "NHWC", preprocessing, num_classes)
+    return _read_npz_images_labels(
+        os.fspath(path), "frepo_npz", "frepo", "image", "label", "NHWC", preprocessing, num_classes
+    )
 
 
 @_input_errors
 def read_kip_npz(path, *, preprocessing: str | None = None, num_classes: int | None = None) -> DistilledSet:
     """KIP npz: ``images`` NHWC, ``labels`` (N, C)."""
-    return _read_npz_images_labels(os.fspath(path), "kip_npz", "kip", "images", "labels", "NHWC", preprocessing, num_classes)
+    return _read_npz_images_labels(
+        os.fspath(path), "kip_npz", "kip", "images", "labels", "NHWC", preprocessing, num_classes
+    )
 
 
 @_input_errors
 def read_rfad_npz(path, *, preprocessing: str | None = None, num_classes: int | None = None) -> DistilledSet:
     """RFAD npz: ``images`` NCHW, ``labels`` (N, C)."""
-    return _read_npz_images_labels(os.fspath(path), "rfad_npz", "rfad", "images", "labels", "NCHW", preprocessing, num_classes)
+    return _read_npz_images_labels(
+        os.fspath(path), "rfad_npz", "rfad", "images", "labels", "NCHW", preprocessing, num_classes
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -886,7 +914,9 @@ def detect_format(path: str | os.PathLike) -> str:
                     "pass format='kip_npz' or format='rfad_npz'"
                 )
             return "kip_npz" if layout == "NHWC" else "rfad_npz"
-        raise DistilledFormatError(f"{path}: unknown format: npz keys {sorted(keys)} match no known distilled-set layout")
+        raise DistilledFormatError(
+            f"{path}: unknown format: npz keys {sorted(keys)} match no known distilled-set layout"
+        )
     raise DistilledFormatError(
         f"{path}: unknown format (expected a folder with images_best.pt, images_*.pt, res_*.pt, "
         "*.msgpack / checkpoint_<step>, or *.npz); pass format= (CLI: --format) to force one"

@@ -99,7 +99,8 @@ def convert_reference_convnet(state_dict: Mapping[str, Any], where: str = "<stat
             expected_in = conv_in if in_channels is None else widths[-1]
             if conv_in != expected_in or (kh, kw) != (3, 3):
                 raise CheckpointFormatError(
-                    f"{where}: key '{weight_key}': expected shape ({out_channels}, {expected_in}, 3, 3), got {weight.shape}"
+                    f"{where}: key '{weight_key}': expected shape ({out_channels}, {expected_in}, 3, 3), "
+                    f"got {weight.shape}"
                 )
             in_channels = conv_in if in_channels is None else in_channels
             _expect_shape(bias, (out_channels,), f"features.{index}.bias", where)
@@ -125,7 +126,9 @@ def convert_reference_convnet(state_dict: Mapping[str, Any], where: str = "<stat
                 norm_kinds.append("instance")
             expecting_norm = False
         else:
-            raise CheckpointFormatError(f"{where}: key '{weight_key}': expected a conv (4-D) or norm (1-D) weight, got {weight.shape}")
+            raise CheckpointFormatError(
+                f"{where}: key '{weight_key}': expected a conv (4-D) or norm (1-D) weight, got {weight.shape}"
+            )
     if expecting_norm:
         norm_kinds.append("none")
     if not widths:
@@ -136,7 +139,9 @@ def convert_reference_convnet(state_dict: Mapping[str, Any], where: str = "<stat
     classifier = _array(state_dict, "classifier.weight", where)
     classifier_bias = _array(state_dict, "classifier.bias", where)
     if classifier.ndim != 2:
-        raise CheckpointFormatError(f"{where}: key 'classifier.weight': expected (num_classes, features), got {classifier.shape}")
+        raise CheckpointFormatError(
+            f"{where}: key 'classifier.weight': expected (num_classes, features), got {classifier.shape}"
+        )
     num_classes, flat = classifier.shape
     channels = widths[-1]
     side = math.isqrt(flat // channels) if flat % channels == 0 else 0
@@ -154,7 +159,9 @@ def convert_reference_convnet(state_dict: Mapping[str, Any], where: str = "<stat
     elif all(w == widths[0] * 2**i for i, w in enumerate(widths)):
         model_name = "convnet_frepo"
     else:
-        raise CheckpointFormatError(f"{where}: conv widths {widths} match neither ConvNet (constant) nor ConvNet-FRePo (doubling)")
+        raise CheckpointFormatError(
+            f"{where}: conv widths {widths} match neither ConvNet (constant) nor ConvNet-FRePo (doubling)"
+        )
     variables: dict[str, dict] = {"params": params}
     if batch_stats:
         variables["batch_stats"] = batch_stats
@@ -185,7 +192,9 @@ def load_reference_convnet(path: str | os.PathLike) -> tuple[dict, dict]:
 def _load_reference_convnet(path: str) -> tuple[dict, dict]:
     content = load_torch_file(path)
     if not isinstance(content, dict):
-        raise CheckpointFormatError(f"{path}: expected a dict (state dict or {{'state_dict': ...}}), got {type(content).__name__}")
+        raise CheckpointFormatError(
+            f"{path}: expected a dict (state dict or {{'state_dict': ...}}), got {type(content).__name__}"
+        )
     state_dict = content.get("state_dict", content)
     if not isinstance(state_dict, dict):
         raise CheckpointFormatError(f"{path}: field 'state_dict': expected a dict, got {type(state_dict).__name__}")

@@ -267,7 +267,9 @@ def _tensor_from_storage(
     if len(size) != len(stride) or not all(isinstance(v, int) and v >= 0 for v in size + stride):
         raise TorchFileError(f"{path}: storage {storage.key}: bad size {size!r} / stride {stride!r}")
     if len(size) > 32:
-        raise TorchFileError(f"{path}: storage {storage.key}: a tensor of {len(size)} dimensions (at most 32 supported)")
+        raise TorchFileError(
+            f"{path}: storage {storage.key}: a tensor of {len(size)} dimensions (at most 32 supported)"
+        )
     flat = storage.data
     if dtype is not None and dtype != flat.dtype:
         # _rebuild_tensor_v3 with an untyped (byte) storage: reinterpret the bytes.
@@ -434,7 +436,9 @@ class SafeTorchUnpickler(pickle.Unpickler):
             )
         raw = _read_member(self._archive, member, self._path, self._zip_budget)
         if len(raw) != nbytes:
-            raise TorchFileError(f"{self._path}: storage '{member}' read {len(raw)} bytes, expected {nbytes}; the file is corrupt")
+            raise TorchFileError(
+                f"{self._path}: storage '{member}' read {len(raw)} bytes, expected {nbytes}; the file is corrupt"
+            )
         data = np.frombuffer(raw, dtype=dtype.newbyteorder(">") if self._big_endian else dtype, count=numel)
         data = data.astype(dtype, copy=False) if self._big_endian else data
         storage = _Storage(key, str(location), data)
@@ -589,7 +593,9 @@ def prescan_pickle(payload: bytes, where: str, what: str = "data.pkl",
     counted argument (bytes, strings) longer than what follows it."""
     limit = len(payload)
     for opcode, arg, position in pickletools.genops(payload):
-        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "FRAME") and not (isinstance(arg, int) and 0 <= arg <= limit):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "FRAME") and not (
+            isinstance(arg, int) and 0 <= arg <= limit
+        ):
             raise error(
                 f"{where}: {what} opcode {opcode.name} at byte {position} has argument {arg!r}, more than the "
                 f"pickle's {limit} bytes allow; refused, the file is corrupt or crafted"
@@ -626,7 +632,9 @@ def load_torch_file(path: str | os.PathLike) -> Any:
                 if head[:1] == b"\x80"
                 else ""
             )
-            raise TorchFileError(f"{path}: not a zip archive; the file is truncated, corrupt or not a torch.save file{hint}")
+            raise TorchFileError(
+                f"{path}: not a zip archive; the file is truncated, corrupt or not a torch.save file{hint}"
+            )
         with zipfile.ZipFile(path) as archive:
             prefix = _find_prefix(archive, path)
             budget = ZipBudget(path)
@@ -669,20 +677,27 @@ def _npy_header(member, info: zipfile.ZipInfo, where: str, error: type[InputFile
     length_bytes = _read_exact(member, 2 if major == 1 else 4, "npy header length")
     header_length = int.from_bytes(length_bytes, "little")
     if header_length > MAX_NPY_HEADER_BYTES:
-        raise error(f"{where}: archive member '{info.filename}' declares a {header_length}-byte npy header (at most {MAX_NPY_HEADER_BYTES})")
+        raise error(
+            f"{where}: archive member '{info.filename}' declares a {header_length}-byte npy header "
+            f"(at most {MAX_NPY_HEADER_BYTES})"
+        )
     raw = preamble + length_bytes + _read_exact(member, header_length, "npy header")
     stream = io.BytesIO(raw)
     np.lib.format.read_magic(stream)
     reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
     shape, fortran_order, dtype = reader(stream, max_header_size=MAX_NPY_HEADER_BYTES)
     if dtype.hasobject:
-        raise error(f"{where}: array '{info.filename}' holds Python objects (dtype {dtype}); loading them needs pickle, refused")
+        raise error(
+            f"{where}: array '{info.filename}' holds Python objects (dtype {dtype}); loading them needs pickle, refused"
+        )
     if dtype.subdtype is not None or dtype.itemsize == 0:
         raise error(f"{where}: array '{info.filename}': unsupported dtype {dtype}")
     return tuple(int(v) for v in shape), bool(fortran_order), dtype, len(raw)
 
 
-def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, error, cap: int, budget: ZipBudget) -> np.ndarray:
+def _read_npy(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, error, cap: int, budget: ZipBudget
+) -> np.ndarray:
     check_zip_member(info, where, error, cap=cap, allowance=MAX_NPY_HEADER_BYTES + 12, archive_size=budget.archive_size)
     budget.take(info, where, error)
     with archive.open(info) as member:
@@ -776,7 +791,9 @@ def npz_header(path: str | os.PathLike, key: str, error: type[InputFileError], w
     with _npz_errors(where, error):
         with _open_npz(path, where, error) as archive:
             info = archive.getinfo(key + ".npy")
-            check_zip_member(info, where, error, allowance=MAX_NPY_HEADER_BYTES + 12, archive_size=os.path.getsize(path))
+            check_zip_member(
+                info, where, error, allowance=MAX_NPY_HEADER_BYTES + 12, archive_size=os.path.getsize(path)
+            )
             with archive.open(info) as member:
                 shape, _, dtype, _ = _npy_header(member, info, where, error)
             return shape, dtype
@@ -813,8 +830,10 @@ class _InflationLimit:
         if size is None or size < 0:
             size = allowed + 1
         elif size > self._cap + 2 * 512:  # a member (<= cap) and its header block
-            raise self._error(f"{self._where}: an entry at byte {position} of the tar stream asks for {size} bytes at once, "
-                              f"over the cap of {self._cap} bytes on one array (DISTILL_JAX_MAX_ARRAY_BYTES)")
+            raise self._error(
+                f"{self._where}: an entry at byte {position} of the tar stream asks for {size} bytes at once, "
+                f"over the cap of {self._cap} bytes on one array (DISTILL_JAX_MAX_ARRAY_BYTES)"
+            )
         data = self._stream.read(min(size, allowed + 1))
         if len(data) > allowed:
             self._refuse(position + len(data))
@@ -853,7 +872,9 @@ class BoundedTarGz:
             self._raw = open(self.path, "rb")
             stream = gzip.GzipFile(fileobj=self._raw, mode="rb")
             limit = max(RATIO_CHECK_BYTES, MAX_COMPRESSION_RATIO * size)
-            self._tar = tarfile.open(fileobj=_InflationLimit(stream, limit, self.cap, size, self.where, error), mode="r:")
+            self._tar = tarfile.open(
+                fileobj=_InflationLimit(stream, limit, self.cap, size, self.where, error), mode="r:"
+            )
             self._members: dict[str, tarfile.TarInfo] = {}
             for count in itertools.count(1):
                 info = self._tar.next()

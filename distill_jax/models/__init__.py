@@ -131,5 +131,27 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
     return cls(num_classes=num_classes, **fixed, **options)
 
 
-__all__ = ["COMPUTE_DTYPES", "CONFIG_OPTIONS", "CONV_CHOICES", "CONV_IMPLEMENTATIONS", "INIT_KINDS", "MODEL_NAMES", "NORM_KINDS", "SET_SOURCE_NORMS", "build_model", "check_options",
-           "default_option", "model_options", "network_options", "norm_for_set", "options_from_config", "resolve_conv", "ConvNet", "ConvNetFRePo", "ResNet", "VGG11", "AlexNet", "ViT"]
+__all__ = [
+    "COMPUTE_DTYPES",
+    "CONFIG_OPTIONS",
+    "CONV_CHOICES",
+    "CONV_IMPLEMENTATIONS",
+    "INIT_KINDS",
+    "MODEL_NAMES",
+    "NORM_KINDS",
+    "SET_SOURCE_NORMS",
+    "build_model",
+    "check_options",
+    "default_option",
+    "model_options",
+    "network_options",
+    "norm_for_set",
+    "options_from_config",
+    "resolve_conv",
+    "ConvNet",
+    "ConvNetFRePo",
+    "ResNet",
+    "VGG11",
+    "AlexNet",
+    "ViT",
+]

@@ -64,7 +64,9 @@ def explicit_padding(
     """
     if isinstance(padding, str):
         if padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"{_WHERE}: padding must be 'SAME', 'VALID', an int or two (low, high) pairs, got {padding!r}")
+            raise ValueError(
+                f"{_WHERE}: padding must be 'SAME', 'VALID', an int or two (low, high) pairs, got {padding!r}"
+            )
         pads = lax.padtype_to_pads(image_hw, kernel_hw, strides, padding.upper())
         return tuple((int(lo), int(hi)) for lo, hi in pads)  # type: ignore[return-value]
     if isinstance(padding, int):
@@ -76,7 +78,9 @@ def explicit_padding(
         if isinstance(side, int):
             side = (side, side)
         if not (isinstance(side, Sequence) and len(side) == 2 and all(isinstance(v, int) and v >= 0 for v in side)):
-            raise ValueError(f"{_WHERE}: each padding entry must be a non-negative int or (low, high) pair, got {padding!r}")
+            raise ValueError(
+                f"{_WHERE}: each padding entry must be a non-negative int or (low, high) pair, got {padding!r}"
+            )
         pads.append((int(side[0]), int(side[1])))
     return tuple(pads)  # type: ignore[return-value]
 
@@ -168,14 +172,22 @@ def _vmap_friendly(fn: Callable, foldable: tuple[bool, ...]) -> Callable:
     @wrapped.def_vmap
     def rule(axis_size, in_batched, *arrays):
         if all(fold or not batched for fold, batched in zip(foldable, in_batched, strict=True)):
-            folded = [a.reshape((-1,) + a.shape[2:]) if batched else a for a, batched in zip(arrays, in_batched, strict=True)]
+            folded = [
+                a.reshape((-1,) + a.shape[2:]) if batched else a for a, batched in zip(arrays, in_batched, strict=True)
+            ]
             out = fn(*folded)
             return out.reshape((axis_size, -1) + out.shape[1:]), True
         if axis_size <= UNROLL_SEEDS:
             # Unrolled: one ordinary convolution per seed (lax.map's loop cost 1.7x a step on CPU).
-            outs = [fn(*[a[i] if batched else a for a, batched in zip(arrays, in_batched, strict=True)]) for i in range(axis_size)]
+            outs = [
+                fn(*[a[i] if batched else a for a, batched in zip(arrays, in_batched, strict=True)])
+                for i in range(axis_size)
+            ]
             return jnp.stack(outs), True
-        broadcast = [a if batched else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, batched in zip(arrays, in_batched, strict=True)]
+        broadcast = [
+            a if batched else jnp.broadcast_to(a, (axis_size,) + a.shape)
+            for a, batched in zip(arrays, in_batched, strict=True)
+        ]
         return lax.map(lambda args: fn(*args), tuple(broadcast)), True
 
     return wrapped
@@ -259,8 +271,14 @@ def per_seed_xla_conv2d(x: jax.Array, kernel: jax.Array, strides: int | Sequence
 def check_conv_args(x: jax.Array, kernel: jax.Array, strides, padding: PaddingLike):
     """Checks ranks and channels; returns (strides pair, explicit pads) for a conv2d."""
     if x.ndim != 4 or kernel.ndim != 4:
-        raise ValueError(f"{_WHERE}: conv2d expects x of rank 4 (N, H, W, C) and kernel of rank 4 (kh, kw, C, F), got shapes {x.shape} and {kernel.shape}")
+        raise ValueError(
+            f"{_WHERE}: conv2d expects x of rank 4 (N, H, W, C) and kernel of rank 4 (kh, kw, C, F), "
+            f"got shapes {x.shape} and {kernel.shape}"
+        )
     if x.shape[-1] != kernel.shape[2]:
-        raise ValueError(f"{_WHERE}: conv2d input channels {x.shape[-1]} do not match kernel input channels {kernel.shape[2]} (kernel shape {kernel.shape})")
+        raise ValueError(
+            f"{_WHERE}: conv2d input channels {x.shape[-1]} do not match kernel input channels {kernel.shape[2]} "
+            f"(kernel shape {kernel.shape})"
+        )
     strides = _pair(strides, "strides")
     return strides, explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)

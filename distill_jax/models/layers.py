@@ -2,9 +2,10 @@
 
 All convolutions go through `conv(...)` and `Conv`, so a faster implementation can be swapped
 in at one place; which one is an explicit argument (`implementation`), resolved once from a
-network's `conv` option by `resolve_conv` when the network is built. Layers follow the reference (PyTorch) conventions: biases on convs,
-symmetric padding k // 2, and (weight_init='torch') torch's default U(-1/sqrt(fan_in),
-1/sqrt(fan_in)) for weights and biases, or (weight_init='flax') Flax's lecun-normal / zeros.
+network's `conv` option by `resolve_conv` when the network is built. Layers follow the
+reference (PyTorch) conventions: biases on convs, symmetric padding k // 2, and
+(weight_init='torch') torch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and
+biases, or (weight_init='flax') Flax's lecun-normal / zeros.
 The option is not called `init` because a linen field of that name would hide Module.init.
 
 Compute dtype (a network's `compute_dtype`, the config's `train.compute_dtype`; one of

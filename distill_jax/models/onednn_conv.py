@@ -72,7 +72,9 @@ _ONEDNN_VERSION_HEADER = Path("/usr/include/oneapi/dnnl/dnnl_version.h")
 def library_path() -> Path:
     """The compiled library's path, keyed by the source, jaxlib's version, the compiler and oneDNN's version."""
     onednn = _ONEDNN_VERSION_HEADER.read_bytes() if _ONEDNN_VERSION_HEADER.is_file() else b""
-    digest = hashlib.sha256(SOURCE.read_bytes() + f"|{jaxlib.__version__}|{_compiler()}|".encode() + onednn).hexdigest()[:16]
+    digest = hashlib.sha256(
+        SOURCE.read_bytes() + f"|{jaxlib.__version__}|{_compiler()}|".encode() + onednn
+    ).hexdigest()[:16]
     return cache_dir() / f"onednn_conv-{digest}.so"
 
 
@@ -116,7 +118,9 @@ def build(path: Path | None = None) -> Path:
     compiler = _compiler()
     if shutil.which(compiler) is None:
         raise OnednnUnavailable(
-            f"{_WHERE}: C++ compiler {compiler!r} not found (set $CXX, or install g++ and libdnnl-dev: launch/setup.sh does)")
+            f"{_WHERE}: C++ compiler {compiler!r} not found "
+            "(set $CXX, or install g++ and libdnnl-dev: launch/setup.sh does)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     digests = []
 
@@ -126,8 +130,10 @@ def build(path: Path | None = None) -> Path:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise OnednnUnavailable(
-                f"{_WHERE}: compiling {SOURCE.name} failed (is oneDNN installed? Debian: apt-get install libdnnl-dev):\n"
-                f"{' '.join(command)}\n{result.stderr[-2000:]}")
+                f"{_WHERE}: compiling {SOURCE.name} failed "
+                "(is oneDNN installed? Debian: apt-get install libdnnl-dev):\n"
+                f"{' '.join(command)}\n{result.stderr[-2000:]}"
+            )
         digests.append(_sha256(Path(tmp)))
 
     atomic.write_with_path(path, compile_to)
@@ -195,7 +201,10 @@ def require() -> None:
 
 def _attrs(strides, pads) -> dict:
     (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
-    return {name: np.int64(value) for name, value in zip(("sh", "sw", "pt", "pb", "pl", "pr"), (sh, sw, pt, pb, pl, pr), strict=True)}
+    return {
+        name: np.int64(value)
+        for name, value in zip(("sh", "sw", "pt", "pb", "pl", "pr"), (sh, sw, pt, pb, pl, pr), strict=True)
+    }
 
 
 def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, strides, pads) -> jax.Array:

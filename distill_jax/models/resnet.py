@@ -106,8 +106,14 @@ class ResNet(ConvChoice):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, keep_rate=1.0) -> jax.Array:
         check_images(x, type(self).__name__)
-        x = conv(self.width, 3, implementation=self.conv, weight_init=self.weight_init, compute_dtype=self.compute_dtype,
-                 name="stem_conv")(x)
+        x = conv(
+            self.width,
+            3,
+            implementation=self.conv,
+            weight_init=self.weight_init,
+            compute_dtype=self.compute_dtype,
+            name="stem_conv",
+        )(x)
         x = nn.relu(make_norm(self.norm, "stem_norm", train)(x))
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):

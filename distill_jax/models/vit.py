@@ -37,7 +37,9 @@ class _Branch(nn.Module):
             return nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.width,
                                                    dtype=jnp.dtype(self.compute_dtype), param_dtype=jnp.float32,
                                                    attention_fn=attention, name="attention")(y, y)
-        y = nn.gelu(dense(4 * self.width, weight_init=self.weight_init, compute_dtype=self.compute_dtype, name="fc_0")(y))
+        y = nn.gelu(
+            dense(4 * self.width, weight_init=self.weight_init, compute_dtype=self.compute_dtype, name="fc_0")(y)
+        )
         return dense(self.width, weight_init=self.weight_init, compute_dtype=self.compute_dtype, name="fc_1")(y)
 
 
@@ -72,7 +74,9 @@ class ViT(ConvChoice):
         b, h, w, c = x.shape
         if h % PATCH or w % PATCH:
             raise ValueError(f"ViT: image sides {h}x{w} must be multiples of the patch size {PATCH}")
-        patches = jax.lax.transpose(jax.lax.reshape(x, (b, h // PATCH, PATCH, w // PATCH, PATCH, c)), (0, 1, 3, 2, 4, 5))
+        patches = jax.lax.transpose(
+            jax.lax.reshape(x, (b, h // PATCH, PATCH, w // PATCH, PATCH, c)), (0, 1, 3, 2, 4, 5)
+        )
         tokens = dense(self.width, weight_init=self.weight_init, compute_dtype=self.compute_dtype, name="patch_embed")(
             patches.reshape(b, (h // PATCH) * (w // PATCH), PATCH * PATCH * c))
         position = self.param("position", nn.initializers.normal(0.02), tokens.shape[1:])

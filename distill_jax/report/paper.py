@@ -80,7 +80,8 @@ def number(key: str, cell: str) -> Published:
 
 
 def provenance(p: Published) -> str:
-    """'Zhong & Liu (arXiv 2309.04195), table not stated, best over training (...), CIFAR-10 (...), runs: not stated'."""
+    """'Zhong & Liu (arXiv 2309.04195), table not stated, best over training (...), CIFAR-10 (...),
+    runs: not stated'."""
     return (f"{p.who}, table {p.table}, {p.selection}, {p.dataset}, {p.width}, number of runs {p.seeds}"
             f" ({SOURCE_DOC})")
 

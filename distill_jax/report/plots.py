@@ -126,7 +126,9 @@ def plot_grouped_bars(groups, series: dict, path, *, reference=None, ylabel: str
     for i, (name, values) in enumerate(series.items()):
         if len(values) != len(groups):
             plt.close(fig)
-            raise ValueError(f"plots.plot_grouped_bars: series {name!r} has {len(values)} values for {len(groups)} groups")
+            raise ValueError(
+                f"plots.plot_grouped_bars: series {name!r} has {len(values)} values for {len(groups)} groups"
+            )
         means = np.array([v[0] for v in values], dtype=np.float64)
         stds = np.array([v[1] for v in values], dtype=np.float64)
         ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=name)

@@ -187,8 +187,17 @@ def caption(record: dict) -> str:
         parts.append(f"scale: {scale}")
     parts.append(f"norm: {', '.join(norms)}; widths as each row says")
     if teachers:
-        parts.append("teacher " + " and ".join(sorted("published, selected on the test set" if t == results_record.PUBLISHED
-                                                       else "trained here (final epoch)" for t in teachers)))
+        parts.append(
+            "teacher "
+            + " and ".join(
+                sorted(
+                    "published, selected on the test set"
+                    if t == results_record.PUBLISHED
+                    else "trained here (final epoch)"
+                    for t in teachers
+                )
+            )
+        )
     return "; ".join(parts) + "."
 
 
@@ -363,7 +372,9 @@ def ph_scales(ctx: Context, names: str, key: str = "") -> str:
     """`scales:A=label,B=label[:PAPERKEY]`: one experiment's records side by side, one column each, the
     paper's number last (with its footnotes and the caveats)."""
     named = _named(names)
-    cells = list(dict.fromkeys(c["cell"] for n, _ in named for c in ctx.record(n)["cells"] if c["role"] != Role.DISTILL))
+    cells = list(
+        dict.fromkeys(c["cell"] for n, _ in named for c in ctx.record(n)["cells"] if c["role"] != Role.DISTILL)
+    )
     header = ["cell"] + [label for _, label in named] + (["paper (published; see the caveats)"] if key else [])
     marks = _marks(key) if key else {}
     rows = []
@@ -567,7 +578,9 @@ def render_template(text: str, ctx: Context, where: str = "template") -> str:
         kind, args = match.group(1), [a.strip() for a in match.group(2).split(":")[1:]]
         line = text.count("\n", 0, match.start()) + 1
         if kind not in PLACEHOLDERS:
-            raise RenderError(f"{where}:{line}: unknown placeholder {match.group(0)!r}; kinds: {', '.join(PLACEHOLDERS)}")
+            raise RenderError(
+                f"{where}:{line}: unknown placeholder {match.group(0)!r}; kinds: {', '.join(PLACEHOLDERS)}"
+            )
         try:
             return PLACEHOLDERS[kind](ctx, *args)
         except TypeError as err:
@@ -579,7 +592,9 @@ def render_template(text: str, ctx: Context, where: str = "template") -> str:
     out = PLACEHOLDER.sub(fill, text)
     left = re.search(r"\{\{|\}\}", out)
     if left:
-        raise RenderError(f"{where}:{out.count(chr(10), 0, left.start()) + 1}: a '{{{{' or '}}}}' that is no placeholder")
+        raise RenderError(
+            f"{where}:{out.count(chr(10), 0, left.start()) + 1}: a '{{{{' or '}}}}' that is no placeholder"
+        )
     return out
 
 
@@ -595,7 +610,11 @@ def render_readme(root, ctx: Context) -> str:
     """README.md with the text between its markers replaced by the rendered README template."""
     readme = pathlib.Path(root) / README
     text = _read(readme)
-    if text.count(BEGIN_MARKER) != 1 or text.count(END_MARKER) != 1 or text.index(BEGIN_MARKER) > text.index(END_MARKER):
+    if (
+        text.count(BEGIN_MARKER) != 1
+        or text.count(END_MARKER) != 1
+        or text.index(BEGIN_MARKER) > text.index(END_MARKER)
+    ):
         raise RenderError(f"{readme}: expected one '{BEGIN_MARKER}' and, after it, one '{END_MARKER}' around the "
                           "generated result table")
     block = render_template(_read(pathlib.Path(root) / README_TEMPLATE), ctx, README_TEMPLATE).strip("\n")
@@ -667,7 +686,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distill_jax.report.render_docs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m distill_jax.report.render_docs", description=__doc__.splitlines()[0]
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

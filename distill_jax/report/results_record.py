@@ -189,12 +189,16 @@ def _check_fields(obj, where: str, prefix: str, required: set, optional: set) ->
         raise _fail(where, f"{prefix}{missing[0]}", "to be present")
     unknown = sorted(set(obj) - required - optional)
     if unknown:
-        raise _fail(where, f"{prefix}{unknown[0]}", f"no such field (allowed: {', '.join(sorted(required | optional))})")
+        raise _fail(
+            where, f"{prefix}{unknown[0]}", f"no such field (allowed: {', '.join(sorted(required | optional))})"
+        )
 
 
 def _check_hardware(hw, where: str, field: str, transcribed: bool) -> None:
     if not isinstance(hw, dict) or hw.get("described") not in DESCRIBED:
-        raise _fail(where, f"{field}.described", f"one of {DESCRIBED}", hw.get("described") if isinstance(hw, dict) else hw)
+        raise _fail(
+            where, f"{field}.described", f"one of {DESCRIBED}", hw.get("described") if isinstance(hw, dict) else hw
+        )
     if hw["described"] == "as stated with the table" and not transcribed:
         raise _fail(where, f"{field}.backend", "the machine the run recorded (records.hardware_description()); "
                     "only a transcribed record states its hardware as text")
@@ -220,7 +224,9 @@ def _check_cell(cell, i: int, where: str, transcribed: bool) -> None:
             raise _fail(where, p + key, "a non-empty string", cell[key])
     role = parse_role(cell["role"], where, p + "role")
     for key in ("width", "epochs"):
-        if cell[key] is not None and not (isinstance(cell[key], int) and not isinstance(cell[key], bool) and cell[key] > 0):
+        if cell[key] is not None and not (
+            isinstance(cell[key], int) and not isinstance(cell[key], bool) and cell[key] > 0
+        ):
             raise _fail(where, p + key, "a positive integer or null", cell[key])
     _check_optional_str(cell["optimizer"], where, p + "optimizer")
     if cell["origin"] not in ORIGINS:
@@ -271,7 +277,9 @@ def validate(record, where: str = "results record") -> dict:
     `RecordError` naming `where` and the first field that is wrong."""
     _check_fields(record, where, "", _TOP_FIELDS - _OPTIONAL_TOP, _OPTIONAL_TOP)
     if record["schema_version"] != SCHEMA_VERSION:
-        raise _fail(where, "schema_version", f"{SCHEMA_VERSION} (this package's record format)", record["schema_version"])
+        raise _fail(
+            where, "schema_version", f"{SCHEMA_VERSION} (this package's record format)", record["schema_version"]
+        )
     if record["kind"] not in KINDS:
         raise _fail(where, "kind", f"one of {KINDS}", record["kind"])
     for key in ("experiment", "dataset", "command"):
@@ -279,7 +287,9 @@ def validate(record, where: str = "results record") -> dict:
             raise _fail(where, key, "a non-empty string", record[key])
     source = record["source"]
     if not isinstance(source, dict) or source.get("kind") not in SOURCE_KINDS:
-        raise _fail(where, "source.kind", f"one of {SOURCE_KINDS}", source.get("kind") if isinstance(source, dict) else source)
+        raise _fail(
+            where, "source.kind", f"one of {SOURCE_KINDS}", source.get("kind") if isinstance(source, dict) else source
+        )
     transcribed = source["kind"] == "transcribed"
     if transcribed:
         _check_fields(source, where, "source.", {"kind", "from", "reason"}, set())
@@ -291,7 +301,9 @@ def validate(record, where: str = "results record") -> dict:
     digest = record["config_digest"]
     if transcribed:
         if digest is not None:
-            raise _fail(where, "config_digest", "null in a transcribed record (its config is not known exactly)", digest)
+            raise _fail(
+                where, "config_digest", "null in a transcribed record (its config is not known exactly)", digest
+            )
     elif not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
         raise _fail(where, "config_digest", "the sha256 (64 hex digits) of the run's config", digest)
     scale = record["scale"]
@@ -444,7 +456,9 @@ def _cell(rec: dict, cell_dir: pathlib.Path, published_cells: set, where: pathli
         cell["extra"] = {k: rec.get(k) for k in ("method", "ipc", "steps", "seconds_per_step", "compile_seconds",
                                                   "loss_first", "loss_last", "preprocessing")}
         if rec.get("seconds_per_step") and rec.get("steps"):
-            cell["wall_seconds"] = float(rec["seconds_per_step"]) * int(rec["steps"]) + float(rec.get("compile_seconds") or 0)
+            cell["wall_seconds"] = float(rec["seconds_per_step"]) * int(rec["steps"]) + float(
+                rec.get("compile_seconds") or 0
+            )
         return cell
     final = rec.get("final_accuracy")
     if rec.get("diverged"):

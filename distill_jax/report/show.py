@@ -36,7 +36,11 @@ def matching_dataset(dset, path) -> str:
                         "give --dataset (the real set whose training split its preprocessing was fitted on)")
     ranked = sorted(fits, key=lambda name: GUESS_ORDER.index(name) if name in GUESS_ORDER else len(GUESS_ORDER))
     name = ranked[0]
-    if name == "cifar10_jpeg" and "cifar10" in ranked and not (datasets.data_root() / "cifar10_jpeg_train.npz").is_file():
+    if (
+        name == "cifar10_jpeg"
+        and "cifar10" in ranked
+        and not (datasets.data_root() / "cifar10_jpeg_train.npz").is_file()
+    ):
         name = "cifar10"  # the official archives
     return name
 

@@ -109,7 +109,9 @@ def import_reference(pth_path, workdir, config) -> pathlib.Path:
         state["batch_stats"] = with_seed_axis(variables["batch_stats"])
     checkpointer = ckpt_lib.Checkpointer(workdir / workdir_io.CHECKPOINT_DIR, max_to_keep=1)
     if checkpointer.latest_step() is None:
-        checkpointer.save(0, state, {"imported_from": str(pathlib.Path(pth_path).resolve()), "epoch": meta.get("epoch")})
+        checkpointer.save(
+            0, state, {"imported_from": str(pathlib.Path(pth_path).resolve()), "epoch": meta.get("epoch")}
+        )
     checkpointer.close()
     recorded = config.to_dict()
     recorded["num_seeds"], recorded["seed"] = 1, 0

@@ -61,7 +61,8 @@ def check_finished(path: pathlib.Path, record: dict) -> None:
 class Teacher(NamedTuple):
     module: Any
     variables: dict  # one network's params (and batch_stats), no seed axis
-    record: dict  # what a student records of it (`workdir_io.run_inputs`): {"step", "sha256"} of a run, {"sha256"} of a .pth
+    # What a student records of it (`workdir_io.run_inputs`): {"step", "sha256"} of a run, {"sha256"} of a .pth.
+    record: dict
 
 
 def load(path: str | pathlib.Path, *, allow_unfinished: bool = False) -> Teacher:

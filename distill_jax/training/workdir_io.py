@@ -205,7 +205,9 @@ def run_inputs(data, teacher: dict | None = None) -> dict:
 
 def _input_items(inputs: dict) -> dict:
     data, teacher = inputs.get("data") or {}, inputs.get("teacher") or {}
-    items = {f"sha256 of the distilled set's {name}": digest for name, digest in (data.get("files_sha256") or {}).items()}
+    items = {
+        f"sha256 of the distilled set's {name}": digest for name, digest in (data.get("files_sha256") or {}).items()
+    }
     if "train_split_sha256" in data:
         items["sha256 of the real training split"] = data["train_split_sha256"]
     if "sha256" in teacher:
