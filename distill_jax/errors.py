@@ -4,6 +4,10 @@ bugs. The launcher and the `distill-jax` command print these as one line and exi
 
 Each kind of mistake has its own subclass (`ConfigError` here, for configs; a reader's own, such as
 `DistilledFormatError`) so tests and callers can tell them apart; they all derive from `UserError`.
+
+A message starts with the thing at fault, then a colon, then what is wrong and what was expected:
+`<path>: ...`, `config field 'train.epochs' = 0; ...`, `dataset 'cifar10': ...`, `checkpoint <dir> ...`,
+`flag --process_id = 3; ...`.
 """
 import errno
 import operator

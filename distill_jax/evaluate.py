@@ -41,7 +41,7 @@ def run_evaluation(config, workdir, *, data: Optional[pipeline.TrainingData] = N
             data_cfg.test_split = config.data.test_split
             seeds = [saved.config.seed + i for i in range(saved.config.num_seeds)]
     except saved_runs.RunReadError as err:
-        raise EvaluationError(f"evaluate.path: {err}") from err
+        raise EvaluationError(f"config field 'evaluate.path': {err}") from err
     data = data if data is not None else pipeline.load_training_data(data_cfg)
     mesh = sharding.make_mesh()
     acc = accuracy.make_accuracy(module, mesh)(sharding.replicate(variables, mesh), data.test_images,
