@@ -96,7 +96,9 @@ def main(argv=None) -> int:
               "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
               "network": f"resnet18 width {args.width}, batch norm", "batch": args.batch, "seeds": args.seeds,
               "image": "28x28x1", "rounds": args.rounds, "rows": rows}
-    print(f"{result['cpu']}, {result['cores']} cores; {result['network']}, batch {args.batch}, {args.seeds} seeds vmapped")
+    print(
+        f"{result['cpu']}, {result['cores']} cores; {result['network']}, batch {args.batch}, {args.seeds} seeds vmapped"
+    )
     print("| conv | compute dtype | compile s | step wall s | step CPU s | first loss (seed 0) |")
     print("|---|---|---|---|---|---|")
     for row in rows:

@@ -50,7 +50,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 import gpu_run  # noqa: E402  (the bundle's transform, the toy data root, the device's cell tweaks)
-
 from distill_jax.experiments import recipes, registry  # noqa: E402
 from distill_jax.report import results_record  # noqa: E402
 
@@ -284,9 +283,10 @@ def step_cost(config, teacher_config, num_train: int) -> dict:
     convolution) and of one test-set evaluation (a third of a step's FLOPs per image, forward only)."""
     import jax
     import jax.numpy as jnp
+
+    import train_step as bench
     from distill_jax.optim import make_optimizer
     from distill_jax.training import loop, steps
-    import train_step as bench
 
     def xla(c):
         c = copy.deepcopy(c)
@@ -433,9 +433,19 @@ class Log:
         gpu_run._write(self.path, json.dumps(self.data, indent=1, default=str))
 
 
-def run_campaign(bundle: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path, deadline: float, *, toy: bool,
-                 queue_path=QUEUE_FILE, results_dir=RESULTS_DIR, command: str = "bash scripts/gpu_campaign.sh gpu_bundle",
-                 reserve_s: float = 20.0, next_s: float = 0.0) -> dict:
+def run_campaign(
+    bundle: pathlib.Path,
+    workdir: pathlib.Path,
+    out: pathlib.Path,
+    deadline: float,
+    *,
+    toy: bool,
+    queue_path=QUEUE_FILE,
+    results_dir=RESULTS_DIR,
+    command: str = "bash scripts/gpu_campaign.sh gpu_bundle",
+    reserve_s: float = 20.0,
+    next_s: float = 0.0,
+) -> dict:
     """Runs the queue's next cells that fit before `deadline` (time.time() seconds, less `reserve_s` for
     what follows), experiment by experiment, exporting each experiment's record after each cell."""
     from distill_jax.experiments import reproduce
@@ -510,7 +520,9 @@ def _bench_lines(path: pathlib.Path) -> list[str]:
     lines = ["| group | cell | seeds | step | images/s | MFU | compile |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("wall_s") is None:
-            lines.append(f"| {r['group']} | {r['cell']} | {r['seeds']} | failed: {(r.get('error') or '?')[:80]} | | | |")
+            lines.append(
+                f"| {r['group']} | {r['cell']} | {r['seeds']} | failed: {(r.get('error') or '?')[:80]} | | | |"
+            )
             continue
         mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") else "-"
         lines.append(f"| {r['group']} | {r['cell']} | {r['seeds']} | {1e3 * r['wall_s']:.2f} ms | "
@@ -540,7 +552,9 @@ def write_summary(out: pathlib.Path, *, toy: bool) -> str:
         lines += ["", "Records (results/ format): " + (", ".join(log["records"]) or "none")]
     progress = out / "progress.txt"
     if progress.is_file():
-        lines += ["", "Timeline:"] + ["    " + line for line in progress.read_text().splitlines() if line.startswith("[")]
+        lines += ["", "Timeline:"] + [
+            "    " + line for line in progress.read_text().splitlines() if line.startswith("[")
+        ]
     text = "\n".join(lines) + "\n"
     gpu_run._write(out / "summary.md", text)
     return text

@@ -38,7 +38,9 @@ def parse_args(argv=None):
     parser.add_argument("--variants", default=None, help="comma-separated variant names to run (default all)")
     parser.add_argument("--xla-flags", default=None, help="extra XLA_FLAGS, set before JAX starts")
     parser.add_argument("--seeds", type=int, default=2, help="vmapped seeds in the e2e vmap case (0 to skip)")
-    parser.add_argument("--models", default=None, help="e2e models, comma-separated: convnet3,resnet18 (quick: convnet3)")
+    parser.add_argument(
+        "--models", default=None, help="e2e models, comma-separated: convnet3,resnet18 (quick: convnet3)"
+    )
     return parser.parse_args(argv)
 
 
@@ -53,9 +55,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax import lax  # noqa: E402
 
-from distill_jax.models import fast_conv  # noqa: E402
-
 import conv_variants  # noqa: E402  (beside this script)
+from distill_jax.models import fast_conv  # noqa: E402
 
 # name: (H, C_in, C_out, kernel, stride); input (B, H, H, C_in), padding as the networks use it.
 LAYERS = {
@@ -235,7 +236,9 @@ def machine_info():
     model = "unknown"
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), model)
+        model = next(
+            (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), model
+        )
     except OSError:
         pass
     return {
@@ -258,18 +261,30 @@ def run_layers(args, batch, repeats, results):
     variants = args.variants.split(",") if args.variants else (QUICK_VARIANTS if args.quick else tuple(VARIANTS))
     unknown = [n for n in list(layers) + list(variants) if n not in LAYERS and n not in VARIANTS]
     if unknown:
-        raise SystemExit(f"benchmarks/conv_cpu.py: unknown layer/variant name(s) {unknown}; layers {list(LAYERS)}, variants {list(VARIANTS)}")
+        raise SystemExit(
+            f"benchmarks/conv_cpu.py: unknown layer/variant name(s) {unknown}; "
+            f"layers {list(LAYERS)}, variants {list(VARIANTS)}"
+        )
     print(f"\nper layer, batch {batch}: seconds over {repeats} runs, each cell: median wall, min wall, median CPU")
     print(f"{'layer':15s} {'variant':17s} {'forward':>20s} {'input grad':>20s} {'kernel grad':>20s}")
     for layer in layers:
         for variant in variants:
             timing = time_layer(layer, batch, variant, repeats)
-            results["layers"].append({"layer": layer, "shape": LAYERS[layer], "batch": batch, "variant": variant, **timing})
-            print(f"{layer:15s} {variant:17s} {fmt(timing['forward']):>20s} {fmt(timing['input_grad']):>20s} {fmt(timing['kernel_grad']):>20s}", flush=True)
+            results["layers"].append(
+                {"layer": layer, "shape": LAYERS[layer], "batch": batch, "variant": variant, **timing}
+            )
+            print(
+                f"{layer:15s} {variant:17s} {fmt(timing['forward']):>20s} {fmt(timing['input_grad']):>20s} "
+                f"{fmt(timing['kernel_grad']):>20s}",
+                flush=True,
+            )
 
 
 def run_e2e(args, batch, repeats, results):
-    print(f"\ntrain step (SGD+momentum, CE), batch {batch}, 32 px: seconds over {repeats} runs: median wall, min wall, median CPU")
+    print(
+        f"\ntrain step (SGD+momentum, CE), batch {batch}, 32 px: seconds over {repeats} runs: "
+        "median wall, min wall, median CPU"
+    )
     models = args.models.split(",") if args.models else (["convnet3"] if args.quick else ["convnet3", "resnet18"])
     cases = []
     if "convnet3" in models:
@@ -281,7 +296,9 @@ def run_e2e(args, batch, repeats, results):
         cases += [("resnet18", conv, 0, False) for conv in CONV_CLASSES]
     for model, conv, seeds, donate in cases:
         timing = time_train_step(model, conv, batch, repeats, seeds=seeds, donate=donate)
-        results["e2e"].append({"model": model, "conv": conv, "batch": batch, "seeds": seeds, "donate": donate, "step": timing})
+        results["e2e"].append(
+            {"model": model, "conv": conv, "batch": batch, "seeds": seeds, "donate": donate, "step": timing}
+        )
         label = f"{model} {conv}" + (f" vmap x{seeds}" if seeds else "") + (" donate" if donate else "")
         print(f"{label:40s} {fmt(timing)}", flush=True)
 

@@ -44,12 +44,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import train_step as ts  # noqa: E402  (puts the repository on sys.path)
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import train_step as ts  # noqa: E402  (puts the repository on sys.path)
 from distill_jax import config as config_lib  # noqa: E402
 from distill_jax import models  # noqa: E402
 from distill_jax.experiments import recipes  # noqa: E402
@@ -257,7 +256,7 @@ def measure_program(config: ts.StepConfig, plan: Plan, evals: dict, machine: dic
     """Compile, one warm-up step, `repeats` timed steps; then the test-set evaluation (once per eval_key)."""
     prepared = ts.PreparedStep(config)
     prepared.run()
-    walls, cpus = zip(*(prepared.run() for _ in range(plan.repeats)))
+    walls, cpus = zip(*(prepared.run() for _ in range(plan.repeats)), strict=True)
     out = {"compile_s": prepared.compile_s, "flops": prepared.flops, "bytes_accessed": prepared.bytes_accessed,
            "num_parameters": prepared.num_parameters,
            **ts.summarise_times(config, prepared.flops, machine["peak_flops"], machine["cores"], list(walls),
@@ -269,7 +268,7 @@ def measure_program(config: ts.StepConfig, plan: Plan, evals: dict, machine: dic
     if key not in evals:
         evaluation = PreparedEval(config, prepared.states[0], plan.eval_batch)
         evaluation.run()
-        e_walls, e_cpus = zip(*(evaluation.run() for _ in range(plan.eval_repeats)))
+        e_walls, e_cpus = zip(*(evaluation.run() for _ in range(plan.eval_repeats)), strict=True)
         wall, cpu = statistics.median(e_walls), statistics.median(e_cpus)
         evals[key] = {"eval_compile_s": evaluation.compile_s, "eval_batch": plan.eval_batch, "eval_s": wall,
                       "eval_cpu_s": cpu, "eval_s_all": list(e_walls),
@@ -333,7 +332,7 @@ def fit_linear(xs, ys) -> dict:
         raise ValueError(f"{_WHERE}: a linear law needs points at two different x at least, got x={list(xs)}")
     b, a = np.polyfit(x, y, 1)
     residual = y - (a + b * x)
-    return {"a": float(a), "b": float(b), "points": [[float(u), float(v)] for u, v in zip(x, y)],
+    return {"a": float(a), "b": float(b), "points": [[float(u), float(v)] for u, v in zip(x, y, strict=True)],
             "max_rel_residual": float(np.max(np.abs(residual) / np.maximum(np.abs(y), 1e-12)))}
 
 
@@ -350,7 +349,7 @@ def fit_laws(cells: list[dict], base: ts.StepConfig) -> dict:
     for network in dict.fromkeys(c["network"] for c in ok if c["axis"] == "ipc"):
         points = [(c["batch"], c["step_s"]) for c in ok if c["axis"] == "ipc" and c["network"] == network]
         if len({p[0] for p in points}) >= 2:
-            laws["batch"][network] = fit_linear(*zip(*points))
+            laws["batch"][network] = fit_linear(*zip(*points, strict=True))
     seeds = [c for c in ok if c["axis"] == "seeds"]
     if len({c["seeds"] for c in seeds}) >= 2:
         laws["seeds_step"] = fit_linear([c["seeds"] for c in seeds], [c["step_s"] for c in seeds])
@@ -593,16 +592,27 @@ def markdown(record: dict) -> str:
         f"the unfused program at the measured bandwidth), 'one thread' under {ONE_THREAD_BELOW} cores busy. "
         "The width axis scales the KD teacher with the student (train_step.build_program); ipc 10 and 50 "
         "train at the same batch, one program measured once.",
-        "", "## Cells", "", *cells_markdown(record["cells"], record["eval_batch"]),
-        "", "## Cost laws (least squares through the measured points)", "", *laws_lines(record["laws"]),
-        "", "## Full-length wall time of the paper's table on this CPU, hours: **extrapolations from measured steps**",
-        "", "Steps = epochs x (images // min(batch, images)); time = steps x predicted step + evaluations x "
+        "",
+        "## Cells",
+        "",
+        *cells_markdown(record["cells"], record["eval_batch"]),
+        "",
+        "## Cost laws (least squares through the measured points)",
+        "",
+        *laws_lines(record["laws"]),
+        "",
+        "## Full-length wall time of the paper's table on this CPU, hours: **extrapolations from measured steps**",
+        "",
+        "Steps = epochs x (images // min(batch, images)); time = steps x predicted step + evaluations x "
         "evaluation time. Students without KD: minus the KD on/off difference measured at the base cell; "
         "the ConvNet teachers (measured with a ConvNet KD teacher inside their step): minus that teacher's "
-        "forward, from its evaluation time per image. Not modelled: the Baseline's AdamW and 1 DSA op (measured: Lion, 2 ops), DropPath "
+        "forward, from its evaluation time per image. Not modelled: the Baseline's AdamW and 1 DSA op "
+        "(measured: Lion, 2 ops), DropPath "
         "off in Baseline / w/o DP & KD / w/o DP (measured: on for the networks that have it), instance norm "
-        "of the MTT sets (measured: batch norm).", "",
-        *extrapolation_markdown(record["extrapolation"]), "",
+        "of the MTT sets (measured: batch norm).",
+        "",
+        *extrapolation_markdown(record["extrapolation"]),
+        "",
         f"Total: **{record['extrapolation']['total_hours']:.1f} hours** "
         f"({record['extrapolation']['total_hours'] / 24:.1f} days) over the measured rows; "
         f"{record['extrapolation']['rows_not_measured']} rows not measured.",

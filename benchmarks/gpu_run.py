@@ -8,7 +8,8 @@ Subcommands (the two scripts call them; each works alone too):
     bundle-transform PACKED.npz       zca_mtt fitted on the CIFAR-10 (JPEG) training split of the data
                                       root (cached: pipeline.fitted_preprocessing), packed
     unpack-transform PACKED.npz OUT.npz   back to a Preprocessing file (bit for bit: sha256 checked)
-    table --bundle B --workdir W --out O [--toy] [--cells C] [--width N]   the FRePo IPC 10 ResNet-18 table, cell by cell
+    table --bundle B --workdir W --out O [--toy] [--cells C] [--width N]
+                                      the FRePo IPC 10 ResNet-18 table, cell by cell
     summary --workdir W --out O [--toy] [--cells C]            summary.md (and stdout) from what is under W and O
 
 Why packed: the fitted ZCA matrix is 3072 x 3072 float32 (37.7 MB) and the test split 28.4 MB,
@@ -182,7 +183,7 @@ def device_builder(cells_of, transform: pathlib.Path, checkpoints: int = CHECKPO
         cells = cells_of(workdir, scale, split_seeds=split_seeds, num_seeds=num_seeds, seed=seed)
         for cell in cells:
             cell.config.data.preprocessing_path = str(transform)
-            if cell.role in ("teacher", "student"):
+            if cell.role.trains:
                 cell.config.checkpoint_every_epochs = max(1, cell.config.train.epochs // checkpoints)
         return cells
 
@@ -346,8 +347,10 @@ def _bench_lines(path: pathlib.Path) -> list[str]:
             lines.append(f"  {label:14s} failed: {(r.get('error') or '?')[:120]}")
             continue
         mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") else "-"
-        lines.append(f"  {label:14s} {r['model']} batch {r['batch']} x {r['seeds']} seed(s): {1e3 * r['wall_s']:.2f} ms "
-                     f"a step, {r['images_per_s']:.0f} images/s, MFU {mfu}, compile {r.get('compile_s') or 0:.1f} s")
+        lines.append(
+            f"  {label:14s} {r['model']} batch {r['batch']} x {r['seeds']} seed(s): {1e3 * r['wall_s']:.2f} ms "
+            f"a step, {r['images_per_s']:.0f} images/s, MFU {mfu}, compile {r.get('compile_s') or 0:.1f} s"
+        )
     lines.append("  (compile times: the preset compiles its cells at once, so each is longer than alone)")
     for s in bench.get("scaling", []):
         vs_jax, vs_torch = s.get("speedup_wall"), s.get("vs_torch_sequential_wall")

@@ -158,30 +158,70 @@ def cpu_plan(repeats: int | None = None) -> list[Group]:
     KD costs on ConvNet, where a round is cheap. Rounds are few: a ResNet-18 step costs 8-20 CPU-seconds here."""
     r = repeats
     return [
-        Group("convnet_b100", [
-            _jax("jax", "convnet", 100), _torch("torch", "convnet", 100),
-            _torch("torch_cl", "convnet", 100, channels_last=True),
-            _torch("torch_passive", "convnet", 100, env=PASSIVE),
-            _jax("jax_nonorm", "convnet", 100, norm="none"), _torch("torch_nonorm", "convnet", 100, norm="none"),
-            _jax("jax_dsa2", "convnet", 100, augment_k=2), _jax("jax_kd_dsa2", "convnet", 100, kd=True, augment_k=2),
-        ], r or 3, compare=[("jax", "torch"), ("jax", "torch_cl"), ("jax", "torch_passive"),
-                            ("jax_nonorm", "torch_nonorm")]),
-        Group("convnet_seeds_b100", [
-            _jax("jax", "convnet", 100), _torch("torch", "convnet", 100),
-            _jax("jax_s4", "convnet", 100, seeds=4), _jax("jax_s8", "convnet", 100, seeds=8),
-        ], r or 2, compare=[("jax", "torch")], scaling=("jax", ["jax_s4", "jax_s8"], "torch")),
-        Group("convnet_b256", [_jax("jax", "convnet", 256), _torch("torch", "convnet", 256)], r or 3,
-              compare=[("jax", "torch")]),
-        Group("resnet18_b100", [
-            _jax("jax", "resnet18", 100, norm="batch"), _torch("torch", "resnet18", 100, norm="batch"),
-            _torch("torch_cl_passive", "resnet18", 100, norm="batch", channels_last=True, env=PASSIVE),
-        ], r or 2, compare=[("jax", "torch"), ("jax", "torch_cl_passive")]),
-        Group("resnet18_b256", [_jax("jax", "resnet18", 256, norm="batch"), _torch("torch", "resnet18", 256, norm="batch")],
-              r or 1, compare=[("jax", "torch")], warmup=0),
-        Group("resnet50_b100", [_jax("jax", "resnet50", 100, norm="batch"), _torch("torch", "resnet50", 100, norm="batch")],
-              r or 1, compare=[("jax", "torch")], warmup=0),
-        Group("resnet50_b256", [], 0, skip="not run on CPU: ResNet-50 at batch 256 would take minutes per step "
-              "(and per compile) on this shared 2-core machine, beyond the benchmark's 15-minute budget"),
+        Group(
+            "convnet_b100",
+            [
+                _jax("jax", "convnet", 100),
+                _torch("torch", "convnet", 100),
+                _torch("torch_cl", "convnet", 100, channels_last=True),
+                _torch("torch_passive", "convnet", 100, env=PASSIVE),
+                _jax("jax_nonorm", "convnet", 100, norm="none"),
+                _torch("torch_nonorm", "convnet", 100, norm="none"),
+                _jax("jax_dsa2", "convnet", 100, augment_k=2),
+                _jax("jax_kd_dsa2", "convnet", 100, kd=True, augment_k=2),
+            ],
+            r or 3,
+            compare=[("jax", "torch"), ("jax", "torch_cl"), ("jax", "torch_passive"), ("jax_nonorm", "torch_nonorm")],
+        ),
+        Group(
+            "convnet_seeds_b100",
+            [
+                _jax("jax", "convnet", 100),
+                _torch("torch", "convnet", 100),
+                _jax("jax_s4", "convnet", 100, seeds=4),
+                _jax("jax_s8", "convnet", 100, seeds=8),
+            ],
+            r or 2,
+            compare=[("jax", "torch")],
+            scaling=("jax", ["jax_s4", "jax_s8"], "torch"),
+        ),
+        Group(
+            "convnet_b256",
+            [_jax("jax", "convnet", 256), _torch("torch", "convnet", 256)],
+            r or 3,
+            compare=[("jax", "torch")],
+        ),
+        Group(
+            "resnet18_b100",
+            [
+                _jax("jax", "resnet18", 100, norm="batch"),
+                _torch("torch", "resnet18", 100, norm="batch"),
+                _torch("torch_cl_passive", "resnet18", 100, norm="batch", channels_last=True, env=PASSIVE),
+            ],
+            r or 2,
+            compare=[("jax", "torch"), ("jax", "torch_cl_passive")],
+        ),
+        Group(
+            "resnet18_b256",
+            [_jax("jax", "resnet18", 256, norm="batch"), _torch("torch", "resnet18", 256, norm="batch")],
+            r or 1,
+            compare=[("jax", "torch")],
+            warmup=0,
+        ),
+        Group(
+            "resnet50_b100",
+            [_jax("jax", "resnet50", 100, norm="batch"), _torch("torch", "resnet50", 100, norm="batch")],
+            r or 1,
+            compare=[("jax", "torch")],
+            warmup=0,
+        ),
+        Group(
+            "resnet50_b256",
+            [],
+            0,
+            skip="not run on CPU: ResNet-50 at batch 256 would take minutes per step "
+            "(and per compile) on this shared 2-core machine, beyond the benchmark's 15-minute budget",
+        ),
     ]
 
 
@@ -303,9 +343,16 @@ def layers_plan(repeats: int | None = None) -> list[Group]:
     return groups
 
 
-PLANS = {"cpu": cpu_plan, "gpu": gpu_plan, "smoke": smoke_plan, "layers": layers_plan, "gpu_device": gpu_device_plan,
-         "gpu_device_toy": lambda repeats=None: gpu_device_plan(repeats, toy=True),
-         "gpu_campaign": gpu_campaign_plan, "gpu_campaign_toy": lambda repeats=None: gpu_campaign_plan(repeats, toy=True)}
+PLANS = {
+    "cpu": cpu_plan,
+    "gpu": gpu_plan,
+    "smoke": smoke_plan,
+    "layers": layers_plan,
+    "gpu_device": gpu_device_plan,
+    "gpu_device_toy": lambda repeats=None: gpu_device_plan(repeats, toy=True),
+    "gpu_campaign": gpu_campaign_plan,
+    "gpu_campaign_toy": lambda repeats=None: gpu_campaign_plan(repeats, toy=True),
+}
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -317,7 +364,7 @@ def run_group(group: Group, log) -> dict:
     t0 = time.perf_counter()
     live = {}
     workers = [Worker(log, cell.env) for cell in group.cells] if group.parallel_build else []
-    for worker, cell in zip(workers, group.cells):
+    for worker, cell in zip(workers, group.cells, strict=False):  # no workers: nothing built ahead
         worker.send({"op": "setup", "lib": cell.lib, "config": cell.config})
     for i, cell in enumerate(group.cells):
         if workers:
@@ -369,7 +416,7 @@ def _median(values):
 
 def paired_ratio(a: list[float], b: list[float]) -> float | None:
     """Median over rounds of a[i] / b[i]: both cells of a round saw the same load."""
-    pairs = [x / y for x, y in zip(a, b) if y > 0]
+    pairs = [x / y for x, y in zip(a, b, strict=True) if y > 0]
     return _median(pairs)
 
 
@@ -403,10 +450,19 @@ def compare_rows(group: dict, pairs) -> list[dict]:
                          "cpu_ratio": None, "note": "missing: " + "; ".join(
                              filter(None, [(a or {}).get("error"), (b or {}).get("error")])) or "not run"})
             continue
-        rows.append({"group": group["name"], "jax": jax_label, "torch": torch_label,
-                     "jax_wall_s": _median(a["walls"]), "torch_wall_s": _median(b["walls"]),
-                     "jax_cpu_s": _median(a["cpus"]), "torch_cpu_s": _median(b["cpus"]),
-                     "wall_ratio": paired_ratio(a["walls"], b["walls"]), "cpu_ratio": paired_ratio(a["cpus"], b["cpus"])})
+        rows.append(
+            {
+                "group": group["name"],
+                "jax": jax_label,
+                "torch": torch_label,
+                "jax_wall_s": _median(a["walls"]),
+                "torch_wall_s": _median(b["walls"]),
+                "jax_cpu_s": _median(a["cpus"]),
+                "torch_cpu_s": _median(b["cpus"]),
+                "wall_ratio": paired_ratio(a["walls"], b["walls"]),
+                "cpu_ratio": paired_ratio(a["cpus"], b["cpus"]),
+            }
+        )
     return rows
 
 
@@ -427,12 +483,25 @@ def scaling_rows(group: dict, scaling) -> list[dict]:
         if seq and seq["walls"]:
             seq_walls, seq_cpus, how = seq["walls"], seq["cpus"], "measured"
         else:
-            seq_walls, seq_cpus, how = [n * w for w in base["walls"]], [n * c for c in base["cpus"]], f"{n} x 1-seed step"
-        row = {"group": group["name"], "cell": label, "seeds": n, "vmapped_wall_s": _median(cell["walls"]),
-               "vmapped_cpu_s": _median(cell["cpus"]), "sequential_wall_s": _median(seq_walls),
-               "sequential_cpu_s": _median(seq_cpus), "sequential_is": how,
-               "speedup_wall": paired_ratio(seq_walls, cell["walls"]), "speedup_cpu": paired_ratio(seq_cpus, cell["cpus"]),
-               "vs_torch_sequential_wall": None, "vs_torch_sequential_cpu": None}
+            seq_walls, seq_cpus, how = (
+                [n * w for w in base["walls"]],
+                [n * c for c in base["cpus"]],
+                f"{n} x 1-seed step",
+            )
+        row = {
+            "group": group["name"],
+            "cell": label,
+            "seeds": n,
+            "vmapped_wall_s": _median(cell["walls"]),
+            "vmapped_cpu_s": _median(cell["cpus"]),
+            "sequential_wall_s": _median(seq_walls),
+            "sequential_cpu_s": _median(seq_cpus),
+            "sequential_is": how,
+            "speedup_wall": paired_ratio(seq_walls, cell["walls"]),
+            "speedup_cpu": paired_ratio(seq_cpus, cell["cpus"]),
+            "vs_torch_sequential_wall": None,
+            "vs_torch_sequential_cpu": None,
+        }
         if torch_base and torch_base["walls"]:
             tseq = cells.get(f"torch_seq{n}")
             t_walls = tseq["walls"] if tseq and tseq["walls"] else [n * w for w in torch_base["walls"]]
@@ -458,8 +527,10 @@ def format_tables(cells: list[dict], compares: list[dict], scalings: list[dict])
         lines.append(
             f"{r['group']:14s} {r['cell']:13s} {r['seeds']:5d} {_f(r['wall_s'], '8.3f')} {_f(r['cpu_s'], '8.3f')} "
             f"{_f(r['images_per_s'], '8.1f')} {_f(r['compile_s'], '9.1f')} "
-            f"{_f(r['flops_per_step'] and r['flops_per_step'] / 1e9, '8.1f')} {_f(r['mfu'] and 100 * r['mfu'], '6.2f')} "
-            f"{_f(r['mfu_cpu'] and 100 * r['mfu_cpu'], '9.2f')} {_f(r['peak_device_mb'] or r['peak_rss_mb'], '8.0f')}")
+            f"{_f(r['flops_per_step'] and r['flops_per_step'] / 1e9, '8.1f')} "
+            f"{_f(r['mfu'] and 100 * r['mfu'], '6.2f')} "
+            f"{_f(r['mfu_cpu'] and 100 * r['mfu_cpu'], '9.2f')} {_f(r['peak_device_mb'] or r['peak_rss_mb'], '8.0f')}"
+        )
     lines += ["", "JAX / PyTorch (median of per-round ratios; > 1 means JAX is slower)",
               f"{'group':14s} {'jax':13s} {'torch':13s} {'JAX wall':>8s} {'PT wall':>8s} {'ratio':>6s} "
               f"{'JAX CPU':>8s} {'PT CPU':>8s} {'ratio':>6s}"]
@@ -471,9 +542,12 @@ def format_tables(cells: list[dict], compares: list[dict], scalings: list[dict])
                      f"{_f(r['torch_wall_s'], '8.3f')} {_f(r['wall_ratio'], '6.2f')} {_f(r['jax_cpu_s'], '8.3f')} "
                      f"{_f(r['torch_cpu_s'], '8.3f')} {_f(r['cpu_ratio'], '6.2f')}")
     if scalings:
-        lines += ["", "Seeds per program: N vmapped in one program vs N one after another (speed-up > 1: vmap wins)",
-                  f"{'group':14s} {'cell':16s} {'N':>3s} {'vmap wall':>9s} {'seq wall':>9s} {'speedup':>7s} {'vmap CPU':>9s} "
-                  f"{'seq CPU':>9s} {'speedup':>7s} {'vs PT seq (wall/CPU)':>21s}  sequential is"]
+        lines += [
+            "",
+            "Seeds per program: N vmapped in one program vs N one after another (speed-up > 1: vmap wins)",
+            f"{'group':14s} {'cell':16s} {'N':>3s} {'vmap wall':>9s} {'seq wall':>9s} {'speedup':>7s} {'vmap CPU':>9s} "
+            f"{'seq CPU':>9s} {'speedup':>7s} {'vs PT seq (wall/CPU)':>21s}  sequential is",
+        ]
         for r in scalings:
             lines.append(f"{r['group']:14s} {r['cell']:16s} {r['seeds']:3d} {_f(r['vmapped_wall_s'], '9.3f')} "
                          f"{_f(r['sequential_wall_s'], '9.3f')} {_f(r['speedup_wall'], '7.2f')} "

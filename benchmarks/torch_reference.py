@@ -113,7 +113,8 @@ class ResNet(nn.Module):
 
 def build_model(name: str, *, width: int | None, norm: str | None, image_size: int, channels: int,
                 num_classes: int = 10) -> nn.Module:
-    """The torch twin of distill_jax.models.build_model(name) (default norm: instance for ConvNet, batch for ResNets)."""
+    """The torch twin of distill_jax.models.build_model(name) (default norm: instance for ConvNet,
+    batch for ResNets)."""
     if name == "convnet":
         return ConvNet(num_classes, width or 128, norm or "instance", image_size, channels)
     if name in ("resnet18", "resnet50"):
@@ -123,7 +124,8 @@ def build_model(name: str, *, width: int | None, norm: str | None, image_size: i
 
 
 class Lion(torch.optim.Optimizer):
-    """Lion as the project defines it: c = b1 m + (1 - b1) g; p <- p (1 - lr wd) - lr sign(c); m <- b2 m + (1 - b2) g."""
+    """Lion as the project defines it: c = b1 m + (1 - b1) g; p <- p (1 - lr wd) - lr sign(c);
+    m <- b2 m + (1 - b2) g."""
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=(0.95, 0.98)):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "betas": betas})
@@ -218,7 +220,7 @@ class PreparedTorchStep:
         self._sync()
         wall0, cpu0 = time.perf_counter(), time.process_time()
         dtype = AUTOCAST_DTYPES[self.config.autocast]
-        for model, opt in zip(self.models, self.optimizers):
+        for model, opt in zip(self.models, self.optimizers, strict=True):
             opt.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
                 loss = F.cross_entropy(model(self.images), self.labels)
@@ -234,9 +236,15 @@ class PreparedTorchStep:
         return out
 
     def info(self) -> dict:
-        return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(self.device),
-                "num_parameters": self.num_parameters,
-                "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor()}
+        return {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": str(self.device),
+            "num_parameters": self.num_parameters,
+            "device_name": torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else platform.processor(),
+        }
 
 
 LAYERS = ("conv3x3", "batchnorm", "instancenorm")
@@ -288,7 +296,7 @@ def time_config(config: TorchConfig, repeats: int, warmup: int = 1) -> dict:
     setup_s = time.perf_counter() - t0
     for _ in range(warmup):
         prepared.run()
-    walls, cpus = zip(*(prepared.run() for _ in range(repeats)))
+    walls, cpus = zip(*(prepared.run() for _ in range(repeats)), strict=True)
     step_s = statistics.median(walls)
     return {**dataclasses.asdict(config), **prepared.info(), "setup_s": setup_s, "step_s": step_s,
             "cpu_s": statistics.median(cpus), "step_s_all": list(walls), "cpu_s_all": list(cpus),

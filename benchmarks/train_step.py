@@ -8,8 +8,9 @@ teacher's forward (--kd) and k-fold DSA (--augment k)), its seeds vmapped into o
 `--steps-per-call` K steps run on the device per call (`multi_seed.make_chunk`), each seed with its
 own batches gathered on the device in its own order from a synthetic training set
 (`loop.epoch_orders`) and its own step key, state and batches laid out by seed over the
-`(seeds, data)` mesh (`training.sharding`), the state donated. Times are per step (a call / K). "sequential" is the same seeds run one after another
-with the one-seed program (N x the one-seed step, or measured with --sequential).
+`(seeds, data)` mesh (`training.sharding`), the state donated. Times are per step (a call / K).
+"sequential" is the same seeds run one after another with the one-seed program (N x the
+one-seed step, or measured with --sequential).
 
 Defaults match benchmarks/torch_reference.py so the two can be compared: SGD with momentum,
 no DropPath, the network's default norm (--norm batch for the ResNets of the comparison).
@@ -138,8 +139,11 @@ def device_peak(device=None, compute_dtype: str = "float32") -> dict:
         return {"peak_flops": cpu_peak_flops(cores, info["ghz"], info["flags"]), "precision": precision,
                 "source": f"estimate: {cores} cores x {info['ghz']:.2f} GHz x {fpc} fp32 FLOPs/cycle ({info['model']})"}
     value = peak_flops(device.device_kind, precision)
-    return {"peak_flops": value, "precision": precision,
-            "source": f"table: {device.device_kind} {precision}" if value else f"{device.device_kind} not in PEAK_FLOPS"}
+    return {
+        "peak_flops": value,
+        "precision": precision,
+        "source": f"table: {device.device_kind} {precision}" if value else f"{device.device_kind} not in PEAK_FLOPS",
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +248,9 @@ def build_program(config: StepConfig, conv: str = "auto") -> Program:
     opt = build_optimizer(config.optimizer)
     sample = jnp.zeros((1, config.size, config.size, config.channels))
     teacher = _teacher(config, conv) if config.kd else None
-    teacher_vars = jax.jit(lambda k: teacher.init(k, sample, train=False))(jax.random.key(1)) if teacher is not None else None
+    teacher_vars = (
+        jax.jit(lambda k: teacher.init(k, sample, train=False))(jax.random.key(1)) if teacher is not None else None
+    )
     augment_fn = (lambda r, x: augment.augment(r, x, k=config.augment_k)) if config.augment_k else None
 
     def train_step(network, teacher_network):
@@ -300,15 +306,17 @@ def model_flops(step: Callable, args: tuple) -> float | None:
     variables), from XLA's cost analysis of its XLA-convolution form (pass `Program.cost_step`).
 
     Not the compiled CPU program's own count: oneDNN custom calls are opaque to cost analysis, and
-    fast_conv walks batch chunks and seeds in loops, whose bodies it counts once. `args` may be abstract (jax.ShapeDtypeStruct): nothing is compiled.
+    fast_conv walks batch chunks and seeds in loops, whose bodies it counts once. `args` may be
+    abstract (jax.ShapeDtypeStruct): nothing is compiled.
     """
     return model_cost(step, args)["flops"]
 
 
 def model_cost(step: Callable, args: tuple) -> dict:
     """{'flops', 'bytes_accessed'} of one call of `seeded(step)` (`Program.cost_step`: built with
-    XLA's own convolution), from the same cost analysis as model_flops. The bytes are summed over the ops of the lowered, unfused program (each op's operands
-    and results): an upper bound on memory traffic, since fusion keeps intermediates in registers."""
+    XLA's own convolution), from the same cost analysis as model_flops. The bytes are summed over
+    the ops of the lowered, unfused program (each op's operands and results): an upper bound on
+    memory traffic, since fusion keeps intermediates in registers."""
     try:
         cost = jax.jit(seeded(step)).lower(*args).cost_analysis()
     except Exception:  # JAX 0.11 on the device gave none for the lowered program
@@ -429,6 +437,7 @@ class PreparedLayer:
 
     def __init__(self, layer: str, shape, features: int = 0):
         import flax.linen as nn
+
         from distill_jax.models.layers import conv, make_norm, resolve_conv
         if layer not in LAYERS:
             raise ValueError(f"{_WHERE}: layer must be one of {LAYERS}, got {layer!r}")
@@ -491,7 +500,7 @@ def time_config(config: StepConfig, repeats: int, warmup: int = 1) -> dict:
     prepared = PreparedStep(config)
     for _ in range(warmup):
         prepared.run()
-    walls, cpus = zip(*(prepared.run() for _ in range(repeats)))
+    walls, cpus = zip(*(prepared.run() for _ in range(repeats)), strict=True)
     info = prepared.info()
     return {**dataclasses.asdict(config), **info,
             **summarise_times(config, prepared.flops, info["peak_flops"], usable_cores(), list(walls), list(cpus)),
@@ -575,9 +584,12 @@ def main(argv=None) -> dict:
                     rows.append(r)
                     mfu = _fmt(r["mfu"] and 100 * r["mfu"], "6.2f", "     ?")
                     gflop = _fmt(r["flops_per_step"] and r["flops_per_step"] / 1e9, "8.1f", "       ?")
-                    print(f"{name:10s} {seeds:5d} {'seq' if sequential else 'vmap':>4s} {batch:5d} {r['compile_s']:9.1f} "
-                          f"{r['step_s']:8.3f} {r['cpu_s']:8.3f} {r['images_per_s']:9.1f} {gflop} {mfu} "
-                          f"{r['peak_rss_mb']:8.0f}", flush=True)
+                    print(
+                        f"{name:10s} {seeds:5d} {'seq' if sequential else 'vmap':>4s} {batch:5d} {r['compile_s']:9.1f} "
+                        f"{r['step_s']:8.3f} {r['cpu_s']:8.3f} {r['images_per_s']:9.1f} {gflop} {mfu} "
+                        f"{r['peak_rss_mb']:8.0f}",
+                        flush=True,
+                    )
     record = {"rows": rows, **environment()}
     if args.out:
         write_json(args.out, record)

@@ -92,7 +92,9 @@ def test_done_markers_are_paper_scale_cells_with_accuracies_in_results(queue, tm
     diverged["cells"][0].update(final_test_accuracy=None, diverged={"epoch": 3, "step": 3, "seeds": [0]})
     results_record.write_record(tmp_path / "vgg_diverged.json", diverged)
     done = campaign.done_cells(tmp_path)
-    assert set(done) == {(experiment, "teacher"), (experiment, "baseline")} and done[(experiment, "teacher")] == "vgg.json"
+    assert (
+        set(done) == {(experiment, "teacher"), (experiment, "baseline")} and done[(experiment, "teacher")] == "vgg.json"
+    )
     left = [(c["experiment"], c["cell"]) for c in campaign.pending(queue, done)]
     assert (experiment, "baseline") not in left and (experiment, "full") in left and (experiment, "no_kd") in left
     assert set(campaign.done_cells(tmp_path, paper_scale=False)) >= {(experiment, "full")}

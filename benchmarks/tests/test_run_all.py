@@ -62,12 +62,27 @@ def test_run_all_rejects_unknown_group():
 def test_device_benchmark_plan_measures_the_goals():
     group, = run_all.PLANS["gpu_device"]()
     cells = {c.label: c for c in group.cells}
-    assert set(cells) == {"jax", "torch", "jax_s3", "jax_s5", "jax_seq5", "torch_seq5", "jax_s3_grouped", "jax_s5_grouped"}
+    assert set(cells) == {
+        "jax",
+        "torch",
+        "jax_s3",
+        "jax_s5",
+        "jax_seq5",
+        "torch_seq5",
+        "jax_s3_grouped",
+        "jax_s5_grouped",
+    }
     # the grouped cells force XLA's grouped convolution; the others run the GPU default (xla_per_seed)
     assert cells["jax_s5_grouped"].env == {"DISTILL_JAX_CONV": "xla"} and not cells["jax_s5"].env
     assert ("jax_s5_grouped", "torch_seq5") in group.compare
     assert all(c.config["model"] == "resnet18" and c.config["batch"] == 100 for c in cells.values())
-    assert cells["torch_seq5"].config == {"model": "resnet18", "batch": 100, "seeds": 5, "device": "cuda", "norm": "batch"}
+    assert cells["torch_seq5"].config == {
+        "model": "resnet18",
+        "batch": 100,
+        "seeds": 5,
+        "device": "cuda",
+        "norm": "batch",
+    }
     assert cells["jax_seq5"].config["sequential"] and group.parallel_build
     assert ("jax_s5", "torch_seq5") in group.compare
     toy, = run_all.PLANS["gpu_device_toy"]()

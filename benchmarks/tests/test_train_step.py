@@ -35,7 +35,9 @@ def test_tiny_jax_step_reports_consistent_figures(tmp_path):
     np.testing.assert_allclose(row["images_per_s"], 4 / row["step_s"])
     assert row["num_parameters"] == (27 * 4 + 4) + 2 * (36 * 4 + 4) + 3 * 8 + (4 * 10 + 10)
     # forward, kernel gradient (same MACs) and input gradient of every layer but the first, x 2 FLOPs x 4 images
-    matmul_flops = 2 * 4 * (2 * (_VALID_MACS + _DENSE_MACS) + (_VALID_MACS - 8 * 8 * 4 * 27 * (22 / 24) ** 2 + _DENSE_MACS))
+    matmul_flops = (
+        2 * 4 * (2 * (_VALID_MACS + _DENSE_MACS) + (_VALID_MACS - 8 * 8 * 4 * 27 * (22 / 24) ** 2 + _DENSE_MACS))
+    )
     assert matmul_flops <= row["flops_per_step"] <= 1.5 * matmul_flops  # the rest: norm, relu, pool, loss, SGD
     np.testing.assert_allclose(row["mfu"], row["flops_per_step"] / row["step_s"] / row["peak_flops"])
     assert row["peak_rss_mb"] > 0 and row["backend"] == "cpu" and row["source"].startswith("estimate")
@@ -48,7 +50,9 @@ def test_model_flops_scale_with_vmapped_seeds_without_compiling():
     for seeds in ([0], [0, 1]):
         init_keys, step_keys = train_step.seed_keys(seeds)
         batch = train_step.seed_batches(program.images, program.labels, seeds, TINY["batch"])
-        args = jax.eval_shape(lambda: (program.init(init_keys), batch, step_keys, program.keep_rate, None))
+        args = jax.eval_shape(
+            lambda k=init_keys, b=batch, s=step_keys: (program.init(k), b, s, program.keep_rate, None)
+        )
         flops.append(train_step.model_flops(program.cost_step, args))
     np.testing.assert_allclose(flops[1], 2 * flops[0], rtol=0.01)
 
@@ -181,8 +185,11 @@ def test_tiny_torch_step_and_parameter_counts_match_jax():
     for name, norm in (("convnet", "instance"), ("resnet18", "batch"), ("resnet50", "batch")):
         torch_model = torch_reference.build_model(name, width=4, norm=norm, image_size=8, channels=3)
         jax_model = train_step.build_network(train_step.StepConfig(name, width=4, norm=norm))
-        shapes = jax.eval_shape(lambda: jax_model.init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32),
-                                                       train=False))
+        shapes = jax.eval_shape(
+            lambda jax_model=jax_model: jax_model.init(
+                jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32), train=False
+            )
+        )
         jax_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
         assert torch_reference.count_parameters(torch_model) == jax_count, name
 
@@ -190,8 +197,8 @@ def test_tiny_torch_step_and_parameter_counts_match_jax():
 @pytest.mark.skipif(_NO_TORCH, reason="torch is not installed (optional `bench` extra: pip install torch==2.13.0)")
 def test_torch_lion_matches_the_project_lion():
     import torch
-    import torch_reference
 
+    import torch_reference
     from distill_jax.optim import make_optimizer
 
     rng = np.random.default_rng(0)

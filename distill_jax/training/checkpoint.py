@@ -189,7 +189,9 @@ class Checkpointer:
                                       f"({_first_line(err)}): {fix}; {resume}") from err
 
     def _committed_steps(self) -> list[int]:
-        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit()) if self.directory.is_dir() else []
+        return (
+            sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit()) if self.directory.is_dir() else []
+        )
 
     def _remove_partial(self, step: int) -> None:
         """Removes what a failed save of `step` left (Orbax's temporary directory), on the writer."""
@@ -211,7 +213,9 @@ class Checkpointer:
         except Exception as err:  # orbax raises many types for unreadable files
             raise _Damaged(f"checkpoint {where} cannot be read (meta): {_first_line(err)}") from err
         saved_meta = saved_meta or {}
-        if identity is not None and "identity" in saved_meta:  # checkpoints written before whole-config identity carry none
+        if (
+            identity is not None and "identity" in saved_meta
+        ):  # checkpoints written before whole-config identity carry none
             diff = workdir_io.config_differences(saved_meta["identity"], identity, defaults)
             if diff:
                 raise CheckpointError(f"checkpoint {where} belongs to a different run:\n  " + "\n  ".join(diff)
@@ -219,9 +223,13 @@ class Checkpointer:
         if inputs is not None:
             workdir_io.check_inputs(saved_meta.get("inputs"), inputs, f"checkpoint {where}")
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            )
         except Exception as err:
-            raise _Damaged(f"checkpoint {where} does not match this run's state or is corrupt: {_first_line(err)}") from err
+            raise _Damaged(
+                f"checkpoint {where} does not match this run's state or is corrupt: {_first_line(err)}"
+            ) from err
         state = restored["state"]
         if abstract_state is not None:
             _check_same_structure(abstract_state, state, where)
@@ -305,6 +313,8 @@ def _check_same_structure(expected, got, where):
     got_leaves, got_tree = jax.tree.flatten(got)
     if exp_tree != got_tree:
         raise CheckpointError(f"checkpoint {where} holds a different state structure than this run expects")
-    for e, g in zip(exp_leaves, got_leaves):
+    for e, g in zip(exp_leaves, got_leaves, strict=True):
         if tuple(e.shape) != tuple(g.shape):
-            raise CheckpointError(f"checkpoint {where}: array of shape {tuple(g.shape)} where {tuple(e.shape)} is expected")
+            raise CheckpointError(
+                f"checkpoint {where}: array of shape {tuple(g.shape)} where {tuple(e.shape)} is expected"
+            )

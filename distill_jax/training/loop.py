@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import models
-from distill_jax.data import augment
+from distill_jax.data import augment, pipeline
 from distill_jax.data import grid as image_grid
-from distill_jax.data import pipeline
 from distill_jax.optim import make_optimizer, schedules
 from distill_jax.training import accuracy as accuracy_lib
 from distill_jax.training import metrics as metrics_lib
@@ -181,7 +180,11 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
         if runlife.due(last, config.log_every_steps, total_steps):
             finite = np.isfinite(logged["loss"][-1]) & sharding.to_host(_all_finite(state["params"]))
             if not finite.all():
-                diverged = {"epoch": epoch + 1, "step": last, "seeds": [s for s, ok in zip(seeds, finite) if not ok]}
+                diverged = {
+                    "epoch": epoch + 1,
+                    "step": last,
+                    "seeds": [s for s, ok in zip(seeds, finite, strict=True) if not ok],
+                }
                 logging.error("diverged at step %d (epoch %d): non-finite loss or parameters for seed(s) %s; "
                               "stopping", last, epoch + 1, diverged["seeds"])
                 break
@@ -203,7 +206,7 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
         done = epoch + 1
         if runlife.due(done, config.eval_every_epochs, t.epochs):
             acc = test_accuracy(state, data.test_images, data.test_labels, config.data.eval_batch_size)
-            entry = {"epoch": done, "step": last, "train_loss": float(np.mean([l.mean() for l in epoch_losses])),
+            entry = {"epoch": done, "step": last, "train_loss": float(np.mean([loss.mean() for loss in epoch_losses])),
                      "keep_rate": keep_rate, "test_accuracy": [float(a) for a in acc]}
             if epoch_used:
                 entry["keep_rate_used"] = float(np.mean([u.mean() for u in epoch_used]))
@@ -216,20 +219,24 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
 
     finished = not diverged and history and history[-1]["epoch"] == t.epochs
     final = history[-1]["test_accuracy"] if finished else []
-    results = run.finish({
-        "finished": bool(finished),
-        "diverged": diverged,
-        "config": config.to_dict(),
-        "data": data.description,
-        "preprocessing": data.preprocessing.recipe if hasattr(data.preprocessing, "recipe") else str(data.preprocessing),
-        "seeds": seeds,
-        "inputs": inputs,
-        "history": history,
-        "final_accuracy": metrics_lib.summarize(final) if finished else None,
-        "devices": [str(d) for d in mesh.devices.flat],
-        "mesh": sharding.layout(mesh),
-        "conv": model.conv,  # the convolution implementation config.model.conv resolved to (models.resolve_conv)
-    })
+    results = run.finish(
+        {
+            "finished": bool(finished),
+            "diverged": diverged,
+            "config": config.to_dict(),
+            "data": data.description,
+            "preprocessing": data.preprocessing.recipe
+            if hasattr(data.preprocessing, "recipe")
+            else str(data.preprocessing),
+            "seeds": seeds,
+            "inputs": inputs,
+            "history": history,
+            "final_accuracy": metrics_lib.summarize(final) if finished else None,
+            "devices": [str(d) for d in mesh.devices.flat],
+            "mesh": sharding.layout(mesh),
+            "conv": model.conv,  # the convolution implementation config.model.conv resolved to (models.resolve_conv)
+        }
+    )
     fa = results["final_accuracy"]
     if diverged:
         logging.error("diverged: no final accuracy (results.json records where)")

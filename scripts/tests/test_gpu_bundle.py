@@ -25,10 +25,17 @@ OUT_FILES = {"progress.txt", "bench.txt", "bench.json", "table_log.txt", "table.
 
 def test_bundle_holds_what_the_device_run_needs_under_the_limit(bundle):
     files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
-    assert {"data/cifar10_jpeg_test.npz", "data/distilled/cifar10_10_frepo/images_best.pt",
-            "data/distilled/cifar10_10_frepo/labels_best.pt", "zca_mtt.packed.npz", "MANIFEST.txt",
-            "SHA256SUMS", "data/distilled/cifar10_1_frepo/images_best.pt", "data/distilled/cifar10_1_mtt/labels_best.pt",
-            "data/teachers/cifar10_1_mtt_convnet/checkpoint_best.pth"} <= files  # the campaign's sets and teacher
+    assert {
+        "data/cifar10_jpeg_test.npz",
+        "data/distilled/cifar10_10_frepo/images_best.pt",
+        "data/distilled/cifar10_10_frepo/labels_best.pt",
+        "zca_mtt.packed.npz",
+        "MANIFEST.txt",
+        "SHA256SUMS",
+        "data/distilled/cifar10_1_frepo/images_best.pt",
+        "data/distilled/cifar10_1_mtt/labels_best.pt",
+        "data/teachers/cifar10_1_mtt_convnet/checkpoint_best.pth",
+    } <= files  # the campaign's sets and teacher
     wheels = sorted(f for f in files if f.startswith("wheels/"))
     assert [re.sub(r"-.*", "", w[len("wheels/"):]).lower() for w in wheels] == ["ml_collections", "tensorboardx"]
     assert all(w.endswith("-py3-none-any.whl") for w in wheels)  # pure Python: any interpreter, any CPU
@@ -59,7 +66,9 @@ def test_device_command_dry_run_on_cpu(bundle, tmp_path, script_env):
     """The device command at toy size: every phase, every out file, the carried wheels and transform
     used, and no training split or cached transform anywhere in reach."""
     out, work = tmp_path / "out", tmp_path / "work"
-    env = script_env(OUT=str(out), GPU_RUN_TOY="1", GPU_RUN_WORKDIR=str(work), DISTILL_JAX_CACHE=str(tmp_path / "no_cache"))
+    env = script_env(
+        OUT=str(out), GPU_RUN_TOY="1", GPU_RUN_WORKDIR=str(work), DISTILL_JAX_CACHE=str(tmp_path / "no_cache")
+    )
     env.pop("DISTILL_JAX_DATA", None)  # the device has no data root but the bundle
     done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_device_run.sh"), str(bundle)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=1200)
@@ -97,15 +106,28 @@ def test_device_command_dry_run_of_chosen_cells_without_the_benchmark(bundle, tm
     """GPU_RUN_CELLS=no_dp_kd, GPU_RUN_WIDTH=2 and GPU_RUN_BENCH_S=0: that cell alone at width 2,
     no teacher, no benchmark."""
     out, work = tmp_path / "out", tmp_path / "work"
-    env = script_env(OUT=str(out), GPU_RUN_TOY="1", GPU_RUN_WORKDIR=str(work), GPU_RUN_CELLS="no_dp_kd", GPU_RUN_BENCH_S="0",
-               GPU_RUN_WIDTH="2")
+    env = script_env(
+        OUT=str(out),
+        GPU_RUN_TOY="1",
+        GPU_RUN_WORKDIR=str(work),
+        GPU_RUN_CELLS="no_dp_kd",
+        GPU_RUN_BENCH_S="0",
+        GPU_RUN_WIDTH="2",
+    )
     env.pop("DISTILL_JAX_DATA", None)
     done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_device_run.sh"), str(bundle)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     progress = (out / "progress.txt").read_text()
-    assert "cells no_dp_kd, width 2" in progress and "table: exit 0" in progress and "benchmark: skipped (GPU_RUN_BENCH_S=0" in progress
-    assert "resnet18 w/o DP & KD" in (out / "table.md").read_text() and "Partial table" not in (out / "table.md").read_text()
+    assert (
+        "cells no_dp_kd, width 2" in progress
+        and "table: exit 0" in progress
+        and "benchmark: skipped (GPU_RUN_BENCH_S=0" in progress
+    )
+    assert (
+        "resnet18 w/o DP & KD" in (out / "table.md").read_text()
+        and "Partial table" not in (out / "table.md").read_text()
+    )
     assert "test-network width 2," in (out / "table.md").read_text()
     record = results_record.read_record(out / "results_record.no_dp_kd.json")  # ready for results/
     assert [c["cell"] for c in record["cells"]] == ["no_dp_kd"] and record["source"]["kind"] == "run"
