@@ -7,7 +7,7 @@ Each kind of mistake has its own subclass (`ConfigError` here, for configs; a re
 
 A message starts with the thing at fault, then a colon, then what is wrong and what was expected:
 `<path>: ...`, `config field 'train.epochs' = 0; ...`, `dataset 'cifar10': ...`, `checkpoint <dir> ...`,
-`flag --process_id = 3; ...`.
+`flag --process_id = 3; ...`; a bad argument of a library call names the call (`experiments.scale_config: ...`).
 """
 import errno
 import operator

@@ -290,7 +290,7 @@ def test_cli_errors_name_the_workdir_or_field(scales, tmp_path, capsys):
     cell.config.data.distilled_path = "/data/distilled/cifar10_50_frepo"
     _write_cell(running, cell, [40.0, 41.0, 42.0])
     code, _, err = _cli(["compare", div20, running, "--out", out], capsys)
-    assert code == 2 and "cell 'teacher', config field 'data.distilled_path'" in err and str(running) in err
+    assert code == 2 and "cell 'teacher' config field 'data.distilled_path'" in err and str(running) in err
     code, _, err = _cli(["compare", tmp_path, "--out", out], capsys)  # the folder above the experiment workdirs
     assert code == 2 and "holds no cell of an experiment" in err and str(div20) in err
     assert not out.exists()  # nothing written by a refused comparison

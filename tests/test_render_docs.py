@@ -166,8 +166,8 @@ def test_orderings_and_scales_tables(root):
 
 @pytest.mark.parametrize("template, message", [
     ("a\n{{ colour:new }}", r"template:2: unknown placeholder"),
-    ("{{ table:missing }}", r"no record results/missing\.json"),
-    ("{{ mean:new:nothing }}", r"record new has no cell 'nothing'"),
+    ("{{ table:missing }}", r"results/missing\.json: no such record"),
+    ("{{ mean:new:nothing }}", r"new\.json: no cell 'nothing'"),
     ("{{ diff:new:full }}", r"expected A-B"),
     ("{{ mean:new }}", r"wrong arguments"),
     ("{{ paper:frepo_cifar10_jpeg_10_resnet18:full }}", r"no published numbers for"),

@@ -139,7 +139,9 @@ def test_a_damaged_only_checkpoint_stops_the_run(tmp_path):
     data = _data()
     loop.train_and_evaluate(_config(**{"train.stop_after_epochs": 1}), tmp_path, data=data)
     bad = _tamper_latest(tmp_path)
-    with pytest.raises(ckpt_lib.CheckpointError, match=rf"no usable checkpoint: checkpoint .*/{bad} is damaged"):
+    with pytest.raises(
+        ckpt_lib.CheckpointError, match=rf"checkpoints: no usable checkpoint: checkpoint .*/{bad} is damaged"
+    ):
         loop.train_and_evaluate(_config(), tmp_path, data=data)
 
 

@@ -300,7 +300,7 @@ def check_same_experiment(workdirs: Sequence[dict]) -> Optional[str]:
     the workdirs and the field, when they hold different ones."""
     named = [(w["path"], w["experiment"]) for w in workdirs if w["experiment"]]
     if len({name for _, name in named}) > 1:
-        raise CompareError("the workdirs hold different experiments (reproduction.json field 'experiment'): "
+        raise CompareError("reproduction.json field 'experiment': the workdirs hold different experiments: "
                            + ", ".join(f"{path}: {name}" for path, name in named))
     first = workdirs[0]
     for other in workdirs[1:]:
@@ -308,8 +308,10 @@ def check_same_experiment(workdirs: Sequence[dict]) -> Optional[str]:
             for field in SIGNATURE_FIELDS:
                 a, b = first["signature"][cell].get(field), other["signature"][cell].get(field)
                 if a != b:
-                    raise CompareError(f"the workdirs hold different experiments: cell {cell!r}, config field "
-                                       f"'{field}' is {a!r} in {first['path']} but {b!r} in {other['path']}")
+                    raise CompareError(
+                        f"cell {cell!r} config field '{field}': the workdirs hold different experiments: "
+                        f"{a!r} in {first['path']} but {b!r} in {other['path']}"
+                    )
     return named[0][1] if named else None
 
 

@@ -81,7 +81,9 @@ class Context:
 
     def record(self, name: str) -> dict:
         if name not in self.records:
-            raise RenderError(f"no record {self.results_dir}/{name}.json; records: {', '.join(sorted(self.records))}")
+            raise RenderError(
+                f"{self.results_dir}/{name}.json: no such record; records: {', '.join(sorted(self.records))}"
+            )
         self.used.add(name)
         return self.records[name]
 
@@ -89,7 +91,7 @@ class Context:
         for c in self.record(name)["cells"]:
             if c["cell"] == cell:
                 return c
-        raise RenderError(f"record {name} has no cell {cell!r}; cells: "
+        raise RenderError(f"{self.results_dir}/{name}.json: no cell {cell!r}; cells: "
                           f"{', '.join(c['cell'] for c in self.records[name]['cells'])}")
 
 
@@ -480,7 +482,7 @@ def ph_train(ctx: Context, name: str, cell: str) -> str:
     """`train:NAME:CELL`: the last logged step's training accuracy (%), mean over the seeds."""
     train = ctx.cell(name, cell)["last_step_train_accuracy"]
     if train is None:
-        raise RenderError(f"record {name} cell {cell} has no last-step training accuracy")
+        raise RenderError(f"{ctx.results_dir}/{name}.json: cell {cell} has no last-step training accuracy")
     return f"{train['mean']:.0f}"
 
 
@@ -488,7 +490,7 @@ def ph_trainmin(ctx: Context, name: str) -> str:
     """`trainmin:NAME`: the lowest last-step training accuracy (%, mean over seeds) of the record's cells."""
     means = [c["last_step_train_accuracy"]["mean"] for c in ctx.record(name)["cells"] if c["last_step_train_accuracy"]]
     if not means:
-        raise RenderError(f"record {name} has no last-step training accuracy")
+        raise RenderError(f"{ctx.results_dir}/{name}.json: no cell has a last-step training accuracy")
     return f"{min(means):.0f}"
 
 

@@ -266,7 +266,7 @@ class Checkpointer:
             else:
                 logging.info("restored checkpoint %s", where)
             return step, state, saved_meta
-        raise CheckpointError("no usable checkpoint: " + "; ".join(e for _, e in damaged)
+        raise CheckpointError(f"{self.directory}: no usable checkpoint: " + "; ".join(e for _, e in damaged)
                               + ". Delete the checkpoints to start afresh")
 
     def read_latest(self) -> tuple[int, Any, dict]:
