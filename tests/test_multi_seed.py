@@ -192,6 +192,7 @@ def test_the_loop_gives_the_same_run_whatever_the_steps_per_call_and_records_its
     assert results[0]["mesh"] == {"seeds": 8, "data": 1}  # 8 fake devices: a seed on each
     saved = json.loads((tmp_path / "0" / "results.json").read_text())
     assert saved["mesh"] == {"seeds": 8, "data": 1}
+    assert saved["timing"]["compile_seconds"] > 0 and saved["timing"]["seconds_per_step"] > 0
     assert any("mesh: 8 seed(s) over 8 device row(s)" in r.getMessage() for r in caplog.records)
     # every step was logged where due, whatever the calls: steps 3 and 6 and the last (8)
     lines = [json.loads(line) for line in (tmp_path / "0" / "metrics.jsonl").read_text().splitlines()]

@@ -205,7 +205,8 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
             continue
         done = epoch + 1
         if runlife.due(done, config.eval_every_epochs, t.epochs):
-            acc = test_accuracy(state, data.test_images, data.test_labels, config.data.eval_batch_size)
+            with timer.paused():  # no step time: images/s and seconds_per_step count training alone
+                acc = test_accuracy(state, data.test_images, data.test_labels, config.data.eval_batch_size)
             entry = {"epoch": done, "step": last, "train_loss": float(np.mean([loss.mean() for loss in epoch_losses])),
                      "keep_rate": keep_rate, "test_accuracy": [float(a) for a in acc]}
             if epoch_used:
@@ -215,7 +216,8 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
             report("epoch %d test accuracy %s (mean %.2f%%) %s", done,
                    " ".join(f"{a:.2f}" for a in acc), float(np.mean(acc)), timer.line())
         if runlife.due(done, config.checkpoint_every_epochs, end_epoch):
-            run.save(last, state, {"epoch": done, "history": history})
+            with timer.paused():
+                run.save(last, state, {"epoch": done, "history": history})
 
     finished = not diverged and history and history[-1]["epoch"] == t.epochs
     final = history[-1]["test_accuracy"] if finished else []
@@ -235,6 +237,9 @@ def _train_and_evaluate(run: runlife.Run, data) -> dict:
             "devices": [str(d) for d in mesh.devices.flat],
             "mesh": sharding.layout(mesh),
             "conv": model.conv,  # the convolution implementation config.model.conv resolved to (models.resolve_conv)
+        # this process's wall time: compiling (with the first step), then per step after it (evaluations
+        # and checkpoints left out); a resumed run times only its own part
+        "timing": {"compile_seconds": timer.compile_seconds, "seconds_per_step": timer.seconds_per_step()},
         }
     )
     fa = results["final_accuracy"]
