@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 import gpu_run  # noqa: E402  (the bundle's transform, the toy data root, the device's cell tweaks)
+from distill_jax import atomic  # noqa: E402
 from distill_jax.experiments import recipes, registry  # noqa: E402
 from distill_jax.report import results_record  # noqa: E402
 
@@ -167,16 +168,7 @@ def validate_queue(queue, where: str) -> dict:
 
 
 def read_queue(path=QUEUE_FILE) -> dict:
-    path = pathlib.Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise CampaignError(f"{path}: cannot be read ({err.strerror or err})") from None
-    try:
-        queue = json.loads(text)
-    except ValueError as err:
-        raise CampaignError(f"{path}: not JSON ({err})") from None
-    return validate_queue(queue, str(path))
+    return validate_queue(atomic.read_json_object(path, CampaignError), str(path))
 
 
 def write_queue(path, queue: dict) -> None:

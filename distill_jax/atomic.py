@@ -1,4 +1,5 @@
-"""Files written whole or not at all: the package's one way to write a file.
+"""Files written whole or not at all: the package's one way to write a file (and to read a JSON
+file back).
 
 A file is written under a temporary name in its own folder and renamed over its path, so a
 reader (or a rerun after a kill) finds the old file or the new one, never half of one. The
@@ -10,10 +11,13 @@ and raises its error naming the path (`named`).
 `write_text` and `write_bytes` take the content; `write_with` hands a writer that wants a file
 object (`np.savez`, PIL) an open binary file, and `write_with_path` hands one that wants a path
 (matplotlib's `savefig`, a compiler's `-o`) the temporary path, whose suffix is the file's own.
-Callers create the folder. This module imports nothing of the package: every layer may use it.
+Callers create the folder. `read_json_object` reads a JSON file back, raising the caller's own
+error type with one line that names the file. This module imports nothing of the package:
+every layer may use it.
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import secrets
@@ -79,3 +83,19 @@ def write_bytes(path, data: bytes) -> pathlib.Path:
 def write_text(path, text: str) -> pathlib.Path:
     """UTF-8 text."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+def read_json_object(path, error: Callable[[str], Exception], what: str = "") -> dict:
+    """The JSON object in `path`; for a file that cannot be read, is not JSON or holds no object,
+    `error(message)` with one line naming the file, ended by `what` (what the file is for)."""
+    path = pathlib.Path(path)
+    tail = f"; {what}" if what else ""
+    try:
+        value = json.loads(path.read_text())
+    except OSError as err:
+        raise error(f"{path}: cannot be read ({err.strerror or err}){tail}") from None
+    except ValueError as err:
+        raise error(f"{path}: not JSON ({err}){tail}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, found {type(value).__name__}{tail}")
+    return value

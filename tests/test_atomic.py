@@ -74,3 +74,25 @@ def test_atomic_imports_nothing_of_the_package():
     imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
     imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
     assert imported and not [name for name in imported if name.startswith("distill_jax")], imported
+
+
+class _ReadError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"missing\.json: cannot be read \(No such file or directory\); the run's plan"),
+    ("{", r"bad\.json: not JSON \(.*\); the run's plan"),
+    ("[1, 2]", r"bad\.json: expected a JSON object, found list; the run's plan"),
+])
+def test_read_json_object_names_the_file_in_the_callers_error(tmp_path, content, message):
+    path = tmp_path / ("missing.json" if content is None else "bad.json")
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(_ReadError, match=message):
+        atomic.read_json_object(path, _ReadError, "the run's plan")
+
+
+def test_read_json_object_returns_the_object(tmp_path):
+    (tmp_path / "ok.json").write_text('{"a": [1, 2]}')
+    assert atomic.read_json_object(tmp_path / "ok.json", _ReadError) == {"a": [1, 2]}

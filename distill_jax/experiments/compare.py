@@ -24,12 +24,12 @@ the results record uses too), mean over seeds, or "not recorded".
 """
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Optional, Sequence
 
 import numpy as np
 
+from distill_jax import atomic
 from distill_jax.errors import UserError
 from distill_jax.experiments import recipes, registry, reproduce
 from distill_jax.report import paper as published
@@ -74,10 +74,7 @@ SIGNATURE_FIELDS = ("data.dataset", "data.source", "data.distilled_path", "data.
 def _read_json(path: pathlib.Path) -> Optional[dict]:
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CompareError(f"{path}: cannot be read as JSON ({err})") from err
+    return atomic.read_json_object(path, CompareError)
 
 
 def finished_runs(cell_dir: pathlib.Path) -> list[tuple[pathlib.Path, dict]]:

@@ -43,7 +43,7 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
-from distill_jax import models
+from distill_jax import atomic, models
 from distill_jax.errors import InputFileError
 from distill_jax.report import records
 from distill_jax.training import workdir_io
@@ -343,16 +343,7 @@ def validate(record, where: str = "results record") -> dict:
 
 def read_record(path) -> dict:
     """A validated record from `path`; `RecordError` (naming the file and field) for anything else."""
-    path = pathlib.Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise RecordError(f"{path}: cannot be read ({err.strerror or err})") from None
-    try:
-        record = json.loads(text)
-    except ValueError as err:
-        raise RecordError(f"{path}: not JSON ({err})") from None
-    return validate(record, str(path))
+    return validate(atomic.read_json_object(path, RecordError), str(path))
 
 
 def write_record(path, record: dict) -> pathlib.Path:
@@ -365,18 +356,6 @@ def write_record(path, record: dict) -> pathlib.Path:
 
 
 # ----------------------------------------------------------------------------- from a workdir
-
-def _read_json(path: pathlib.Path, what: str) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except OSError as err:
-        raise RecordError(f"{path}: cannot be read ({err.strerror or err}); {what}") from None
-    except ValueError as err:
-        raise RecordError(f"{path}: not JSON ({err}); {what}") from None
-    if not isinstance(value, dict):
-        raise RecordError(f"{path}: expected a JSON object; {what}")
-    return value
-
 
 def _get(obj: dict, dotted: str, path: pathlib.Path, default=KeyError):
     value = obj
@@ -556,15 +535,16 @@ def _experiment_record(root: pathlib.Path, summary_file: Optional[str], command:
         else:
             summary_path = root / summary_file
             kind = "transfer" if summary_file == "transfer.json" else "reproduce"
-    summary = _read_json(summary_path, "the experiment's summary")
+    summary = atomic.read_json_object(summary_path, RecordError, "the experiment's summary")
     config = _get(summary, "config", summary_path)
-    plan = _read_json(root / "plan.json", "") if (root / "plan.json").is_file() else {}
+    plan = atomic.read_json_object(root / "plan.json", RecordError) if (root / "plan.json").is_file() else {}
     command = command or summary.get("command") or plan.get("command")
     names = [_get(c, "cell", summary_path) for c in _get(summary, "cells", summary_path)]
     pairs = []
     for name in names:
         cell_dir = root / name
-        pairs.append((_read_json(cell_dir / "record.json", f"the record of cell {name} (has it finished?)"), cell_dir))
+        pairs.append((atomic.read_json_object(cell_dir / "record.json", RecordError,
+                                             f"the record of cell {name} (has it finished?)"), cell_dir))
     if kind == "transfer":
         t = config.get("transfer", {})
         experiment = f"transfer {t.get('name') or pathlib.Path(t.get('set_path', 'set')).name}"
@@ -575,7 +555,7 @@ def _experiment_record(root: pathlib.Path, summary_file: Optional[str], command:
 
 def _single_run_record(root: pathlib.Path, command: Optional[str]) -> dict:
     results_path = root / workdir_io.RESULTS_FILE
-    results = _read_json(results_path, "a training run's results")
+    results = atomic.read_json_object(results_path, RecordError, "a training run's results")
     config = _get(results, "config", results_path)
     if not results.get("finished") and not results.get("diverged"):
         raise RecordError(f"{results_path}: field 'finished' is false: the run has not finished; rerun its command")

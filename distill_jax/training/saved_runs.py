@@ -6,7 +6,6 @@ teachers read runs through here, so there is one way to rebuild a saved network.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any, NamedTuple
 
@@ -14,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from distill_jax import models
+from distill_jax import atomic, models
 from distill_jax.errors import UserError
 from distill_jax.formats import torch_import
 from distill_jax.training import checkpoint as ckpt_lib
@@ -35,10 +34,7 @@ def _read_json(path: pathlib.Path, what: str) -> dict:
     if not path.is_file():
         raise RunReadError(f"{path.parent} has no {path.name} ({what}); give the workdir of a run of this "
                            "project or a reference-code .pth file")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunReadError(f"{path}: not valid JSON ({err})") from err
+    return atomic.read_json_object(path, RunReadError, what)
 
 
 def build_saved_model(spec: dict):
