@@ -57,9 +57,11 @@ def make_chunk(train_step: Callable, mesh: Mesh, length: int) -> Callable:
       step_keys:  (seeds, ...) key data (`seed_keys`), each step folds in its own counter;
       teacher_variables: the KD teacher's variables (replicated) or None.
     `logged` holds each step's metrics, (length, seeds) per value; rows past num_steps are zero.
-    A call with num_steps = n gives exactly what n calls of one step give.
+    A call with num_steps = n gives what n calls of one step give (tests/test_multi_seed.py: equal
+    up to float32 rounding, and the loop's histories equal whatever the steps per call).
     """
     seeded = vmap_seeds(train_step)
+
     # inside the map a device sees its own seeds; the compiler still splits their batches over the
     # row's devices (the `data` axis stays automatic, batch-norm and gradient reductions included)
     def one_step(i, state, data, orders, keep_rates, step_keys, teacher_variables):
