@@ -91,40 +91,21 @@ def test_missing_config_file():
         config_lib.load_config_file("/nonexistent/config.py")
 
 
+def _launch_default_with(tmp_path, override: str) -> subprocess.CompletedProcess:
+    """The launcher on configs/default.py with one command-line override."""
+    command = [sys.executable, str(ROOT / "launch" / "main.py"), "--config", str(ROOT / "configs" / "default.py"),
+               "--workdir", str(tmp_path), override]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
 def test_command_line_override_of_unknown_field_fails(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "launch" / "main.py"),
-            "--config",
-            str(ROOT / "configs" / "default.py"),
-            "--workdir",
-            str(tmp_path),
-            "--config.train.nonexistent=3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _launch_default_with(tmp_path, "--config.train.nonexistent=3")
     assert out.returncode != 0
     assert "nonexistent" in out.stderr
 
 
 def test_command_line_bad_value_fails_with_message(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "launch" / "main.py"),
-            "--config",
-            str(ROOT / "configs" / "default.py"),
-            "--workdir",
-            str(tmp_path),
-            "--config.train.lr_schedule=linear",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _launch_default_with(tmp_path, "--config.train.lr_schedule=linear")
     assert out.returncode != 0
     assert "train.lr_schedule" in out.stderr and "warmup_cosine" in out.stderr
 

@@ -13,8 +13,6 @@ every host.
 """
 from __future__ import annotations
 
-import logging
-
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -86,10 +84,6 @@ def describe_layout(mesh: Mesh, num_seeds: int, batch_size: int, num_devices: in
     return line
 
 
-def log_layout(mesh: Mesh, num_seeds: int, batch_size: int) -> None:
-    logging.info("%s", describe_layout(mesh, num_seeds, batch_size, len(jax.devices())))
-
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """(batch, ...) arrays shared by every seed (test images): split over `data`, the same in every row."""
     return NamedSharding(mesh, P(DATA_AXIS))
@@ -98,11 +92,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def seed_sharding(mesh: Mesh) -> NamedSharding:
     """Per-seed arrays (leading seed axis: parameters, optimiser state, keys): one row's seeds per row."""
     return NamedSharding(mesh, P(SEED_AXIS))
-
-
-def seeded_batch_sharding(mesh: Mesh) -> NamedSharding:
-    """(seeds, batch, ...) arrays: each seed's batch on its row, split over the row's devices."""
-    return NamedSharding(mesh, P(SEED_AXIS, DATA_AXIS))
 
 
 def stepped_seed_sharding(mesh: Mesh) -> NamedSharding:
@@ -132,11 +121,6 @@ def place(tree, sharding: NamedSharding):
 def shard_batch(batch, mesh: Mesh):
     """Places a host batch shared by every seed (a pytree with a leading batch axis) on the mesh."""
     return place(batch, batch_sharding(mesh))
-
-
-def shard_seeded_batch(batch, mesh: Mesh):
-    """Places per-seed host batches (leading axes seeds, batch) on the mesh."""
-    return place(batch, seeded_batch_sharding(mesh))
 
 
 def shard_seeds(tree, mesh: Mesh):
